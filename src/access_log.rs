@@ -1,0 +1,150 @@
+//! Request ids and the access log: one structured event per request, written when the response
+//! body is finished (or abandoned), so it can report the bytes that really went out.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::time::Instant;
+
+use crate::body::Counted;
+use crate::rewrite::X_REQUEST_ID;
+use crate::server::Peer;
+
+/// The id of the request being served, as an extension for handlers that answer with errors.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
+    }
+}
+
+/// Set by the forwarding handler: how long the upstream took to send response headers.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamLatency(pub Duration);
+
+/// The caller's `x-request-id` when it is a sane token (1 to 128 visible ASCII characters),
+/// otherwise a new random one. The id goes upstream and comes back on the response.
+fn request_id(req: &Request) -> HeaderValue {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID)
+        && (1..=128).contains(&v.len())
+        && v.as_bytes().iter().all(u8::is_ascii_graphic)
+    {
+        return v.clone();
+    }
+    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    HeaderValue::try_from(id).expect("hex is a valid header value")
+}
+
+/// The middleware: assigns the id, counts bytes both ways, and arranges the log event.
+pub async fn middleware(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(&req);
+    req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let peer = req.extensions().get::<Peer>().cloned();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let req = req.map(|b| Body::new(Counted::new(b, bytes_in.clone())));
+
+    let mut response = next.run(req).await;
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), id.clone());
+    let upstream = response.extensions().get::<UpstreamLatency>().map(|u| u.0);
+    let status = response.status().as_u16();
+    response.map(|inner| {
+        // An empty body may never be polled; it is complete as it stands.
+        let complete = inner.is_end_stream();
+        let record = Record {
+            id,
+            peer,
+            method,
+            path,
+            status,
+            upstream,
+            started,
+            bytes_in,
+            bytes_out: 0,
+            complete,
+        };
+        Body::new(Logged { inner, record })
+    })
+}
+
+struct Record {
+    id: HeaderValue,
+    peer: Option<Peer>,
+    method: Method,
+    path: String,
+    status: u16,
+    upstream: Option<Duration>,
+    started: Instant,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+    complete: bool,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "uem_proxy::access",
+            request_id = self.id.to_str().unwrap_or(""),
+            peer = self.peer.as_ref().map(tracing::field::display),
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            upstream_ms = self.upstream.map(ms),
+            total_ms = ms(self.started.elapsed()),
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out,
+            complete = self.complete,
+            "request"
+        );
+    }
+}
+
+/// The response body, counted; its drop writes the access-log event.
+struct Logged {
+    inner: Body,
+    record: Record,
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => self.record.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64),
+            None => self.record.complete = true,
+            Some(Err(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

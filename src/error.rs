@@ -1,0 +1,63 @@
+//! The errors the proxy itself answers with, and the one place that maps them to HTTP.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::header::{HeaderValue, RETRY_AFTER};
+
+/// An answer made by the proxy rather than the upstream. Each has a stable machine-readable
+/// `code` that scripts may match on; the message is for people.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the request target cannot be forwarded: {0}")]
+    BadTarget(&'static str),
+    #[error("no such proxy endpoint")]
+    NotFound,
+    #[error("no valid API token is available yet; retry shortly")]
+    NoToken { retry_after_s: u64 },
+    #[error("the upstream API could not be reached")]
+    Unreachable,
+    #[error("the upstream API did not answer in time")]
+    Timeout,
+    #[error("the upstream API connection failed")]
+    Broken,
+}
+
+impl ProxyError {
+    /// The single mapping from cause to status and code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::BadTarget(_) => (StatusCode::BAD_REQUEST, "bad_request_target"),
+            ProxyError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ProxyError::NoToken { .. } => (StatusCode::SERVICE_UNAVAILABLE, "token_unavailable"),
+            ProxyError::Unreachable => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+            ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ProxyError::Broken => (StatusCode::BAD_GATEWAY, "upstream_error"),
+        }
+    }
+
+    /// Classifies a failure to get response headers from the upstream. Timeouts first: a connect
+    /// timeout is a timeout (504), as in nginx; other connect failures are unreachable (502).
+    pub fn from_upstream(e: &reqwest::Error) -> ProxyError {
+        if e.is_timeout() {
+            ProxyError::Timeout
+        } else if e.is_connect() {
+            ProxyError::Unreachable
+        } else {
+            ProxyError::Broken
+        }
+    }
+
+    /// The JSON answer `{"error", "message", "request_id"}`.
+    pub fn into_response(self, request_id: &str) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({ "error": code, "message": self.to_string(), "request_id": request_id });
+        let mut response = (status, Json(body)).into_response();
+        if let ProxyError::NoToken { retry_after_s } = self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
+        }
+        response
+    }
+}

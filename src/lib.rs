@@ -1,0 +1,113 @@
+//! uem-proxy: a reverse proxy that holds a Workspace ONE UEM OAuth client and lets local callers
+//! use the tenant's REST API without any credential of their own.
+//!
+//! # Layout
+//! - [`config`]: TOML file and environment to a typed [`Config`]; every problem reported at once.
+//! - [`uem`]: UEM domain knowledge: the region table and the console-to-API host rule.
+//! - [`token`]: token fetch, the pure refresh schedule, the refresher task, the lock-free store.
+//! - [`proxy`]: the forwarding handler; [`rewrite`]: pure header and `Location` rules;
+//!   [`body`]: streaming body wrappers.
+//! - [`access_log`]: request ids and the one log event per request; [`admin`]: `/_proxy/*`.
+//! - [`error`]: the proxy's own errors and their single status mapping.
+//! - [`server`]: accept loop, header-read timeout, graceful shutdown; [`telemetry`]: logging.
+//!
+//! # Invariants
+//! - Only the refresher task talks to the token service; requests read the token lock-free.
+//! - No credential is logged: the client secret is a `SecretString`, the injected header is
+//!   marked sensitive, and the token service's bodies never reach a log line.
+//! - Request and response bodies stream; only bodies of known size up to `replay_body_limit` are
+//!   held, so that a request rejected with 401 can be replayed once.
+//! - Redirects are never followed; the upstream URL is the configured base plus the caller's
+//!   path and query, so no request can be sent to another host.
+
+pub mod access_log;
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod rewrite;
+pub mod server;
+pub mod telemetry;
+pub mod token;
+pub mod uem;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
+use tokio::net::TcpListener;
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+};
+
+pub use config::Config;
+use proxy::Forwarder;
+use token::{TokenClient, Tokens};
+
+/// The HTTP client for the token service and the API: rustls, no redirects ever followed (a
+/// redirect must not carry the token or the secret anywhere), keep-alive pooling.
+pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.connect_timeout)
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .user_agent(concat!("uem-proxy/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// The whole application as one router, used by `run` and by tests alike.
+pub fn router(forwarder: Arc<Forwarder>) -> Router {
+    admin::routes()
+        .fallback(proxy::handle)
+        .with_state(forwarder)
+        .layer(axum::middleware::from_fn(access_log::middleware))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            AUTHORIZATION,
+            PROXY_AUTHORIZATION,
+            COOKIE,
+        ]))
+        .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
+}
+
+/// Runs the proxy on an already bound listener until `shutdown` completes and in-flight
+/// requests have drained (or the grace period is over).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let client = http_client(&config).map_err(std::io::Error::other)?;
+    let source = TokenClient {
+        http: client.clone(),
+        url: config.token_url.clone(),
+        client_id: config.client_id.clone(),
+        client_secret: config.client_secret.clone(),
+        timeout: config.upstream_timeout,
+    };
+    let (tokens, refresher) = Tokens::start(source, config.forced_refresh_interval);
+    let local = listener.local_addr()?;
+    let upstream_base = config.api_url.as_str().trim_end_matches('/').to_owned();
+    tracing::info!(
+        listen = %local,
+        api_url = %upstream_base,
+        token_url = %config.token_url,
+        client_id = %config.client_id,
+        "listening"
+    );
+    let forwarder = Arc::new(Forwarder {
+        client,
+        tokens,
+        upstream_base,
+        listen: local.to_string(),
+        upstream_timeout: config.upstream_timeout,
+        token_wait: config.token_wait,
+        replay_body_limit: config.replay_body_limit,
+    });
+    server::serve(listener, router(forwarder), shutdown, config.shutdown_grace).await;
+    refresher.abort();
+    Ok(())
+}

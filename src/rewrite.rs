@@ -1,0 +1,198 @@
+//! Pure header and URL rules applied between caller and upstream, in both directions.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
+/// `Proxy-*` credentials and the non-standard `Proxy-Connection`. Never forwarded either way.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The request id header, the caller's or ours, sent upstream and returned to the caller.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Turns a caller's headers into the upstream's, except for `Authorization`, which the caller of
+/// this function sets from the current token.
+///
+/// The caller's `Authorization` goes (legacy scripts send Basic credentials that the API must not
+/// see), so does `Host` (the client sets the upstream's from the URL). `Accept: application/json`
+/// is added only when the caller sent no `Accept`, because the API may answer XML otherwise; a
+/// caller's own `Accept`, versioned media types included, is left alone.
+pub fn request_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::HOST);
+    if !headers.contains_key(header::ACCEPT) {
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    }
+}
+
+/// Where redirects the upstream sends should point instead: the upstream's base and the address
+/// the caller used to reach the proxy.
+pub struct LocationRewrite<'a> {
+    /// The API base URL as configured, without a trailing slash (`https://as1.awmdm.com`).
+    pub upstream_base: &'a str,
+    /// The proxy's own base as the caller addressed it (`http://127.0.0.1:8080`).
+    pub proxy_base: &'a str,
+}
+
+/// Turns an upstream response's headers into the caller's: hop-by-hop headers go, repeated headers
+/// such as `Set-Cookie` stay, and a `Location` pointing into the API is pointed at the proxy.
+pub fn response_headers(headers: &mut HeaderMap, rewrite: &LocationRewrite<'_>) {
+    strip_hop_by_hop(headers);
+    let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if let Some(rewritten) = rewrite_location(location, rewrite)
+        && let Ok(value) = HeaderValue::try_from(rewritten)
+    {
+        headers.insert(header::LOCATION, value);
+    }
+}
+
+/// The rewritten `Location`, or `None` when it points elsewhere and is left as it is.
+pub fn rewrite_location(location: &str, rewrite: &LocationRewrite<'_>) -> Option<String> {
+    let base = rewrite.upstream_base;
+    let head = location.get(..base.len())?;
+    if !head.eq_ignore_ascii_case(base) {
+        return None;
+    }
+    let rest = &location[base.len()..];
+    // `https://as1.awmdm.com.evil.net/` or `https://as1.awmdm.com:8443/` share the prefix only.
+    if !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
+        return None;
+    }
+    Some(format!("{}{rest}", rewrite.proxy_base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Trace-Hop"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace-hop", "1"),
+            ("x-other", "2"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn request_loses_credentials_and_host_and_gains_accept_only_when_absent() {
+        let mut h = map(&[
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("host", "127.0.0.1:8080"),
+            ("aw-x", "1"),
+        ]);
+        request_headers(&mut h);
+        assert!(h.get("authorization").is_none());
+        assert!(h.get("host").is_none());
+        assert_eq!(h["accept"], "application/json");
+
+        let mut h = map(&[("accept", "application/json;version=2")]);
+        request_headers(&mut h);
+        assert_eq!(h["accept"], "application/json;version=2");
+    }
+
+    #[test]
+    fn repeated_response_headers_survive() {
+        let mut h = map(&[
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("connection", "close"),
+        ]);
+        let rw = LocationRewrite {
+            upstream_base: "https://as1.awmdm.com",
+            proxy_base: "http://localhost:8080",
+        };
+        response_headers(&mut h, &rw);
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn locations_into_the_api_point_at_the_proxy_and_others_stay() {
+        let rw = LocationRewrite {
+            upstream_base: "https://as1.awmdm.com",
+            proxy_base: "http://localhost:8080",
+        };
+        let cases = [
+            (
+                "https://as1.awmdm.com/api/mdm/devices/5",
+                Some("http://localhost:8080/api/mdm/devices/5"),
+            ),
+            (
+                "HTTPS://AS1.AWMDM.COM/api/x?y=1",
+                Some("http://localhost:8080/api/x?y=1"),
+            ),
+            ("https://as1.awmdm.com", Some("http://localhost:8080")),
+            ("https://as1.awmdm.com.evil.net/api", None),
+            ("https://as1.awmdm.com:8443/api", None),
+            ("https://cn1.awmdm.com/AirWatch", None),
+            ("/api/relative", None),
+        ];
+        for (location, expected) in cases {
+            assert_eq!(
+                rewrite_location(location, &rw).as_deref(),
+                expected,
+                "{location}"
+            );
+        }
+        let prefixed = LocationRewrite {
+            upstream_base: "http://10.0.0.5:81/uem",
+            proxy_base: "http://[::1]:8080",
+        };
+        assert_eq!(
+            rewrite_location("http://10.0.0.5:81/uem/api/x", &prefixed).as_deref(),
+            Some("http://[::1]:8080/api/x")
+        );
+        assert_eq!(rewrite_location("http://10.0.0.5:81/uemx", &prefixed), None);
+    }
+}

@@ -1,0 +1,174 @@
+//! The bearer token every forwarded request carries: where it lives, how requests read it, and the
+//! one task that fetches it.
+//!
+//! Invariants:
+//! - only the refresher task talks to the token service, so requests never fetch tokens and
+//!   concurrent requests cannot stampede the service (single flight by construction);
+//! - requests read the current token from an `ArcSwap` without locking;
+//! - a token is injected only while it is usable (see [`schedule::usable_for`]); a failing refresh
+//!   keeps the old token in service until then.
+
+mod fetch;
+mod refresher;
+pub mod schedule;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http::HeaderValue;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+pub use fetch::{FetchError, Grant, TokenClient, parse_response};
+
+/// Anything that can produce a grant. The HTTP client in production; scripted sources in tests.
+pub trait TokenSource: Send + Sync + 'static {
+    fn fetch(&self) -> impl Future<Output = Result<Grant, FetchError>> + Send;
+}
+
+impl TokenSource for TokenClient {
+    fn fetch(&self) -> impl Future<Output = Result<Grant, FetchError>> + Send {
+        self.request()
+    }
+}
+
+/// A token ready to inject. The `Authorization` value is built once per token, not per request,
+/// and is marked sensitive so no `Debug` of a header map shows it.
+pub struct Token {
+    header: HeaderValue,
+    generation: u64,
+    issued_at: Instant,
+    usable_until: Instant,
+}
+
+impl Token {
+    fn new(grant: &Grant, generation: u64, now: Instant) -> Option<Token> {
+        use secrecy::ExposeSecret;
+        let mut header =
+            HeaderValue::try_from(format!("Bearer {}", grant.access_token.expose_secret())).ok()?;
+        header.set_sensitive(true);
+        let usable_until = now.checked_add(schedule::usable_for(grant.lifetime))?;
+        Some(Token {
+            header,
+            generation,
+            issued_at: now,
+            usable_until,
+        })
+    }
+
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// Counts tokens fetched since start; tells a stale token from a fresh one after a 401.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn issued_at(&self) -> Instant {
+        self.issued_at
+    }
+
+    pub fn usable_until(&self) -> Instant {
+        self.usable_until
+    }
+
+    pub fn is_usable(&self) -> bool {
+        Instant::now() < self.usable_until
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("header", &"***")
+            .field("generation", &self.generation)
+            .field("usable_until", &self.usable_until)
+            .finish()
+    }
+}
+
+/// A request, from a caller whose token the upstream rejected, for a newer one.
+struct Force {
+    rejected_generation: u64,
+    reply: oneshot::Sender<bool>,
+}
+
+struct Shared {
+    current: ArcSwapOption<Token>,
+    /// Bumped to the new generation whenever a token is stored, to wake waiting requests.
+    updates: watch::Sender<u64>,
+}
+
+/// The requests' side of the token: cheap to clone, lock-free to read.
+#[derive(Clone)]
+pub struct Tokens {
+    shared: Arc<Shared>,
+    force: mpsc::Sender<Force>,
+}
+
+impl Tokens {
+    /// The current token if it may still be injected. Lock-free.
+    pub fn usable(&self) -> Option<Arc<Token>> {
+        self.shared.current.load_full().filter(|t| t.is_usable())
+    }
+
+    /// The current token, waiting up to `max` for one when none is usable (at start-up, or while
+    /// the token service is down after the last token ran out).
+    pub async fn wait_usable(&self, max: Duration) -> Option<Arc<Token>> {
+        if let Some(token) = self.usable() {
+            return Some(token);
+        }
+        let mut updates = self.shared.updates.subscribe();
+        let wait = async {
+            loop {
+                if let Some(token) = self.usable() {
+                    return token;
+                }
+                if updates.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(max, wait).await.ok()
+    }
+
+    /// After the upstream rejected `rejected`, asks the refresher for a newer token and waits up
+    /// to `max` for it. Many callers rejecting the same token cause one refresh; a refresher that
+    /// refreshed moments ago for the same reason declines, and then this returns `None`.
+    pub async fn replace_rejected(&self, rejected: &Token, max: Duration) -> Option<Arc<Token>> {
+        let (reply, answer) = oneshot::channel();
+        let force = Force {
+            rejected_generation: rejected.generation,
+            reply,
+        };
+        self.force.send(force).await.ok()?;
+        match tokio::time::timeout(max, answer).await {
+            Ok(Ok(true)) => self.usable().filter(|t| t.generation > rejected.generation),
+            _ => None,
+        }
+    }
+
+    /// Creates the store and its refresher. The refresher runs until every `Tokens` is dropped;
+    /// the caller owns its handle.
+    pub fn start<S: TokenSource>(
+        source: S,
+        forced_interval: Duration,
+    ) -> (Tokens, tokio::task::JoinHandle<()>) {
+        let (updates, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            current: ArcSwapOption::empty(),
+            updates,
+        });
+        let (force, forced) = mpsc::channel(1024);
+        let task = refresher::Refresher::new(source, shared.clone(), forced, forced_interval);
+        let handle = tokio::spawn(task.run());
+        (Tokens { shared, force }, handle)
+    }
+}
+
+#[cfg(test)]
+mod tests;
