@@ -77,15 +77,21 @@ async fn forward(fwd: &Forwarder, req: Request) -> Result<Response, ProxyError> 
     let started = Instant::now();
     let mut response = send(fwd, &parts, &url, &token, body, sent).await?;
 
-    if response.status() == StatusCode::UNAUTHORIZED
-        && let Some(bytes) = replay
-        && let Some(fresh) = fwd.tokens.replace_rejected(&token, fwd.token_wait).await
-    {
-        tracing::debug!(
-            generation = fresh.generation(),
-            "replaying a request rejected with 401"
-        );
-        response = send(fwd, &parts, &url, &fresh, reqwest::Body::from(bytes), None).await?;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        match replay {
+            Some(bytes) => {
+                if let Some(fresh) = fwd.tokens.replace_rejected(&token, fwd.token_wait).await {
+                    tracing::debug!(
+                        generation = fresh.generation(),
+                        "replaying a request rejected with 401"
+                    );
+                    let body = reqwest::Body::from(bytes);
+                    response = send(fwd, &parts, &url, &fresh, body, None).await?;
+                }
+            }
+            // Not replayable: the caller gets this 401, the next request a fresh token.
+            None => fwd.tokens.report_rejected(&token),
+        }
     }
     let upstream_latency = started.elapsed();
 

@@ -152,6 +152,16 @@ impl Tokens {
         }
     }
 
+    /// Tells the refresher the upstream rejected `rejected`, without waiting: for requests that
+    /// cannot be replayed, so that the next request finds a fresh token.
+    pub fn report_rejected(&self, rejected: &Token) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.force.try_send(Force {
+            rejected_generation: rejected.generation,
+            reply,
+        });
+    }
+
     /// Creates the store and its refresher. The refresher runs until every `Tokens` is dropped;
     /// the caller owns its handle.
     pub fn start<S: TokenSource>(

@@ -1,0 +1,1 @@
+//! The real binary: configuration errors, the `config` command (rest comes later in this file).

@@ -1,0 +1,8 @@
+//! Integration tests: the proxy on real sockets between a mock token service and a mock API,
+//! and the real binary for what only a process shows (exit codes, signals, logs).
+
+mod binary;
+mod forwarding;
+mod streaming;
+mod support;
+mod tokens;

@@ -1,0 +1,375 @@
+//! Test doubles on real sockets: a scriptable token service, an upstream that reports what it
+//! received, and helpers to start the proxy in-process or as the real binary.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot};
+
+/// Binds port 0 on loopback and serves `app` in the background.
+pub async fn spawn(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// One scripted answer of the token service.
+#[derive(Clone)]
+pub enum Reply {
+    /// A normal grant: `tok-N` (N counts grants) with this `expires_in` JSON value.
+    Grant(&'static str),
+    /// Any status, content type and body.
+    Raw(u16, &'static str, String),
+}
+
+/// A token service: answers from a script, then with `Grant("3600")`; counts and records calls.
+#[derive(Clone, Default)]
+pub struct TokenService {
+    pub script: Arc<Mutex<VecDeque<Reply>>>,
+    pub calls: Arc<AtomicU64>,
+    pub grants: Arc<AtomicU64>,
+    pub forms: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    pub delay: Duration,
+    /// Answered after the script instead of a grant, when set.
+    pub after_script: Option<Reply>,
+}
+
+impl TokenService {
+    pub fn script(replies: &[Reply]) -> TokenService {
+        TokenService {
+            script: Arc::new(Mutex::new(replies.iter().cloned().collect())),
+            ..Default::default()
+        }
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Starts it; returns its token URL.
+    pub async fn start(&self) -> String {
+        let app = Router::new()
+            .route("/connect/token", post(token))
+            .with_state(self.clone());
+        format!("http://{}/connect/token", spawn(app).await)
+    }
+}
+
+async fn token(
+    State(svc): State<TokenService>,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Response {
+    svc.calls.fetch_add(1, Ordering::SeqCst);
+    svc.forms.lock().unwrap().push(form);
+    tokio::time::sleep(svc.delay).await;
+    let scripted = svc.script.lock().unwrap().pop_front();
+    let reply = scripted
+        .or(svc.after_script.clone())
+        .unwrap_or(Reply::Grant("3600"));
+    match reply {
+        Reply::Grant(expires_in) => {
+            let n = svc.grants.fetch_add(1, Ordering::SeqCst) + 1;
+            let body = format!(
+                r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":{expires_in}}}"#
+            );
+            (StatusCode::OK, [("content-type", "application/json")], body).into_response()
+        }
+        Reply::Raw(status, content_type, body) => (
+            StatusCode::from_u16(status).unwrap(),
+            [("content-type", content_type)],
+            body,
+        )
+            .into_response(),
+    }
+}
+
+/// What the upstream saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The mock API. Every request is recorded; paths choose behaviours (see `upstream_handler`).
+#[derive(Clone, Default)]
+pub struct Upstream {
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// `/auth-check` answers 200 only to this `Authorization` value.
+    pub accepted: Arc<Mutex<String>>,
+    /// Notified when `/probe-upload` has received its first piece of body.
+    pub first_piece: Arc<Notify>,
+    /// `/probe-download` sends its second piece once this is notified.
+    pub send_rest: Arc<Notify>,
+    pub addr: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl Upstream {
+    pub async fn start(&self) -> String {
+        let app = Router::new()
+            .fallback(any(upstream_handler))
+            .with_state(self.clone());
+        let addr = spawn(app).await;
+        *self.addr.lock().unwrap() = Some(addr);
+        format!("http://{addr}")
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw a request")
+    }
+}
+
+/// A deterministic byte pattern and a checksum, to verify big bodies end to end.
+pub fn pattern(offset: u64, len: usize) -> Bytes {
+    (0..len as u64)
+        .map(|i| ((offset + i) % 251) as u8)
+        .collect::<Vec<_>>()
+        .into()
+}
+
+pub fn checksum(acc: u64, chunk: &[u8]) -> u64 {
+    chunk
+        .iter()
+        .fold(acc, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64))
+}
+
+async fn upstream_handler(
+    State(up): State<Upstream>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let record = |body: Bytes| {
+        up.seen.lock().unwrap().push(Seen {
+            method: parts.method.to_string(),
+            target: target.clone(),
+            headers: parts.headers.clone(),
+            body,
+        })
+    };
+    let number = |k: &str| q.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    match path.as_str() {
+        "/upload" | "/probe-upload" => {
+            record(Bytes::new());
+            let (mut total, mut sum) = (0u64, 0u64);
+            let mut stream = body.into_data_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.unwrap();
+                total += chunk.len() as u64;
+                sum = checksum(sum, &chunk);
+                up.first_piece.notify_one();
+            }
+            axum::Json(serde_json::json!({ "bytes": total, "checksum": sum })).into_response()
+        }
+        "/download" => {
+            record(Bytes::new());
+            let total = number("bytes");
+            let chunks = futures_util::stream::unfold(0u64, move |sent| async move {
+                (sent < total).then(|| {
+                    let n = (total - sent).min(256 * 1024);
+                    (Ok::<_, std::io::Error>(pattern(sent, n as usize)), sent + n)
+                })
+            });
+            (
+                [("content-length", total.to_string())],
+                Body::from_stream(chunks),
+            )
+                .into_response()
+        }
+        "/probe-download" => {
+            record(Bytes::new());
+            let send_rest = up.send_rest.clone();
+            let chunks = futures_util::stream::unfold(0, move |step| {
+                let send_rest = send_rest.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok::<_, std::io::Error>(Bytes::from_static(b"first;")), 1)),
+                        1 => {
+                            send_rest.notified().await;
+                            Some((Ok(Bytes::from_static(b"rest")), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            Body::from_stream(chunks).into_response()
+        }
+        "/stall-body" => {
+            record(Bytes::new());
+            let chunks = futures_util::stream::unfold(0, |step| async move {
+                if step == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Some((Ok::<_, std::io::Error>(Bytes::from_static(b"partial")), 1))
+            });
+            Body::from_stream(chunks).into_response()
+        }
+        _ => {
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            record(body.clone());
+            special(&up, &path, &parts.headers, number("ms"), body).await
+        }
+    }
+}
+
+async fn special(up: &Upstream, path: &str, headers: &HeaderMap, ms: u64, body: Bytes) -> Response {
+    match path {
+        "/slow-headers" => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            "slow".into_response()
+        }
+        "/auth-check" => {
+            let auth = headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_owned());
+            if auth.as_deref() == Some(up.accepted.lock().unwrap().as_str()) {
+                (StatusCode::OK, body).into_response()
+            } else {
+                let err = r#"{"errorCode":1005,"message":"Invalid credentials","activityId":"a1"}"#;
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [("content-type", "application/json")],
+                    err,
+                )
+                    .into_response()
+            }
+        }
+        "/hop" => Response::builder()
+            .header("connection", "x-conn-named, keep-alive")
+            .header("x-conn-named", "dropped")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic")
+            .header("upgrade", "h2c")
+            .header("set-cookie", "a=1")
+            .header("set-cookie", "b=2")
+            .header("x-kept", "yes")
+            .body(Body::from("hop"))
+            .unwrap(),
+        "/redirect" => {
+            let own = up.addr.lock().unwrap().unwrap();
+            let location = format!("http://{own}/api/elsewhere?x=1");
+            (StatusCode::FOUND, [("location", location)], "").into_response()
+        }
+        _ => {
+            let headers: serde_json::Map<String, serde_json::Value> = headers
+                .keys()
+                .map(|k| {
+                    let values = headers
+                        .get_all(k)
+                        .iter()
+                        .map(|v| v.to_str().unwrap_or("?").to_owned());
+                    (k.to_string(), values.collect::<Vec<_>>().into())
+                })
+                .collect();
+            axum::Json(serde_json::json!({ "headers": headers, "body_len": body.len() }))
+                .into_response()
+        }
+    }
+}
+
+/// The proxy, running in this test's runtime on a port of its own.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Proxy {
+    /// Starts the proxy for `api` and `token_url` with extra environment settings.
+    pub async fn start(api: &str, token_url: &str, extra: &[(&str, &str)]) -> Proxy {
+        let mut env: HashMap<String, String> = [
+            ("UEM_API_URL", api),
+            ("UEM_TOKEN_URL", token_url),
+            ("UEM_CLIENT_ID", "test-client"),
+            ("UEM_CLIENT_SECRET", SECRET),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = uem_proxy::Config::load(None, &|k| env.get(k).cloned()).expect("valid config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(uem_proxy::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr,
+            url: format!("http://{addr}"),
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    /// Starts mock token service and upstream with defaults, and the proxy in front of them.
+    pub async fn with_defaults(extra: &[(&str, &str)]) -> (Proxy, Upstream, TokenService) {
+        let tokens = TokenService::default();
+        let upstream = Upstream::default();
+        let proxy = Proxy::start(&upstream.start().await, &tokens.start().await, extra).await;
+        (proxy, upstream, tokens)
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The client secret every test proxy is configured with; logs are searched for it.
+pub const SECRET: &str = "c1ient-s3cret-VALUE";
+
+/// A plain HTTP client for the tests: no proxy from the environment, no redirects.
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Sends raw bytes and reads until the server closes or `Connection: close` completes the reply.
+pub async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JSON body of a raw HTTP response.
+pub fn raw_json(response: &str) -> serde_json::Value {
+    let body = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response")
+        .1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
