@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::body::Counted;
 use crate::rewrite::X_REQUEST_ID;
@@ -59,7 +60,9 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
     let bytes_in = Arc::new(AtomicU64::new(0));
     let req = req.map(|b| Body::new(Counted::new(b, bytes_in.clone())));
 
-    let mut response = next.run(req).await;
+    // Debug lines written while serving the request carry its id through this span.
+    let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or(""));
+    let mut response = next.run(req).instrument(span).await;
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), id.clone());

@@ -10,6 +10,7 @@
 //! - [`access_log`]: request ids and the one log event per request; [`admin`]: `/_proxy/*`.
 //! - [`error`]: the proxy's own errors and their single status mapping.
 //! - [`server`]: accept loop, header-read timeout, graceful shutdown; [`telemetry`]: logging.
+//! - [`healthcheck`]: the `healthcheck` command for container images without an HTTP client.
 //!
 //! # Invariants
 //! - Only the refresher task talks to the token service; requests read the token lock-free.
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod healthcheck;
 pub mod proxy;
 pub mod rewrite;
 pub mod server;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use uem_proxy::{Config, server, telemetry};
+use uem_proxy::{Config, healthcheck, server, telemetry};
 
 /// A credential-injecting proxy for the Workspace ONE UEM REST API.
 #[derive(Parser)]
@@ -24,11 +24,31 @@ enum Command {
     Run,
     /// Print the effective configuration as JSON, secrets masked, and exit.
     Config,
+    /// Exit 0 if a running proxy answers its health endpoint (for container health checks).
+    Healthcheck {
+        /// Address of the proxy; default: UEM_PROXY_LISTEN, else 127.0.0.1:8080.
+        #[arg(long)]
+        addr: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
+    if let Some(Command::Healthcheck { addr }) = &cli.command {
+        // Needs only the address: a health check must not depend on secrets being readable.
+        let addr = addr
+            .clone()
+            .or_else(|| env.get("UEM_PROXY_LISTEN").cloned());
+        let addr = addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        return match healthcheck::check(&addr, std::time::Duration::from_secs(3)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("uem-proxy: unhealthy: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let file = cli.config.or_else(|| {
         env.get("UEM_PROXY_CONFIG")
             .filter(|v| !v.is_empty())
@@ -50,6 +70,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config),
+        Command::Healthcheck { .. } => unreachable!("handled before loading the configuration"),
     }
 }
 

@@ -181,3 +181,22 @@ fn an_empty_variable_counts_as_unset() {
     env.push(("UEM_CONSOLE_URL", ""));
     assert!(load(&env).is_ok());
 }
+
+#[test]
+fn the_example_config_file_is_valid_and_complete() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/uem-proxy.example.toml");
+    let dir = std::env::temp_dir().join(format!("uem-example-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "s\n").unwrap();
+    let shown = secret.display().to_string();
+    let env: HashMap<String, String> = [("UEM_CLIENT_SECRET_FILE".to_owned(), shown)].into();
+    let c = Config::load(Some(&path), &|name| env.get(name).cloned()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(c.api_url.host_str(), Some("as1234.awmdm.com"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    for (key, var) in SETTINGS {
+        assert!(text.contains(&format!("{key} =")), "the example lacks {key}");
+        assert!(text.contains(&format!("[{var}]")), "the example lacks {var}");
+    }
+}

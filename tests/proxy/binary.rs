@@ -13,7 +13,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_uem-proxy");
 fn command(env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     // Only what the test gives: no stray UEM_* from the machine running the tests.
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     cmd.envs(env.iter().copied());
     cmd
 }
@@ -38,7 +39,11 @@ struct Running {
 
 impl Running {
     fn start(env: &[(&str, &str)]) -> Running {
-        let mut child = command(env).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let mut child = command(env)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -48,17 +53,28 @@ impl Running {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
                     && event["message"] == "listening"
                 {
-                    let _ = tx.send(event["listen"].as_str().unwrap().parse::<SocketAddr>().unwrap());
+                    let _ = tx.send(
+                        event["listen"]
+                            .as_str()
+                            .unwrap()
+                            .parse::<SocketAddr>()
+                            .unwrap(),
+                    );
                 }
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the proxy logs where it listens");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the proxy logs where it listens");
         Running { child, addr, log }
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         wait_exit(&mut self.child, Duration::from_secs(15))
     }
@@ -74,7 +90,10 @@ fn wait_exit(child: &mut Child, max: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(std::time::Instant::now() < deadline, "the process did not exit");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -90,12 +109,19 @@ fn config_prints_the_effective_settings_with_secrets_masked() {
     .arg("config")
     .output()
     .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(!stdout.contains(SECRET));
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["api_url"], "https://as4855.awmdm.com");
-    assert_eq!(json["token_url"], "https://apac.uemauth.workspaceone.com/connect/token");
+    assert_eq!(
+        json["token_url"],
+        "https://apac.uemauth.workspaceone.com/connect/token"
+    );
     assert_eq!(json["listen"], "127.0.0.1:8080");
     assert_eq!(json["client_secret"], "***");
 }
@@ -129,14 +155,21 @@ fn bad_settings_name_every_problem_and_exit_before_binding() {
 
 #[test]
 fn a_missing_config_file_is_a_config_error() {
-    let output = command(&[]).args(["--config", "/nonexistent/uem-proxy.toml", "config"]).output().unwrap();
+    let output = command(&[])
+        .args(["--config", "/nonexistent/uem-proxy.toml", "config"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/uem-proxy.toml: cannot read"));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("/nonexistent/uem-proxy.toml: cannot read")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_level_log_holds_no_secret_and_no_token() {
-    let leaky = format!(r#"{{"error":"invalid_client","error_description":"secret {SECRET} rejected"}}"#);
+    let leaky =
+        format!(r#"{{"error":"invalid_client","error_description":"secret {SECRET} rejected"}}"#);
     let leaky: &'static str = Box::leak(leaky.into_boxed_str());
     let tokens = TokenService::script(&[Reply::Raw(401, "application/json", leaky.into())]);
     let upstream = Upstream::default();
@@ -157,15 +190,28 @@ async fn a_trace_level_log_holds_no_secret_and_no_token() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200, "after an invalid_client answer, a retry and a 401 replay");
+    assert_eq!(
+        response.status(),
+        200,
+        "after an invalid_client answer, a retry and a 401 replay"
+    );
     assert_eq!(tokens.calls(), 3);
     let status = proxy.terminate();
     assert!(status.success(), "{status:?}");
 
     let log = proxy.log();
-    assert!(log.lines().count() > 20, "a trace-level run logs plenty:\n{log}");
+    assert!(
+        log.lines().count() > 20,
+        "a trace-level run logs plenty:\n{log}"
+    );
     assert!(log.contains("invalid_client"), "the error code is logged");
-    for secret in [SECRET, "tok-1", "tok-2", "bGVnYWN5OnBhc3N3b3JkLTEyMw", "cookie-value-9"] {
+    for secret in [
+        SECRET,
+        "tok-1",
+        "tok-2",
+        "bGVnYWN5OnBhc3N3b3JkLTEyMw",
+        "cookie-value-9",
+    ] {
         assert!(!log.contains(secret), "{secret} leaked into the log");
     }
     let access: Vec<serde_json::Value> = log
@@ -192,7 +238,16 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let (api, token_url) = (upstream.start().await, tokens.start().await);
     let mut proxy = Running::start(&base_env(&api, &token_url));
     let url = format!("http://{}/slow-headers?ms=1000", proxy.addr);
-    let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
+    let in_flight = tokio::spawn(async move {
+        client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = proxy.terminate();
@@ -203,4 +258,22 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(in_flight.await.unwrap(), "slow");
     assert!(status.0.success(), "{:?}\n{}", status.0, status.1);
     assert!(status.1.contains("drained"), "{}", status.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_zero_only_while_a_proxy_answers() {
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let mut proxy = Running::start(&base_env(&api, &token_url));
+    let addr = proxy.addr.to_string();
+    let check = |addr: String| {
+        tokio::task::spawn_blocking(move || command(&[("UEM_PROXY_LISTEN", &addr)]).arg("healthcheck").output().unwrap())
+    };
+    let healthy = check(addr.clone()).await.unwrap();
+    assert!(healthy.status.success(), "{}", String::from_utf8_lossy(&healthy.stderr));
+    tokio::task::spawn_blocking(move || proxy.terminate()).await.unwrap();
+    let gone = check(addr).await.unwrap();
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("unhealthy"));
 }

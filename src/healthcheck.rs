@@ -1,0 +1,53 @@
+//! `uem-proxy healthcheck`: asks a running proxy's `/_proxy/healthz`, for container health checks
+//! in images that carry no HTTP client of their own. Blocking and dependency-free on purpose.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Where the proxy listens as seen from inside its own host: an unspecified address (`0.0.0.0`,
+/// `[::]`) is reached through loopback.
+pub fn local_target(listen: SocketAddr) -> SocketAddr {
+    let mut target = listen;
+    if target.ip().is_unspecified() {
+        target.set_ip(match listen {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    target
+}
+
+/// Returns `Ok` when the proxy answered 200, else a message saying what happened.
+pub fn check(addr: &str, timeout: Duration) -> Result<(), String> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let target = local_target(target);
+    let mut stream = TcpStream::connect_timeout(&target, timeout)
+        .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let request =
+        format!("GET /_proxy/healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot send to {target}: {e}"))?;
+    let mut head = [0u8; 64];
+    let n = stream
+        .read(&mut head)
+        .map_err(|e| format!("no answer from {target}: {e}"))?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    let status_line = status_line.lines().next().unwrap_or("");
+    if status_line.starts_with("HTTP/1.1 200") || status_line.starts_with("HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(format!("{target} answered '{status_line}'"))
+    }
+}
