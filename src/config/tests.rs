@@ -196,7 +196,13 @@ fn the_example_config_file_is_valid_and_complete() {
     assert_eq!(c.api_url.host_str(), Some("as1234.awmdm.com"));
     let text = std::fs::read_to_string(&path).unwrap();
     for (key, var) in SETTINGS {
-        assert!(text.contains(&format!("{key} =")), "the example lacks {key}");
-        assert!(text.contains(&format!("[{var}]")), "the example lacks {var}");
+        assert!(
+            text.contains(&format!("{key} =")),
+            "the example lacks {key}"
+        );
+        assert!(
+            text.contains(&format!("[{var}]")),
+            "the example lacks {var}"
+        );
     }
 }

@@ -268,11 +268,22 @@ async fn healthcheck_exits_zero_only_while_a_proxy_answers() {
     let mut proxy = Running::start(&base_env(&api, &token_url));
     let addr = proxy.addr.to_string();
     let check = |addr: String| {
-        tokio::task::spawn_blocking(move || command(&[("UEM_PROXY_LISTEN", &addr)]).arg("healthcheck").output().unwrap())
+        tokio::task::spawn_blocking(move || {
+            command(&[("UEM_PROXY_LISTEN", &addr)])
+                .arg("healthcheck")
+                .output()
+                .unwrap()
+        })
     };
     let healthy = check(addr.clone()).await.unwrap();
-    assert!(healthy.status.success(), "{}", String::from_utf8_lossy(&healthy.stderr));
-    tokio::task::spawn_blocking(move || proxy.terminate()).await.unwrap();
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    tokio::task::spawn_blocking(move || proxy.terminate())
+        .await
+        .unwrap();
     let gone = check(addr).await.unwrap();
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("unhealthy"));
