@@ -1,0 +1,249 @@
+//! Which role permission an API request needs: request in, permission out (or unknown).
+//!
+//! The path is normalised first (case, an optional `/vN/` version segment, `.` and `..`
+//! segments, percent-encoding), then its family names the collection and the method plus the
+//! path's shape name the access kind:
+//! - `GET`, `HEAD`, `OPTIONS`, and `POST …/search`: Read;
+//! - `DELETE`: Delete;
+//! - `POST`/`PUT`/`PATCH` naming an action (a segment such as `commands`, `lockdevice`,
+//!   `enterprisewipe`, `install`, `activate`): Execute;
+//! - any other `POST`/`PUT`/`PATCH`: Write.
+
+use std::fmt;
+
+use http::Method;
+
+use super::permissions::{self, Permission};
+
+/// A collection of the API, as the permission table groups its permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    Admins,
+    Apps,
+    Blobs,
+    CompliancePolicy,
+    CustomAttributes,
+    Devices,
+    Groups,
+    Products,
+    Profiles,
+    SmartGroups,
+    UserGroups,
+    Users,
+}
+
+impl Collection {
+    pub const ALL: [Collection; 12] = [
+        Collection::Admins,
+        Collection::Apps,
+        Collection::Blobs,
+        Collection::CompliancePolicy,
+        Collection::CustomAttributes,
+        Collection::Devices,
+        Collection::Groups,
+        Collection::Products,
+        Collection::Profiles,
+        Collection::SmartGroups,
+        Collection::UserGroups,
+        Collection::Users,
+    ];
+
+    /// The collection's name inside the permission names (`REST API <this> Read`).
+    fn permission_stem(self) -> &'static str {
+        match self {
+            Collection::Admins => "Admins",
+            Collection::Apps => "Apps",
+            Collection::Blobs => "BLOBS",
+            Collection::CompliancePolicy => "Compliance Policy",
+            Collection::CustomAttributes => "Custom Attributes",
+            Collection::Devices => "Devices",
+            Collection::Groups => "Groups",
+            Collection::Products => "Products",
+            Collection::Profiles => "Profiles",
+            Collection::SmartGroups => "Smart Groups",
+            Collection::UserGroups => "User Groups",
+            Collection::Users => "Users",
+        }
+    }
+}
+
+/// The access kinds the table distinguishes within a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Read,
+    Write,
+    Execute,
+    Delete,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Read => "Read",
+            Kind::Write => "Write",
+            Kind::Execute => "Execute",
+            Kind::Delete => "Delete",
+        })
+    }
+}
+
+/// What a request needs: the collection, the kind of access, and the catalogue's permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Required {
+    pub collection: Collection,
+    pub kind: Kind,
+    pub permission: &'static Permission,
+}
+
+/// The permission a collection and kind need, from the catalogue.
+pub fn permission_for(collection: Collection, kind: Kind) -> &'static Permission {
+    let name = format!("REST API {} {kind}", collection.permission_stem());
+    permissions::find(&name).unwrap_or_else(|| panic!("the catalogue lacks {name}"))
+}
+
+/// Path segments after `/api` (and a `vN` version segment), lower-case and percent-decoded, with
+/// `.` and `..` resolved. `None` when the path is not under `/api`.
+pub fn api_segments(path: &str) -> Option<Vec<String>> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let mut segments: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let segment = percent_decode(raw).to_lowercase();
+        match segment.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(segment),
+        }
+    }
+    if segments.first().map(String::as_str) != Some("api") {
+        return None;
+    }
+    segments.remove(0);
+    // `/api/v1/mdm/…` and `/api/mdm/v2/…`: the version is not part of the resource.
+    if let Some(i) = segments.iter().take(2).position(|s| is_version(s)) {
+        segments.remove(i);
+    }
+    Some(segments)
+}
+
+fn is_version(segment: &str) -> bool {
+    segment.len() > 1
+        && segment.starts_with('v')
+        && segment[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Segments that name an action on a resource rather than the resource: a `POST`/`PUT`/`PATCH`
+/// through one of them is an Execute.
+const ACTIONS: &[&str] = &[
+    "commands",
+    "lockdevice",
+    "lock",
+    "unlock",
+    "syncdevice",
+    "sync",
+    "enterprisewipe",
+    "devicewipe",
+    "wipe",
+    "clearpasscode",
+    "sendmessage",
+    "querydevice",
+    "reboot",
+    "shutdown",
+    "lostmode",
+    "install",
+    "uninstall",
+    "activate",
+    "deactivate",
+    "retire",
+];
+
+/// The collection a path belongs to. Sub-resources of a device belong to their own collection
+/// (`/mdm/devices/{id}/apps` is Apps, `/mdm/devices/{id}/profiles` is Profiles).
+fn collection(segments: &[String]) -> Option<Collection> {
+    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+    Some(match s.as_slice() {
+        ["system", "admins", ..] => Collection::Admins,
+        ["system", "groups", ..] => Collection::Groups,
+        ["system", "users", ..] => Collection::Users,
+        ["system", "usergroups", ..] => Collection::UserGroups,
+        ["mdm", "devices", rest @ ..] => {
+            let sub = |names: &[&str]| rest.iter().any(|seg| names.contains(seg));
+            if sub(&["customattributes", "customattribute"]) {
+                Collection::CustomAttributes
+            } else if sub(&["apps"]) {
+                Collection::Apps
+            } else if sub(&["profiles"]) {
+                Collection::Profiles
+            } else if sub(&["smartgroups"]) {
+                Collection::SmartGroups
+            } else if sub(&["compliance"]) {
+                Collection::CompliancePolicy
+            } else {
+                Collection::Devices
+            }
+        }
+        ["mdm", "tags", ..] => Collection::Devices,
+        ["mdm", "smartgroups", ..] => Collection::SmartGroups,
+        ["mdm", "profiles", ..] => Collection::Profiles,
+        ["mdm", "products", ..] => Collection::Products,
+        ["mdm", "compliancepolicy" | "compliancepolicies", ..] => Collection::CompliancePolicy,
+        ["mam", "apps", ..] => Collection::Apps,
+        ["mam", "blobs", ..] => Collection::Blobs,
+        _ => return None,
+    })
+}
+
+fn kind(method: &Method, segments: &[String]) -> Kind {
+    match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS => Kind::Read,
+        Method::DELETE => Kind::Delete,
+        _ if segments.last().is_some_and(|s| s == "search") => Kind::Read,
+        _ if segments
+            .iter()
+            .skip(2)
+            .any(|s| ACTIONS.contains(&s.as_str())) =>
+        {
+            Kind::Execute
+        }
+        _ => Kind::Write,
+    }
+}
+
+/// The permission `method path` needs, or `None` when the path is outside the mapped families
+/// (`/api/system/info` needs none; families the table gives no name for are unknown).
+pub fn required(method: &Method, path: &str) -> Option<Required> {
+    let segments = api_segments(path)?;
+    let collection = collection(&segments)?;
+    let kind = kind(method, &segments);
+    Some(Required {
+        collection,
+        kind,
+        permission: permission_for(collection, kind),
+    })
+}
+
+#[cfg(test)]
+mod tests;
