@@ -11,6 +11,8 @@
 //! - [`error`]: the proxy's own errors and their single status mapping.
 //! - [`server`]: accept loop, header-read timeout, graceful shutdown; [`telemetry`]: logging.
 //! - [`healthcheck`]: the `healthcheck` command for container images without an HTTP client.
+//! - [`sandbox`]: an offline simulated UEM tenant; [`demo`]: the sandbox and the proxy together.
+//! - [`uem`]: also the permission catalogue and the request-to-permission map.
 //!
 //! # Invariants
 //! - Only the refresher task talks to the token service; requests read the token lock-free.
@@ -25,10 +27,12 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod healthcheck;
 pub mod proxy;
 pub mod rewrite;
+pub mod sandbox;
 pub mod server;
 pub mod telemetry;
 pub mod token;

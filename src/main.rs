@@ -1,11 +1,15 @@
 //! The `uem-proxy` command: parse the command line, load the configuration, run.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use uem_proxy::{Config, healthcheck, server, telemetry};
+use clap::{Args, Parser, Subcommand};
+use uem_proxy::config::LogFormat;
+use uem_proxy::sandbox::{self, Role};
+use uem_proxy::{Config, demo, healthcheck, server, telemetry};
 
 /// A credential-injecting proxy for the Workspace ONE UEM REST API.
 #[derive(Parser)]
@@ -30,73 +34,182 @@ enum Command {
         #[arg(long)]
         addr: Option<String>,
     },
+    /// Serve a simulated UEM tenant (token service and API) for developing scripts offline.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        tenant: TenantArgs,
+    },
+    /// Start a sandbox tenant and the proxy in front of it; print commands to try.
+    Demo {
+        /// Address of the proxy.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Address of the sandbox tenant (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        sandbox_listen: SocketAddr,
+        #[command(flatten)]
+        tenant: TenantArgs,
+    },
+}
+
+/// The simulated tenant's settings.
+#[derive(Args)]
+struct TenantArgs {
+    /// The OAuth client ID the sandbox accepts.
+    #[arg(long, default_value = "sandbox-client")]
+    client_id: String,
+    /// The OAuth client secret the sandbox accepts.
+    #[arg(long, default_value = "sandbox-secret")]
+    client_secret: String,
+    /// Lifetime of issued tokens (short ones show refreshing at work), e.g. 60s, 1h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    token_lifetime: Option<Duration>,
+    /// API calls a second before 429 answers; none when absent.
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// The client's role: full, operator (everything but deletions and admins), read-only.
+    #[arg(long, default_value = "operator", value_parser = parse_role)]
+    role: Role,
+    /// How many devices the tenant holds.
+    #[arg(long, default_value_t = 300)]
+    devices: usize,
+    /// Seed of the generated data: the same seed, the same tenant.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("'{s}' is not one of full, operator, read-only"))
+}
+
+impl TenantArgs {
+    fn options(self, default_lifetime: Duration) -> sandbox::Options {
+        let mut options = sandbox::Options::new(&self.client_id, &self.client_secret);
+        options.token_lifetime = self.token_lifetime.unwrap_or(default_lifetime);
+        options.rate_limit = self.rate_limit;
+        options.role = self.role;
+        options.devices = self.devices;
+        options.seed = self.seed;
+        options
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    if let Some(Command::Healthcheck { addr }) = &cli.command {
-        // Needs only the address: a health check must not depend on secrets being readable.
-        let addr = addr
-            .clone()
-            .or_else(|| env.get("UEM_PROXY_LISTEN").cloned());
-        let addr = addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-        return match healthcheck::check(&addr, std::time::Duration::from_secs(3)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("uem-proxy: unhealthy: {message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let file = cli.config.or_else(|| {
-        env.get("UEM_PROXY_CONFIG")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
-    let config = match Config::load(file.as_deref(), &|name| env.get(name).cloned()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprint!("uem-proxy: {error}");
-            return ExitCode::from(2);
-        }
+    let command = cli.command.unwrap_or(Command::Run);
+    let load = || {
+        let file = cli.config.clone().or_else(|| {
+            env.get("UEM_PROXY_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        Config::load(file.as_deref(), &|name| env.get(name).cloned())
+            .inspect_err(|error| eprint!("uem-proxy: {error}"))
     };
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Config => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&config.summary()).expect("JSON")
-            );
-            ExitCode::SUCCESS
+    match command {
+        Command::Run => match load() {
+            Ok(config) => {
+                telemetry::init(config.log_format);
+                block_on(async move {
+                    let listener = bind(config.listen).await?;
+                    uem_proxy::run(config, listener, server::signal())
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            }
+            Err(_) => ExitCode::from(2),
+        },
+        Command::Config => match load() {
+            Ok(config) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&config.summary()).expect("JSON")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(_) => ExitCode::from(2),
+        },
+        Command::Healthcheck { addr } => {
+            // Needs only the address: a health check must not depend on secrets being readable.
+            let addr = addr.or_else(|| env.get("UEM_PROXY_LISTEN").cloned());
+            let addr = addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+            match healthcheck::check(&addr, Duration::from_secs(3)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("uem-proxy: unhealthy: {message}");
+                    ExitCode::FAILURE
+                }
+            }
         }
-        Command::Run => run(config),
-        Command::Healthcheck { .. } => unreachable!("handled before loading the configuration"),
+        Command::Sandbox { listen, tenant } => {
+            telemetry::init(log_format(&env));
+            let options = tenant.options(Duration::from_secs(3600));
+            block_on(async move {
+                let listener = bind(listen).await?;
+                let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                println!("uem-proxy sandbox: a simulated Workspace ONE UEM tenant");
+                println!("  API        http://{addr}/api/");
+                println!("  token URL  http://{addr}/connect/token");
+                println!(
+                    "  client     {} / {}",
+                    options.client_id,
+                    secrecy::ExposeSecret::expose_secret(&options.client_secret)
+                );
+                println!("Press Ctrl-C to stop.");
+                sandbox::serve(listener, options, server::signal())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }
+        Command::Demo {
+            listen,
+            sandbox_listen,
+            tenant,
+        } => {
+            telemetry::init(log_format(&env));
+            let options = tenant.options(Duration::from_secs(60));
+            block_on(async move {
+                let proxy = bind(listen).await?;
+                let sandbox = bind(sandbox_listen).await?;
+                let mut stdout = std::io::stdout();
+                demo::run(proxy, sandbox, options, server::signal(), &mut stdout)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }
     }
 }
 
-fn run(config: Config) -> ExitCode {
-    telemetry::init(config.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("uem-proxy: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
+fn log_format(env: &HashMap<String, String>) -> LogFormat {
+    match env
+        .get("UEM_PROXY_LOG_FORMAT")
+        .map(|f| f.to_ascii_lowercase())
+    {
+        Some(f) if f == "json" => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// Runs `work` on a multi-threaded runtime; an error is printed and makes the exit code 1.
+fn block_on(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(work));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("uem-proxy: {message}");
+            ExitCode::FAILURE
         }
-    };
-    runtime.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                eprintln!("uem-proxy: cannot listen on {}: {error}", config.listen);
-                return ExitCode::FAILURE;
-            }
-        };
-        match uem_proxy::run(config, listener, server::signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("uem-proxy: {error}");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    }
 }
