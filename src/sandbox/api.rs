@@ -39,12 +39,10 @@ pub async fn handle(State(sb): State<Arc<Sandbox>>, req: Request) -> Response {
 }
 
 async fn serve(sb: &Sandbox, req: Request) -> Response {
-    if let Err(refused) = sb.auth.check_bearer(req.headers()) {
+    if let Some(refused) = sb.auth.refuse_bearer(req.headers()) {
         return refused;
     }
-    if let Some(limit) = &sb.rate_limit
-        && let Err(limited) = limit.admit()
-    {
+    if let Some(limited) = sb.rate_limit.as_ref().and_then(|limit| limit.refuse()) {
         return limited;
     }
     if let Some(needed) = required(req.method(), req.uri().path())
@@ -276,7 +274,7 @@ fn search_devices(sb: &Sandbox, neg: Negotiated, q: &HashMap<String, String>) ->
             && field_eq(d, q, "compliantstatus", "ComplianceStatus")
             && matches(d, q, &[("model", "Model")])
             && q.get("lgid")
-                .is_none_or(|lgid| d["LocationGroupId"]["Id"]["Value"].to_string() == *lgid)
+                .is_none_or(|lgid| value_str(&d["LocationGroupId"]["Id"]) == *lgid)
     });
     paged(neg, filtered.collect(), q, "Devices", "DeviceSearchResult")
 }
@@ -471,7 +469,7 @@ fn paged(
     match reply::page(items, q, key) {
         Ok(Some(page)) => reply::render(neg, StatusCode::OK, root, &page),
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
-        Err(bad) => bad,
+        Err(message) => reply::error(StatusCode::BAD_REQUEST, code::BAD_REQUEST, message),
     }
 }
 

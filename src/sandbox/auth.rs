@@ -33,6 +33,7 @@ impl Auth {
             client_secret,
             lifetime,
             issued: Mutex::new(HashMap::new()),
+            grants: AtomicU64::new(0),
         }
     }
 
@@ -128,20 +129,20 @@ impl Auth {
             .into_response()
     }
 
-    /// `Ok` for a request carrying a token this sandbox issued that has not expired.
-    pub fn check_bearer(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// The 401 for a request without a live token this sandbox issued; `None` lets it pass.
+    pub fn refuse_bearer(&self, headers: &HeaderMap) -> Option<Response> {
         let token = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let Some(token) = token else {
-            return Err(unauthorized("no bearer token was sent"));
+            return Some(unauthorized("no bearer token was sent"));
         };
         let issued = self.issued.lock().expect("not poisoned");
         match issued.get(token.trim()) {
-            Some(expiry) if *expiry > Instant::now() => Ok(()),
-            Some(_) => Err(unauthorized("the access token has expired")),
-            None => Err(unauthorized("the access token is not valid")),
+            Some(expiry) if *expiry > Instant::now() => None,
+            Some(_) => Some(unauthorized("the access token has expired")),
+            None => Some(unauthorized("the access token is not valid")),
         }
     }
 }
@@ -192,15 +193,15 @@ impl RateLimit {
         }
     }
 
-    /// `Ok` when a call may go ahead; else 429 with `Retry-After` in whole seconds.
-    pub fn admit(&self) -> Result<(), Response> {
+    /// The 429 (with `Retry-After` in whole seconds) for a call over the limit; `None` admits it.
+    pub fn refuse(&self) -> Option<Response> {
         let mut state = self.state.lock().expect("not poisoned");
         let now = Instant::now();
         let (tokens, at) = *state;
         let tokens = (tokens + now.duration_since(at).as_secs_f64() * self.rate).min(self.rate);
         if tokens >= 1.0 {
             *state = (tokens - 1.0, now);
-            return Ok(());
+            return None;
         }
         *state = (tokens, now);
         let wait = ((1.0 - tokens) / self.rate).ceil().max(1.0) as u64;
@@ -213,6 +214,6 @@ impl RateLimit {
             ),
         );
         response.headers_mut().insert(RETRY_AFTER, wait.into());
-        Err(response)
+        Some(response)
     }
 }

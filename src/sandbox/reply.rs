@@ -131,21 +131,19 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 const DEFAULT_PAGE_SIZE: usize = 500;
 
 /// One page of `items` under `key`, with UEM's `Page`, `PageSize` and `Total`, ordered by the
-/// `orderby` field (`sortorder` `ASC` or `DESC`). `Ok(None)` for an empty result (UEM answers 204).
+/// `orderby` field (`sortorder` `ASC` or `DESC`). `Ok(None)` for an empty result (UEM answers 204);
+/// `Err` names a bad paging parameter.
 pub fn page(
     items: Vec<&Value>,
     q: &HashMap<String, String>,
     key: &str,
-) -> Result<Option<Value>, Response> {
+) -> Result<Option<Value>, String> {
     let number = |name: &str, default: usize| match q.get(name) {
         None => Ok(default),
-        Some(v) => v.trim().parse::<usize>().map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                code::BAD_REQUEST,
-                format!("'{v}' is not a valid value for {name}"),
-            )
-        }),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| format!("'{v}' is not a valid value for {name}")),
     };
     let page = number("page", 0)?;
     let size = number("pagesize", DEFAULT_PAGE_SIZE)?.clamp(1, MAX_PAGE_SIZE);
@@ -286,11 +284,15 @@ mod tests {
 
     #[test]
     fn xml_nests_objects_and_lists() {
-        let neg = Negotiated {
-            xml: true,
-            version: 1,
-        };
         let v = json!({ "Devices": [{ "Id": { "Value": 1 }, "Name": "a<b" }], "Total": 1 });
+        let mut out = String::new();
+        xml("DeviceSearchResult", &v, &mut out);
+        assert_eq!(
+            out,
+            "<DeviceSearchResult><Devices><Device><Id><Value>1</Value></Id><Name>a&lt;b</Name></Device>\
+             </Devices><Total>1</Total></DeviceSearchResult>"
+        );
+        let neg = Negotiated { xml: true, version: 1 };
         let r = render(neg, StatusCode::OK, "DeviceSearchResult", &v);
         assert_eq!(r.headers()[CONTENT_TYPE], "application/xml; charset=utf-8");
     }
