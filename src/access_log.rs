@@ -63,9 +63,7 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
     // Debug lines written while serving the request carry its id through this span.
     let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or(""));
     let mut response = next.run(req).instrument(span).await;
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), id.clone());
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     let upstream = response.extensions().get::<UpstreamLatency>().map(|u| u.0);
     let status = response.status().as_u16();
     response.map(|inner| {
@@ -131,10 +129,7 @@ impl http_body::Body for Logged {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => self.record.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64),

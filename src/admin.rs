@@ -26,17 +26,13 @@ async fn healthz() -> Response {
 }
 
 /// Ready: a token is held that may be injected now.
-async fn readyz(
-    State(fwd): State<Arc<Forwarder>>,
-    Extension(id): Extension<RequestId>,
-) -> Response {
+async fn readyz(State(fwd): State<Arc<Forwarder>>, Extension(id): Extension<RequestId>) -> Response {
     match fwd.tokens.usable() {
         Some(token) => {
             let valid_for = token
                 .usable_until()
                 .saturating_duration_since(tokio::time::Instant::now());
-            Json(serde_json::json!({ "status": "ready", "token_valid_for_s": valid_for.as_secs() }))
-                .into_response()
+            Json(serde_json::json!({ "status": "ready", "token_valid_for_s": valid_for.as_secs() })).into_response()
         }
         None => ProxyError::NoToken {
             retry_after_s: fwd.token_wait.as_secs().max(1),

@@ -29,10 +29,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("upstream_timeout", "UEM_PROXY_UPSTREAM_TIMEOUT"),
     ("connect_timeout", "UEM_PROXY_CONNECT_TIMEOUT"),
     ("token_wait", "UEM_PROXY_TOKEN_WAIT"),
-    (
-        "forced_refresh_interval",
-        "UEM_PROXY_FORCED_REFRESH_INTERVAL",
-    ),
+    ("forced_refresh_interval", "UEM_PROXY_FORCED_REFRESH_INTERVAL"),
     ("replay_body_limit", "UEM_PROXY_REPLAY_BODY_LIMIT"),
     ("shutdown_grace", "UEM_PROXY_SHUTDOWN_GRACE"),
     ("log_format", "UEM_PROXY_LOG_FORMAT"),
@@ -138,10 +135,7 @@ impl Config {
     /// Loads the file (if any), overlays the environment as seen through `env`, and validates.
     ///
     /// `env` is a parameter so tests never touch the process environment.
-    pub fn load(
-        file: Option<&Path>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut raw: BTreeMap<&'static str, Raw> = BTreeMap::new();
         if let Some(path) = file {
@@ -155,11 +149,7 @@ impl Config {
         }
     }
 
-    fn from_raw(
-        raw: &BTreeMap<&'static str, Raw>,
-        file: Option<&Path>,
-        problems: &mut Vec<String>,
-    ) -> Option<Config> {
+    fn from_raw(raw: &BTreeMap<&'static str, Raw>, file: Option<&Path>, problems: &mut Vec<String>) -> Option<Config> {
         let mut p = Parser { raw, problems };
         let api_url = p.api_url();
         let (token_url, token_url_source) = p.token_url().unzip();
@@ -188,12 +178,10 @@ impl Config {
                 .map_err(|_| format!("'{s}' is not a number of bytes"))
         });
         let shutdown_grace = p.optional("shutdown_grace", "30s", parse_duration);
-        let log_format = p.optional("log_format", "text", |s| {
-            match s.trim().to_ascii_lowercase().as_str() {
-                "text" => Ok(LogFormat::Text),
-                "json" => Ok(LogFormat::Json),
-                _ => Err(format!("'{s}' is not one of text, json")),
-            }
+        let log_format = p.optional("log_format", "text", |s| match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("'{s}' is not one of text, json")),
         });
         Some(Config {
             api_url: api_url?,
@@ -256,10 +244,7 @@ fn read_file(path: &Path, raw: &mut BTreeMap<&'static str, Raw>, problems: &mut 
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
             other => {
-                problems.push(format!(
-                    "{shown}: {key}: expected a string, found {}",
-                    other.type_str()
-                ));
+                problems.push(format!("{shown}: {key}: expected a string, found {}", other.type_str()));
                 continue;
             }
         };
@@ -276,11 +261,7 @@ fn read_file(path: &Path, raw: &mut BTreeMap<&'static str, Raw>, problems: &mut 
 fn overlay_env(env: &dyn Fn(&str) -> Option<String>, raw: &mut BTreeMap<&'static str, Raw>) {
     let from_env: Vec<(&'static str, &'static str, String)> = SETTINGS
         .iter()
-        .filter_map(|&(key, var)| {
-            env(var)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| (key, var, v))
-        })
+        .filter_map(|&(key, var)| env(var).filter(|v| !v.trim().is_empty()).map(|v| (key, var, v)))
         .collect();
     for &(a, b) in ALTERNATIVES {
         if from_env.iter().any(|(k, _, _)| *k == a || *k == b) {
@@ -318,19 +299,13 @@ impl Parser<'_> {
         match f(&raw.value) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.problems
-                    .push(format!("{}: {e}", raw.origin.describe(key)));
+                self.problems.push(format!("{}: {e}", raw.origin.describe(key)));
                 None
             }
         }
     }
 
-    fn required<T>(
-        &mut self,
-        key: &str,
-        what: &str,
-        f: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Option<T> {
+    fn required<T>(&mut self, key: &str, what: &str, f: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
         if !self.raw.contains_key(key) {
             self.problems
                 .push(format!("{} is not set: {what} is required", env_name(key)));
@@ -339,12 +314,7 @@ impl Parser<'_> {
         self.parse(key, f)
     }
 
-    fn optional<T>(
-        &mut self,
-        key: &str,
-        default: &str,
-        f: impl Fn(&str) -> Result<T, String>,
-    ) -> Option<T> {
+    fn optional<T>(&mut self, key: &str, default: &str, f: impl Fn(&str) -> Result<T, String>) -> Option<T> {
         if self.raw.contains_key(key) {
             self.parse(key, f)
         } else {
@@ -357,8 +327,7 @@ impl Parser<'_> {
         match (self.raw.contains_key(a), self.raw.contains_key(b)) {
             (true, true) => {
                 let (na, nb) = (self.name(a), self.name(b));
-                self.problems
-                    .push(format!("{na} and {nb} are both set: set only one"));
+                self.problems.push(format!("{na} and {nb} are both set: set only one"));
                 None
             }
             (false, false) => {
@@ -383,8 +352,7 @@ impl Parser<'_> {
 
     fn token_url(&mut self) -> Option<(Url, String)> {
         let domain = self.optional("token_domain", "workspaceone", |s| {
-            TokenDomain::parse(s)
-                .ok_or_else(|| format!("'{s}' is not one of workspaceone, vmwservices"))
+            TokenDomain::parse(s).ok_or_else(|| format!("'{s}' is not one of workspaceone, vmwservices"))
         });
         match self.one_of("token_url", "region", "the token service")? {
             "token_url" => self
@@ -403,26 +371,17 @@ impl Parser<'_> {
                 let url = Url::parse(&region.token_url(domain)).expect("region URLs are valid");
                 Some((
                     url,
-                    format!(
-                        "region {region} ({}), domain {}",
-                        region.location(),
-                        domain.name()
-                    ),
+                    format!("region {region} ({}), domain {}", region.location(), domain.name()),
                 ))
             }
         }
     }
 
     fn client_secret(&mut self) -> Option<SecretString> {
-        match self.one_of(
-            "client_secret",
-            "client_secret_file",
-            "the OAuth client's secret",
-        )? {
+        match self.one_of("client_secret", "client_secret_file", "the OAuth client's secret")? {
             "client_secret" => self.parse("client_secret", |s| non_empty_secret(s.to_owned())),
             _ => self.parse("client_secret_file", |s| {
-                let text = std::fs::read_to_string(s.trim())
-                    .map_err(|e| format!("cannot read '{s}': {e}"))?;
+                let text = std::fs::read_to_string(s.trim()).map_err(|e| format!("cannot read '{s}': {e}"))?;
                 non_empty_secret(text.trim_end_matches(['\r', '\n']).to_owned())
             }),
         }
@@ -437,16 +396,11 @@ fn non_empty_secret(s: String) -> Result<SecretString, String> {
 }
 
 fn env_name(key: &str) -> &'static str {
-    SETTINGS
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| *v)
-        .unwrap_or("?")
+    SETTINGS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).unwrap_or("?")
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("'{s}' is not a duration like 30s ({e})"))?;
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}' is not a duration like 30s ({e})"))?;
     if d.is_zero() {
         return Err("must be more than zero".to_owned());
     }
@@ -458,9 +412,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn base_url(s: &str, is_api: bool) -> Result<Url, String> {
     let mut url = Url::parse(s.trim()).map_err(|e| format!("'{s}' is not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "'{s}' must start with https:// (or http:// for labs)"
-        ));
+        return Err(format!("'{s}' must start with https:// (or http:// for labs)"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("'{s}' has no host"));

@@ -34,15 +34,9 @@ pub async fn run(
     let proxy_addr = proxy_listener.local_addr()?;
     let env: HashMap<&str, String> = [
         ("UEM_API_URL", format!("http://{sandbox_addr}")),
-        (
-            "UEM_TOKEN_URL",
-            format!("http://{sandbox_addr}/connect/token"),
-        ),
+        ("UEM_TOKEN_URL", format!("http://{sandbox_addr}/connect/token")),
         ("UEM_CLIENT_ID", options.client_id.clone()),
-        (
-            "UEM_CLIENT_SECRET",
-            options.client_secret.expose_secret().to_owned(),
-        ),
+        ("UEM_CLIENT_SECRET", options.client_secret.expose_secret().to_owned()),
         ("UEM_PROXY_LISTEN", proxy_addr.to_string()),
     ]
     .into();
@@ -56,10 +50,7 @@ pub async fn run(
         humantime::format_duration(options.token_lifetime),
         options.role
     )?;
-    writeln!(
-        out,
-        "  proxy           {proxy}  (callers send no credentials)"
-    )?;
+    writeln!(out, "  proxy           {proxy}  (callers send no credentials)")?;
     writeln!(out)?;
     writeln!(out, "Try:")?;
     for command in commands(&proxy) {

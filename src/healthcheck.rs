@@ -26,16 +26,11 @@ pub fn check(addr: &str, timeout: Duration) -> Result<(), String> {
         .next()
         .ok_or_else(|| format!("{addr} resolves to no address"))?;
     let target = local_target(target);
-    let mut stream = TcpStream::connect_timeout(&target, timeout)
-        .map_err(|e| format!("cannot connect to {target}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let request =
-        format!("GET /_proxy/healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    let mut stream =
+        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let request = format!("GET /_proxy/healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("cannot send to {target}: {e}"))?;

@@ -44,9 +44,7 @@ use std::sync::Arc;
 use axum::Router;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
 use tokio::net::TcpListener;
-use tower_http::sensitive_headers::{
-    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
-};
+use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
 
 pub use config::Config;
 use proxy::Forwarder;
@@ -81,11 +79,7 @@ pub fn router(forwarder: Arc<Forwarder>) -> Router {
 
 /// Runs the proxy on an already bound listener until `shutdown` completes and in-flight
 /// requests have drained (or the grace period is over).
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let client = http_client(&config).map_err(std::io::Error::other)?;
     let source = TokenClient {
         http: client.clone(),

@@ -102,13 +102,11 @@ fn main() -> ExitCode {
     let env: HashMap<String, String> = std::env::vars().collect();
     let command = cli.command.unwrap_or(Command::Run);
     let load = || {
-        let file = cli.config.clone().or_else(|| {
-            env.get("UEM_PROXY_CONFIG")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        });
-        Config::load(file.as_deref(), &|name| env.get(name).cloned())
-            .inspect_err(|error| eprint!("uem-proxy: {error}"))
+        let file = cli
+            .config
+            .clone()
+            .or_else(|| env.get("UEM_PROXY_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+        Config::load(file.as_deref(), &|name| env.get(name).cloned()).inspect_err(|error| eprint!("uem-proxy: {error}"))
     };
     match command {
         Command::Run => match load() {
@@ -125,10 +123,7 @@ fn main() -> ExitCode {
         },
         Command::Config => match load() {
             Ok(config) => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&config.summary()).expect("JSON")
-                );
+                println!("{}", serde_json::to_string_pretty(&config.summary()).expect("JSON"));
                 ExitCode::SUCCESS
             }
             Err(_) => ExitCode::from(2),
@@ -185,10 +180,7 @@ fn main() -> ExitCode {
 }
 
 fn log_format(env: &HashMap<String, String>) -> LogFormat {
-    match env
-        .get("UEM_PROXY_LOG_FORMAT")
-        .map(|f| f.to_ascii_lowercase())
-    {
+    match env.get("UEM_PROXY_LOG_FORMAT").map(|f| f.to_ascii_lowercase()) {
         Some(f) if f == "json" => LogFormat::Json,
         _ => LogFormat::Text,
     }

@@ -81,10 +81,7 @@ async fn forward(fwd: &Forwarder, req: Request) -> Result<Response, ProxyError> 
         match replay {
             Some(bytes) => {
                 if let Some(fresh) = fwd.tokens.replace_rejected(&token, fwd.token_wait).await {
-                    tracing::debug!(
-                        generation = fresh.generation(),
-                        "replaying a request rejected with 401"
-                    );
+                    tracing::debug!(generation = fresh.generation(), "replaying a request rejected with 401");
                     let body = reqwest::Body::from(bytes);
                     response = send(fwd, &parts, &url, &fresh, body, None).await?;
                 }
@@ -101,27 +98,21 @@ async fn forward(fwd: &Forwarder, req: Request) -> Result<Response, ProxyError> 
         proxy_base: &proxy_base,
     };
     rewrite::response_headers(response.headers_mut(), &location);
-    response
-        .extensions_mut()
-        .insert(UpstreamLatency(upstream_latency));
+    response.extensions_mut().insert(UpstreamLatency(upstream_latency));
     Ok(response.map(|b| Body::new(IdleTimeout::new(b, fwd.upstream_timeout))))
 }
 
 /// The upstream URL: the configured base with the caller's path and query appended as sent.
 /// Never `Url::join`, which would let `//other.host/` name another host.
 fn upstream_url(base: &str, parts: &Parts) -> Result<Url, ProxyError> {
-    let target = parts
-        .uri
-        .path_and_query()
-        .ok_or(ProxyError::BadTarget("no path"))?;
+    let target = parts.uri.path_and_query().ok_or(ProxyError::BadTarget("no path"))?;
     if !target.as_str().starts_with('/') {
         return Err(ProxyError::BadTarget("the path must start with /"));
     }
     if parts.method == Method::CONNECT {
         return Err(ProxyError::BadTarget("CONNECT is not supported"));
     }
-    let url = Url::parse(&format!("{base}{target}"))
-        .map_err(|_| ProxyError::BadTarget("not a valid URL path"))?;
+    let url = Url::parse(&format!("{base}{target}")).map_err(|_| ProxyError::BadTarget("not a valid URL path"))?;
     debug_assert!(url.as_str().starts_with(base));
     Ok(url)
 }

@@ -142,11 +142,7 @@ mod tests {
 
     #[test]
     fn repeated_response_headers_survive() {
-        let mut h = map(&[
-            ("set-cookie", "a=1"),
-            ("set-cookie", "b=2"),
-            ("connection", "close"),
-        ]);
+        let mut h = map(&[("set-cookie", "a=1"), ("set-cookie", "b=2"), ("connection", "close")]);
         let rw = LocationRewrite {
             upstream_base: "https://as1.awmdm.com",
             proxy_base: "http://localhost:8080",
@@ -179,11 +175,7 @@ mod tests {
             ("/api/relative", None),
         ];
         for (location, expected) in cases {
-            assert_eq!(
-                rewrite_location(location, &rw).as_deref(),
-                expected,
-                "{location}"
-            );
+            assert_eq!(rewrite_location(location, &rw).as_deref(), expected, "{location}");
         }
         let prefixed = LocationRewrite {
             upstream_base: "http://10.0.0.5:81/uem",

@@ -33,16 +33,10 @@ impl fmt::Display for Peer {
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains for at most `grace`.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) {
+pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>, grace: Duration) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     tokio::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -72,10 +66,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tracing::info!(
-        grace_s = grace.as_secs(),
-        "shutting down: no new connections; draining"
-    );
+    tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections; draining");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),

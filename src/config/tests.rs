@@ -5,10 +5,7 @@ use std::collections::HashMap;
 use super::*;
 
 fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let env: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Config::load(None, &|name| env.get(name).cloned())
 }
 
@@ -17,10 +14,7 @@ fn load_file(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> 
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("uem-proxy.toml");
     std::fs::write(&path, text).unwrap();
-    let env: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let result = Config::load(Some(&path), &|name| env.get(name).cloned());
     std::fs::remove_dir_all(&dir).unwrap();
     result
@@ -28,10 +22,7 @@ fn load_file(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> 
 
 const MINIMAL: &[(&str, &str)] = &[
     ("UEM_API_URL", "https://as1234.awmdm.com/"),
-    (
-        "UEM_TOKEN_URL",
-        "https://na.uemauth.workspaceone.com/connect/token",
-    ),
+    ("UEM_TOKEN_URL", "https://na.uemauth.workspaceone.com/connect/token"),
     ("UEM_CLIENT_ID", "client"),
     ("UEM_CLIENT_SECRET", "s3cr3t"),
 ];
@@ -102,10 +93,7 @@ fn nothing_set_names_each_missing_setting() {
         text.contains("neither UEM_API_URL nor UEM_CONSOLE_URL is set"),
         "{text}"
     );
-    assert!(
-        text.contains("neither UEM_TOKEN_URL nor UEM_REGION is set"),
-        "{text}"
-    );
+    assert!(text.contains("neither UEM_TOKEN_URL nor UEM_REGION is set"), "{text}");
     assert!(text.contains("UEM_CLIENT_ID is not set"), "{text}");
     assert!(
         text.contains("neither UEM_CLIENT_SECRET nor UEM_CLIENT_SECRET_FILE is set"),
@@ -136,10 +124,7 @@ fn the_environment_overrides_the_file_including_alternatives() {
     "#;
     let c = load_file(
         file,
-        &[
-            ("UEM_CONSOLE_URL", "cn2.awmdm.com"),
-            ("UEM_CLIENT_ID", "env-client"),
-        ],
+        &[("UEM_CONSOLE_URL", "cn2.awmdm.com"), ("UEM_CLIENT_ID", "env-client")],
     )
     .unwrap();
     assert_eq!(
@@ -157,20 +142,13 @@ fn the_environment_overrides_the_file_including_alternatives() {
 
 #[test]
 fn file_errors_name_the_file_and_key() {
-    let e = load_file(
-        "api_url = 5.5\nbogus = \"x\"\nclient_id = \"c\"\n",
-        &MINIMAL[1..],
-    )
-    .unwrap_err();
+    let e = load_file("api_url = 5.5\nbogus = \"x\"\nclient_id = \"c\"\n", &MINIMAL[1..]).unwrap_err();
     let text = e.to_string();
     assert!(
         text.contains("uem-proxy.toml: api_url: expected a string, found float"),
         "{text}"
     );
-    assert!(
-        text.contains("uem-proxy.toml: unknown setting 'bogus'"),
-        "{text}"
-    );
+    assert!(text.contains("uem-proxy.toml: unknown setting 'bogus'"), "{text}");
     let e = load_file("api_url = [", MINIMAL).unwrap_err();
     assert!(e.to_string().contains("not valid TOML"));
 }
@@ -196,13 +174,7 @@ fn the_example_config_file_is_valid_and_complete() {
     assert_eq!(c.api_url.host_str(), Some("as1234.awmdm.com"));
     let text = std::fs::read_to_string(&path).unwrap();
     for (key, var) in SETTINGS {
-        assert!(
-            text.contains(&format!("{key} =")),
-            "the example lacks {key}"
-        );
-        assert!(
-            text.contains(&format!("[{var}]")),
-            "the example lacks {var}"
-        );
+        assert!(text.contains(&format!("{key} =")), "the example lacks {key}");
+        assert!(text.contains(&format!("[{var}]")), "the example lacks {var}");
     }
 }

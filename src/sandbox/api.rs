@@ -66,11 +66,7 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
             "version {} of this API is not supported (1 to {MAX_VERSION} are)",
             neg.version
         );
-        return reply::error(
-            StatusCode::NOT_ACCEPTABLE,
-            code::UNSUPPORTED_VERSION,
-            message,
-        );
+        return reply::error(StatusCode::NOT_ACCEPTABLE, code::UNSUPPORTED_VERSION, message);
     }
     let segments = api_segments(req.uri().path()).unwrap_or_default();
     let q = reply::query(req.uri().query());
@@ -80,12 +76,9 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
         (Method::GET, ["system", "info"]) => system_info(sb, neg),
         (Method::GET, ["mdm", "devices", "search"]) => search_devices(sb, neg, &q),
         (Method::GET, ["mdm", "devices"]) => device_by_alternate_id(sb, neg, &q),
-        (Method::GET, ["mdm", "devices", id]) => one(
-            neg,
-            "Device",
-            find(&devices(sb, neg), "Id", "Uuid", id),
-            "device",
-        ),
+        (Method::GET, ["mdm", "devices", id]) => {
+            one(neg, "Device", find(&devices(sb, neg), "Id", "Uuid", id), "device")
+        }
         (Method::DELETE, ["mdm", "devices", id]) => delete_device(sb, id),
         (Method::POST, ["mdm", "devices", id, "commands"]) => {
             command(sb, Some(id), q.get("command").map(String::as_str), None)
@@ -104,21 +97,16 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
                 ("email", "Email"),
                 ("username", "UserName"),
             ];
-            let users = tenant.users.iter().filter(|u| {
-                matches(u, &q, &filters)
-                    && field_eq(u, &q, "organizationgroupid", "LocationGroupId")
-            });
+            let users = tenant
+                .users
+                .iter()
+                .filter(|u| matches(u, &q, &filters) && field_eq(u, &q, "organizationgroupid", "LocationGroupId"));
             paged(neg, users.collect(), &q, "Users", "UserSearchResult")
         }
         (Method::GET, ["system", "users", id]) => one(
             neg,
             "User",
-            find(
-                &sb.tenant.read().expect("not poisoned").users,
-                "Id",
-                "Uuid",
-                id,
-            ),
+            find(&sb.tenant.read().expect("not poisoned").users, "Id", "Uuid", id),
             "user",
         ),
         (Method::GET, ["system", "groups", "search"]) => {
@@ -128,23 +116,12 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
                     && field_eq(g, &q, "groupid", "GroupId")
                     && field_eq(g, &q, "type", "LocationGroupType")
             });
-            paged(
-                neg,
-                groups.collect(),
-                &q,
-                "LocationGroups",
-                "LocationGroupSearchResult",
-            )
+            paged(neg, groups.collect(), &q, "LocationGroups", "LocationGroupSearchResult")
         }
         (Method::GET, ["system", "groups", id]) => one(
             neg,
             "LocationGroup",
-            find(
-                &sb.tenant.read().expect("not poisoned").groups,
-                "Id",
-                "Uuid",
-                id,
-            ),
+            find(&sb.tenant.read().expect("not poisoned").groups, "Id", "Uuid", id),
             "organization group",
         ),
         (Method::GET, ["system", "groups", id, "children"]) => {
@@ -158,12 +135,7 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
                 .filter(|g| g["ParentLocationGroup"]["Id"] == parent["Id"]["Value"])
                 .cloned()
                 .collect();
-            reply::render(
-                neg,
-                StatusCode::OK,
-                "LocationGroups",
-                &Value::Array(children),
-            )
+            reply::render(neg, StatusCode::OK, "LocationGroups", &Value::Array(children))
         }
         (Method::GET, ["mdm", "smartgroups", "search"]) => {
             let tenant = sb.tenant.read().expect("not poisoned");
@@ -171,13 +143,7 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
                 .smart_groups
                 .iter()
                 .filter(|g| matches(g, &q, &[("name", "Name")]));
-            paged(
-                neg,
-                groups.collect(),
-                &q,
-                "SmartGroups",
-                "SmartGroupSearchResult",
-            )
+            paged(neg, groups.collect(), &q, "SmartGroups", "SmartGroupSearchResult")
         }
         (Method::GET, ["mdm", "smartgroups", id]) => one(
             neg,
@@ -192,37 +158,21 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
         ),
         (Method::GET, ["mam", "apps", "search"]) => {
             let tenant = sb.tenant.read().expect("not poisoned");
-            let filters = [
-                ("applicationname", "ApplicationName"),
-                ("bundleid", "BundleId"),
-            ];
+            let filters = [("applicationname", "ApplicationName"), ("bundleid", "BundleId")];
             let apps = tenant.apps.iter().filter(|a| {
                 matches(a, &q, &filters)
                     && field_eq(a, &q, "platform", "Platform")
                     && field_eq(a, &q, "type", "AppType")
             });
-            paged(
-                neg,
-                apps.collect(),
-                &q,
-                "Application",
-                "ApplicationSearchResult",
-            )
+            paged(neg, apps.collect(), &q, "Application", "ApplicationSearchResult")
         }
         (Method::GET, ["mam", "apps", "internal" | "public", id]) => one(
             neg,
             "Application",
-            find(
-                &sb.tenant.read().expect("not poisoned").apps,
-                "Id",
-                "Uuid",
-                id,
-            ),
+            find(&sb.tenant.read().expect("not poisoned").apps, "Id", "Uuid", id),
             "application",
         ),
-        (Method::POST, ["mam", "blobs", "uploadblob"]) => {
-            upload_blob(sb, neg, &q, req.into_body()).await
-        }
+        (Method::POST, ["mam", "blobs", "uploadblob"]) => upload_blob(sb, neg, &q, req.into_body()).await,
         (Method::GET, ["mam", "blobs", "downloadblob", id]) => download_blob(sb, id).await,
         (Method::DELETE, ["mam", "blobs", "blob", id]) => match id.parse() {
             Ok(id) if sb.blobs.delete(id).await => StatusCode::NO_CONTENT.into_response(),
@@ -316,12 +266,9 @@ fn alternate_field(by: &str) -> Option<&'static str> {
 fn delete_device(sb: &Sandbox, id: &str) -> Response {
     let mut tenant = sb.tenant.write().expect("not poisoned");
     let before = tenant.devices.len();
-    tenant.devices.retain(|d| {
-        !(value_str(&d["Id"]) == id
-            || d["Uuid"]
-                .as_str()
-                .is_some_and(|u| u.eq_ignore_ascii_case(id)))
-    });
+    tenant
+        .devices
+        .retain(|d| !(value_str(&d["Id"]) == id || d["Uuid"].as_str().is_some_and(|u| u.eq_ignore_ascii_case(id))));
     if tenant.devices.len() == before {
         return not_found("device", id);
     }
@@ -340,18 +287,9 @@ fn legacy_action(segment: &str) -> Option<&'static str> {
     })
 }
 
-fn command(
-    sb: &Sandbox,
-    id: Option<&str>,
-    command: Option<&str>,
-    by: Option<&HashMap<String, String>>,
-) -> Response {
+fn command(sb: &Sandbox, id: Option<&str>, command: Option<&str>, by: Option<&HashMap<String, String>>) -> Response {
     let Some(command) = command.map(|c| c.to_ascii_lowercase()) else {
-        return reply::error(
-            StatusCode::BAD_REQUEST,
-            code::BAD_REQUEST,
-            "command is required",
-        );
+        return reply::error(StatusCode::BAD_REQUEST, code::BAD_REQUEST, "command is required");
     };
     if !COMMANDS.contains(&command.as_str()) {
         return reply::error(
@@ -367,10 +305,7 @@ fn command(
             .iter_mut()
             .find(|d| value_str(&d["Id"]) == id || d["Uuid"] == id),
         (None, Some(q)) => {
-            let (Some(field), Some(value)) = (
-                q.get("searchby").and_then(|b| alternate_field(b)),
-                q.get("id"),
-            ) else {
+            let (Some(field), Some(value)) = (q.get("searchby").and_then(|b| alternate_field(b)), q.get("id")) else {
                 return reply::error(
                     StatusCode::BAD_REQUEST,
                     code::BAD_REQUEST,
@@ -396,12 +331,7 @@ fn command(
     StatusCode::ACCEPTED.into_response()
 }
 
-async fn upload_blob(
-    sb: &Sandbox,
-    neg: Negotiated,
-    q: &HashMap<String, String>,
-    body: Body,
-) -> Response {
+async fn upload_blob(sb: &Sandbox, neg: Negotiated, q: &HashMap<String, String>, body: Body) -> Response {
     let (Some(filename), Some(_og)) = (q.get("filename"), q.get("organizationgroupid")) else {
         return reply::error(
             StatusCode::BAD_REQUEST,
@@ -412,12 +342,7 @@ async fn upload_blob(
     match sb.blobs.upload(filename, body).await {
         Ok((id, size)) => {
             tracing::info!(target: "uem_proxy::sandbox", blob = id, size, "blob stored");
-            reply::render(
-                neg,
-                StatusCode::OK,
-                "BlobId",
-                &json!({ "Value": id, "Size": size }),
-            )
+            reply::render(neg, StatusCode::OK, "BlobId", &json!({ "Value": id, "Size": size }))
         }
         Err(e) => reply::error(
             StatusCode::BAD_REQUEST,
@@ -448,10 +373,7 @@ async fn download_blob(sb: &Sandbox, id: &str) -> Response {
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        http::HeaderValue::from_static("application/octet-stream"),
-    );
+    headers.insert(CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
     headers.insert(CONTENT_LENGTH, blob.size.into());
     if let Ok(value) = http::HeaderValue::try_from(disposition) {
         headers.insert(CONTENT_DISPOSITION, value);
@@ -459,13 +381,7 @@ async fn download_blob(sb: &Sandbox, id: &str) -> Response {
     response
 }
 
-fn paged(
-    neg: Negotiated,
-    items: Vec<&Value>,
-    q: &HashMap<String, String>,
-    key: &str,
-    root: &str,
-) -> Response {
+fn paged(neg: Negotiated, items: Vec<&Value>, q: &HashMap<String, String>, key: &str, root: &str) -> Response {
     match reply::page(items, q, key) {
         Ok(Some(page)) => reply::render(neg, StatusCode::OK, root, &page),
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
@@ -496,12 +412,7 @@ fn not_found(what: &str, id: &str) -> Response {
 fn find(items: &[Value], id_field: &str, uuid_field: &str, id: &str) -> Option<Value> {
     items
         .iter()
-        .find(|v| {
-            value_str(&v[id_field]) == id
-                || v[uuid_field]
-                    .as_str()
-                    .is_some_and(|u| u.eq_ignore_ascii_case(id))
-        })
+        .find(|v| value_str(&v[id_field]) == id || v[uuid_field].as_str().is_some_and(|u| u.eq_ignore_ascii_case(id)))
         .cloned()
 }
 
@@ -518,11 +429,8 @@ fn value_str(v: &Value) -> String {
 /// Case-insensitive "contains" filters: query parameter -> field.
 fn matches(v: &Value, q: &HashMap<String, String>, filters: &[(&str, &str)]) -> bool {
     filters.iter().all(|(param, field)| {
-        q.get(*param).is_none_or(|wanted| {
-            value_str(&v[*field])
-                .to_lowercase()
-                .contains(&wanted.to_lowercase())
-        })
+        q.get(*param)
+            .is_none_or(|wanted| value_str(&v[*field]).to_lowercase().contains(&wanted.to_lowercase()))
     })
 }
 

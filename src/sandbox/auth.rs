@@ -39,8 +39,7 @@ impl Auth {
 
     /// The grant: checks the client's credentials (form fields or HTTP Basic) and issues a token.
     pub fn token_endpoint(&self, headers: &HeaderMap, body: &Bytes) -> Response {
-        let form: HashMap<String, String> =
-            url::form_urlencoded::parse(body).into_owned().collect();
+        let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
         let basic = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -53,12 +52,9 @@ impl Auth {
                 let (id, secret) = text.split_once(':').unwrap_or((&text, ""));
                 (id.to_owned(), secret.to_owned())
             });
-        let from_form = form.get("client_id").map(|id| {
-            (
-                id.clone(),
-                form.get("client_secret").cloned().unwrap_or_default(),
-            )
-        });
+        let from_form = form
+            .get("client_id")
+            .map(|id| (id.clone(), form.get("client_secret").cloned().unwrap_or_default()));
         let credentials = match (basic.is_some(), from_form.is_some()) {
             (true, true) => {
                 return oauth_error(
@@ -91,10 +87,7 @@ impl Auth {
         }
         let accepted = credentials.is_some_and(|(id, secret)| {
             constant_time_eq(id.as_bytes(), self.client_id.as_bytes())
-                & constant_time_eq(
-                    secret.as_bytes(),
-                    self.client_secret.expose_secret().as_bytes(),
-                )
+                & constant_time_eq(secret.as_bytes(), self.client_secret.expose_secret().as_bytes())
         });
         if !accepted {
             tracing::info!(target: "uem_proxy::sandbox", "token request refused: invalid_client");
@@ -120,10 +113,7 @@ impl Auth {
         });
         (
             StatusCode::OK,
-            [
-                (CONTENT_TYPE, "application/json"),
-                (CACHE_CONTROL, "no-store"),
-            ],
+            [(CONTENT_TYPE, "application/json"), (CACHE_CONTROL, "no-store")],
             body.to_string(),
         )
             .into_response()
@@ -159,10 +149,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str, basic: bool) 
     let body = serde_json::json!({ "error": error, "error_description": description });
     let mut response = (
         status,
-        [
-            (CONTENT_TYPE, "application/json"),
-            (CACHE_CONTROL, "no-store"),
-        ],
+        [(CONTENT_TYPE, "application/json"), (CACHE_CONTROL, "no-store")],
         body.to_string(),
     )
         .into_response();
@@ -208,10 +195,7 @@ impl RateLimit {
         let mut response = reply::error(
             StatusCode::TOO_MANY_REQUESTS,
             code::RATE_LIMITED,
-            format!(
-                "the API rate limit of {} requests a second is exceeded",
-                self.rate
-            ),
+            format!("the API rate limit of {} requests a second is exceeded", self.rate),
         );
         response.headers_mut().insert(RETRY_AFTER, wait.into());
         Some(response)

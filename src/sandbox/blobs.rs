@@ -26,11 +26,7 @@ pub struct Blobs {
 
 impl Blobs {
     pub fn new() -> io::Result<Blobs> {
-        let dir = std::env::temp_dir().join(format!(
-            "uem-sandbox-{}-{:016x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let dir = std::env::temp_dir().join(format!("uem-sandbox-{}-{:016x}", std::process::id(), fastrand::u64(..)));
         std::fs::create_dir_all(&dir)?;
         Ok(Blobs {
             dir,

@@ -13,26 +13,19 @@ pub struct Tenant {
 }
 
 const FIRST: &[&str] = &[
-    "Ada", "Ben", "Chloe", "Dev", "Elif", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi",
-    "Lars", "Mei", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Viktor",
-    "Wen", "Yara", "Zoe",
+    "Ada", "Ben", "Chloe", "Dev", "Elif", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Lars", "Mei", "Nadia",
+    "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Viktor", "Wen", "Yara", "Zoe",
 ];
 const LAST: &[&str] = &[
-    "Adams", "Berg", "Costa", "Dubois", "Eriksen", "Fischer", "Garcia", "Hoang", "Ivanova",
-    "Jensen", "Kowalski", "Larsen", "Moreau", "Nakamura", "Okafor", "Patel", "Rossi", "Schmidt",
-    "Tanaka", "Weber",
+    "Adams", "Berg", "Costa", "Dubois", "Eriksen", "Fischer", "Garcia", "Hoang", "Ivanova", "Jensen", "Kowalski",
+    "Larsen", "Moreau", "Nakamura", "Okafor", "Patel", "Rossi", "Schmidt", "Tanaka", "Weber",
 ];
 
 /// Platforms with their models and operating systems, as the API names them.
 const PLATFORMS: &[(&str, &[&str], &[&str])] = &[
     (
         "Apple",
-        &[
-            "iPhone 15",
-            "iPhone 14",
-            "iPad Air (5th generation)",
-            "iPhone SE",
-        ],
+        &["iPhone 15", "iPhone 14", "iPad Air (5th generation)", "iPhone SE"],
         &["17.5.1", "17.6", "18.1"],
     ),
     (
@@ -62,8 +55,7 @@ const GROUPS: &[(u64, &str, &str, &str, Option<u64>)] = &[
 ];
 
 fn uuid(rng: &mut fastrand::Rng) -> String {
-    let hex =
-        |n: usize, rng: &mut fastrand::Rng| (0..n).map(|_| rng.hex_digit()).collect::<String>();
+    let hex = |n: usize, rng: &mut fastrand::Rng| (0..n).map(|_| rng.hex_digit()).collect::<String>();
     format!(
         "{}-{}-4{}-a{}-{}",
         hex(8, rng),
@@ -105,10 +97,7 @@ impl Tenant {
             .collect();
         let users: Vec<Value> = (0..150)
             .map(|i| {
-                let (first, last) = (
-                    FIRST[i % FIRST.len()],
-                    LAST[(i * 7 + i / FIRST.len()) % LAST.len()],
-                );
+                let (first, last) = (FIRST[i % FIRST.len()], LAST[(i * 7 + i / FIRST.len()) % LAST.len()]);
                 let user_name = format!("{}.{}{}", first.to_lowercase(), last.to_lowercase(), i);
                 let group = &GROUPS[1 + i % (GROUPS.len() - 1)];
                 json!({
@@ -185,24 +174,9 @@ impl Tenant {
         })
         .collect();
         let apps = [
-            (
-                "Acme Field Tools",
-                "com.acme.fieldtools",
-                "Apple",
-                "Internal",
-            ),
-            (
-                "Acme Field Tools",
-                "com.acme.fieldtools",
-                "Android",
-                "Internal",
-            ),
-            (
-                "Store Inventory",
-                "com.acme.inventory",
-                "Android",
-                "Internal",
-            ),
+            ("Acme Field Tools", "com.acme.fieldtools", "Apple", "Internal"),
+            ("Acme Field Tools", "com.acme.fieldtools", "Android", "Internal"),
+            ("Store Inventory", "com.acme.inventory", "Android", "Internal"),
             ("Expense Reports", "com.acme.expenses", "Apple", "Internal"),
             (
                 "Workspace ONE Intelligent Hub",
@@ -210,26 +184,11 @@ impl Tenant {
                 "Apple",
                 "Public",
             ),
-            (
-                "Microsoft Teams",
-                "com.microsoft.skype.teams",
-                "Apple",
-                "Public",
-            ),
-            (
-                "Microsoft Teams",
-                "com.microsoft.teams",
-                "Android",
-                "Public",
-            ),
+            ("Microsoft Teams", "com.microsoft.skype.teams", "Apple", "Public"),
+            ("Microsoft Teams", "com.microsoft.teams", "Android", "Public"),
             ("Zoom", "us.zoom.videomeetings", "Apple", "Public"),
             ("Acme VPN Client", "acme-vpn-client", "WinRT", "Internal"),
-            (
-                "Acme Mac Toolkit",
-                "com.acme.mactoolkit",
-                "AppleOsX",
-                "Internal",
-            ),
+            ("Acme Mac Toolkit", "com.acme.mactoolkit", "AppleOsX", "Internal"),
         ]
         .iter()
         .enumerate()
@@ -271,16 +230,9 @@ mod tests {
         assert_ne!(a.devices, Tenant::seeded(8, 300).devices);
         assert_eq!(a.devices.len(), 300);
         for platform in ["Apple", "Android", "WinRT", "AppleOsX"] {
-            assert!(
-                a.devices.iter().any(|d| d["Platform"] == platform),
-                "{platform}"
-            );
+            assert!(a.devices.iter().any(|d| d["Platform"] == platform), "{platform}");
         }
-        let serials: std::collections::HashSet<_> = a
-            .devices
-            .iter()
-            .map(|d| d["SerialNumber"].clone())
-            .collect();
+        let serials: std::collections::HashSet<_> = a.devices.iter().map(|d| d["SerialNumber"].clone()).collect();
         assert_eq!(serials.len(), 300);
     }
 }

@@ -98,15 +98,8 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(options: Options) -> io::Result<Arc<Sandbox>> {
         Ok(Arc::new(Sandbox {
-            auth: auth::Auth::new(
-                options.client_id,
-                options.client_secret,
-                options.token_lifetime,
-            ),
-            rate_limit: options
-                .rate_limit
-                .filter(|r| *r > 0)
-                .map(auth::RateLimit::new),
+            auth: auth::Auth::new(options.client_id, options.client_secret, options.token_lifetime),
+            rate_limit: options.rate_limit.filter(|r| *r > 0).map(auth::RateLimit::new),
             role: options.role,
             tenant: RwLock::new(data::Tenant::seeded(options.seed, options.devices)),
             blobs: blobs::Blobs::new()?,
@@ -127,20 +120,12 @@ pub fn router(sandbox: Arc<Sandbox>) -> Router {
         .with_state(sandbox)
 }
 
-async fn token(
-    State(sb): State<Arc<Sandbox>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> axum::response::Response {
+async fn token(State(sb): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
     sb.auth.token_endpoint(&headers, &body)
 }
 
 /// Serves a sandbox on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    options: Options,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+pub async fn serve(listener: TcpListener, options: Options, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let sandbox = Sandbox::new(options)?;
     crate::server::serve(listener, router(sandbox), shutdown, Duration::from_secs(5)).await;
     Ok(())

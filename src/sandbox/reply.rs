@@ -52,10 +52,7 @@ pub struct Negotiated {
 /// Reads `Accept`. `None` when the version parameter is not a number.
 pub fn negotiate(headers: &HeaderMap) -> Option<Negotiated> {
     let Some(accept) = headers.get(ACCEPT).and_then(|v| v.to_str().ok()) else {
-        return Some(Negotiated {
-            xml: true,
-            version: 1,
-        });
+        return Some(Negotiated { xml: true, version: 1 });
     };
     let accept = accept.to_ascii_lowercase();
     let xml = !accept.contains("json") && accept.contains("xml");
@@ -75,10 +72,7 @@ pub fn render(neg: Negotiated, status: StatusCode, root: &str, value: &Value) ->
         xml(root, value, &mut out);
         ("application/xml; charset=utf-8".to_owned(), out)
     } else {
-        (
-            format!("application/json; version={}", neg.version),
-            value.to_string(),
-        )
+        (format!("application/json; version={}", neg.version), value.to_string())
     };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
@@ -92,10 +86,7 @@ fn xml(name: &str, value: &Value, out: &mut String) {
         Value::Null => out.push_str(&format!("<{name} />")),
         Value::Array(items) => {
             out.push_str(&format!("<{name}>"));
-            let item = name
-                .strip_suffix('s')
-                .filter(|s| !s.is_empty())
-                .unwrap_or("Item");
+            let item = name.strip_suffix('s').filter(|s| !s.is_empty()).unwrap_or("Item");
             for v in items {
                 xml(item, v, out);
             }
@@ -109,10 +100,7 @@ fn xml(name: &str, value: &Value, out: &mut String) {
             out.push_str(&format!("</{name}>"));
         }
         Value::String(s) => {
-            let escaped = s
-                .replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;");
+            let escaped = s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
             out.push_str(&format!("<{name}>{escaped}</{name}>"));
         }
         other => out.push_str(&format!("<{name}>{other}</{name}>")),
@@ -133,11 +121,7 @@ const DEFAULT_PAGE_SIZE: usize = 500;
 /// One page of `items` under `key`, with UEM's `Page`, `PageSize` and `Total`, ordered by the
 /// `orderby` field (`sortorder` `ASC` or `DESC`). `Ok(None)` for an empty result (UEM answers 204);
 /// `Err` names a bad paging parameter.
-pub fn page(
-    items: Vec<&Value>,
-    q: &HashMap<String, String>,
-    key: &str,
-) -> Result<Option<Value>, String> {
+pub fn page(items: Vec<&Value>, q: &HashMap<String, String>, key: &str) -> Result<Option<Value>, String> {
     let number = |name: &str, default: usize| match q.get(name) {
         None => Ok(default),
         Some(v) => v
@@ -168,9 +152,7 @@ pub fn page(
             }
         };
         items.sort_by_cached_key(|v| sort_key(v));
-        if q.get("sortorder")
-            .is_some_and(|o| o.eq_ignore_ascii_case("desc"))
-        {
+        if q.get("sortorder").is_some_and(|o| o.eq_ignore_ascii_case("desc")) {
             items.reverse();
         }
     }
@@ -199,44 +181,14 @@ mod tests {
     #[test]
     fn accept_decides_format_and_version() {
         let mut h = HeaderMap::new();
-        assert_eq!(
-            negotiate(&h),
-            Some(Negotiated {
-                xml: true,
-                version: 1
-            })
-        );
-        h.insert(
-            ACCEPT,
-            HeaderValue::from_static("application/json;version=2"),
-        );
-        assert_eq!(
-            negotiate(&h),
-            Some(Negotiated {
-                xml: false,
-                version: 2
-            })
-        );
+        assert_eq!(negotiate(&h), Some(Negotiated { xml: true, version: 1 }));
+        h.insert(ACCEPT, HeaderValue::from_static("application/json;version=2"));
+        assert_eq!(negotiate(&h), Some(Negotiated { xml: false, version: 2 }));
         h.insert(ACCEPT, HeaderValue::from_static("*/*"));
-        assert_eq!(
-            negotiate(&h),
-            Some(Negotiated {
-                xml: false,
-                version: 1
-            })
-        );
+        assert_eq!(negotiate(&h), Some(Negotiated { xml: false, version: 1 }));
         h.insert(ACCEPT, HeaderValue::from_static("application/xml"));
-        assert_eq!(
-            negotiate(&h),
-            Some(Negotiated {
-                xml: true,
-                version: 1
-            })
-        );
-        h.insert(
-            ACCEPT,
-            HeaderValue::from_static("application/json; version=x"),
-        );
+        assert_eq!(negotiate(&h), Some(Negotiated { xml: true, version: 1 }));
+        h.insert(ACCEPT, HeaderValue::from_static("application/json; version=x"));
         assert_eq!(negotiate(&h), None);
     }
 

@@ -108,11 +108,7 @@ struct Wire {
 }
 
 /// Reads a token response strictly. Pure, so each odd answer a token service gives is tested.
-pub fn parse_response(
-    status: StatusCode,
-    content_type: &str,
-    body: &[u8],
-) -> Result<Grant, FetchError> {
+pub fn parse_response(status: StatusCode, content_type: &str, body: &[u8]) -> Result<Grant, FetchError> {
     let Ok(wire) = serde_json::from_slice::<Wire>(body) else {
         if !status.is_success() {
             return Err(FetchError::Status {
@@ -172,12 +168,9 @@ fn expires_in(value: Option<serde_json::Value>) -> Option<u64> {
             .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?,
         serde_json::Value::String(s) => {
             let s = s.trim();
-            s.parse::<u64>().ok().or_else(|| {
-                s.parse::<f64>()
-                    .ok()
-                    .filter(|f| *f >= 0.0)
-                    .map(|f| f as u64)
-            })?
+            s.parse::<u64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().filter(|f| *f >= 0.0).map(|f| f as u64))?
         }
         _ => return None,
     };
@@ -203,19 +196,14 @@ mod tests {
 
     #[test]
     fn a_normal_response_gives_token_and_lifetime() {
-        let g =
-            ok(r#"{"access_token":"abc.def","token_type":"Bearer","expires_in":3600}"#).unwrap();
+        let g = ok(r#"{"access_token":"abc.def","token_type":"Bearer","expires_in":3600}"#).unwrap();
         assert_eq!(g.access_token.expose_secret(), "abc.def");
         assert_eq!(g.lifetime, Duration::from_secs(3600));
     }
 
     #[test]
     fn expires_in_as_string_float_missing_zero_negative_or_huge() {
-        let life = |v: &str| {
-            ok(&format!(r#"{{"access_token":"t"{v}}}"#))
-                .unwrap()
-                .lifetime
-        };
+        let life = |v: &str| ok(&format!(r#"{{"access_token":"t"{v}}}"#)).unwrap().lifetime;
         assert_eq!(life(r#","expires_in":"3600""#), Duration::from_secs(3600));
         assert_eq!(life(r#","expires_in":3599.9"#), Duration::from_secs(3599));
         assert_eq!(life(""), schedule::DEFAULT_LIFETIME);
@@ -223,20 +211,13 @@ mod tests {
         assert_eq!(life(r#","expires_in":-5"#), schedule::DEFAULT_LIFETIME);
         assert_eq!(life(r#","expires_in":"soon""#), schedule::DEFAULT_LIFETIME);
         assert_eq!(life(r#","expires_in":1e300"#), schedule::MAX_LIFETIME);
-        assert_eq!(
-            life(r#","expires_in":18446744073709551615"#),
-            schedule::MAX_LIFETIME
-        );
+        assert_eq!(life(r#","expires_in":18446744073709551615"#), schedule::MAX_LIFETIME);
     }
 
     #[test]
     fn error_fields_are_reported_by_code_without_the_body() {
         let secretish = r#"{"error":"invalid_client","error_description":"client s3cr3t unknown"}"#;
-        for status in [
-            StatusCode::BAD_REQUEST,
-            StatusCode::UNAUTHORIZED,
-            StatusCode::OK,
-        ] {
+        for status in [StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED, StatusCode::OK] {
             let e = parse_response(status, "application/json", secretish.as_bytes())
                 .err()
                 .unwrap();

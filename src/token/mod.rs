@@ -47,8 +47,7 @@ pub struct Token {
 impl Token {
     fn new(grant: &Grant, generation: u64, now: Instant) -> Option<Token> {
         use secrecy::ExposeSecret;
-        let mut header =
-            HeaderValue::try_from(format!("Bearer {}", grant.access_token.expose_secret())).ok()?;
+        let mut header = HeaderValue::try_from(format!("Bearer {}", grant.access_token.expose_secret())).ok()?;
         header.set_sensitive(true);
         let usable_until = now.checked_add(schedule::usable_for(grant.lifetime))?;
         Some(Token {
@@ -164,10 +163,7 @@ impl Tokens {
 
     /// Creates the store and its refresher. The refresher runs until every `Tokens` is dropped;
     /// the caller owns its handle.
-    pub fn start<S: TokenSource>(
-        source: S,
-        forced_interval: Duration,
-    ) -> (Tokens, tokio::task::JoinHandle<()>) {
+    pub fn start<S: TokenSource>(source: S, forced_interval: Duration) -> (Tokens, tokio::task::JoinHandle<()>) {
         let (updates, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             current: ArcSwapOption::empty(),

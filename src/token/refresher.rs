@@ -59,20 +59,14 @@ impl<S: TokenSource> Refresher<S> {
             return token.is_usable();
         }
         let now = Instant::now();
-        if self
-            .last_forced
-            .is_some_and(|at| now < at + self.forced_interval)
-        {
+        if self.last_forced.is_some_and(|at| now < at + self.forced_interval) {
             tracing::debug!(
                 generation = rejected,
                 "token rejected again; forced refresh rate limit holds"
             );
             return false;
         }
-        tracing::info!(
-            generation = rejected,
-            "upstream rejected the token; refreshing early"
-        );
+        tracing::info!(generation = rejected, "upstream rejected the token; refreshing early");
         self.last_forced = Some(now);
         *next = self.attempt().await;
         self.shared
@@ -89,9 +83,9 @@ impl<S: TokenSource> Refresher<S> {
         let now = Instant::now();
         let latency_ms = now.duration_since(started).as_millis() as u64;
         let stored = result.and_then(|grant| {
-            let token = Token::new(&grant, self.generation + 1, now).ok_or(
-                super::FetchError::BadResponse("access_token cannot be sent as a header"),
-            )?;
+            let token = Token::new(&grant, self.generation + 1, now).ok_or(super::FetchError::BadResponse(
+                "access_token cannot be sent as a header",
+            ))?;
             Ok((token, grant.lifetime))
         });
         match stored {

@@ -33,12 +33,7 @@ impl Script {
 impl TokenSource for Script {
     fn fetch(&self) -> impl Future<Output = Result<Grant, FetchError>> + Send {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let answer = self
-            .answers
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(Err("script ended"));
+        let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Err("script ended"));
         let delay = self.delay;
         async move {
             tokio::time::sleep(delay).await;
@@ -81,14 +76,7 @@ async fn refreshes_at_three_quarters_of_the_lifetime() {
 
 #[tokio::test(start_paused = true)]
 async fn failures_back_off_keep_the_old_token_and_never_stop_the_refresher() {
-    let script = Script::new(&[
-        Ok(100),
-        Err("down"),
-        Err("down"),
-        Err("down"),
-        Err("down"),
-        Ok(100),
-    ]);
+    let script = Script::new(&[Ok(100), Err("down"), Err("down"), Err("down"), Err("down"), Ok(100)]);
     let (tokens, task) = Tokens::start(script.clone(), Duration::from_secs(10));
     tokens.wait_usable(Duration::from_secs(1)).await.unwrap();
     // Refresh due at 75 s; the token stays usable until 90 s (100 s less a tenth).
@@ -159,11 +147,7 @@ async fn rejections_of_one_token_cause_one_refresh_and_are_rate_limited() {
     let first = tokens.wait_usable(Duration::from_secs(1)).await.unwrap();
     let replacements = (0..20).map(|_| {
         let (tokens, first) = (tokens.clone(), first.clone());
-        tokio::spawn(async move {
-            tokens
-                .replace_rejected(&first, Duration::from_secs(5))
-                .await
-        })
+        tokio::spawn(async move { tokens.replace_rejected(&first, Duration::from_secs(5)).await })
     });
     for r in replacements.collect::<Vec<_>>() {
         assert_eq!(header(&r.await.unwrap().unwrap()), "Bearer tok-2");
@@ -171,19 +155,11 @@ async fn rejections_of_one_token_cause_one_refresh_and_are_rate_limited() {
     assert_eq!(script.calls(), 2, "twenty rejections, one refresh");
     // The new token is rejected at once too: within the interval, no refresh.
     let second = tokens.usable().unwrap();
-    assert!(
-        tokens
-            .replace_rejected(&second, Duration::from_secs(5))
-            .await
-            .is_none()
-    );
+    assert!(tokens.replace_rejected(&second, Duration::from_secs(5)).await.is_none());
     assert_eq!(script.calls(), 2);
     // After the interval, one more forced refresh is allowed.
     advance(Duration::from_secs(10)).await;
-    let third = tokens
-        .replace_rejected(&second, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let third = tokens.replace_rejected(&second, Duration::from_secs(5)).await.unwrap();
     assert_eq!(header(&third), "Bearer tok-3");
     assert_eq!(script.calls(), 3);
 }

@@ -128,9 +128,7 @@ pub fn api_segments(path: &str) -> Option<Vec<String>> {
 }
 
 fn is_version(segment: &str) -> bool {
-    segment.len() > 1
-        && segment.starts_with('v')
-        && segment[1..].bytes().all(|b| b.is_ascii_digit())
+    segment.len() > 1 && segment.starts_with('v') && segment[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
 fn percent_decode(s: &str) -> String {
@@ -221,13 +219,7 @@ fn kind(method: &Method, segments: &[String]) -> Kind {
         Method::GET | Method::HEAD | Method::OPTIONS => Kind::Read,
         Method::DELETE => Kind::Delete,
         _ if segments.last().is_some_and(|s| s == "search") => Kind::Read,
-        _ if segments
-            .iter()
-            .skip(2)
-            .any(|s| ACTIONS.contains(&s.as_str())) =>
-        {
-            Kind::Execute
-        }
+        _ if segments.iter().skip(2).any(|s| ACTIONS.contains(&s.as_str())) => Kind::Execute,
         _ => Kind::Write,
     }
 }

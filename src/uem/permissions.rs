@@ -60,9 +60,7 @@ pub fn catalogue() -> &'static [Permission] {
 
 /// The permission of that name, ignoring case.
 pub fn find(name: &str) -> Option<&'static Permission> {
-    catalogue()
-        .iter()
-        .find(|p| p.name.eq_ignore_ascii_case(name.trim()))
+    catalogue().iter().find(|p| p.name.eq_ignore_ascii_case(name.trim()))
 }
 
 /// The table's categories, in its order.
@@ -108,10 +106,7 @@ mod tests {
     fn rows_keep_their_names_descriptions_and_access() {
         let first = catalogue()[0];
         assert_eq!(first.name, "REST API System Groups");
-        assert_eq!(
-            first.description,
-            "Access to organization group information"
-        );
+        assert_eq!(first.description, "Access to organization group information");
         assert_eq!(first.access, Access::Edit);
         let read = find("rest api devices read").unwrap();
         assert_eq!(read.access, Access::ReadOnly);

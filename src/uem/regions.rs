@@ -124,11 +124,7 @@ impl Region {
 
     /// The token URL of this region under the given domain.
     pub fn token_url(self, domain: TokenDomain) -> String {
-        format!(
-            "https://{}.{}/connect/token",
-            self.label(),
-            domain.host_suffix()
-        )
+        format!("https://{}.{}/connect/token", self.label(), domain.host_suffix())
     }
 }
 
@@ -212,39 +208,15 @@ mod tests {
     fn every_data_centre_of_the_table_resolves_to_its_token_url() {
         let expected = [
             ("uat", "https://uat.uemauth.vmwservices.com/connect/token"),
-            (
-                "united-states",
-                "https://na.uemauth.vmwservices.com/connect/token",
-            ),
+            ("united-states", "https://na.uemauth.vmwservices.com/connect/token"),
             ("canada", "https://na.uemauth.vmwservices.com/connect/token"),
-            (
-                "united-kingdom",
-                "https://emea.uemauth.vmwservices.com/connect/token",
-            ),
-            (
-                "germany",
-                "https://emea.uemauth.vmwservices.com/connect/token",
-            ),
-            (
-                "india",
-                "https://apac.uemauth.vmwservices.com/connect/token",
-            ),
-            (
-                "japan",
-                "https://apac.uemauth.vmwservices.com/connect/token",
-            ),
-            (
-                "singapore",
-                "https://apac.uemauth.vmwservices.com/connect/token",
-            ),
-            (
-                "australia",
-                "https://apac.uemauth.vmwservices.com/connect/token",
-            ),
-            (
-                "hong-kong",
-                "https://apac.uemauth.vmwservices.com/connect/token",
-            ),
+            ("united-kingdom", "https://emea.uemauth.vmwservices.com/connect/token"),
+            ("germany", "https://emea.uemauth.vmwservices.com/connect/token"),
+            ("india", "https://apac.uemauth.vmwservices.com/connect/token"),
+            ("japan", "https://apac.uemauth.vmwservices.com/connect/token"),
+            ("singapore", "https://apac.uemauth.vmwservices.com/connect/token"),
+            ("australia", "https://apac.uemauth.vmwservices.com/connect/token"),
+            ("hong-kong", "https://apac.uemauth.vmwservices.com/connect/token"),
         ];
         assert_eq!(DATA_CENTRES.len(), expected.len());
         for (name, url) in expected {

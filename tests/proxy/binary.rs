@@ -13,8 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_uem-proxy");
 fn command(env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     // Only what the test gives: no stray UEM_* from the machine running the tests.
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     cmd.envs(env.iter().copied());
     cmd
 }
@@ -53,13 +52,7 @@ impl Running {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
                     && event["message"] == "listening"
                 {
-                    let _ = tx.send(
-                        event["listen"]
-                            .as_str()
-                            .unwrap()
-                            .parse::<SocketAddr>()
-                            .unwrap(),
-                    );
+                    let _ = tx.send(event["listen"].as_str().unwrap().parse::<SocketAddr>().unwrap());
                 }
                 lines.lock().unwrap().push(line);
             }
@@ -90,10 +83,7 @@ fn wait_exit(child: &mut Child, max: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the process did not exit"
-        );
+        assert!(std::time::Instant::now() < deadline, "the process did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -109,19 +99,12 @@ fn config_prints_the_effective_settings_with_secrets_masked() {
     .arg("config")
     .output()
     .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(!stdout.contains(SECRET));
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["api_url"], "https://as4855.awmdm.com");
-    assert_eq!(
-        json["token_url"],
-        "https://apac.uemauth.workspaceone.com/connect/token"
-    );
+    assert_eq!(json["token_url"], "https://apac.uemauth.workspaceone.com/connect/token");
     assert_eq!(json["listen"], "127.0.0.1:8080");
     assert_eq!(json["client_secret"], "***");
 }
@@ -160,16 +143,12 @@ fn a_missing_config_file_is_a_config_error() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains("/nonexistent/uem-proxy.toml: cannot read")
-    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/uem-proxy.toml: cannot read"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_level_log_holds_no_secret_and_no_token() {
-    let leaky =
-        format!(r#"{{"error":"invalid_client","error_description":"secret {SECRET} rejected"}}"#);
+    let leaky = format!(r#"{{"error":"invalid_client","error_description":"secret {SECRET} rejected"}}"#);
     let leaky: &'static str = Box::leak(leaky.into_boxed_str());
     let tokens = TokenService::script(&[Reply::Raw(401, "application/json", leaky.into())]);
     let upstream = Upstream::default();
@@ -200,18 +179,9 @@ async fn a_trace_level_log_holds_no_secret_and_no_token() {
     assert!(status.success(), "{status:?}");
 
     let log = proxy.log();
-    assert!(
-        log.lines().count() > 20,
-        "a trace-level run logs plenty:\n{log}"
-    );
+    assert!(log.lines().count() > 20, "a trace-level run logs plenty:\n{log}");
     assert!(log.contains("invalid_client"), "the error code is logged");
-    for secret in [
-        SECRET,
-        "tok-1",
-        "tok-2",
-        "bGVnYWN5OnBhc3N3b3JkLTEyMw",
-        "cookie-value-9",
-    ] {
+    for secret in [SECRET, "tok-1", "tok-2", "bGVnYWN5OnBhc3N3b3JkLTEyMw", "cookie-value-9"] {
         assert!(!log.contains(secret), "{secret} leaked into the log");
     }
     let access: Vec<serde_json::Value> = log
@@ -238,16 +208,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let (api, token_url) = (upstream.start().await, tokens.start().await);
     let mut proxy = Running::start(&base_env(&api, &token_url));
     let url = format!("http://{}/slow-headers?ms=1000", proxy.addr);
-    let in_flight = tokio::spawn(async move {
-        client()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = proxy.terminate();
@@ -276,14 +237,8 @@ async fn healthcheck_exits_zero_only_while_a_proxy_answers() {
         })
     };
     let healthy = check(addr.clone()).await.unwrap();
-    assert!(
-        healthy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&healthy.stderr)
-    );
-    tokio::task::spawn_blocking(move || proxy.terminate())
-        .await
-        .unwrap();
+    assert!(healthy.status.success(), "{}", String::from_utf8_lossy(&healthy.stderr));
+    tokio::task::spawn_blocking(move || proxy.terminate()).await.unwrap();
     let gone = check(addr).await.unwrap();
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("unhealthy"));

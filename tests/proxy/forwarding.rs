@@ -150,29 +150,13 @@ async fn hop_by_hop_headers_are_stripped_both_ways_and_repeated_ones_kept() {
         "upgrade",
         "proxy-connection",
     ] {
-        assert!(
-            seen.headers.get(name).is_none(),
-            "{name} reached the upstream"
-        );
+        assert!(seen.headers.get(name).is_none(), "{name} reached the upstream");
     }
     assert_eq!(seen.headers["x-end-to-end"], "1");
-    assert!(
-        seen.headers
-            .get("connection")
-            .is_none_or(|v| v != "close, X-Hop-Only")
-    );
+    assert!(seen.headers.get("connection").is_none_or(|v| v != "close, X-Hop-Only"));
 
-    let head = response
-        .split_once("\r\n\r\n")
-        .unwrap()
-        .0
-        .to_ascii_lowercase();
-    for name in [
-        "x-conn-named",
-        "keep-alive",
-        "proxy-authenticate",
-        "upgrade",
-    ] {
+    let head = response.split_once("\r\n\r\n").unwrap().0.to_ascii_lowercase();
+    for name in ["x-conn-named", "keep-alive", "proxy-authenticate", "upgrade"] {
         assert!(
             !head.contains(&format!("\n{name}:")),
             "{name} reached the caller:\n{head}"
@@ -186,11 +170,7 @@ async fn hop_by_hop_headers_are_stripped_both_ways_and_repeated_ones_kept() {
 #[tokio::test]
 async fn redirects_are_passed_on_unfollowed_and_pointed_at_the_proxy() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
-    let response = client()
-        .get(format!("{}/redirect", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{}/redirect", proxy.url)).send().await.unwrap();
     assert_eq!(response.status(), 302);
     assert_eq!(
         response.headers()["location"],
@@ -211,15 +191,8 @@ async fn request_ids_are_kept_or_made_and_travel_both_ways() {
     assert_eq!(response.headers()["x-request-id"], "job-42");
     assert_eq!(upstream.last().headers["x-request-id"], "job-42");
 
-    let response = client()
-        .get(format!("{}/api/b", proxy.url))
-        .send()
-        .await
-        .unwrap();
-    let made = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let response = client().get(format!("{}/api/b", proxy.url)).send().await.unwrap();
+    let made = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(made.len(), 32);
     assert_eq!(upstream.last().headers["x-request-id"], made.as_str());
 }
@@ -247,8 +220,7 @@ async fn an_unreachable_upstream_is_a_502_json_error() {
 
 #[tokio::test]
 async fn an_upstream_slow_to_answer_is_a_504() {
-    let (proxy, _upstream, _tokens) =
-        Proxy::with_defaults(&[("UEM_PROXY_UPSTREAM_TIMEOUT", "300ms")]).await;
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_UPSTREAM_TIMEOUT", "300ms")]).await;
     let started = std::time::Instant::now();
     let response = client()
         .get(format!("{}/slow-headers?ms=3000", proxy.url))
@@ -256,11 +228,7 @@ async fn an_upstream_slow_to_answer_is_a_504() {
         .await
         .unwrap();
     assert_eq!(response.status(), 504);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "upstream_timeout");
     let fast = client()
@@ -314,16 +282,7 @@ async fn admin_paths_answer_locally_and_are_never_forwarded() {
 async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let (mut proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
     let url = format!("{}/slow-headers?ms=800", proxy.url);
-    let in_flight = tokio::spawn(async move {
-        client()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
     tokio::time::sleep(Duration::from_millis(200)).await;
     proxy.shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -3,6 +3,7 @@
 
 mod binary;
 mod forwarding;
+mod sandbox;
 mod streaming;
 mod support;
 mod tokens;

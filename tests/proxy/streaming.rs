@@ -15,12 +15,9 @@ async fn a_200_mib_upload_streams_through_with_its_length() {
     let total = 200 * MIB;
     let chunk = 1024 * 1024;
     let chunks = futures_util::stream::iter(
-        (0..total / chunk)
-            .map(move |i| Ok::<_, std::io::Error>(pattern(i * chunk, chunk as usize))),
+        (0..total / chunk).map(move |i| Ok::<_, std::io::Error>(pattern(i * chunk, chunk as usize))),
     );
-    let expected = (0..total / chunk).fold(0, |acc, i| {
-        checksum(acc, &pattern(i * chunk, chunk as usize))
-    });
+    let expected = (0..total / chunk).fold(0, |acc, i| checksum(acc, &pattern(i * chunk, chunk as usize)));
     let response = client()
         .post(format!("{}/upload", proxy.url))
         .header("content-length", total.to_string())
@@ -32,10 +29,7 @@ async fn a_200_mib_upload_streams_through_with_its_length() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["bytes"], total);
     assert_eq!(body["checksum"], expected);
-    assert_eq!(
-        upstream.last().headers["content-length"],
-        total.to_string().as_str()
-    );
+    assert_eq!(upstream.last().headers["content-length"], total.to_string().as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,8 +59,7 @@ async fn a_200_mib_download_streams_through_with_its_length() {
 async fn an_upload_reaches_the_upstream_before_it_is_finished() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
     let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let url = format!("{}/probe-upload", proxy.url);
     let request = tokio::spawn(async move {
         client()
@@ -79,9 +72,7 @@ async fn an_upload_reaches_the_upstream_before_it_is_finished() {
             .await
             .unwrap()
     });
-    tx.send(Ok(bytes::Bytes::from_static(b"first piece")))
-        .await
-        .unwrap();
+    tx.send(Ok(bytes::Bytes::from_static(b"first piece"))).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), upstream.first_piece.notified())
         .await
         .expect("the first piece arrived upstream while the upload was still open");
@@ -115,8 +106,7 @@ async fn a_download_reaches_the_caller_before_it_is_finished() {
 
 #[tokio::test]
 async fn the_upstream_timeout_counts_from_the_end_of_a_slow_upload() {
-    let (proxy, _upstream, _tokens) =
-        Proxy::with_defaults(&[("UEM_PROXY_UPSTREAM_TIMEOUT", "400ms")]).await;
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_UPSTREAM_TIMEOUT", "400ms")]).await;
     let chunks = futures_util::stream::iter(0..8).then(|_| async {
         tokio::time::sleep(Duration::from_millis(150)).await;
         Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"0123456789"))
@@ -138,19 +128,11 @@ async fn the_upstream_timeout_counts_from_the_end_of_a_slow_upload() {
 
 #[tokio::test]
 async fn a_response_body_that_stalls_is_cut_off() {
-    let (proxy, _upstream, _tokens) =
-        Proxy::with_defaults(&[("UEM_PROXY_UPSTREAM_TIMEOUT", "300ms")]).await;
-    let response = client()
-        .get(format!("{}/stall-body", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_UPSTREAM_TIMEOUT", "300ms")]).await;
+    let response = client().get(format!("{}/stall-body", proxy.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let result = tokio::time::timeout(Duration::from_secs(5), response.bytes())
         .await
         .expect("cut off in time");
-    assert!(
-        result.is_err(),
-        "a stalled body ends in an error, not as if complete"
-    );
+    assert!(result.is_err(), "a stalled body ends in an error, not as if complete");
 }

@@ -68,23 +68,16 @@ impl TokenService {
     }
 }
 
-async fn token(
-    State(svc): State<TokenService>,
-    axum::Form(form): axum::Form<HashMap<String, String>>,
-) -> Response {
+async fn token(State(svc): State<TokenService>, axum::Form(form): axum::Form<HashMap<String, String>>) -> Response {
     svc.calls.fetch_add(1, Ordering::SeqCst);
     svc.forms.lock().unwrap().push(form);
     tokio::time::sleep(svc.delay).await;
     let scripted = svc.script.lock().unwrap().pop_front();
-    let reply = scripted
-        .or(svc.after_script.clone())
-        .unwrap_or(Reply::Grant("3600"));
+    let reply = scripted.or(svc.after_script.clone()).unwrap_or(Reply::Grant("3600"));
     match reply {
         Reply::Grant(expires_in) => {
             let n = svc.grants.fetch_add(1, Ordering::SeqCst) + 1;
-            let body = format!(
-                r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":{expires_in}}}"#
-            );
+            let body = format!(r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":{expires_in}}}"#);
             (StatusCode::OK, [("content-type", "application/json")], body).into_response()
         }
         Reply::Raw(status, content_type, body) => (
@@ -120,9 +113,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(&self) -> String {
-        let app = Router::new()
-            .fallback(any(upstream_handler))
-            .with_state(self.clone());
+        let app = Router::new().fallback(any(upstream_handler)).with_state(self.clone());
         let addr = spawn(app).await;
         *self.addr.lock().unwrap() = Some(addr);
         format!("http://{addr}")
@@ -194,11 +185,7 @@ async fn upstream_handler(
                     (Ok::<_, std::io::Error>(pattern(sent, n as usize)), sent + n)
                 })
             });
-            (
-                [("content-length", total.to_string())],
-                Body::from_stream(chunks),
-            )
-                .into_response()
+            ([("content-length", total.to_string())], Body::from_stream(chunks)).into_response()
         }
         "/probe-download" => {
             record(Bytes::new());
@@ -243,19 +230,12 @@ async fn special(up: &Upstream, path: &str, headers: &HeaderMap, ms: u64, body: 
             "slow".into_response()
         }
         "/auth-check" => {
-            let auth = headers
-                .get("authorization")
-                .map(|v| v.to_str().unwrap().to_owned());
+            let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned());
             if auth.as_deref() == Some(up.accepted.lock().unwrap().as_str()) {
                 (StatusCode::OK, body).into_response()
             } else {
                 let err = r#"{"errorCode":1005,"message":"Invalid credentials","activityId":"a1"}"#;
-                (
-                    StatusCode::UNAUTHORIZED,
-                    [("content-type", "application/json")],
-                    err,
-                )
-                    .into_response()
+                (StatusCode::UNAUTHORIZED, [("content-type", "application/json")], err).into_response()
             }
         }
         "/hop" => Response::builder()
@@ -278,15 +258,11 @@ async fn special(up: &Upstream, path: &str, headers: &HeaderMap, ms: u64, body: 
             let headers: serde_json::Map<String, serde_json::Value> = headers
                 .keys()
                 .map(|k| {
-                    let values = headers
-                        .get_all(k)
-                        .iter()
-                        .map(|v| v.to_str().unwrap_or("?").to_owned());
+                    let values = headers.get_all(k).iter().map(|v| v.to_str().unwrap_or("?").to_owned());
                     (k.to_string(), values.collect::<Vec<_>>().into())
                 })
                 .collect();
-            axum::Json(serde_json::json!({ "headers": headers, "body_len": body.len() }))
-                .into_response()
+            axum::Json(serde_json::json!({ "headers": headers, "body_len": body.len() })).into_response()
         }
     }
 }
@@ -367,9 +343,28 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
 
 /// The JSON body of a raw HTTP response.
 pub fn raw_json(response: &str) -> serde_json::Value {
-    let body = response
-        .split_once("\r\n\r\n")
-        .expect("a complete response")
-        .1;
+    let body = response.split_once("\r\n\r\n").expect("a complete response").1;
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Starts a sandbox tenant on port 0; returns its base URL and its state.
+pub async fn start_sandbox(options: uem_proxy::sandbox::Options) -> (String, Arc<uem_proxy::sandbox::Sandbox>) {
+    let sandbox = uem_proxy::sandbox::Sandbox::new(options).unwrap();
+    let addr = spawn(uem_proxy::sandbox::router(sandbox.clone())).await;
+    (format!("http://{addr}"), sandbox)
+}
+
+/// The sandbox's client credentials in tests.
+pub const SANDBOX_ID: &str = "sandbox-client";
+pub const SANDBOX_SECRET: &str = "sandbox-s3cret";
+
+pub fn sandbox_options() -> uem_proxy::sandbox::Options {
+    uem_proxy::sandbox::Options::new(SANDBOX_ID, SANDBOX_SECRET)
+}
+
+/// The proxy in front of a sandbox, configured with the sandbox's credentials.
+pub async fn proxy_for_sandbox(base: &str, extra: &[(&str, &str)]) -> Proxy {
+    let mut env = vec![("UEM_CLIENT_ID", SANDBOX_ID), ("UEM_CLIENT_SECRET", SANDBOX_SECRET)];
+    env.extend_from_slice(extra);
+    Proxy::start(base, &format!("{base}/connect/token"), &env).await
 }

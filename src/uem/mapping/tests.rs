@@ -29,11 +29,7 @@ fn real_client_requests_map_to_the_permissions_they_need() {
             "/api/mdm/devices/extensivesearch?organizationgroupid=7",
             Some("REST API Devices Read"),
         ),
-        (
-            "GET",
-            "/api/mdm/devices/1234",
-            Some("REST API Devices Read"),
-        ),
+        ("GET", "/api/mdm/devices/1234", Some("REST API Devices Read")),
         (
             "GET",
             "/api/mdm/devices/0c9b7f0e-uuid/security/recovery-key",
@@ -59,21 +55,13 @@ fn real_client_requests_map_to_the_permissions_they_need() {
             "/api/mdm/devices/1234/enrollmentuser/77",
             Some("REST API Devices Write"),
         ),
-        (
-            "DELETE",
-            "/api/mdm/devices/1234",
-            Some("REST API Devices Delete"),
-        ),
+        ("DELETE", "/api/mdm/devices/1234", Some("REST API Devices Delete")),
         (
             "DELETE",
             "/api/mdm/devices/1234/customattributes",
             Some("REST API Custom Attributes Delete"),
         ),
-        (
-            "POST",
-            "/api/mdm/tags/15/adddevices",
-            Some("REST API Devices Write"),
-        ),
+        ("POST", "/api/mdm/tags/15/adddevices", Some("REST API Devices Write")),
         // PyWorkspaceOne: system
         (
             "GET",
@@ -81,16 +69,8 @@ fn real_client_requests_map_to_the_permissions_they_need() {
             Some("REST API Users Read"),
         ),
         ("POST", "/api/system/users/", Some("REST API Users Write")),
-        (
-            "PUT",
-            "/api/system/users/5a1e-uuid",
-            Some("REST API Users Write"),
-        ),
-        (
-            "DELETE",
-            "/api/system/users/42/delete",
-            Some("REST API Users Delete"),
-        ),
+        ("PUT", "/api/system/users/5a1e-uuid", Some("REST API Users Write")),
+        ("DELETE", "/api/system/users/42/delete", Some("REST API Users Delete")),
         (
             "POST",
             "/api/system/users/42/registerdevice",
@@ -101,11 +81,7 @@ fn real_client_requests_map_to_the_permissions_they_need() {
             "/api/system/groups/search?groupid=testog",
             Some("REST API Groups Read"),
         ),
-        (
-            "POST",
-            "/api/system/groups/7",
-            Some("REST API Groups Write"),
-        ),
+        ("POST", "/api/system/groups/7", Some("REST API Groups Write")),
         ("GET", "/api/system/info", None),
         // fastlane AirWatch plug-in and PowerShell upload scripts: apps and blobs
         (
@@ -118,11 +94,7 @@ fn real_client_requests_map_to_the_permissions_they_need() {
             "/API/mam/apps/internal/begininstall",
             Some("REST API Apps Write"),
         ),
-        (
-            "DELETE",
-            "/API/mam/blobs/blob/991",
-            Some("REST API BLOBS Delete"),
-        ),
+        ("DELETE", "/API/mam/blobs/blob/991", Some("REST API BLOBS Delete")),
         (
             "POST",
             "/api/v1/mam/apps/internal/begininstall",
@@ -133,11 +105,7 @@ fn real_client_requests_map_to_the_permissions_they_need() {
             "/api/mam/apps/internal/uploadchunk",
             Some("REST API Apps Write"),
         ),
-        (
-            "GET",
-            "/api/mam/blobs/downloadblob/991",
-            Some("REST API BLOBS Read"),
-        ),
+        ("GET", "/api/mam/blobs/downloadblob/991", Some("REST API BLOBS Read")),
         (
             "POST",
             "/api/mam/apps/internal/88/install",
@@ -150,11 +118,7 @@ fn real_client_requests_map_to_the_permissions_they_need() {
             Some("REST API Apps Read"),
         ),
         ("GET", "/API/mam/apps/search", Some("REST API Apps Read")),
-        (
-            "GET",
-            "/API/mdm/devices/1234/profiles",
-            Some("REST API Profiles Read"),
-        ),
+        ("GET", "/API/mdm/devices/1234/profiles", Some("REST API Profiles Read")),
         (
             "GET",
             "/API/mdm/devices/1234/smartgroups",
@@ -180,17 +144,9 @@ fn real_client_requests_map_to_the_permissions_they_need() {
             "/API/mdm/devices/0c9b-uuid/lostmode/true",
             Some("REST API Devices Execute"),
         ),
-        (
-            "GET",
-            "/API/mdm/devices/1234/eventlog",
-            Some("REST API Devices Read"),
-        ),
+        ("GET", "/API/mdm/devices/1234/eventlog", Some("REST API Devices Read")),
         // Other collections
-        (
-            "GET",
-            "/api/system/admins/search",
-            Some("REST API Admins Read"),
-        ),
+        ("GET", "/api/system/admins/search", Some("REST API Admins Read")),
         (
             "POST",
             "/api/system/usergroups/12/activate",
@@ -239,11 +195,7 @@ fn paths_are_normalised_before_mapping() {
         "/api/mdm/devices/5?x=/system/users",
     ];
     for path in same {
-        assert_eq!(
-            api_segments(path).unwrap(),
-            ["mdm", "devices", "5"],
-            "{path}"
-        );
+        assert_eq!(api_segments(path).unwrap(), ["mdm", "devices", "5"], "{path}");
     }
     assert_eq!(
         needs("DELETE", "/api/mdm/devices/../devices/5"),
