@@ -77,7 +77,8 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
         (Method::GET, ["mdm", "devices", "search"]) => search_devices(sb, neg, &q),
         (Method::GET, ["mdm", "devices"]) => device_by_alternate_id(sb, neg, &q),
         (Method::GET, ["mdm", "devices", id]) => {
-            one(neg, "Device", find(&devices(sb, neg), "Id", "Uuid", id), "device")
+            let found = find(&sb.tenant.read().expect("not poisoned").devices, "Id", "Uuid", id);
+            one(neg, "Device", found.map(|d| versioned(d, neg)), "device")
         }
         (Method::DELETE, ["mdm", "devices", id]) => delete_device(sb, id),
         (Method::POST, ["mdm", "devices", id, "commands"]) => {
@@ -197,22 +198,20 @@ fn system_info(sb: &Sandbox, neg: Negotiated) -> Response {
     reply::render(neg, StatusCode::OK, "SystemInfo", &info)
 }
 
-/// Devices in the version asked for: version 1 lacks `Uuid`, version 2 carries it.
+/// A device in the version asked for: version 1 lacks `Uuid`, version 2 carries it.
+fn versioned(mut device: Value, neg: Negotiated) -> Value {
+    if neg.version < 2
+        && let Some(o) = device.as_object_mut()
+    {
+        o.remove("Uuid");
+    }
+    device
+}
+
+/// Every device, in the version asked for.
 fn devices(sb: &Sandbox, neg: Negotiated) -> Vec<Value> {
     let tenant = sb.tenant.read().expect("not poisoned");
-    tenant
-        .devices
-        .iter()
-        .map(|d| {
-            let mut d = d.clone();
-            if neg.version < 2
-                && let Some(o) = d.as_object_mut()
-            {
-                o.remove("Uuid");
-            }
-            d
-        })
-        .collect()
+    tenant.devices.iter().map(|d| versioned(d.clone(), neg)).collect()
 }
 
 fn search_devices(sb: &Sandbox, neg: Negotiated, q: &HashMap<String, String>) -> Response {

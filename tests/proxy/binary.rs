@@ -243,3 +243,64 @@ async fn healthcheck_exits_zero_only_while_a_proxy_answers() {
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("unhealthy"));
 }
+
+/// Runs a printed command as a user would: with `sh` and `curl` when the machine has them, else
+/// by fetching the URL the command names.
+async fn run_printed(command: &str) -> String {
+    let has_curl = Command::new("sh")
+        .args(["-c", "command -v curl"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_curl {
+        let output = Command::new("sh").args(["-c", command]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return String::from_utf8(output.stdout).unwrap();
+    }
+    let url = command.split_whitespace().last().unwrap().trim_matches('\'');
+    client().get(url).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_three_commands_that_answer_json_as_printed() {
+    let mut child = command(&[])
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.starts_with("Press Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    let commands: Vec<&str> = printed.iter().filter_map(|l| l.strip_prefix("  curl ")).collect();
+    assert_eq!(commands.len(), 3, "{printed:#?}");
+    for command in commands {
+        let output = run_printed(&format!("curl {command}")).await;
+        let json: serde_json::Value =
+            serde_json::from_str(&output).unwrap_or_else(|e| panic!("curl {command} gave no JSON ({e}): {output}"));
+        assert!(json.is_object() && !json.as_object().unwrap().is_empty(), "{json}");
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use uem_proxy::sandbox::Role;
 
 use crate::support::{
-    SANDBOX_ID, SANDBOX_SECRET, checksum, client, pattern, proxy_for_sandbox, sandbox_options, start_sandbox,
+    SANDBOX_ID, SANDBOX_SECRET, checksum, client, pattern, proxy_for_sandbox, raw, sandbox_options, start_sandbox,
 };
 
 async fn token(base: &str) -> String {
@@ -220,23 +220,14 @@ async fn devices_by_id_alternate_id_and_versioned_media_type() {
     let body: serde_json::Value = missing.json().await.unwrap();
     assert_eq!(body["errorCode"], 5061);
 
-    let xml = client()
-        .get(format!("{base}/api/system/info"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        xml.headers()["content-type"],
-        "application/xml; charset=utf-8",
-        "no Accept: XML, like UEM"
+    // No Accept header at all (reqwest would send */*): UEM answers XML.
+    let addr = base.trim_start_matches("http://").parse().unwrap();
+    let request = format!(
+        "GET /api/system/info HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     );
-    assert!(
-        xml.text()
-            .await
-            .unwrap()
-            .contains("<ProductName>Workspace ONE UEM</ProductName>")
-    );
+    let xml = raw(addr, &request).await;
+    assert!(xml.contains("content-type: application/xml; charset=utf-8"), "{xml}");
+    assert!(xml.contains("<ProductName>Workspace ONE UEM</ProductName>"), "{xml}");
 }
 
 #[tokio::test]
