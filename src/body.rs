@@ -56,21 +56,30 @@ pub struct Upload<B> {
     inner: SyncWrapper<B>,
     size_hint: SizeHint,
     finished: Option<oneshot::Sender<()>>,
+    /// The most bytes allowed; `None` for no limit.
+    limit: Option<u64>,
+    sent: u64,
 }
+
+/// A request body went past the configured limit while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than {0} bytes")]
+pub struct TooLarge(pub u64);
 
 impl<B: Body> Upload<B> {
     /// The body, and a receiver that completes when the body ends (or is dropped unfinished).
-    pub fn new(inner: B) -> (Self, oneshot::Receiver<()>) {
+    /// A body longer than `limit` ends in a [`TooLarge`] error.
+    pub fn new(inner: B, limit: Option<u64>) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let size_hint = inner.size_hint();
-        (
-            Upload {
-                inner: SyncWrapper::new(inner),
-                size_hint,
-                finished: Some(tx),
-            },
-            rx,
-        )
+        let upload = Upload {
+            inner: SyncWrapper::new(inner),
+            size_hint,
+            finished: Some(tx),
+            limit,
+            sent: 0,
+        };
+        (upload, rx)
     }
 }
 
@@ -86,6 +95,12 @@ where
         let frame = ready!(Pin::new(self.inner.get_mut()).poll_frame(cx));
         if frame.is_none() {
             self.finished.take().map(|tx| tx.send(()));
+        }
+        if let Some(Ok(frame)) = &frame {
+            self.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if let Some(limit) = self.limit.filter(|limit| self.sent > *limit) {
+                return Poll::Ready(Some(Err(Box::new(TooLarge(limit)))));
+            }
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }

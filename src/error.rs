@@ -21,6 +21,25 @@ pub enum ProxyError {
     Timeout,
     #[error("the upstream API connection failed")]
     Broken,
+    #[error("callers from this address are not allowed; see UEM_PROXY_ALLOW_CIDRS")]
+    CallerNotAllowed,
+    #[error("the Host '{0}' is not one this proxy answers to; see UEM_PROXY_ALLOWED_HOSTS")]
+    HostNotAllowed(String),
+    #[error("requests from the web origin '{0}' are not allowed; see UEM_PROXY_ALLOWED_ORIGINS")]
+    OriginNotAllowed(String),
+    #[error("cross-site requests from web pages are not allowed")]
+    CrossSite,
+    #[error("the proxy's policy does not allow this request: {reason}")]
+    PolicyDenied {
+        permission: Option<&'static str>,
+        reason: String,
+    },
+    #[error("the method {0} is not allowed")]
+    MethodNotAllowed(http::Method),
+    #[error("the request target is longer than {0} bytes")]
+    UriTooLong(usize),
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(u64),
 }
 
 impl ProxyError {
@@ -33,6 +52,14 @@ impl ProxyError {
             ProxyError::Unreachable => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ProxyError::Broken => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            ProxyError::CallerNotAllowed => (StatusCode::FORBIDDEN, "caller_not_allowed"),
+            ProxyError::HostNotAllowed(_) => (StatusCode::FORBIDDEN, "host_not_allowed"),
+            ProxyError::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+            ProxyError::CrossSite => (StatusCode::FORBIDDEN, "cross_site_request"),
+            ProxyError::PolicyDenied { .. } => (StatusCode::FORBIDDEN, "policy_denied"),
+            ProxyError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ProxyError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+            ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
         }
     }
 
@@ -48,10 +75,14 @@ impl ProxyError {
         }
     }
 
-    /// The JSON answer `{"error", "message", "request_id"}`.
+    /// The JSON answer `{"error", "message", "request_id"}`; a policy denial also names the
+    /// `permission` the request needs (`null` when it needs none the catalogue knows).
     pub fn into_response(self, request_id: &str) -> Response {
         let (status, code) = self.status_and_code();
-        let body = serde_json::json!({ "error": code, "message": self.to_string(), "request_id": request_id });
+        let mut body = serde_json::json!({ "error": code, "message": self.to_string(), "request_id": request_id });
+        if let ProxyError::PolicyDenied { permission, .. } = &self {
+            body["permission"] = serde_json::json!(permission);
+        }
         let mut response = (status, Json(body)).into_response();
         if let ProxyError::NoToken { retry_after_s } = self {
             response

@@ -18,19 +18,32 @@ pub fn local_target(listen: SocketAddr) -> SocketAddr {
     target
 }
 
-/// Returns `Ok` when the proxy answered 200, else a message saying what happened.
+/// Returns `Ok` when the proxy at `addr` (`host:port` or `unix:/path`) answered 200, else a
+/// message saying what happened.
 pub fn check(addr: &str, timeout: Duration) -> Result<(), String> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let stream =
+            std::os::unix::net::UnixStream::connect(path).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        return ask(stream, addr, "localhost");
+    }
     let target = addr
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {addr}: {e}"))?
         .next()
         .ok_or_else(|| format!("{addr} resolves to no address"))?;
     let target = local_target(target);
-    let mut stream =
+    let stream =
         TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("cannot connect to {target}: {e}"))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let request = format!("GET /_proxy/healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    ask(stream, &target.to_string(), &target.to_string())
+}
+
+/// Sends the health request on `stream` and reads the status line.
+fn ask(mut stream: impl Read + Write, target: &str, host: &str) -> Result<(), String> {
+    let request = format!("GET /_proxy/healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("cannot send to {target}: {e}"))?;

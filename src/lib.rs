@@ -9,7 +9,9 @@
 //!   [`body`]: streaming body wrappers.
 //! - [`access_log`]: request ids and the one log event per request; [`admin`]: `/_proxy/*`.
 //! - [`error`]: the proxy's own errors and their single status mapping.
-//! - [`server`]: accept loop, header-read timeout, graceful shutdown; [`telemetry`]: logging.
+//! - [`inbound`]: who may call (address, `Host`, web origin) and request limits; [`policy`]: what
+//!   they may do, in the permission catalogue's terms; [`framing`]: the strict request-framing guard.
+//! - [`server`]: TCP and Unix listeners, header limits, graceful shutdown; [`telemetry`]: logging.
 //! - [`healthcheck`]: the `healthcheck` command for container images without an HTTP client.
 //! - [`sandbox`]: an offline simulated UEM tenant; [`demo`]: the sandbox and the proxy together.
 //! - [`uem`]: also the permission catalogue and the request-to-permission map.
@@ -29,7 +31,10 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod healthcheck;
+pub mod inbound;
+pub mod policy;
 pub mod proxy;
 pub mod rewrite;
 pub mod sandbox;
@@ -43,7 +48,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
-use tokio::net::TcpListener;
 use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
 
 pub use config::Config;
@@ -64,10 +68,11 @@ pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
 }
 
 /// The whole application as one router, used by `run` and by tests alike.
-pub fn router(forwarder: Arc<Forwarder>) -> Router {
+pub fn router(forwarder: Arc<Forwarder>, checks: Arc<inbound::Checks>) -> Router {
     admin::routes()
         .fallback(proxy::handle)
         .with_state(forwarder)
+        .layer(axum::middleware::from_fn_with_state(checks, inbound::middleware))
         .layer(axum::middleware::from_fn(access_log::middleware))
         .layer(SetSensitiveRequestHeadersLayer::new([
             AUTHORIZATION,
@@ -77,10 +82,10 @@ pub fn router(forwarder: Arc<Forwarder>) -> Router {
         .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
 }
 
-/// Runs the proxy on an already bound listener until `shutdown` completes and in-flight
-/// requests have drained (or the grace period is over).
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let client = http_client(&config).map_err(std::io::Error::other)?;
+/// The application for `config`, serving callers who reach it at `local`, and the token
+/// refresher it owns (the caller aborts it when done serving).
+pub fn app(config: &Config, local: &config::Listen) -> std::io::Result<(Router, tokio::task::JoinHandle<()>)> {
+    let client = http_client(config).map_err(std::io::Error::other)?;
     let source = TokenClient {
         http: client.clone(),
         url: config.token_url.clone(),
@@ -89,25 +94,48 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         timeout: config.upstream_timeout,
     };
     let (tokens, refresher) = Tokens::start(source, config.forced_refresh_interval);
-    let local = listener.local_addr()?;
-    let upstream_base = config.api_url.as_str().trim_end_matches('/').to_owned();
-    tracing::info!(
-        listen = %local,
-        api_url = %upstream_base,
-        token_url = %config.token_url,
-        client_id = %config.client_id,
-        "listening"
-    );
+    let checks = Arc::new(inbound::Checks::new(&config.inbound, local));
     let forwarder = Arc::new(Forwarder {
         client,
         tokens,
-        upstream_base,
-        listen: local.to_string(),
+        upstream_base: config.api_url.as_str().trim_end_matches('/').to_owned(),
+        listen: match local {
+            config::Listen::Tcp(addr) => addr.to_string(),
+            config::Listen::Unix(_) => "localhost".to_owned(),
+        },
+        policy: config.policy.clone(),
         upstream_timeout: config.upstream_timeout,
         token_wait: config.token_wait,
         replay_body_limit: config.replay_body_limit,
+        max_body_bytes: config.inbound.max_body_bytes,
     });
-    server::serve(listener, router(forwarder), shutdown, config.shutdown_grace).await;
+    Ok((router(forwarder, checks), refresher))
+}
+
+/// Runs the proxy on an already bound listener until `shutdown` completes and in-flight
+/// requests have drained (or the grace period is over).
+pub async fn run(
+    config: Config,
+    listener: impl Into<server::Listener>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = listener.into();
+    let local = listener.local()?;
+    let (app, refresher) = app(&config, &local)?;
+    tracing::info!(
+        listen = %local,
+        api_url = %config.api_url.as_str().trim_end_matches('/'),
+        token_url = %config.token_url,
+        client_id = %config.client_id,
+        policy = if config.policy.is_open() { "open" } else { "restricted" },
+        read_only = config.policy.read_only,
+        "listening"
+    );
+    let limits = server::Limits {
+        header_timeout: config.inbound.header_timeout,
+        max_header_bytes: config.inbound.max_header_bytes,
+    };
+    server::serve(listener, app, limits, shutdown, config.shutdown_grace).await;
     refresher.abort();
     Ok(())
 }

@@ -113,7 +113,9 @@ fn main() -> ExitCode {
             Ok(config) => {
                 telemetry::init(config.log_format);
                 block_on(async move {
-                    let listener = bind(config.listen).await?;
+                    let listener = server::Listener::bind(&config.listen)
+                        .await
+                        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
                     uem_proxy::run(config, listener, server::signal())
                         .await
                         .map_err(|e| e.to_string())

@@ -49,6 +49,73 @@ pub fn request_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// The path as it is forwarded and as policy decides on it: `.` and `..` segments resolved (also
+/// when percent-encoded), empty segments dropped, percent-encoded unreserved characters decoded,
+/// and bytes that may not stand in a path percent-encoded. Refused: encoded `/`, `\`, or control
+/// characters, and a literal `\`, which other parsers read as `/`.
+pub fn canonical_path(path: &str) -> Result<String, &'static str> {
+    if !path.starts_with('/') {
+        return Err("the path must start with /");
+    }
+    if path.contains('\\') {
+        return Err("the path contains a backslash");
+    }
+    let mut segments: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let segment = canonical_segment(raw)?;
+        match segment.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(segment),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || (path.ends_with('/') && !path.ends_with("/./") && !path.ends_with("/../")) {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+fn canonical_segment(raw: &str) -> Result<String, &'static str> {
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+            let (Some(h), Some(l)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
+                return Err("the path has a malformed percent-encoding");
+            };
+            let decoded = (h * 16 + l) as u8;
+            match decoded {
+                b'/' | b'\\' => return Err("the path has an encoded slash or backslash"),
+                0..=0x1f | 0x7f => return Err("the path has an encoded control character"),
+                c if c.is_ascii_alphanumeric() || b"-._~".contains(&c) => out.push(c as char),
+                c => out.push_str(&format!("%{c:02X}")),
+            }
+            i += 3;
+            continue;
+        }
+        let pchar = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b);
+        if pchar {
+            out.push(b as char);
+        } else if b < 0x20 || b == 0x7f {
+            return Err("the path has a control character");
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
 /// Where redirects the upstream sends should point instead: the upstream's base and the address
 /// the caller used to reach the proxy.
 pub struct LocationRewrite<'a> {
@@ -59,9 +126,12 @@ pub struct LocationRewrite<'a> {
 }
 
 /// Turns an upstream response's headers into the caller's: hop-by-hop headers go, repeated headers
-/// such as `Set-Cookie` stay, and a `Location` pointing into the API is pointed at the proxy.
+/// such as `Set-Cookie` stay, and a `Location` pointing into the API is pointed at the proxy. An
+/// `Authorization` header, which no response should carry, goes too: an upstream that echoes
+/// request headers must not hand the token to the caller.
 pub fn response_headers(headers: &mut HeaderMap, rewrite: &LocationRewrite<'_>) {
     strip_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
     let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
         return;
     };
@@ -138,6 +208,51 @@ mod tests {
         let mut h = map(&[("accept", "application/json;version=2")]);
         request_headers(&mut h);
         assert_eq!(h["accept"], "application/json;version=2");
+    }
+
+    #[test]
+    fn canonical_paths_resolve_dots_and_encoding_and_refuse_ambiguity() {
+        let cases = [
+            ("/api/mdm/devices/5", "/api/mdm/devices/5"),
+            ("/API/v1/mdm/devices/search", "/API/v1/mdm/devices/search"),
+            ("/api/system/users/", "/api/system/users/"),
+            ("/api/mdm/../system/./info", "/api/system/info"),
+            ("/api/%2e%2e/x", "/x"),
+            ("/api/%2E./x/", "/x/"),
+            ("//evil.example/steal", "/evil.example/steal"),
+            ("/api//mdm///devices", "/api/mdm/devices"),
+            ("/api/%6Ddm/%7Euser", "/api/mdm/~user"),
+            ("/api/a%20b/%c3%a9", "/api/a%20b/%C3%A9"),
+            ("/api/{x}", "/api/%7Bx%7D"),
+            ("/../../etc", "/etc"),
+            ("/", "/"),
+            ("/api/x/..", "/api"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(canonical_path(input).as_deref(), Ok(expected), "{input}");
+        }
+        for bad in [
+            "/api/mdm%2fdevices",
+            "/api/%5c",
+            "/\\evil.example/",
+            "/api/%00",
+            "/api/%zz",
+            "api/x",
+            "*",
+        ] {
+            assert!(canonical_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_authorization_header_from_upstream_never_reaches_the_caller() {
+        let mut h = map(&[("authorization", "Bearer tok-1"), ("x-kept", "1")]);
+        let rw = LocationRewrite {
+            upstream_base: "https://as1.awmdm.com",
+            proxy_base: "http://localhost:8080",
+        };
+        response_headers(&mut h, &rw);
+        assert!(h.get("authorization").is_none());
     }
 
     #[test]

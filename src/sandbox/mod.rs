@@ -127,6 +127,17 @@ async fn token(State(sb): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) 
 /// Serves a sandbox on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, options: Options, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let sandbox = Sandbox::new(options)?;
-    crate::server::serve(listener, router(sandbox), shutdown, Duration::from_secs(5)).await;
+    let limits = crate::server::Limits {
+        header_timeout: Duration::from_secs(30),
+        max_header_bytes: 65536,
+    };
+    crate::server::serve(
+        listener.into(),
+        router(sandbox),
+        limits,
+        shutdown,
+        Duration::from_secs(5),
+    )
+    .await;
     Ok(())
 }

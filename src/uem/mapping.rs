@@ -101,9 +101,9 @@ pub fn permission_for(collection: Collection, kind: Kind) -> &'static Permission
     permissions::find(&name).unwrap_or_else(|| panic!("the catalogue lacks {name}"))
 }
 
-/// Path segments after `/api` (and a `vN` version segment), lower-case and percent-decoded, with
-/// `.` and `..` resolved. `None` when the path is not under `/api`.
-pub fn api_segments(path: &str) -> Option<Vec<String>> {
+/// A path's segments as decisions see them: lower-case and percent-decoded, empty and `.`
+/// segments dropped, `..` resolved, and a `vN` version segment just after `api` dropped.
+pub fn segments(path: &str) -> Vec<String> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     let mut segments: Vec<String> = Vec::new();
     for raw in path.split('/') {
@@ -116,14 +116,22 @@ pub fn api_segments(path: &str) -> Option<Vec<String>> {
             _ => segments.push(segment),
         }
     }
+    if segments.first().map(String::as_str) == Some("api") {
+        // `/api/v1/mdm/…` and `/api/mdm/v2/…`: the version is not part of the resource.
+        if let Some(i) = segments.iter().skip(1).take(2).position(|s| is_version(s)) {
+            segments.remove(i + 1);
+        }
+    }
+    segments
+}
+
+/// The segments after `/api` (see [`segments`]); `None` when the path is not under `/api`.
+pub fn api_segments(path: &str) -> Option<Vec<String>> {
+    let mut segments = segments(path);
     if segments.first().map(String::as_str) != Some("api") {
         return None;
     }
     segments.remove(0);
-    // `/api/v1/mdm/…` and `/api/mdm/v2/…`: the version is not part of the resource.
-    if let Some(i) = segments.iter().take(2).position(|s| is_version(s)) {
-        segments.remove(i);
-    }
     Some(segments)
 }
 

@@ -249,6 +249,13 @@ async fn special(up: &Upstream, path: &str, headers: &HeaderMap, ms: u64, body: 
             .header("x-kept", "yes")
             .body(Body::from("hop"))
             .unwrap(),
+        "/echo-auth" => {
+            let auth = headers
+                .get("authorization")
+                .cloned()
+                .unwrap_or(axum::http::HeaderValue::from_static(""));
+            (StatusCode::OK, [("authorization", auth)], "echoed").into_response()
+        }
         "/redirect" => {
             let own = up.addr.lock().unwrap().unwrap();
             let location = format!("http://{own}/api/elsewhere?x=1");
@@ -278,17 +285,12 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy for `api` and `token_url` with extra environment settings.
     pub async fn start(api: &str, token_url: &str, extra: &[(&str, &str)]) -> Proxy {
-        let mut env: HashMap<String, String> = [
-            ("UEM_API_URL", api),
-            ("UEM_TOKEN_URL", token_url),
-            ("UEM_CLIENT_ID", "test-client"),
-            ("UEM_CLIENT_SECRET", SECRET),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let config = uem_proxy::Config::load(None, &|k| env.get(k).cloned()).expect("valid config");
+        Proxy::start_with_file(api, token_url, None, extra).await
+    }
+
+    /// The same, with a configuration file of this text.
+    pub async fn start_with_file(api: &str, token_url: &str, file: Option<&str>, extra: &[(&str, &str)]) -> Proxy {
+        let config = config(api, token_url, file, extra).expect("valid config");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -302,7 +304,38 @@ impl Proxy {
             task,
         }
     }
+}
 
+/// A configuration from these settings (and file text), as the proxy's tests use.
+pub fn config(
+    api: &str,
+    token_url: &str,
+    file: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<uem_proxy::Config, uem_proxy::config::ConfigError> {
+    let mut env: HashMap<String, String> = [
+        ("UEM_API_URL", api),
+        ("UEM_TOKEN_URL", token_url),
+        ("UEM_CLIENT_ID", "test-client"),
+        ("UEM_CLIENT_SECRET", SECRET),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let path = file.map(|text| {
+        let path = std::env::temp_dir().join(format!("uem-proxy-test-{}.toml", fastrand::u64(..)));
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let config = uem_proxy::Config::load(path.as_deref(), &|k| env.get(k).cloned());
+    if let Some(path) = path {
+        std::fs::remove_file(path).unwrap();
+    }
+    config
+}
+
+impl Proxy {
     /// Starts mock token service and upstream with defaults, and the proxy in front of them.
     pub async fn with_defaults(extra: &[(&str, &str)]) -> (Proxy, Upstream, TokenService) {
         let tokens = TokenService::default();

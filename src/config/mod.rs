@@ -1,0 +1,265 @@
+//! Settings from a TOML file and the environment, parsed once into a typed, validated [`Config`].
+//!
+//! Every setting has one TOML key and one environment variable; the environment wins. Loading
+//! reports every problem at once, naming where each bad value came from, so a user fixes a broken
+//! deployment in one round. Nothing downstream re-checks a string: what leaves here is typed.
+
+mod parse;
+mod source;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::policy::{Policy, PolicyFile};
+pub use source::SETTINGS;
+use source::{RawMap, read_file};
+
+/// Where the proxy accepts callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    /// A Unix socket, created owner-only (for sidecars sharing a volume).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(addr) => addr.fmt(f),
+            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Who may call and what a request may look like.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Networks whose callers are served besides loopback (and Unix-socket peers).
+    pub allow_cidrs: Vec<IpNet>,
+    /// Host names callers may use besides localhost and the loopback addresses.
+    pub allowed_hosts: Vec<String>,
+    /// Web origins whose pages may call (CORS); any other `Origin` is refused.
+    pub allowed_origins: Vec<String>,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_url_bytes: usize,
+    /// `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// The validated settings the proxy runs with. There is deliberately no `Default`: a proxy that
+/// holds an admin credential must not start from guessed values.
+#[derive(Clone)]
+pub struct Config {
+    /// The API base: scheme, host, optional port and an optional path prefix without a trailing
+    /// slash. Request paths are appended to it.
+    pub api_url: Url,
+    pub token_url: Url,
+    /// How the token URL was chosen, for `uem-proxy config` and the start-up log.
+    pub token_url_source: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub listen: Listen,
+    pub inbound: Inbound,
+    pub policy: Policy,
+    /// How long the upstream may take to send response headers once the request is sent, and
+    /// the longest pause allowed between two pieces of a response body.
+    pub upstream_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How long a request waits for a token when none is valid before it gets 503.
+    pub token_wait: Duration,
+    /// The least time between two refreshes forced by upstream 401s.
+    pub forced_refresh_interval: Duration,
+    /// Request bodies up to this size are kept so the request can be replayed after a 401.
+    pub replay_body_limit: u64,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub config_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every problem found while loading, one per line.
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("api_url", &self.api_url.as_str())
+            .field("token_url", &self.token_url.as_str())
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"***")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Loads the file (if any), overlays the environment as seen through `env`, and validates.
+    ///
+    /// `env` is a parameter so tests never touch the process environment.
+    pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut raw = RawMap::new();
+        let policy = file
+            .map(|path| read_file(path, &mut raw, &mut problems))
+            .unwrap_or_default();
+        source::overlay_env(env, &mut raw);
+        let config = Self::from_raw(&raw, policy, file, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError(problems)),
+        }
+    }
+
+    fn from_raw(raw: &RawMap, policy: PolicyFile, file: Option<&Path>, problems: &mut Vec<String>) -> Option<Config> {
+        let mut p = parse::Parser { raw, problems };
+        let api_url = p.api_url();
+        let (token_url, token_url_source) = p.token_url().unzip();
+        let client_id = p.required("client_id", "the OAuth client's ID", |s| match s.trim() {
+            "" => Err("is empty".to_owned()),
+            id => Ok(id.to_owned()),
+        });
+        let client_secret = p.client_secret();
+        let listen = p.optional("listen", "127.0.0.1:8080", parse::listen);
+        let inbound = inbound(&mut p);
+        let read_only = p.parse("read_only", parse::boolean);
+        let policy = match Policy::new(policy, read_only) {
+            Ok(policy) => Some(policy),
+            Err(errors) => {
+                let file = file.map(|f| f.display().to_string()).unwrap_or_default();
+                errors.into_iter().for_each(|e| p.problem(format!("{file}: {e}")));
+                None
+            }
+        };
+        if let (Some(Listen::Tcp(addr)), Some(inbound)) = (&listen, &inbound)
+            && !addr.ip().is_loopback()
+            && inbound.allow_cidrs.is_empty()
+        {
+            let name = p.name("listen");
+            p.problem(format!(
+                "{name}: {addr} is not a loopback address, and UEM_PROXY_ALLOW_CIDRS is not set: a proxy that holds \
+                 an admin credential must not answer any caller on the network; list the networks that may call \
+                 (e.g. UEM_PROXY_ALLOW_CIDRS=10.20.0.0/16)"
+            ));
+        }
+        let upstream_timeout = p.optional("upstream_timeout", "30s", parse::duration);
+        let connect_timeout = p.optional("connect_timeout", "10s", parse::duration);
+        let token_wait = p.optional("token_wait", "10s", parse::duration);
+        let forced_refresh_interval = p.optional("forced_refresh_interval", "10s", parse::duration);
+        let replay_body_limit = p.optional("replay_body_limit", "65536", parse::bytes);
+        let shutdown_grace = p.optional("shutdown_grace", "30s", parse::duration);
+        let log_format = p.optional("log_format", "text", parse::log_format);
+        Some(Config {
+            api_url: api_url?,
+            token_url: token_url?,
+            token_url_source: token_url_source?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            listen: listen?,
+            inbound: inbound?,
+            policy: policy?,
+            upstream_timeout: upstream_timeout?,
+            connect_timeout: connect_timeout?,
+            token_wait: token_wait?,
+            forced_refresh_interval: forced_refresh_interval?,
+            replay_body_limit: replay_body_limit?,
+            shutdown_grace: shutdown_grace?,
+            log_format: log_format?,
+            config_file: file.map(Path::to_path_buf),
+        })
+    }
+
+    /// The effective settings as JSON, secrets masked, for `uem-proxy config`.
+    pub fn summary(&self) -> serde_json::Value {
+        let human = |d: Duration| humantime::format_duration(d).to_string();
+        let inbound = &self.inbound;
+        serde_json::json!({
+            "api_url": self.api_url.as_str().trim_end_matches('/'),
+            "token_url": self.token_url.as_str(),
+            "token_url_source": self.token_url_source,
+            "client_id": self.client_id,
+            "client_secret": if self.client_secret.expose_secret().is_empty() { "" } else { "***" },
+            "listen": self.listen.to_string(),
+            "allow_cidrs": inbound.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "allowed_hosts": inbound.allowed_hosts,
+            "allowed_origins": inbound.allowed_origins,
+            "read_only": self.policy.read_only,
+            "policy": if self.policy.is_open() { "open" } else { "restricted" },
+            "upstream_timeout": human(self.upstream_timeout),
+            "connect_timeout": human(self.connect_timeout),
+            "header_timeout": human(inbound.header_timeout),
+            "max_header_bytes": inbound.max_header_bytes,
+            "max_url_bytes": inbound.max_url_bytes,
+            "max_body_bytes": inbound.max_body_bytes.unwrap_or(0),
+            "token_wait": human(self.token_wait),
+            "forced_refresh_interval": human(self.forced_refresh_interval),
+            "replay_body_limit": self.replay_body_limit,
+            "shutdown_grace": human(self.shutdown_grace),
+            "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+            "config_file": self.config_file.as_ref().map(|p| p.display().to_string()),
+        })
+    }
+}
+
+fn inbound(p: &mut parse::Parser<'_>) -> Option<Inbound> {
+    let allow_cidrs = p.optional("allow_cidrs", "", parse::cidrs);
+    let allowed_hosts = p.optional("allowed_hosts", "", parse::hosts);
+    let allowed_origins = p.optional("allowed_origins", "", parse::origins);
+    let header_timeout = p.optional("header_timeout", "30s", parse::duration);
+    let size = |min: u64| {
+        move |s: &str| {
+            let n = parse::bytes(s)?;
+            if n < min {
+                Err(format!("must be at least {min}"))
+            } else {
+                Ok(n as usize)
+            }
+        }
+    };
+    let max_header_bytes = p.optional("max_header_bytes", "65536", size(8192));
+    let max_url_bytes = p.optional("max_url_bytes", "8192", size(256));
+    let max_body_bytes = p.optional("max_body_bytes", "4294967296", |s| {
+        parse::bytes(s).map(|n| (n > 0).then_some(n))
+    });
+    Some(Inbound {
+        allow_cidrs: allow_cidrs?,
+        allowed_hosts: allowed_hosts?,
+        allowed_origins: allowed_origins?,
+        header_timeout: header_timeout?,
+        max_header_bytes: max_header_bytes?,
+        max_url_bytes: max_url_bytes?,
+        max_body_bytes: max_body_bytes?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

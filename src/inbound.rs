@@ -1,0 +1,254 @@
+//! Who may call, and from where: the checks every request passes before anything else is done
+//! with it. Each refusal is JSON, logged, and never forwarded.
+//!
+//! - The caller's address: loopback and Unix-socket peers always; others only from
+//!   `UEM_PROXY_ALLOW_CIDRS`.
+//! - The `Host` it asked for: `localhost`, `127.0.0.1`, `[::1]`, the listen address, or a name in
+//!   `UEM_PROXY_ALLOWED_HOSTS`. A page that rebinds its own DNS name to this address cannot pass.
+//!   The health endpoints skip this check, for probes that address the proxy by any IP.
+//! - Web pages: an `Origin` not in `UEM_PROXY_ALLOWED_ORIGINS`, or `Sec-Fetch-Site: cross-site`
+//!   without one, is refused; CORS preflights are answered here.
+//! - `TRACE` (it would echo the injected token), over-long targets, and bodies declared larger
+//!   than the limit.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+use ipnet::IpNet;
+
+use crate::access_log::RequestId;
+use crate::config::{Inbound, Listen};
+use crate::error::ProxyError;
+use crate::server::Peer;
+
+/// The checks, built once from the configuration.
+pub struct Checks {
+    allow_cidrs: Vec<IpNet>,
+    /// Lower-case host names and addresses (without port or brackets); `*.x` entries match
+    /// subdomains of `x`.
+    hosts: Vec<String>,
+    origins: Vec<String>,
+    max_url_bytes: usize,
+    max_body_bytes: Option<u64>,
+}
+
+impl Checks {
+    pub fn new(inbound: &Inbound, listen: &Listen) -> Checks {
+        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(str::to_owned).into();
+        if let Listen::Tcp(addr) = listen
+            && !addr.ip().is_unspecified()
+        {
+            hosts.push(addr.ip().to_string());
+        }
+        hosts.extend(inbound.allowed_hosts.iter().cloned());
+        Checks {
+            allow_cidrs: inbound.allow_cidrs.clone(),
+            hosts,
+            origins: inbound.allowed_origins.clone(),
+            max_url_bytes: inbound.max_url_bytes,
+            max_body_bytes: inbound.max_body_bytes,
+        }
+    }
+
+    fn peer_allowed(&self, peer: Option<&Peer>) -> bool {
+        match peer {
+            Some(Peer::Tcp(addr)) => {
+                let ip = addr.ip().to_canonical();
+                ip.is_loopback() || self.allow_cidrs.iter().any(|net| net.contains(&ip))
+            }
+            Some(Peer::Unix(_)) => true,
+            None => false,
+        }
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = host_name(host).to_ascii_lowercase();
+        self.hosts.iter().any(|allowed| match allowed.strip_prefix("*.") {
+            Some(parent) => name
+                .strip_suffix(parent)
+                .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
+            None => *allowed == name,
+        })
+    }
+
+    fn origin_allowed(&self, origin: &str) -> bool {
+        self.origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+    }
+
+    /// The first refusal that applies, if any.
+    fn refusal(&self, req: &Request) -> Option<ProxyError> {
+        if !self.peer_allowed(req.extensions().get::<Peer>()) {
+            return Some(ProxyError::CallerNotAllowed);
+        }
+        let health = matches!(req.uri().path(), "/_proxy/healthz" | "/_proxy/readyz");
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !health && !self.host_allowed(host) {
+            return Some(ProxyError::HostNotAllowed(host.to_owned()));
+        }
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > self.max_url_bytes {
+            return Some(ProxyError::UriTooLong(self.max_url_bytes));
+        }
+        if req.method() == Method::TRACE {
+            return Some(ProxyError::MethodNotAllowed(Method::TRACE));
+        }
+        match req.headers().get(header::ORIGIN).map(|o| o.to_str().unwrap_or("?")) {
+            Some(origin) if !self.origin_allowed(origin) => {
+                return Some(ProxyError::OriginNotAllowed(origin.to_owned()));
+            }
+            Some(_) => {}
+            None if is_cross_site(req.headers()) => return Some(ProxyError::CrossSite),
+            None => {}
+        }
+        if let (Some(limit), Some(length)) = (self.max_body_bytes, content_length(req.headers()))
+            && length > limit
+        {
+            return Some(ProxyError::BodyTooLarge(limit));
+        }
+        None
+    }
+}
+
+/// The host part of a `Host` header: no port, no IPv6 brackets.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+fn is_cross_site(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The middleware. Runs inside the access log, so refusals carry a request id and are logged.
+pub async fn middleware(State(checks): State<Arc<Checks>>, req: Request, next: Next) -> Response {
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default();
+    if let Some(refusal) = checks.refusal(&req) {
+        let peer = req
+            .extensions()
+            .get::<Peer>()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        tracing::warn!(request_id = %id, %peer, reason = %refusal, "request refused");
+        return refusal.into_response(&id);
+    }
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    if let Some(origin) = &origin
+        && req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return preflight(origin, req.headers());
+    }
+    let mut response = next.run(req).await;
+    if let Some(origin) = origin {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id"),
+        );
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// Answers a CORS preflight from an allowed origin without forwarding it.
+fn preflight(origin: &HeaderValue, request: &HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checks(hosts: &[&str], cidrs: &[&str], listen: &str) -> Checks {
+        let inbound = Inbound {
+            allow_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            allowed_origins: vec!["http://localhost:3000".into()],
+            header_timeout: std::time::Duration::from_secs(30),
+            max_header_bytes: 65536,
+            max_url_bytes: 8192,
+            max_body_bytes: None,
+        };
+        Checks::new(&inbound, &Listen::Tcp(listen.parse().unwrap()))
+    }
+
+    #[test]
+    fn hosts_are_matched_without_port_and_case() {
+        let c = checks(&["uem-proxy.corp.example", "*.svc.cluster.local"], &[], "10.1.2.3:8080");
+        for ok in [
+            "localhost:8080",
+            "LOCALHOST",
+            "127.0.0.1:1",
+            "[::1]:8080",
+            "10.1.2.3:8080",
+            "uem-proxy.corp.example",
+        ] {
+            assert!(c.host_allowed(ok), "{ok}");
+        }
+        assert!(c.host_allowed("proxy.ns.svc.cluster.local:8080"));
+        for bad in [
+            "evil.example",
+            "localhost.evil.example",
+            "svc.cluster.local",
+            "127.0.0.2",
+            "",
+            "10.1.2.4",
+        ] {
+            assert!(!c.host_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn peers_from_loopback_unix_and_listed_networks_only() {
+        let c = checks(&[], &["10.20.0.0/16", "192.168.1.7/32"], "0.0.0.0:8080");
+        let tcp = |a: &str| Peer::Tcp(a.parse().unwrap());
+        assert!(c.peer_allowed(Some(&tcp("127.0.0.1:5000"))));
+        assert!(c.peer_allowed(Some(&tcp("[::1]:5000"))));
+        assert!(c.peer_allowed(Some(&tcp("10.20.3.4:5000"))));
+        assert!(
+            c.peer_allowed(Some(&tcp("[::ffff:10.20.3.4]:5000"))),
+            "IPv4-mapped addresses count as IPv4"
+        );
+        assert!(c.peer_allowed(Some(&Peer::Unix(Some(1000)))));
+        assert!(!c.peer_allowed(Some(&tcp("10.21.0.1:5000"))));
+        assert!(!c.peer_allowed(Some(&tcp("192.168.1.8:5000"))));
+        assert!(!c.peer_allowed(None));
+    }
+}

@@ -1,0 +1,213 @@
+//! Local policy: what callers may do through this proxy, in the permission catalogue's terms and
+//! by method and path. Decided on the canonical path, the same path that is forwarded.
+//!
+//! Order of decision, first that applies wins:
+//! 1. read-only mode refuses every request that is not a read;
+//! 2. the first rule whose methods and path pattern match allows or denies;
+//! 3. a request needing a permission on the deny list is denied;
+//! 4. with an allow list, a request is allowed only if it needs a permission on it;
+//! 5. anything else is allowed.
+
+use http::Method;
+use serde::Deserialize;
+
+use crate::uem::mapping::{self, Kind};
+use crate::uem::permissions::{self, Permission};
+
+/// The `[policy]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub read_only: Option<bool>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<RuleFile>,
+}
+
+/// One `[[policy.rules]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub action: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+enum Segment {
+    Literal(String),
+    /// `*`: exactly one segment.
+    One,
+    /// `**`: any number of segments, at the end of a pattern.
+    Rest,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    allow: bool,
+    /// Empty: any method.
+    methods: Vec<Method>,
+    pattern: Vec<Segment>,
+    source: String,
+}
+
+/// The validated policy.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub read_only: bool,
+    allow: Vec<&'static Permission>,
+    deny: Vec<&'static Permission>,
+    rules: Vec<Rule>,
+}
+
+/// What the policy says of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny {
+        permission: Option<&'static Permission>,
+        reason: String,
+    },
+}
+
+impl Policy {
+    /// Validates the file's policy; `read_only` from the environment overrides the file's. Every
+    /// problem is reported.
+    pub fn new(file: PolicyFile, read_only: Option<bool>) -> Result<Policy, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut names = |list: &[String], which: &str| -> Vec<&'static Permission> {
+            list.iter()
+                .filter_map(|name| {
+                    let found = permissions::find(name);
+                    if found.is_none() {
+                        problems.push(format!("policy.{which}: '{name}' is not a permission of the catalogue"));
+                    }
+                    found
+                })
+                .collect()
+        };
+        let allow = names(&file.allow, "allow");
+        let deny = names(&file.deny, "deny");
+        let mut rules = Vec::new();
+        for (i, rule) in file.rules.iter().enumerate() {
+            let at = format!("policy.rules[{i}]");
+            let allow = match rule.action.to_ascii_lowercase().as_str() {
+                "allow" => Some(true),
+                "deny" => Some(false),
+                other => {
+                    problems.push(format!("{at}: action '{other}' is not allow or deny"));
+                    None
+                }
+            };
+            let methods: Vec<Method> = rule
+                .methods
+                .iter()
+                .filter_map(|m| {
+                    let parsed = Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).ok();
+                    if parsed.is_none() {
+                        problems.push(format!("{at}: '{m}' is not a method"));
+                    }
+                    parsed
+                })
+                .collect();
+            let pattern = parse_pattern(&rule.path)
+                .map_err(|e| problems.push(format!("{at}: {e}")))
+                .ok();
+            if let (Some(allow), Some(pattern)) = (allow, pattern) {
+                rules.push(Rule {
+                    allow,
+                    methods,
+                    pattern,
+                    source: format!("{} {}", rule.action, rule.path),
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Policy {
+            read_only: read_only.or(file.read_only).unwrap_or(false),
+            allow,
+            deny,
+            rules,
+        })
+    }
+
+    /// Whether a policy restricts anything at all.
+    pub fn is_open(&self) -> bool {
+        !self.read_only && self.allow.is_empty() && self.deny.is_empty() && self.rules.is_empty()
+    }
+
+    /// Decides on `method` and the canonical `path`.
+    pub fn decide(&self, method: &Method, path: &str) -> Decision {
+        let required = mapping::required(method, path);
+        let permission = required.map(|r| r.permission);
+        let deny = |reason: String| Decision::Deny { permission, reason };
+        let is_read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+            || required.is_some_and(|r| r.kind == Kind::Read);
+        if self.read_only && !is_read {
+            return deny("the proxy is in read-only mode".to_owned());
+        }
+        let segments = mapping::segments(path);
+        if let Some(rule) = self.rules.iter().find(|r| r.matches(method, &segments)) {
+            return if rule.allow {
+                Decision::Allow
+            } else {
+                deny(format!("the rule '{}' denies it", rule.source))
+            };
+        }
+        if let Some(p) = permission.filter(|p| self.deny.contains(p)) {
+            return deny(format!("the policy denies '{}'", p.name));
+        }
+        if !self.allow.is_empty() && !permission.is_some_and(|p| self.allow.contains(&p)) {
+            let reason = match permission {
+                Some(p) => format!("'{}' is not on the policy's allow list", p.name),
+                None => "it needs no known permission, and the policy allows only listed ones".to_owned(),
+            };
+            return deny(reason);
+        }
+        Decision::Allow
+    }
+}
+
+impl Rule {
+    fn matches(&self, method: &Method, segments: &[String]) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method)) && matches_pattern(&self.pattern, segments)
+    }
+}
+
+fn parse_pattern(path: &str) -> Result<Vec<Segment>, String> {
+    if !path.starts_with('/') {
+        return Err(format!("path pattern '{path}' must start with /"));
+    }
+    let segments = mapping::segments(path);
+    let last = segments.len().saturating_sub(1);
+    segments
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| match s.as_str() {
+            "**" if i == last => Ok(Segment::Rest),
+            "**" => Err(format!("in '{path}', ** may only end a pattern")),
+            "*" => Ok(Segment::One),
+            _ if s.contains('*') => Err(format!("in '{path}', * stands for a whole segment only")),
+            _ => Ok(Segment::Literal(s)),
+        })
+        .collect()
+}
+
+fn matches_pattern(pattern: &[Segment], segments: &[String]) -> bool {
+    match (pattern.first(), segments.first()) {
+        (Some(Segment::Rest), _) => true,
+        (None, None) => true,
+        (Some(Segment::One), Some(_)) => matches_pattern(&pattern[1..], &segments[1..]),
+        (Some(Segment::Literal(l)), Some(s)) if l == s => matches_pattern(&pattern[1..], &segments[1..]),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
