@@ -13,9 +13,9 @@ RUN apt-get update \
 COPY --from=build /src/target/release/uem-proxy /usr/local/bin/uem-proxy
 # A fixed unprivileged user; it owns nothing in the image.
 USER 65532:65532
-# In a container, loopback is the container's own: listen on all of its interfaces and publish
-# the port only where callers are (a pod's sidecar needs no published port at all).
-ENV UEM_PROXY_LISTEN=0.0.0.0:8080 \
+# Loopback by default: right for a sidecar, whose neighbours in the pod share it. To serve a
+# published port or a network, set UEM_PROXY_LISTEN=0.0.0.0:8080 and UEM_PROXY_ALLOW_CIDRS.
+ENV UEM_PROXY_LISTEN=127.0.0.1:8080 \
     UEM_PROXY_LOG_FORMAT=json
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \

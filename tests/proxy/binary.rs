@@ -32,7 +32,8 @@ fn base_env<'a>(api: &'a str, token_url: &'a str) -> Vec<(&'a str, &'a str)> {
 /// A running proxy process whose standard error is collected line by line.
 struct Running {
     child: Child,
-    addr: SocketAddr,
+    /// Where it listens, as its log says (`127.0.0.1:PORT` or `unix:/path`).
+    listen: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -52,15 +53,19 @@ impl Running {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
                     && event["message"] == "listening"
                 {
-                    let _ = tx.send(event["listen"].as_str().unwrap().parse::<SocketAddr>().unwrap());
+                    let _ = tx.send(event["listen"].as_str().unwrap().to_owned());
                 }
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = rx
+        let listen = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("the proxy logs where it listens");
-        Running { child, addr, log }
+        Running { child, listen, log }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.listen.parse().expect("a TCP listener")
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -157,7 +162,7 @@ async fn a_trace_level_log_holds_no_secret_and_no_token() {
     env.push(("RUST_LOG", "trace"));
     env.push(("UEM_PROXY_TOKEN_WAIT", "10s"));
     let mut proxy = Running::start(&env);
-    let url = format!("http://{}", proxy.addr);
+    let url = format!("http://{}", proxy.addr());
 
     *upstream.accepted.lock().unwrap() = "Bearer tok-2".into();
     let basic = "Basic bGVnYWN5OnBhc3N3b3JkLTEyMw==";
@@ -207,7 +212,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let upstream = Upstream::default();
     let (api, token_url) = (upstream.start().await, tokens.start().await);
     let mut proxy = Running::start(&base_env(&api, &token_url));
-    let url = format!("http://{}/slow-headers?ms=1000", proxy.addr);
+    let url = format!("http://{}/slow-headers?ms=1000", proxy.addr());
     let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = tokio::task::spawn_blocking(move || {
@@ -227,7 +232,7 @@ async fn healthcheck_exits_zero_only_while_a_proxy_answers() {
     let upstream = Upstream::default();
     let (api, token_url) = (upstream.start().await, tokens.start().await);
     let mut proxy = Running::start(&base_env(&api, &token_url));
-    let addr = proxy.addr.to_string();
+    let addr = proxy.addr().to_string();
     let check = |addr: String| {
         tokio::task::spawn_blocking(move || {
             command(&[("UEM_PROXY_LISTEN", &addr)])
@@ -303,4 +308,47 @@ async fn the_demo_prints_three_commands_that_answer_json_as_printed() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_caller_is_logged_by_user_id() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let dir = std::env::temp_dir().join(format!("uem-proxy-bin-sock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let my_uid = std::fs::metadata(&dir).unwrap().uid();
+    let listen = format!("unix:{}/proxy.sock", dir.display());
+    let mut env = base_env(&api, &token_url);
+    env.retain(|(k, _)| *k != "UEM_PROXY_LISTEN");
+    env.push(("UEM_PROXY_LISTEN", &listen));
+    let mut proxy = Running::start(&env);
+    assert_eq!(proxy.listen, listen);
+    let path = dir.join("proxy.sock");
+    let response = tokio::task::spawn_blocking(move || {
+        let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+        stream
+            .write_all(b"GET /api/unix HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    })
+    .await
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (status, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log()))
+        .await
+        .unwrap();
+    assert!(status.success());
+    let access = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["target"] == "uem_proxy::access")
+        .expect("an access event");
+    assert_eq!(access["peer"], format!("unix:uid={my_uid}"));
+    assert!(!dir.join("proxy.sock").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -4,6 +4,7 @@
 mod binary;
 mod forwarding;
 mod sandbox;
+mod security;
 mod streaming;
 mod support;
 mod tokens;
