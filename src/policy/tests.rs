@@ -130,3 +130,21 @@ fn bad_policies_name_every_problem() {
     assert_eq!(problems.len(), 6, "{problems:#?}");
     assert!(problems[0].contains("'REST API Teleport Read' is not a permission"));
 }
+
+#[test]
+fn the_readme_example_behaves_as_documented() {
+    let p = policy(
+        r#"
+        allow = ["REST API Devices Read", "REST API Devices Execute", "REST API Users Read"]
+        deny = ["REST API Devices Execute"]
+        [[rules]]
+        action = "allow"
+        methods = ["POST"]
+        path = "/api/mdm/devices/*/commands"
+        "#,
+    );
+    assert!(allowed(&p, Method::GET, "/api/mdm/devices/search"));
+    assert!(allowed(&p, Method::POST, "/api/mdm/devices/5/commands"));
+    assert!(!allowed(&p, Method::POST, "/api/mdm/devices/5/enterprisewipe"));
+    assert!(!allowed(&p, Method::GET, "/api/mam/apps/search"));
+}
