@@ -76,7 +76,9 @@ pub fn canonical_path(path: &str) -> Result<String, &'static str> {
         out.push('/');
         out.push_str(segment);
     }
-    if out.is_empty() || (path.ends_with('/') && !path.ends_with("/./") && !path.ends_with("/../")) {
+    // As RFC 3986 resolves dots: a path ending in `/`, `/.` or `/..` names a directory.
+    let last = path.rsplit('/').next().map(canonical_segment).transpose()?;
+    if out.is_empty() || matches!(last.as_deref(), Some("" | "." | "..")) {
         out.push('/');
     }
     Ok(out)
@@ -226,7 +228,8 @@ mod tests {
             ("/api/{x}", "/api/%7Bx%7D"),
             ("/../../etc", "/etc"),
             ("/", "/"),
-            ("/api/x/..", "/api"),
+            ("/api/x/..", "/api/"),
+            ("/api/x/.", "/api/x/"),
         ];
         for (input, expected) in cases {
             assert_eq!(canonical_path(input).as_deref(), Ok(expected), "{input}");
