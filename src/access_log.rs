@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
@@ -17,9 +17,14 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::app::App;
 use crate::body::Counted;
+use crate::inbound::Caller;
+use crate::metrics::RequestLabels;
+use crate::proxy::ActivityId;
 use crate::rewrite::X_REQUEST_ID;
 use crate::server::Peer;
+use crate::uem::mapping;
 
 /// The id of the request being served, as an extension for handlers that answer with errors.
 #[derive(Clone, Debug)]
@@ -48,9 +53,11 @@ fn request_id(req: &Request) -> HeaderValue {
     HeaderValue::try_from(id).expect("hex is a valid header value")
 }
 
-/// The middleware: assigns the id, counts bytes both ways, and arranges the log event.
-pub async fn middleware(mut req: Request, next: Next) -> Response {
+/// The middleware: assigns the id, counts bytes both ways, and arranges the log event and the
+/// request's metrics.
+pub async fn middleware(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    app.metrics.started();
     let id = request_id(&req);
     req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -65,13 +72,18 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
     let mut response = next.run(req).instrument(span).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     let upstream = response.extensions().get::<UpstreamLatency>().map(|u| u.0);
+    let caller = response.extensions().get::<Caller>().map(|c| c.0.clone());
+    let activity_id = response.extensions().get::<ActivityId>().map(|a| a.0.clone());
     let status = response.status().as_u16();
     response.map(|inner| {
         // An empty body may never be polled; it is complete as it stands.
         let complete = inner.is_end_stream();
         let record = Record {
+            app,
             id,
             peer,
+            caller,
+            activity_id,
             method,
             path,
             status,
@@ -86,8 +98,13 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
 }
 
 struct Record {
+    app: Arc<App>,
     id: HeaderValue,
     peer: Option<Peer>,
+    /// Why the caller was let in (audit): `loopback`, `uid=N`, or the allow-list entry.
+    caller: Option<String>,
+    /// UEM's id of a failed API call, from its error body.
+    activity_id: Option<String>,
     method: Method,
     path: String,
     status: u16,
@@ -106,6 +123,8 @@ impl Drop for Record {
             target: "uem_proxy::access",
             request_id = self.id.to_str().unwrap_or(""),
             peer = self.peer.as_ref().map(tracing::field::display),
+            caller = self.caller.as_deref(),
+            activity_id = self.activity_id.as_deref(),
             method = %self.method,
             path = %self.path,
             status = self.status,
@@ -116,6 +135,48 @@ impl Drop for Record {
             complete = self.complete,
             "request"
         );
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let labels = RequestLabels {
+            method: method_label(&self.method),
+            category: category(&self.method, &self.path),
+            status_class: status_class(self.status),
+        };
+        self.app.metrics.finished(
+            labels,
+            self.started.elapsed(),
+            self.upstream,
+            (bytes_in, self.bytes_out),
+        );
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn category(method: &Method, path: &str) -> &'static str {
+    if path.starts_with("/_proxy") {
+        return "proxy";
+    }
+    mapping::required(method, path).map_or("unknown", |r| r.permission.category)
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 

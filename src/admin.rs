@@ -5,15 +5,18 @@ use std::sync::Arc;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing::get};
+use http::header::CONTENT_TYPE;
 
 use crate::access_log::RequestId;
+use crate::app::App;
 use crate::error::ProxyError;
-use crate::proxy::Forwarder;
 
-pub fn routes() -> Router<Arc<Forwarder>> {
+pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/_proxy/healthz", get(healthz))
         .route("/_proxy/readyz", get(readyz))
+        .route("/_proxy/status", get(status))
+        .route("/_proxy/metrics", get(metrics))
         .route("/_proxy", get(not_found))
         .route("/_proxy/", get(not_found))
         .route("/_proxy/{*rest}", axum::routing::any(not_found))
@@ -26,19 +29,31 @@ async fn healthz() -> Response {
 }
 
 /// Ready: a token is held that may be injected now.
-async fn readyz(State(fwd): State<Arc<Forwarder>>, Extension(id): Extension<RequestId>) -> Response {
-    match fwd.tokens.usable() {
+async fn readyz(State(app): State<Arc<App>>, Extension(id): Extension<RequestId>) -> Response {
+    match app.tokens.usable() {
         Some(token) => {
             let valid_for = token
                 .usable_until()
                 .saturating_duration_since(tokio::time::Instant::now());
             Json(serde_json::json!({ "status": "ready", "token_valid_for_s": valid_for.as_secs() })).into_response()
         }
-        None => ProxyError::NoToken {
-            retry_after_s: fwd.token_wait.as_secs().max(1),
+        None => {
+            let retry_after_s = app.settings.load().token_wait.as_secs().max(1);
+            ProxyError::NoToken { retry_after_s }.into_response(id.as_str())
         }
-        .into_response(id.as_str()),
     }
+}
+
+async fn status(State(app): State<Arc<App>>) -> Response {
+    Json(app.status()).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn not_found(Extension(id): Extension<RequestId>) -> Response {

@@ -113,18 +113,23 @@ where
 
 /// Ends a response body with an error when the upstream pauses longer than `idle` between two
 /// pieces, so a stalled upstream cannot hold a caller forever.
-pub struct IdleTimeout<B> {
+///
+/// It also holds `keep` (the pacer's pass) until the body is done, so a request counts as in
+/// flight to the upstream for as long as its response streams.
+pub struct IdleTimeout<B, K = ()> {
     inner: B,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    _keep: K,
 }
 
-impl<B> IdleTimeout<B> {
-    pub fn new(inner: B, idle: Duration) -> Self {
+impl<B, K> IdleTimeout<B, K> {
+    pub fn new(inner: B, idle: Duration, keep: K) -> Self {
         IdleTimeout {
             inner,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            _keep: keep,
         }
     }
 }
@@ -134,7 +139,7 @@ impl<B> IdleTimeout<B> {
 #[error("the upstream paused longer than {0:?} inside the response body")]
 pub struct IdleTimeoutError(Duration);
 
-impl<B> Body for IdleTimeout<B>
+impl<B, K: Unpin> Body for IdleTimeout<B, K>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,

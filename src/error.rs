@@ -40,6 +40,10 @@ pub enum ProxyError {
     UriTooLong(usize),
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(u64),
+    #[error("too many requests are waiting for the API; retry shortly")]
+    UpstreamBusy,
+    #[error("the API asked for a pause; retry after {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
 }
 
 impl ProxyError {
@@ -60,6 +64,8 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ProxyError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
             ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ProxyError::UpstreamBusy => (StatusCode::SERVICE_UNAVAILABLE, "upstream_busy"),
+            ProxyError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "upstream_rate_limited"),
         }
     }
 

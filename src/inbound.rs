@@ -21,6 +21,7 @@ use http::{HeaderMap, Method, StatusCode};
 use ipnet::IpNet;
 
 use crate::access_log::RequestId;
+use crate::app::App;
 use crate::config::{Inbound, Listen};
 use crate::error::ProxyError;
 use crate::server::Peer;
@@ -55,13 +56,25 @@ impl Checks {
     }
 
     fn peer_allowed(&self, peer: Option<&Peer>) -> bool {
-        match peer {
-            Some(Peer::Tcp(addr)) => {
+        self.caller(peer).is_some()
+    }
+
+    /// Why a caller is let in, for the audit trail: `loopback`, `uid=N` for a Unix-socket peer,
+    /// or the allow-list entry its address matched. `None`: it is not let in.
+    fn caller(&self, peer: Option<&Peer>) -> Option<String> {
+        match peer? {
+            Peer::Tcp(addr) => {
                 let ip = addr.ip().to_canonical();
-                ip.is_loopback() || self.allow_cidrs.iter().any(|net| net.contains(&ip))
+                if ip.is_loopback() {
+                    return Some("loopback".to_owned());
+                }
+                self.allow_cidrs
+                    .iter()
+                    .find(|net| net.contains(&ip))
+                    .map(ToString::to_string)
             }
-            Some(Peer::Unix(_)) => true,
-            None => false,
+            Peer::Unix(Some(uid)) => Some(format!("uid={uid}")),
+            Peer::Unix(None) => Some("unix".to_owned()),
         }
     }
 
@@ -139,13 +152,20 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// Who a request's caller is, for the access log's audit field.
+#[derive(Clone, Debug)]
+pub struct Caller(pub String);
+
 /// The middleware. Runs inside the access log, so refusals carry a request id and are logged.
-pub async fn middleware(State(checks): State<Arc<Checks>>, req: Request, next: Next) -> Response {
+pub async fn middleware(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let settings = app.settings.load_full();
+    let checks = &settings.checks;
     let id = req
         .extensions()
         .get::<RequestId>()
         .map(|id| id.as_str().to_owned())
         .unwrap_or_default();
+    let caller = checks.caller(req.extensions().get::<Peer>()).map(Caller);
     if let Some(refusal) = checks.refusal(&req) {
         let peer = req
             .extensions()
@@ -163,6 +183,9 @@ pub async fn middleware(State(checks): State<Arc<Checks>>, req: Request, next: N
         return preflight(origin, req.headers());
     }
     let mut response = next.run(req).await;
+    if let Some(caller) = caller {
+        response.extensions_mut().insert(caller);
+    }
     if let Some(origin) = origin {
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);

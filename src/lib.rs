@@ -27,6 +27,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod app;
 pub mod body;
 pub mod config;
 pub mod demo;
@@ -34,8 +35,11 @@ pub mod error;
 pub mod framing;
 pub mod healthcheck;
 pub mod inbound;
+pub mod metrics;
+pub mod pacer;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod rewrite;
 pub mod sandbox;
 pub mod server;
@@ -50,9 +54,8 @@ use axum::Router;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
 use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
 
+use app::App;
 pub use config::Config;
-use proxy::Forwarder;
-use token::{TokenClient, Tokens};
 
 /// The HTTP client for the token service and the API: rustls, no redirects ever followed (a
 /// redirect must not carry the token or the secret anywhere), keep-alive pooling.
@@ -68,52 +71,33 @@ pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
 }
 
 /// The whole application as one router, used by `run` and by tests alike.
-pub fn router(forwarder: Arc<Forwarder>, checks: Arc<inbound::Checks>) -> Router {
+pub fn router(app: Arc<App>) -> Router {
     admin::routes()
         .fallback(proxy::handle)
-        .with_state(forwarder)
-        .layer(axum::middleware::from_fn_with_state(checks, inbound::middleware))
-        .layer(axum::middleware::from_fn(access_log::middleware))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), inbound::middleware))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            access_log::middleware,
+        ))
         .layer(SetSensitiveRequestHeadersLayer::new([
             AUTHORIZATION,
             PROXY_AUTHORIZATION,
             COOKIE,
         ]))
         .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
+        .with_state(app)
 }
 
 /// The application for `config`, serving callers who reach it at `local`, and the token
 /// refresher it owns (the caller aborts it when done serving).
 pub fn app(config: &Config, local: &config::Listen) -> std::io::Result<(Router, tokio::task::JoinHandle<()>)> {
-    let client = http_client(config).map_err(std::io::Error::other)?;
-    let source = TokenClient {
-        http: client.clone(),
-        url: config.token_url.clone(),
-        client_id: config.client_id.clone(),
-        client_secret: config.client_secret.clone(),
-        timeout: config.upstream_timeout,
-    };
-    let (tokens, refresher) = Tokens::start(source, config.forced_refresh_interval);
-    let checks = Arc::new(inbound::Checks::new(&config.inbound, local));
-    let forwarder = Arc::new(Forwarder {
-        client,
-        tokens,
-        upstream_base: config.api_url.as_str().trim_end_matches('/').to_owned(),
-        listen: match local {
-            config::Listen::Tcp(addr) => addr.to_string(),
-            config::Listen::Unix(_) => "localhost".to_owned(),
-        },
-        policy: config.policy.clone(),
-        upstream_timeout: config.upstream_timeout,
-        token_wait: config.token_wait,
-        replay_body_limit: config.replay_body_limit,
-        max_body_bytes: config.inbound.max_body_bytes,
-    });
-    Ok((router(forwarder, checks), refresher))
+    let (app, refresher) = App::new(config.clone(), local.clone())?;
+    Ok((router(app), refresher))
 }
 
 /// Runs the proxy on an already bound listener until `shutdown` completes and in-flight
-/// requests have drained (or the grace period is over).
+/// requests have drained (or the grace period is over). SIGHUP, and a change of the
+/// configuration file, reload the configuration.
 pub async fn run(
     config: Config,
     listener: impl Into<server::Listener>,
@@ -121,7 +105,11 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let listener = listener.into();
     let local = listener.local()?;
-    let (app, refresher) = app(&config, &local)?;
+    let limits = server::Limits {
+        header_timeout: config.inbound.header_timeout,
+        max_header_bytes: config.inbound.max_header_bytes,
+    };
+    let grace = config.shutdown_grace;
     tracing::info!(
         listen = %local,
         api_url = %config.api_url.as_str().trim_end_matches('/'),
@@ -131,11 +119,10 @@ pub async fn run(
         read_only = config.policy.read_only,
         "listening"
     );
-    let limits = server::Limits {
-        header_timeout: config.inbound.header_timeout,
-        max_header_bytes: config.inbound.max_header_bytes,
-    };
-    server::serve(listener, app, limits, shutdown, config.shutdown_grace).await;
+    let (app, refresher) = App::new(config, local)?;
+    let reloader = tokio::spawn(reload::watch(app.clone()));
+    server::serve(listener, router(app), limits, shutdown, grace).await;
+    reloader.abort();
     refresher.abort();
     Ok(())
 }

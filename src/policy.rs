@@ -37,7 +37,7 @@ pub struct RuleFile {
     pub path: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
     /// `*`: exactly one segment.
@@ -46,7 +46,7 @@ enum Segment {
     Rest,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     allow: bool,
     /// Empty: any method.
@@ -56,7 +56,7 @@ struct Rule {
 }
 
 /// The validated policy.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     pub read_only: bool,
     allow: Vec<&'static Permission>,

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, HOST, HeaderName, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method, StatusCode, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
@@ -16,31 +16,25 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::access_log::{RequestId, UpstreamLatency};
+use crate::app::App;
 use crate::body::{IdleTimeout, TooLarge, Upload};
 use crate::error::ProxyError;
-use crate::policy::{Decision, Policy};
+use crate::pacer::Refusal;
+use crate::policy::Decision;
 use crate::rewrite::{self, LocationRewrite};
-use crate::token::{Token, Tokens};
+use crate::token::Token;
 use crate::uem::mapping;
 
 /// Added to an upstream 403: the catalogue permission the request needs, so an administrator
 /// knows what the OAuth client's role lacks.
 pub static X_UEM_PROXY_PERMISSION: HeaderName = HeaderName::from_static("x-uem-proxy-permission");
 
-/// Everything the handler needs, built once at start-up.
-pub struct Forwarder {
-    pub client: reqwest::Client,
-    pub tokens: Tokens,
-    /// The API base without a trailing slash; canonical request paths are appended to it.
-    pub upstream_base: String,
-    /// The proxy's own address, for `Location` rewrites when a caller sends no `Host`.
-    pub listen: String,
-    pub policy: Policy,
-    pub upstream_timeout: Duration,
-    pub token_wait: Duration,
-    pub replay_body_limit: u64,
-    pub max_body_bytes: Option<u64>,
-}
+/// UEM's id for an API call that failed, from the error body, for the access log's audit trail.
+#[derive(Clone, Debug)]
+pub struct ActivityId(pub String);
+
+/// Error bodies up to this size are read to find UEM's `activityId`; larger ones stream on.
+const ERROR_BODY_PEEK: u64 = 64 * 1024;
 
 /// A request body in a form that can be sent, and for small ones sent again.
 enum Outgoing {
@@ -49,10 +43,10 @@ enum Outgoing {
 }
 
 /// The axum handler for every path that is not the proxy's own.
-pub async fn handle(State(fwd): State<Arc<Forwarder>>, req: Request) -> Response {
+pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let id = req.extensions().get::<RequestId>().cloned();
     let id = id.as_ref().map_or("", RequestId::as_str).to_owned();
-    match forward(&fwd, req).await {
+    match forward(&app, req).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(request_id = %id, %error, "answered by the proxy");
@@ -61,53 +55,68 @@ pub async fn handle(State(fwd): State<Arc<Forwarder>>, req: Request) -> Response
     }
 }
 
-async fn forward(fwd: &Forwarder, req: Request) -> Result<Response, ProxyError> {
+async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
+    let settings = app.settings.load_full();
     let (mut parts, body) = req.into_parts();
-    let (url, path) = upstream_url(&fwd.upstream_base, &parts)?;
-    if let Decision::Deny { permission, reason } = fwd.policy.decide(&parts.method, &path) {
+    let (url, path) = upstream_url(&settings.upstream_base, &parts)?;
+    if let Decision::Deny { permission, reason } = settings.policy.decide(&parts.method, &path) {
         return Err(ProxyError::PolicyDenied {
             permission: permission.map(|p| p.name),
             reason,
         });
     }
-    let proxy_base = format!("http://{}", host_of(&parts.headers).unwrap_or(&fwd.listen));
+    let proxy_base = format!("http://{}", host_of(&parts.headers).unwrap_or(&app.listen_host));
     rewrite::request_headers(&mut parts.headers);
-    let outgoing = prepare_body(body, fwd.replay_body_limit).await?;
+    let outgoing = prepare_body(body, settings.replay_body_limit).await?;
 
-    let retry_after_s = fwd.token_wait.as_secs().max(1);
-    let token = fwd
+    let retry_after_s = settings.token_wait.as_secs().max(1);
+    let token = app
         .tokens
-        .wait_usable(fwd.token_wait)
+        .wait_usable(settings.token_wait)
         .await
         .ok_or(ProxyError::NoToken { retry_after_s })?;
+    let pacer = app.pacer.load_full();
+    let pass = pacer.admit().await.map_err(|refusal| match refusal {
+        Refusal::Busy => ProxyError::UpstreamBusy,
+        Refusal::RateLimited { retry_after_s } => ProxyError::RateLimited { retry_after_s },
+    })?;
     let (body, sent, replay) = match outgoing {
         Outgoing::Replayable(bytes) => (reqwest::Body::from(bytes.clone()), None, Some(bytes)),
         Outgoing::Streamed(stream) => {
-            let (upload, sent) = Upload::new(stream, fwd.max_body_bytes);
+            let (upload, sent) = Upload::new(stream, settings.max_body_bytes);
             (reqwest::Body::wrap(upload), Some(sent), None)
         }
     };
     let started = Instant::now();
-    let mut response = send(fwd, &parts, &url, &token, body, sent).await?;
+    let attempt = Attempt {
+        client: &app.client,
+        parts: &parts,
+        url: &url,
+        timeout: settings.upstream_timeout,
+    };
+    let mut response = attempt.send(&token, body, sent).await?;
 
     if response.status() == StatusCode::UNAUTHORIZED {
         match replay {
             Some(bytes) => {
-                if let Some(fresh) = fwd.tokens.replace_rejected(&token, fwd.token_wait).await {
+                if let Some(fresh) = app.tokens.replace_rejected(&token, settings.token_wait).await {
                     tracing::debug!(generation = fresh.generation(), "replaying a request rejected with 401");
-                    let body = reqwest::Body::from(bytes);
-                    response = send(fwd, &parts, &url, &fresh, body, None).await?;
+                    response = attempt.send(&fresh, reqwest::Body::from(bytes), None).await?;
                 }
             }
             // Not replayable: the caller gets this 401, the next request a fresh token.
-            None => fwd.tokens.report_rejected(&token),
+            None => app.tokens.report_rejected(&token),
         }
     }
     let upstream_latency = started.elapsed();
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        app.metrics.throttled();
+        pacer.saw_429(response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()));
+    }
 
     let mut response = http::Response::from(response);
     let location = LocationRewrite {
-        upstream_base: &fwd.upstream_base,
+        upstream_base: &settings.upstream_base,
         proxy_base: &proxy_base,
     };
     rewrite::response_headers(response.headers_mut(), &location);
@@ -120,7 +129,42 @@ async fn forward(fwd: &Forwarder, req: Request) -> Result<Response, ProxyError> 
         );
     }
     response.extensions_mut().insert(UpstreamLatency(upstream_latency));
-    Ok(response.map(|b| Body::new(IdleTimeout::new(b, fwd.upstream_timeout))))
+    let response = response.map(|b| Body::new(IdleTimeout::new(b, settings.upstream_timeout, pass)));
+    Ok(with_activity_id(response, settings.upstream_timeout).await)
+}
+
+/// For a small JSON error answer, reads the body to note UEM's `activityId` for the access log
+/// and passes the same bytes on. Success bodies and large bodies are not touched.
+async fn with_activity_id(response: Response, timeout: Duration) -> Response {
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    let small = response
+        .body()
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= ERROR_BODY_PEEK);
+    if !(response.status().as_u16() >= 400 && is_json && small) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(Ok(collected)) = tokio::time::timeout(timeout, body.collect()).await else {
+        // The body broke or stalled: end the response as the upstream did.
+        return Response::from_parts(
+            parts,
+            Body::new(http_body_util::Empty::new().map_err(|never| match never {})),
+        );
+    };
+    let bytes = collected.to_bytes();
+    if let Ok(error) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && let Some(activity) = error.get("activityId").and_then(|a| a.as_str())
+    {
+        let printable: String = activity.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+        parts.extensions.insert(ActivityId(printable));
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// The upstream URL: the configured base with the caller's canonical path and query appended,
@@ -163,39 +207,48 @@ async fn prepare_body(body: Body, limit: u64) -> Result<Outgoing, ProxyError> {
     }
 }
 
-/// Sends one attempt and waits for the response headers. The upstream's time to answer counts
-/// from the moment the request body has been sent in full (`sent`, for streamed bodies).
-async fn send(
-    fwd: &Forwarder,
-    parts: &Parts,
-    url: &Url,
-    token: &Token,
-    body: reqwest::Body,
-    sent: Option<oneshot::Receiver<()>>,
-) -> Result<reqwest::Response, ProxyError> {
-    let mut headers = parts.headers.clone();
-    headers.insert(AUTHORIZATION, token.header().clone());
-    let request = fwd
-        .client
-        .request(parts.method.clone(), url.clone())
-        .headers(headers)
-        .body(body);
-    let timeout = fwd.upstream_timeout;
-    let deadline = async move {
-        if let Some(sent) = sent {
-            let _ = sent.await;
-        }
-        tokio::time::sleep(timeout).await;
-    };
-    tokio::select! {
-        result = request.send() => result.map_err(|e| {
-            tracing::debug!(error = %e, "upstream request failed");
-            match too_large(&e) {
-                Some(limit) => ProxyError::BodyTooLarge(limit),
-                None => ProxyError::from_upstream(&e),
+/// What stays the same between a request's first attempt and its replay.
+struct Attempt<'a> {
+    client: &'a reqwest::Client,
+    parts: &'a Parts,
+    url: &'a Url,
+    timeout: Duration,
+}
+
+impl Attempt<'_> {
+    /// Sends one attempt and waits for the response headers. The upstream's time to answer
+    /// counts from the moment the request body has been sent in full (`sent`, for streamed
+    /// bodies).
+    async fn send(
+        &self,
+        token: &Token,
+        body: reqwest::Body,
+        sent: Option<oneshot::Receiver<()>>,
+    ) -> Result<reqwest::Response, ProxyError> {
+        let mut headers = self.parts.headers.clone();
+        headers.insert(AUTHORIZATION, token.header().clone());
+        let request = self
+            .client
+            .request(self.parts.method.clone(), self.url.clone())
+            .headers(headers)
+            .body(body);
+        let timeout = self.timeout;
+        let deadline = async move {
+            if let Some(sent) = sent {
+                let _ = sent.await;
             }
-        }),
-        () = deadline => Err(ProxyError::Timeout),
+            tokio::time::sleep(timeout).await;
+        };
+        tokio::select! {
+            result = request.send() => result.map_err(|e| {
+                tracing::debug!(error = %e, "upstream request failed");
+                match too_large(&e) {
+                    Some(limit) => ProxyError::BodyTooLarge(limit),
+                    None => ProxyError::from_upstream(&e),
+                }
+            }),
+            () = deadline => Err(ProxyError::Timeout),
+        }
     }
 }
 

@@ -7,15 +7,18 @@
 mod parse;
 mod source;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use crate::pacer::PacerSettings;
 use crate::policy::{Policy, PolicyFile};
 pub use source::SETTINGS;
 use source::{RawMap, read_file};
@@ -38,7 +41,7 @@ impl fmt::Display for Listen {
 }
 
 /// Who may call and what a request may look like.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
     /// Networks whose callers are served besides loopback (and Unix-socket peers).
     pub allow_cidrs: Vec<IpNet>,
@@ -78,9 +81,13 @@ pub struct Config {
     pub forced_refresh_interval: Duration,
     /// Request bodies up to this size are kept so the request can be replayed after a 401.
     pub replay_body_limit: u64,
+    pub pacer: PacerSettings,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub config_file: Option<PathBuf>,
+    /// The environment variables this configuration was loaded with, so a reload reads the file
+    /// again under the same environment. Holds secrets: never printed.
+    pub environment: Arc<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,11 +140,24 @@ impl Config {
             .map(|path| read_file(path, &mut raw, &mut problems))
             .unwrap_or_default();
         source::overlay_env(env, &mut raw);
-        let config = Self::from_raw(&raw, policy, file, &mut problems);
+        let environment: BTreeMap<String, String> = SETTINGS
+            .iter()
+            .filter_map(|(_, var)| env(var).map(|v| (var.to_string(), v)))
+            .collect();
+        let config = Self::from_raw(&raw, policy, file, &mut problems).map(|config| Config {
+            environment: Arc::new(environment),
+            ..config
+        });
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError(problems)),
         }
+    }
+
+    /// Loads again from the same file and environment, for a reload.
+    pub fn reload(&self) -> Result<Config, ConfigError> {
+        let env = self.environment.clone();
+        Config::load(self.config_file.as_deref(), &|name| env.get(name).cloned())
     }
 
     fn from_raw(raw: &RawMap, policy: PolicyFile, file: Option<&Path>, problems: &mut Vec<String>) -> Option<Config> {
@@ -176,6 +196,16 @@ impl Config {
         let token_wait = p.optional("token_wait", "10s", parse::duration);
         let forced_refresh_interval = p.optional("forced_refresh_interval", "10s", parse::duration);
         let replay_body_limit = p.optional("replay_body_limit", "65536", parse::bytes);
+        let max_concurrent = p.optional("max_concurrent", "0", |s| {
+            parse::bytes(s).map(|n| (n > 0).then_some(n as usize))
+        });
+        let rate_limit = p.optional("rate_limit", "0", |s| {
+            s.trim()
+                .parse::<u32>()
+                .map(|n| (n > 0).then_some(n))
+                .map_err(|_| format!("'{s}' is not a whole number of requests a second"))
+        });
+        let pacer_max_wait = p.optional("pacer_max_wait", "10s", parse::duration);
         let shutdown_grace = p.optional("shutdown_grace", "30s", parse::duration);
         let log_format = p.optional("log_format", "text", parse::log_format);
         Some(Config {
@@ -192,9 +222,15 @@ impl Config {
             token_wait: token_wait?,
             forced_refresh_interval: forced_refresh_interval?,
             replay_body_limit: replay_body_limit?,
+            pacer: PacerSettings {
+                max_concurrent: max_concurrent?,
+                rate: rate_limit?,
+                max_wait: pacer_max_wait?,
+            },
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
             config_file: file.map(Path::to_path_buf),
+            environment: Arc::default(),
         })
     }
 
@@ -223,6 +259,9 @@ impl Config {
             "token_wait": human(self.token_wait),
             "forced_refresh_interval": human(self.forced_refresh_interval),
             "replay_body_limit": self.replay_body_limit,
+            "max_concurrent": self.pacer.max_concurrent.unwrap_or(0),
+            "rate_limit": self.pacer.rate.unwrap_or(0),
+            "pacer_max_wait": human(self.pacer.max_wait),
             "shutdown_grace": human(self.shutdown_grace),
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "config_file": self.config_file.as_ref().map(|p| p.display().to_string()),

@@ -2,7 +2,10 @@
 //! of its answer. Every odd answer becomes a typed error whose text never holds the response body,
 //! the client secret or a token.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use futures_util::StreamExt;
 use http::StatusCode;
@@ -39,48 +42,83 @@ pub enum FetchError {
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// Where and as whom to ask for tokens.
-pub struct TokenClient {
-    pub http: reqwest::Client,
+#[derive(Clone)]
+pub struct Credentials {
     pub url: Url,
     pub client_id: String,
     pub client_secret: SecretString,
+}
+
+impl Credentials {
+    /// Whether both name the same client at the same token URL.
+    pub fn same_as(&self, other: &Credentials) -> bool {
+        self.url == other.url
+            && self.client_id == other.client_id
+            && self.client_secret.expose_secret() == other.client_secret.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("url", &self.url.as_str())
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"***")
+            .finish()
+    }
+}
+
+/// The refresher's token source: the HTTP client and the current credentials, which a reload
+/// may replace.
+pub struct TokenClient {
+    pub http: reqwest::Client,
+    pub credentials: Arc<ArcSwap<Credentials>>,
     pub timeout: Duration,
 }
 
 impl TokenClient {
     pub async fn request(&self) -> Result<Grant, FetchError> {
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.expose_secret()),
-        ];
-        let response = self
-            .http
-            .post(self.url.clone())
-            .header(ACCEPT, "application/json")
-            .form(&form)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(classify)?;
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("no content type")
-            .to_owned();
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(classify)?;
-            if body.len() + chunk.len() > MAX_RESPONSE {
-                return Err(FetchError::BadResponse("response larger than 64 KiB"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        parse_response(status, &content_type, &body)
+        let credentials = self.credentials.load_full();
+        request(&self.http, &credentials, self.timeout).await
     }
+}
+
+/// One client-credentials grant.
+pub async fn request(
+    http: &reqwest::Client,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<Grant, FetchError> {
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", credentials.client_id.as_str()),
+        ("client_secret", credentials.client_secret.expose_secret()),
+    ];
+    let response = http
+        .post(credentials.url.clone())
+        .header(ACCEPT, "application/json")
+        .form(&form)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(classify)?;
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("no content type")
+        .to_owned();
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(classify)?;
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err(FetchError::BadResponse("response larger than 64 KiB"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    parse_response(status, &content_type, &body)
 }
 
 fn classify(e: reqwest::Error) -> FetchError {

@@ -14,15 +14,16 @@ pub mod schedule;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-pub use fetch::{FetchError, Grant, TokenClient, parse_response};
+pub use fetch::{Credentials, FetchError, Grant, TokenClient, parse_response, request};
 
 /// Anything that can produce a grant. The HTTP client in production; scripted sources in tests.
 pub trait TokenSource: Send + Sync + 'static {
@@ -100,6 +101,47 @@ struct Shared {
     current: ArcSwapOption<Token>,
     /// Bumped to the new generation whenever a token is stored, to wake waiting requests.
     updates: watch::Sender<u64>,
+    /// The last generation handed out.
+    generation: AtomicU64,
+    stats: Mutex<TokenStats>,
+}
+
+impl Shared {
+    /// Stores a token from `grant` as the next generation; `None` when it cannot be sent.
+    fn store(&self, grant: &Grant) -> Option<Arc<Token>> {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let token = Arc::new(Token::new(grant, generation, Instant::now())?);
+        self.current.store(Some(token.clone()));
+        self.updates.send_replace(generation);
+        Some(token)
+    }
+
+    fn record(&self, outcome: Result<(), String>) {
+        let mut stats = self.stats.lock().expect("not poisoned");
+        match outcome {
+            Ok(()) => {
+                stats.refreshed += 1;
+                stats.consecutive_failures = 0;
+                stats.last_refresh = Some(SystemTime::now());
+            }
+            Err(error) => {
+                stats.failed += 1;
+                stats.consecutive_failures += 1;
+                stats.last_error = Some((SystemTime::now(), error));
+            }
+        }
+    }
+}
+
+/// What the token service has done so far, for metrics and `/_proxy/status`.
+#[derive(Debug, Clone, Default)]
+pub struct TokenStats {
+    pub refreshed: u64,
+    pub failed: u64,
+    pub consecutive_failures: u32,
+    pub last_refresh: Option<SystemTime>,
+    /// When and why the last attempt failed (an error code or status, never a body).
+    pub last_error: Option<(SystemTime, String)>,
 }
 
 /// The requests' side of the token: cheap to clone, lock-free to read.
@@ -161,6 +203,27 @@ impl Tokens {
         });
     }
 
+    /// Installs a token obtained outside the refresher (a reload with new credentials checks
+    /// them with one grant; that token replaces the old one at once). `false` if it cannot be sent.
+    pub fn install(&self, grant: &Grant) -> bool {
+        let stored = self.shared.store(grant).is_some();
+        self.shared.record(if stored {
+            Ok(())
+        } else {
+            Err("unusable token".to_owned())
+        });
+        stored
+    }
+
+    pub fn stats(&self) -> TokenStats {
+        self.shared.stats.lock().expect("not poisoned").clone()
+    }
+
+    /// The current token whether usable or not (for status reports; never its value).
+    pub fn current(&self) -> Option<Arc<Token>> {
+        self.shared.current.load_full()
+    }
+
     /// Creates the store and its refresher. The refresher runs until every `Tokens` is dropped;
     /// the caller owns its handle.
     pub fn start<S: TokenSource>(source: S, forced_interval: Duration) -> (Tokens, tokio::task::JoinHandle<()>) {
@@ -168,6 +231,8 @@ impl Tokens {
         let shared = Arc::new(Shared {
             current: ArcSwapOption::empty(),
             updates,
+            generation: AtomicU64::new(0),
+            stats: Mutex::new(TokenStats::default()),
         });
         let (force, forced) = mpsc::channel(1024);
         let task = refresher::Refresher::new(source, shared.clone(), forced, forced_interval);

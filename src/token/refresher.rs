@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use super::{Force, Shared, Token, TokenSource, schedule};
+use super::{Force, Shared, TokenSource, schedule};
 
 pub(super) struct Refresher<S> {
     source: S,
@@ -15,7 +15,6 @@ pub(super) struct Refresher<S> {
     forced: mpsc::Receiver<Force>,
     forced_interval: Duration,
     last_forced: Option<Instant>,
-    generation: u64,
     failures: u32,
 }
 
@@ -32,7 +31,6 @@ impl<S: TokenSource> Refresher<S> {
             forced,
             forced_interval,
             last_forced: None,
-            generation: 0,
             failures: 0,
         }
     }
@@ -83,20 +81,19 @@ impl<S: TokenSource> Refresher<S> {
         let now = Instant::now();
         let latency_ms = now.duration_since(started).as_millis() as u64;
         let stored = result.and_then(|grant| {
-            let token = Token::new(&grant, self.generation + 1, now).ok_or(super::FetchError::BadResponse(
+            let token = self.shared.store(&grant).ok_or(super::FetchError::BadResponse(
                 "access_token cannot be sent as a header",
             ))?;
             Ok((token, grant.lifetime))
         });
+        self.shared
+            .record(stored.as_ref().map(|_| ()).map_err(ToString::to_string));
         match stored {
             Ok((token, lifetime)) => {
-                self.generation = token.generation;
                 self.failures = 0;
-                self.shared.current.store(Some(Arc::new(token)));
-                self.shared.updates.send_replace(self.generation);
                 let refresh_in = schedule::refresh_in(lifetime);
                 tracing::info!(
-                    generation = self.generation,
+                    generation = token.generation,
                     lifetime_s = lifetime.as_secs(),
                     refresh_in_s = refresh_in.as_secs(),
                     latency_ms,

@@ -1,0 +1,246 @@
+//! The running proxy's shared state: what every request reads (lock-free), and how a reload
+//! replaces it without disturbing requests in flight.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+
+use crate::config::{Config, Listen};
+use crate::inbound::Checks;
+use crate::metrics::Metrics;
+use crate::pacer::Pacer;
+use crate::policy::Policy;
+use crate::token::{Credentials, TokenClient, Tokens};
+
+/// What a request needs from the configuration. Replaced whole on reload; a request keeps the
+/// one it started with.
+pub struct Settings {
+    /// The API base without a trailing slash; canonical request paths are appended to it.
+    pub upstream_base: String,
+    pub policy: Policy,
+    pub checks: Checks,
+    pub upstream_timeout: std::time::Duration,
+    pub token_wait: std::time::Duration,
+    pub replay_body_limit: u64,
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Settings {
+    fn new(config: &Config, local: &Listen) -> Settings {
+        Settings {
+            upstream_base: config.api_url.as_str().trim_end_matches('/').to_owned(),
+            policy: config.policy.clone(),
+            checks: Checks::new(&config.inbound, local),
+            upstream_timeout: config.upstream_timeout,
+            token_wait: config.token_wait,
+            replay_body_limit: config.replay_body_limit,
+            max_body_bytes: config.inbound.max_body_bytes,
+        }
+    }
+}
+
+/// The last reload, for `/_proxy/status`.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub at: Option<SystemTime>,
+    pub ok: bool,
+    pub message: String,
+}
+
+pub struct App {
+    pub client: reqwest::Client,
+    pub tokens: Tokens,
+    credentials: Arc<ArcSwap<Credentials>>,
+    pub settings: ArcSwap<Settings>,
+    pub pacer: Arc<ArcSwap<Pacer>>,
+    pub metrics: Metrics,
+    pub config: ArcSwap<Config>,
+    /// Where callers reach the proxy.
+    pub local: Listen,
+    /// The proxy's own `host:port` for `Location` rewrites when a caller sends no `Host`.
+    pub listen_host: String,
+    pub started: SystemTime,
+    pub last_reload: Mutex<ReloadStatus>,
+}
+
+fn credentials(config: &Config) -> Credentials {
+    Credentials {
+        url: config.token_url.clone(),
+        client_id: config.client_id.clone(),
+        client_secret: config.client_secret.clone(),
+    }
+}
+
+impl App {
+    /// Builds the state and starts the token refresher, whose handle the caller owns.
+    pub fn new(config: Config, local: Listen) -> std::io::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
+        let client = crate::http_client(&config).map_err(std::io::Error::other)?;
+        let credentials = Arc::new(ArcSwap::from_pointee(credentials(&config)));
+        let source = TokenClient {
+            http: client.clone(),
+            credentials: credentials.clone(),
+            timeout: config.upstream_timeout,
+        };
+        let (tokens, refresher) = Tokens::start(source, config.forced_refresh_interval);
+        let pacer = Arc::new(ArcSwap::from_pointee(Pacer::new(config.pacer)));
+        let metrics = Metrics::new(tokens.clone(), pacer.clone());
+        let listen_host = match &local {
+            Listen::Tcp(addr) => addr.to_string(),
+            Listen::Unix(_) => "localhost".to_owned(),
+        };
+        let app = App {
+            client,
+            tokens,
+            credentials,
+            settings: ArcSwap::from_pointee(Settings::new(&config, &local)),
+            pacer,
+            metrics,
+            config: ArcSwap::from_pointee(config),
+            local,
+            listen_host,
+            started: SystemTime::now(),
+            last_reload: Mutex::new(ReloadStatus::default()),
+        };
+        Ok((Arc::new(app), refresher))
+    }
+
+    /// Applies a newly loaded configuration. New credentials must first win a token, which then
+    /// replaces the old one; if they do not, nothing changes. Returns what changed.
+    pub async fn apply(&self, new: Config) -> Result<Vec<String>, String> {
+        let old = self.config.load_full();
+        let mut changes = Vec::new();
+        let new_credentials = credentials(&new);
+        if !new_credentials.same_as(&self.credentials.load()) {
+            let grant = crate::token::request(&self.client, &new_credentials, new.upstream_timeout)
+                .await
+                .map_err(|e| format!("the new credentials did not obtain a token ({e})"))?;
+            if !self.tokens.install(&grant) {
+                return Err("the token obtained with the new credentials cannot be used".to_owned());
+            }
+            self.credentials.store(Arc::new(new_credentials));
+            changes.push("credentials (a new token is in use)".to_owned());
+        }
+        let restart_only = [
+            ("listen", old.listen != new.listen),
+            ("log_format", old.log_format != new.log_format),
+            (
+                "header_timeout",
+                old.inbound.header_timeout != new.inbound.header_timeout,
+            ),
+            (
+                "max_header_bytes",
+                old.inbound.max_header_bytes != new.inbound.max_header_bytes,
+            ),
+            ("connect_timeout", old.connect_timeout != new.connect_timeout),
+            (
+                "forced_refresh_interval",
+                old.forced_refresh_interval != new.forced_refresh_interval,
+            ),
+            ("shutdown_grace", old.shutdown_grace != new.shutdown_grace),
+        ];
+        for (name, changed) in restart_only {
+            if changed {
+                tracing::warn!(setting = name, "changed, but takes effect only after a restart");
+            }
+        }
+        if old.pacer != new.pacer {
+            let pacer = self.pacer.load().with_settings(new.pacer);
+            self.pacer.store(Arc::new(pacer));
+            changes.push("pacing".to_owned());
+        }
+        let reloadable = [
+            ("api_url", old.api_url != new.api_url),
+            ("policy", old.policy != new.policy),
+            ("callers and limits", old.inbound != new.inbound),
+            ("upstream_timeout", old.upstream_timeout != new.upstream_timeout),
+            ("token_wait", old.token_wait != new.token_wait),
+            ("replay_body_limit", old.replay_body_limit != new.replay_body_limit),
+        ];
+        changes.extend(
+            reloadable
+                .iter()
+                .filter(|(_, changed)| *changed)
+                .map(|(name, _)| name.to_string()),
+        );
+        self.settings.store(Arc::new(Settings::new(&new, &self.local)));
+        self.config.store(Arc::new(new));
+        Ok(changes)
+    }
+
+    /// Loads the configuration again and applies it; a failure keeps the running one.
+    pub async fn reload(&self, trigger: &str) {
+        let result = match self.config.load().reload() {
+            Ok(config) => self.apply(config).await,
+            Err(e) => Err(e.0.join("; ")),
+        };
+        let status = match &result {
+            Ok(changes) => {
+                tracing::info!(trigger, changes = %changes.join(", "), "configuration reloaded");
+                ReloadStatus {
+                    at: Some(SystemTime::now()),
+                    ok: true,
+                    message: changes.join(", "),
+                }
+            }
+            Err(error) => {
+                tracing::error!(trigger, %error, "reload refused; the running configuration stays");
+                ReloadStatus {
+                    at: Some(SystemTime::now()),
+                    ok: false,
+                    message: error.clone(),
+                }
+            }
+        };
+        *self.last_reload.lock().expect("not poisoned") = status;
+    }
+
+    /// The proxy's state for people and scripts: never the token or the secret.
+    pub fn status(&self) -> serde_json::Value {
+        let config = self.config.load();
+        let stats = self.tokens.stats();
+        let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+        let token = self.tokens.current().map(|t| {
+            let left = t.usable_until().saturating_duration_since(tokio::time::Instant::now());
+            json!({
+                "generation": t.generation(),
+                "usable": t.is_usable(),
+                "usable_for_s": left.as_secs(),
+                "usable_until": time(Some(SystemTime::now() + left)),
+            })
+        });
+        let pacer = self.pacer.load();
+        let settings = pacer.settings();
+        let reload = self.last_reload.lock().expect("not poisoned").clone();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "started": time(Some(self.started)),
+            "listen": self.local.to_string(),
+            "upstream": config.api_url.as_str().trim_end_matches('/'),
+            "token_url": config.token_url.as_str(),
+            "client_id": config.client_id,
+            "token": {
+                "current": token,
+                "last_refresh": time(stats.last_refresh),
+                "refreshes": stats.refreshed,
+                "failures": stats.failed,
+                "consecutive_failures": stats.consecutive_failures,
+                "last_error": stats.last_error.as_ref().map(|(at, e)| json!({ "at": time(Some(*at)), "error": e })),
+            },
+            "pacer": {
+                "max_concurrent": settings.max_concurrent,
+                "rate_per_s": settings.rate,
+                "max_wait_s": settings.max_wait.as_secs_f64(),
+                "waiting": pacer.waiting(),
+                "held_after_429_s": pacer.held_for().as_secs_f64(),
+            },
+            "policy": if config.policy.is_open() { "open" } else { "restricted" },
+            "read_only": config.policy.read_only,
+            "config": {
+                "file": config.config_file.as_ref().map(|p| p.display().to_string()),
+                "last_reload": reload.at.map(|at| json!({ "at": time(Some(at)), "ok": reload.ok, "message": reload.message })),
+            },
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! Prometheus metrics at `/_proxy/metrics`: request counts by method, permission category and
+//! status class, durations, bytes, in-flight requests, the token's health and the pacer's line.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::pacer::Pacer;
+use crate::token::Tokens;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: &'static str,
+    /// The permission catalogue's category of the request (`Devices`, `Apps`, …), `proxy` for
+    /// the proxy's own endpoints, `unknown` for the rest.
+    pub category: &'static str,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The proxy's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Histogram,
+    upstream_duration: Histogram,
+    in_flight: Gauge,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    throttled: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ]
+    .into_iter()
+}
+
+impl Metrics {
+    /// Registers the metrics; `tokens` and `pacer` are read at each scrape.
+    pub fn new(tokens: Tokens, pacer: Arc<ArcSwap<Pacer>>) -> Metrics {
+        let mut registry = Registry::with_prefix("uem_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests answered", requests.clone());
+        let request_duration = Histogram::new(seconds_buckets());
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request to the last byte of the response",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let upstream_duration = Histogram::new(seconds_buckets());
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time until the API's response headers",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("requests_in_flight", "Requests being served", in_flight.clone());
+        let bytes_in = Counter::default();
+        registry.register_with_unit(
+            "request_body",
+            "Request body bytes received",
+            Unit::Bytes,
+            bytes_in.clone(),
+        );
+        let bytes_out = Counter::default();
+        registry.register_with_unit(
+            "response_body",
+            "Response body bytes sent",
+            Unit::Bytes,
+            bytes_out.clone(),
+        );
+        let throttled = Counter::default();
+        registry.register("upstream_throttled", "429 answers from the API", throttled.clone());
+        registry.register_collector(Box::new(Live { tokens, pacer }));
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            in_flight,
+            bytes_in,
+            bytes_out,
+            throttled,
+        }
+    }
+
+    /// Counts a 429 from the API.
+    pub fn throttled(&self) {
+        self.throttled.inc();
+    }
+
+    pub fn started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// Records one finished request.
+    pub fn finished(&self, labels: RequestLabels, total: Duration, upstream: Option<Duration>, bytes: (u64, u64)) {
+        self.in_flight.dec();
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration.observe(total.as_secs_f64());
+        if let Some(upstream) = upstream {
+            self.upstream_duration.observe(upstream.as_secs_f64());
+        }
+        self.bytes_in.inc_by(bytes.0);
+        self.bytes_out.inc_by(bytes.1);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// Values read at scrape time from the token store and the pacer.
+struct Live {
+    tokens: Tokens,
+    pacer: Arc<ArcSwap<Pacer>>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.tokens.stats();
+        let refreshes = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "token_refreshes",
+            "Token requests to the token service, by outcome",
+            None,
+            refreshes.metric_type(),
+        )?;
+        for (outcome, n) in [("success", stats.refreshed), ("failure", stats.failed)] {
+            ConstCounter::new(n).encode(family.encode_family(&OutcomeLabels { outcome })?)?;
+        }
+        let expiry = self.tokens.current().map_or(0.0, |t| {
+            t.usable_until()
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_secs_f64()
+        });
+        let gauge = ConstGauge::new(expiry);
+        gauge.encode(encoder.encode_descriptor(
+            "token_usable",
+            "Seconds until the current token stops being used (0 without one)",
+            Some(&Unit::Seconds),
+            gauge.metric_type(),
+        )?)?;
+        let last_error = ConstGauge::new(stats.last_error.as_ref().map_or(0.0, |(t, _)| unix_seconds(*t)));
+        last_error.encode(encoder.encode_descriptor(
+            "token_last_error_timestamp",
+            "When a token request last failed (0: never)",
+            Some(&Unit::Seconds),
+            last_error.metric_type(),
+        )?)?;
+        let pacer = self.pacer.load();
+        let waiting = ConstGauge::new(pacer.waiting());
+        waiting.encode(encoder.encode_descriptor(
+            "pacer_waiting",
+            "Requests waiting for their turn in the pacer",
+            None,
+            waiting.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
