@@ -28,6 +28,8 @@ enum Command {
     Run,
     /// Print the effective configuration as JSON, secrets masked, and exit.
     Config,
+    /// Check step by step whether this setup works: token service, credentials, API, role.
+    Check,
     /// Exit 0 if a running proxy answers its health endpoint (for container health checks).
     Healthcheck {
         /// Address of the proxy; default: UEM_PROXY_LISTEN, else 127.0.0.1:8080.
@@ -127,6 +129,21 @@ fn main() -> ExitCode {
             Ok(config) => {
                 println!("{}", serde_json::to_string_pretty(&config.summary()).expect("JSON"));
                 ExitCode::SUCCESS
+            }
+            Err(_) => ExitCode::from(2),
+        },
+        Command::Check => match load() {
+            Ok(config) => {
+                let mut out = String::new();
+                let failed = tokio::runtime::Runtime::new()
+                    .map(|rt| rt.block_on(uem_proxy::check::run(&config, &mut out)))
+                    .unwrap_or(Some("runtime"));
+                print!("{out}");
+                if failed.is_some() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(_) => ExitCode::from(2),
         },

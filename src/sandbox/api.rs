@@ -173,6 +173,14 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
             find(&sb.tenant.read().expect("not poisoned").apps, "Id", "Uuid", id),
             "application",
         ),
+        (Method::GET, ["system", "admins", "search"]) => {
+            let admins = [
+                json!({ "Id": { "Value": 1 }, "UserName": "administrator", "FirstName": "Acme", "LastName": "Admin", "Email": "admin@acme.example", "LocationGroupId": 570 }),
+            ];
+            paged(neg, admins.iter().collect(), &q, "Admins", "AdminSearchResult")
+        }
+        // The tenant has no profiles or products: searches answer as UEM does for no results.
+        (Method::GET, ["mdm", "profiles" | "products", "search"]) => StatusCode::NO_CONTENT.into_response(),
         (Method::POST, ["mam", "blobs", "uploadblob"]) => upload_blob(sb, neg, &q, req.into_body()).await,
         (Method::GET, ["mam", "blobs", "downloadblob", id]) => download_blob(sb, id).await,
         (Method::DELETE, ["mam", "blobs", "blob", id]) => match id.parse() {
