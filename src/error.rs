@@ -90,10 +90,13 @@ impl ProxyError {
             body["permission"] = serde_json::json!(permission);
         }
         let mut response = (status, Json(body)).into_response();
-        if let ProxyError::NoToken { retry_after_s } = self {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
+        let retry_after = match self {
+            ProxyError::NoToken { retry_after_s } | ProxyError::RateLimited { retry_after_s } => Some(retry_after_s),
+            ProxyError::UpstreamBusy => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -5,7 +5,7 @@
 //!   `UEM_PROXY_ALLOW_CIDRS`.
 //! - The `Host` it asked for: `localhost`, `127.0.0.1`, `[::1]`, the listen address, or a name in
 //!   `UEM_PROXY_ALLOWED_HOSTS`. A page that rebinds its own DNS name to this address cannot pass.
-//!   The health endpoints skip this check, for probes that address the proxy by any IP.
+//!   The health endpoints skip this check and the address check, for probes.
 //! - Web pages: an `Origin` not in `UEM_PROXY_ALLOWED_ORIGINS`, or `Sec-Fetch-Site: cross-site`
 //!   without one, is refused; CORS preflights are answered here.
 //! - `TRACE` (it would echo the injected token), over-long targets, and bodies declared larger
@@ -96,10 +96,12 @@ impl Checks {
 
     /// The first refusal that applies, if any.
     fn refusal(&self, req: &Request) -> Option<ProxyError> {
-        if !self.peer_allowed(req.extensions().get::<Peer>()) {
+        // Probes (a kubelet, a load balancer) reach the health endpoints from anywhere and by any
+        // name; those endpoints forward nothing and tell nothing but "alive" and "has a token".
+        let health = matches!(req.uri().path(), "/_proxy/healthz" | "/_proxy/readyz");
+        if !health && !self.peer_allowed(req.extensions().get::<Peer>()) {
             return Some(ProxyError::CallerNotAllowed);
         }
-        let health = matches!(req.uri().path(), "/_proxy/healthz" | "/_proxy/readyz");
         let host = req
             .headers()
             .get(header::HOST)

@@ -39,7 +39,12 @@ struct Running {
 
 impl Running {
     fn start(env: &[(&str, &str)]) -> Running {
+        Running::start_with(env, &[])
+    }
+
+    fn start_with(env: &[(&str, &str)], args: &[&str]) -> Running {
         let mut child = command(env)
+            .args(args)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -351,4 +356,182 @@ async fn a_unix_socket_caller_is_logged_by_user_id() {
     assert_eq!(access["peer"], format!("unix:uid={my_uid}"));
     assert!(!dir.join("proxy.sock").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_drop_nothing_and_a_bad_one_is_refused() {
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let dir = std::env::temp_dir().join(format!("uem-proxy-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("uem-proxy.toml");
+    let write = |text: &str| std::fs::write(&file, format!("client_secret = \"{text}\"\n")).unwrap();
+    write("first-secret");
+    let mut env = base_env(&api, &token_url);
+    env.retain(|(k, _)| *k != "UEM_CLIENT_SECRET");
+    let file_arg = file.display().to_string();
+    let mut proxy = Running::start_with(&env, &["--config", &file_arg]);
+    let url = format!("http://{}", proxy.addr());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client().get(format!("{url}/api/mdm/devices/search")).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(r.status().to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let pid = proxy.child.id().to_string();
+    let hup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(
+        &file,
+        "client_secret = \"first-secret\"\n[policy]\ndeny = [\"REST API Devices Delete\"]\n",
+    )
+    .unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let delete = || async {
+        client()
+            .delete(format!("{url}/api/mdm/devices/1"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(delete().await, 403, "the reloaded policy denies deletions");
+    std::fs::write(
+        &file,
+        "client_secret = \"first-secret\"\n[policy]\ndeny = [\"REST API Teleport\"]\n",
+    )
+    .unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(delete().await, 403, "a refused reload keeps the running policy");
+    write("second-secret");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for task in load {
+        let (o, f) = task.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 100, "{ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    // The refused reload kept the policy before it; the last reload (a file change) brought the
+    // new secret and its token.
+    let denied = client()
+        .delete(format!("{url}/api/mdm/devices/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 200, "the last good file has no deny list");
+    let forms = tokens.forms.lock().unwrap().clone();
+    assert_eq!(forms.last().unwrap()["client_secret"], "second-secret");
+    assert_eq!(
+        upstream.last().headers["authorization"],
+        format!("Bearer tok-{}", forms.len()).as_str()
+    );
+    let status: serde_json::Value = client()
+        .get(format!("{url}/_proxy/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["config"]["last_reload"]["ok"], true);
+    let (exit, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log()))
+        .await
+        .unwrap();
+    assert!(exit.success());
+    let reloaded = log.lines().filter(|l| l.contains("configuration reloaded")).count();
+    assert!(reloaded >= 2, "{log}");
+    assert!(
+        log.contains("reload refused") && log.contains("REST API Teleport"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("second-secret") && !log.contains("first-secret"),
+        "no secret in the log"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_caller_and_uems_activity_id() {
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let mut proxy = Running::start(&base_env(&api, &token_url));
+    *upstream.accepted.lock().unwrap() = "nobody".into();
+    let response = client()
+        .get(format!("http://{}/auth-check", proxy.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let (_, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log()))
+        .await
+        .unwrap();
+    let event = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["target"] == "uem_proxy::access")
+        .expect("an access event");
+    assert_eq!(event["caller"], "loopback");
+    assert_eq!(event["activity_id"], "a1");
+    assert_eq!(event["bytes_out"], 68, "the error body still reaches the caller whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_against_the_sandbox_and_names_the_failing_step() {
+    let (base, _sandbox) = crate::support::start_sandbox(crate::support::sandbox_options()).await;
+    let token_url = format!("{base}/connect/token");
+    let run = |secret: &'static str, base: String, token_url: String| {
+        tokio::task::spawn_blocking(move || {
+            command(&[
+                ("UEM_API_URL", &base),
+                ("UEM_TOKEN_URL", &token_url),
+                ("UEM_CLIENT_ID", crate::support::SANDBOX_ID),
+                ("UEM_CLIENT_SECRET", secret),
+            ])
+            .arg("check")
+            .output()
+            .unwrap()
+        })
+    };
+    let good = run(crate::support::SANDBOX_SECRET, base.clone(), token_url.clone())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{text}");
+    assert!(text.contains("all checks passed"), "{text}");
+    assert!(text.contains("allowed   REST API Devices Read"), "{text}");
+    assert!(text.contains("denied    REST API Admins Read"), "{text}");
+    assert!(!text.contains(crate::support::SANDBOX_SECRET));
+
+    let bad = run("wrong-secret", base, token_url).await.unwrap();
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED at step \"credentials\""), "{text}");
+    assert!(text.contains("invalid_client"), "{text}");
 }

@@ -43,9 +43,28 @@ async fn callers_outside_the_allow_list_get_403_and_nothing_is_forwarded() {
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["error"], "caller_not_allowed");
     assert!(upstream.seen().is_empty());
-    let allowed = app.oneshot(request("10.20.7.7:4000")).await.unwrap();
+    let allowed = app.clone().oneshot(request("10.20.7.7:4000")).await.unwrap();
     assert_eq!(allowed.status(), 200);
     assert_eq!(upstream.seen().len(), 1);
+    // Probes reach the health endpoints from anywhere; nothing else of the proxy's own.
+    let probe = |path: &str| {
+        let mut req = http::Request::get(path)
+            .header("host", "10.0.0.1")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(Peer::Tcp("10.99.0.1:4000".parse().unwrap()));
+        req
+    };
+    assert_eq!(
+        app.clone().oneshot(probe("/_proxy/healthz")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        app.clone().oneshot(probe("/_proxy/status")).await.unwrap().status(),
+        403
+    );
+    assert_eq!(app.oneshot(probe("/_proxy/metrics")).await.unwrap().status(), 403);
 }
 
 #[test]

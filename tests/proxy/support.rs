@@ -109,6 +109,8 @@ pub struct Upstream {
     /// `/probe-download` sends its second piece once this is notified.
     pub send_rest: Arc<Notify>,
     pub addr: Arc<Mutex<Option<SocketAddr>>>,
+    /// `/throttle` answers 429 (with `Retry-After: ?after=`) while this is above zero.
+    pub throttle_left: Arc<AtomicU64>,
 }
 
 impl Upstream {
@@ -249,6 +251,15 @@ async fn special(up: &Upstream, path: &str, headers: &HeaderMap, ms: u64, body: 
             .header("x-kept", "yes")
             .body(Body::from("hop"))
             .unwrap(),
+        "/throttle" if up.throttle_left.load(Ordering::SeqCst) > 0 => {
+            up.throttle_left.fetch_sub(1, Ordering::SeqCst);
+            let err = r#"{"errorCode":429,"message":"Too many requests","activityId":"throttled-1"}"#;
+            let headers = [
+                ("retry-after", ms.to_string()),
+                ("content-type", "application/json".to_owned()),
+            ];
+            (StatusCode::TOO_MANY_REQUESTS, headers, err).into_response()
+        }
         "/echo-auth" => {
             let auth = headers
                 .get("authorization")
