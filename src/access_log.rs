@@ -141,12 +141,7 @@ impl Drop for Record {
             category: category(&self.method, &self.path),
             status_class: status_class(self.status),
         };
-        self.app.metrics.finished(
-            labels,
-            self.started.elapsed(),
-            self.upstream,
-            (bytes_in, self.bytes_out),
-        );
+        self.app.metrics.finished(labels, self.started.elapsed(), self.upstream, (bytes_in, self.bytes_out));
     }
 }
 

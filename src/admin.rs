@@ -32,9 +32,7 @@ async fn healthz() -> Response {
 async fn readyz(State(app): State<Arc<App>>, Extension(id): Extension<RequestId>) -> Response {
     match app.tokens.usable() {
         Some(token) => {
-            let valid_for = token
-                .usable_until()
-                .saturating_duration_since(tokio::time::Instant::now());
+            let valid_for = token.usable_until().saturating_duration_since(tokio::time::Instant::now());
             Json(serde_json::json!({ "status": "ready", "token_valid_for_s": valid_for.as_secs() })).into_response()
         }
         None => {
@@ -49,11 +47,7 @@ async fn status(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        app.metrics.encode(),
-    )
-        .into_response()
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.encode()).into_response()
 }
 
 async fn not_found(Extension(id): Extension<RequestId>) -> Response {

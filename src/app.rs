@@ -78,11 +78,8 @@ impl App {
     pub fn new(config: Config, local: Listen) -> std::io::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
         let client = crate::http_client(&config).map_err(std::io::Error::other)?;
         let credentials = Arc::new(ArcSwap::from_pointee(credentials(&config)));
-        let source = TokenClient {
-            http: client.clone(),
-            credentials: credentials.clone(),
-            timeout: config.upstream_timeout,
-        };
+        let source =
+            TokenClient { http: client.clone(), credentials: credentials.clone(), timeout: config.upstream_timeout };
         let (tokens, refresher) = Tokens::start(source, config.forced_refresh_interval);
         let pacer = Arc::new(ArcSwap::from_pointee(Pacer::new(config.pacer)));
         let metrics = Metrics::new(tokens.clone(), pacer.clone());
@@ -125,19 +122,10 @@ impl App {
         let restart_only = [
             ("listen", old.listen != new.listen),
             ("log_format", old.log_format != new.log_format),
-            (
-                "header_timeout",
-                old.inbound.header_timeout != new.inbound.header_timeout,
-            ),
-            (
-                "max_header_bytes",
-                old.inbound.max_header_bytes != new.inbound.max_header_bytes,
-            ),
+            ("header_timeout", old.inbound.header_timeout != new.inbound.header_timeout),
+            ("max_header_bytes", old.inbound.max_header_bytes != new.inbound.max_header_bytes),
             ("connect_timeout", old.connect_timeout != new.connect_timeout),
-            (
-                "forced_refresh_interval",
-                old.forced_refresh_interval != new.forced_refresh_interval,
-            ),
+            ("forced_refresh_interval", old.forced_refresh_interval != new.forced_refresh_interval),
             ("shutdown_grace", old.shutdown_grace != new.shutdown_grace),
         ];
         for (name, changed) in restart_only {
@@ -158,12 +146,7 @@ impl App {
             ("token_wait", old.token_wait != new.token_wait),
             ("replay_body_limit", old.replay_body_limit != new.replay_body_limit),
         ];
-        changes.extend(
-            reloadable
-                .iter()
-                .filter(|(_, changed)| *changed)
-                .map(|(name, _)| name.to_string()),
-        );
+        changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
         self.settings.store(Arc::new(Settings::new(&new, &self.local)));
         self.config.store(Arc::new(new));
         Ok(changes)
@@ -178,19 +161,11 @@ impl App {
         let status = match &result {
             Ok(changes) => {
                 tracing::info!(trigger, changes = %changes.join(", "), "configuration reloaded");
-                ReloadStatus {
-                    at: Some(SystemTime::now()),
-                    ok: true,
-                    message: changes.join(", "),
-                }
+                ReloadStatus { at: Some(SystemTime::now()), ok: true, message: changes.join(", ") }
             }
             Err(error) => {
                 tracing::error!(trigger, %error, "reload refused; the running configuration stays");
-                ReloadStatus {
-                    at: Some(SystemTime::now()),
-                    ok: false,
-                    message: error.clone(),
-                }
+                ReloadStatus { at: Some(SystemTime::now()), ok: false, message: error.clone() }
             }
         };
         *self.last_reload.lock().expect("not poisoned") = status;

@@ -34,8 +34,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            self.count
-                .fetch_add(data.map_or(0, |d| d.len() as u64), Ordering::Relaxed);
+            self.count.fetch_add(data.map_or(0, |d| d.len() as u64), Ordering::Relaxed);
         }
         Poll::Ready(frame)
     }
@@ -72,13 +71,7 @@ impl<B: Body> Upload<B> {
     pub fn new(inner: B, limit: Option<u64>) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let size_hint = inner.size_hint();
-        let upload = Upload {
-            inner: SyncWrapper::new(inner),
-            size_hint,
-            finished: Some(tx),
-            limit,
-            sent: 0,
-        };
+        let upload = Upload { inner: SyncWrapper::new(inner), size_hint, finished: Some(tx), limit, sent: 0 };
         (upload, rx)
     }
 }
@@ -125,12 +118,7 @@ pub struct IdleTimeout<B, K = ()> {
 
 impl<B, K> IdleTimeout<B, K> {
     pub fn new(inner: B, idle: Duration, keep: K) -> Self {
-        IdleTimeout {
-            inner,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-            _keep: keep,
-        }
+        IdleTimeout { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), _keep: keep }
     }
 }
 

@@ -28,20 +28,12 @@ const READS: &[&str] = &[
 /// Runs every step, writing a line each to `out`. Returns the failing step's name, if any.
 pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
     let _ = writeln!(out, "uem-proxy check");
-    let token_source = if config.token_url_source == "explicit" {
-        "set directly"
-    } else {
-        &config.token_url_source
-    };
+    let token_source = if config.token_url_source == "explicit" { "set directly" } else { &config.token_url_source };
     line(
         out,
         true,
         "configuration",
-        &format!(
-            "API {}, token service {} ({token_source})",
-            base(&config.api_url),
-            config.token_url
-        ),
+        &format!("API {}, token service {} ({token_source})", base(&config.api_url), config.token_url),
     );
     let client = match crate::http_client(config) {
         Ok(client) => client,
@@ -68,10 +60,7 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
         out,
         true,
         "credentials",
-        &format!(
-            "accepted; the token lives {lifetime} (grant took {})",
-            ms(started.elapsed())
-        ),
+        &format!("accepted; the token lives {lifetime} (grant took {})", ms(started.elapsed())),
     );
     let bearer = format!("Bearer {}", grant.access_token.expose_secret());
 
@@ -97,12 +86,7 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
                 .filter_map(|v| v.as_str())
                 .collect::<Vec<_>>()
                 .join(" ");
-            line(
-                out,
-                true,
-                "system info",
-                &format!("/api/system/info answered: {product} ({took})"),
-            );
+            line(out, true, "system info", &format!("/api/system/info answered: {product} ({took})"));
         }
         Ok(response) => {
             let status = response.status();
@@ -111,11 +95,7 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
                 403 => ": the role allows no system information",
                 _ => "",
             };
-            return fail(
-                out,
-                "system info",
-                &format!("/api/system/info answered HTTP {status}{hint}"),
-            );
+            return fail(out, "system info", &format!("/api/system/info answered HTTP {status}{hint}"));
         }
         Err(e) => return fail(out, "system info", &format!("/api/system/info failed: {e}")),
     }
@@ -140,16 +120,9 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
         };
         let _ = writeln!(out, "  {verdict:<9} {:<32} GET {path}", needed.permission.name);
     }
-    let unchecked: Vec<&str> = permissions::categories()
-        .into_iter()
-        .filter(|c| !checked.contains(c))
-        .collect();
+    let unchecked: Vec<&str> = permissions::categories().into_iter().filter(|c| !checked.contains(c)).collect();
     if !unchecked.is_empty() {
-        let _ = writeln!(
-            out,
-            "  not checked: {} (no harmless read is known)",
-            unchecked.join(", ")
-        );
+        let _ = writeln!(out, "  not checked: {} (no harmless read is known)", unchecked.join(", "));
     }
     let _ = writeln!(out, "all checks passed");
     None
@@ -178,14 +151,10 @@ async fn reach(url: &Url, timeout: Duration) -> Result<String, String> {
     let host = url.host_str().unwrap_or_default();
     let port = url.port_or_known_default().unwrap_or(443);
     let started = Instant::now();
-    let addresses: Vec<_> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("{host} does not resolve: {e}"))?
-        .collect();
+    let addresses: Vec<_> =
+        tokio::net::lookup_host((host, port)).await.map_err(|e| format!("{host} does not resolve: {e}"))?.collect();
     let dns = started.elapsed();
-    let first = *addresses
-        .first()
-        .ok_or_else(|| format!("{host} resolves to no address"))?;
+    let first = *addresses.first().ok_or_else(|| format!("{host} resolves to no address"))?;
     let started = Instant::now();
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(first)).await {
         Ok(Ok(_)) => Ok(format!(
@@ -195,12 +164,9 @@ async fn reach(url: &Url, timeout: Duration) -> Result<String, String> {
             ms(dns),
             ms(started.elapsed())
         )),
-        Ok(Err(e)) => Err(format!(
-            "{host} resolves, but {first} refuses or drops the connection: {e}"
-        )),
-        Err(_) => Err(format!(
-            "{host} resolves, but {first} does not answer within {}",
-            humantime::format_duration(timeout)
-        )),
+        Ok(Err(e)) => Err(format!("{host} resolves, but {first} refuses or drops the connection: {e}")),
+        Err(_) => {
+            Err(format!("{host} resolves, but {first} does not answer within {}", humantime::format_duration(timeout)))
+        }
     }
 }

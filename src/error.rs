@@ -30,10 +30,7 @@ pub enum ProxyError {
     #[error("cross-site requests from web pages are not allowed")]
     CrossSite,
     #[error("the proxy's policy does not allow this request: {reason}")]
-    PolicyDenied {
-        permission: Option<&'static str>,
-        reason: String,
-    },
+    PolicyDenied { permission: Option<&'static str>, reason: String },
     #[error("the method {0} is not allowed")]
     MethodNotAllowed(http::Method),
     #[error("the request target is longer than {0} bytes")]

@@ -54,11 +54,7 @@ pub struct Framing {
 
 impl Framing {
     pub fn new(max_head: usize) -> Framing {
-        Framing {
-            state: State::Head,
-            head: Vec::new(),
-            max_head,
-        }
+        Framing { state: State::Head, head: Vec::new(), max_head }
     }
 
     /// Follows `data`, the next bytes from the caller.
@@ -69,20 +65,12 @@ impl Framing {
                 State::Body(remaining) => {
                     let n = remaining.min(data.len() as u64);
                     data = &data[n as usize..];
-                    self.state = if remaining == n {
-                        State::Head
-                    } else {
-                        State::Body(remaining - n)
-                    };
+                    self.state = if remaining == n { State::Head } else { State::Body(remaining - n) };
                 }
                 State::ChunkData(remaining) => {
                     let n = remaining.min(data.len() as u64);
                     data = &data[n as usize..];
-                    self.state = if remaining == n {
-                        State::ChunkEnd(0)
-                    } else {
-                        State::ChunkData(remaining - n)
-                    };
+                    self.state = if remaining == n { State::ChunkEnd(0) } else { State::ChunkData(remaining - n) };
                 }
                 _ => {
                     self.byte(data[0])?;
@@ -96,22 +84,14 @@ impl Framing {
     fn byte(&mut self, b: u8) -> Result<(), Violation> {
         match self.state {
             State::Head | State::Trailers => self.line_byte(b),
-            State::ChunkSize {
-                digits,
-                size,
-                past_digits,
-            } => self.chunk_size_byte(b, digits, size, past_digits),
+            State::ChunkSize { digits, size, past_digits } => self.chunk_size_byte(b, digits, size, past_digits),
             State::ChunkEnd(seen) => match (seen, b) {
                 (0, b'\r') => {
                     self.state = State::ChunkEnd(1);
                     Ok(())
                 }
                 (1, b'\n') => {
-                    self.state = State::ChunkSize {
-                        digits: 0,
-                        size: 0,
-                        past_digits: false,
-                    };
+                    self.state = State::ChunkSize { digits: 0, size: 0, past_digits: false };
                     Ok(())
                 }
                 _ => Err(Violation("chunk data not followed by CR LF")),
@@ -181,29 +161,17 @@ impl Framing {
                     return Err(Violation("bare LF in a chunk size line"));
                 }
                 self.head.clear();
-                self.state = if size == 0 {
-                    State::Trailers
-                } else {
-                    State::ChunkData(size)
-                };
+                self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
             }
             _ if !past_digits && b.is_ascii_hexdigit() => {
                 if digits >= 16 {
                     return Err(Violation("chunk size too large"));
                 }
                 let digit = (b as char).to_digit(16).expect("a hex digit") as u64;
-                self.state = State::ChunkSize {
-                    digits: digits + 1,
-                    size: size * 16 + digit,
-                    past_digits,
-                };
+                self.state = State::ChunkSize { digits: digits + 1, size: size * 16 + digit, past_digits };
             }
             b' ' | b'\t' | b';' if digits > 0 => {
-                self.state = State::ChunkSize {
-                    digits,
-                    size,
-                    past_digits: true,
-                };
+                self.state = State::ChunkSize { digits, size, past_digits: true };
             }
             0 => return Err(Violation("NUL byte in a chunk size line")),
             _ if past_digits && (b.is_ascii_graphic() || b >= 0x80) => {}
@@ -252,12 +220,9 @@ fn next_state(head: &[u8]) -> Result<State, Violation> {
                 }
                 length = Some(n);
             }
-            "transfer-encoding" => codings.extend(
-                value
-                    .split(',')
-                    .map(|c| c.trim().to_ascii_lowercase())
-                    .filter(|c| !c.is_empty()),
-            ),
+            "transfer-encoding" => {
+                codings.extend(value.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()))
+            }
             _ => {}
         }
     }
@@ -272,11 +237,7 @@ fn next_state(head: &[u8]) -> Result<State, Violation> {
         if codings != ["chunked"] {
             return Err(Violation("a transfer coding other than a single chunked"));
         }
-        return Ok(State::ChunkSize {
-            digits: 0,
-            size: 0,
-            past_digits: false,
-        });
+        return Ok(State::ChunkSize { digits: 0, size: 0, past_digits: false });
     }
     Ok(match length {
         Some(n) if n > 0 => State::Body(n),
@@ -293,11 +254,7 @@ pub struct Guarded<S> {
 
 impl<S> Guarded<S> {
     pub fn new(inner: S, max_head: usize) -> Self {
-        Guarded {
-            inner,
-            framing: Framing::new(max_head),
-            violation: None,
-        }
+        Guarded { inner, framing: Framing::new(max_head), violation: None }
     }
 
     /// What ended the connection, if the guard did.

@@ -44,13 +44,9 @@ pub fn check(addr: &str, timeout: Duration) -> Result<(), String> {
 /// Sends the health request on `stream` and reads the status line.
 fn ask(mut stream: impl Read + Write, target: &str, host: &str) -> Result<(), String> {
     let request = format!("GET /_proxy/healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("cannot send to {target}: {e}"))?;
+    stream.write_all(request.as_bytes()).map_err(|e| format!("cannot send to {target}: {e}"))?;
     let mut head = [0u8; 64];
-    let n = stream
-        .read(&mut head)
-        .map_err(|e| format!("no answer from {target}: {e}"))?;
+    let n = stream.read(&mut head).map_err(|e| format!("no answer from {target}: {e}"))?;
     let status_line = String::from_utf8_lossy(&head[..n]);
     let status_line = status_line.lines().next().unwrap_or("");
     if status_line.starts_with("HTTP/1.1 200") || status_line.starts_with("HTTP/1.0 200") {

@@ -68,10 +68,7 @@ impl Checks {
                 if ip.is_loopback() {
                     return Some("loopback".to_owned());
                 }
-                self.allow_cidrs
-                    .iter()
-                    .find(|net| net.contains(&ip))
-                    .map(ToString::to_string)
+                self.allow_cidrs.iter().find(|net| net.contains(&ip)).map(ToString::to_string)
             }
             Peer::Unix(Some(uid)) => Some(format!("uid={uid}")),
             Peer::Unix(None) => Some("unix".to_owned()),
@@ -81,17 +78,13 @@ impl Checks {
     fn host_allowed(&self, host: &str) -> bool {
         let name = host_name(host).to_ascii_lowercase();
         self.hosts.iter().any(|allowed| match allowed.strip_prefix("*.") {
-            Some(parent) => name
-                .strip_suffix(parent)
-                .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
+            Some(parent) => name.strip_suffix(parent).is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
             None => *allowed == name,
         })
     }
 
     fn origin_allowed(&self, origin: &str) -> bool {
-        self.origins
-            .iter()
-            .any(|o| o.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+        self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin.trim_end_matches('/')))
     }
 
     /// The first refusal that applies, if any.
@@ -102,11 +95,7 @@ impl Checks {
         if !health && !self.peer_allowed(req.extensions().get::<Peer>()) {
             return Some(ProxyError::CallerNotAllowed);
         }
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
         if !health && !self.host_allowed(host) {
             return Some(ProxyError::HostNotAllowed(host.to_owned()));
         }
@@ -139,15 +128,11 @@ fn host_name(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or("");
     }
-    host.rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h)
+    host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
 }
 
 fn is_cross_site(headers: &HeaderMap) -> bool {
-    headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -162,18 +147,10 @@ pub struct Caller(pub String);
 pub async fn middleware(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let settings = app.settings.load_full();
     let checks = &settings.checks;
-    let id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.as_str().to_owned())
-        .unwrap_or_default();
+    let id = req.extensions().get::<RequestId>().map(|id| id.as_str().to_owned()).unwrap_or_default();
     let caller = checks.caller(req.extensions().get::<Peer>()).map(Caller);
     if let Some(refusal) = checks.refusal(&req) {
-        let peer = req
-            .extensions()
-            .get::<Peer>()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        let peer = req.extensions().get::<Peer>().map(ToString::to_string).unwrap_or_default();
         tracing::warn!(request_id = %id, %peer, reason = %refusal, "request refused");
         return refusal.into_response(&id);
     }
@@ -191,10 +168,7 @@ pub async fn middleware(State(app): State<Arc<App>>, req: Request, next: Next) -
     if let Some(origin) = origin {
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        headers.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("x-request-id"),
-        );
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("x-request-id"));
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
     }
     response
@@ -237,25 +211,13 @@ mod tests {
     #[test]
     fn hosts_are_matched_without_port_and_case() {
         let c = checks(&["uem-proxy.corp.example", "*.svc.cluster.local"], &[], "10.1.2.3:8080");
-        for ok in [
-            "localhost:8080",
-            "LOCALHOST",
-            "127.0.0.1:1",
-            "[::1]:8080",
-            "10.1.2.3:8080",
-            "uem-proxy.corp.example",
-        ] {
+        for ok in
+            ["localhost:8080", "LOCALHOST", "127.0.0.1:1", "[::1]:8080", "10.1.2.3:8080", "uem-proxy.corp.example"]
+        {
             assert!(c.host_allowed(ok), "{ok}");
         }
         assert!(c.host_allowed("proxy.ns.svc.cluster.local:8080"));
-        for bad in [
-            "evil.example",
-            "localhost.evil.example",
-            "svc.cluster.local",
-            "127.0.0.2",
-            "",
-            "10.1.2.4",
-        ] {
+        for bad in ["evil.example", "localhost.evil.example", "svc.cluster.local", "127.0.0.2", "", "10.1.2.4"] {
             assert!(!c.host_allowed(bad), "{bad}");
         }
     }
@@ -267,10 +229,7 @@ mod tests {
         assert!(c.peer_allowed(Some(&tcp("127.0.0.1:5000"))));
         assert!(c.peer_allowed(Some(&tcp("[::1]:5000"))));
         assert!(c.peer_allowed(Some(&tcp("10.20.3.4:5000"))));
-        assert!(
-            c.peer_allowed(Some(&tcp("[::ffff:10.20.3.4]:5000"))),
-            "IPv4-mapped addresses count as IPv4"
-        );
+        assert!(c.peer_allowed(Some(&tcp("[::ffff:10.20.3.4]:5000"))), "IPv4-mapped addresses count as IPv4");
         assert!(c.peer_allowed(Some(&Peer::Unix(Some(1000)))));
         assert!(!c.peer_allowed(Some(&tcp("10.21.0.1:5000"))));
         assert!(!c.peer_allowed(Some(&tcp("192.168.1.8:5000"))));

@@ -76,15 +76,8 @@ pub fn router(app: Arc<App>) -> Router {
     admin::routes()
         .fallback(proxy::handle)
         .layer(axum::middleware::from_fn_with_state(app.clone(), inbound::middleware))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            access_log::middleware,
-        ))
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            AUTHORIZATION,
-            PROXY_AUTHORIZATION,
-            COOKIE,
-        ]))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), access_log::middleware))
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
         .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
         .with_state(app)
 }

@@ -49,10 +49,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    ]
-    .into_iter()
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0].into_iter()
 }
 
 impl Metrics {
@@ -78,32 +75,13 @@ impl Metrics {
         let in_flight = Gauge::default();
         registry.register("requests_in_flight", "Requests being served", in_flight.clone());
         let bytes_in = Counter::default();
-        registry.register_with_unit(
-            "request_body",
-            "Request body bytes received",
-            Unit::Bytes,
-            bytes_in.clone(),
-        );
+        registry.register_with_unit("request_body", "Request body bytes received", Unit::Bytes, bytes_in.clone());
         let bytes_out = Counter::default();
-        registry.register_with_unit(
-            "response_body",
-            "Response body bytes sent",
-            Unit::Bytes,
-            bytes_out.clone(),
-        );
+        registry.register_with_unit("response_body", "Response body bytes sent", Unit::Bytes, bytes_out.clone());
         let throttled = Counter::default();
         registry.register("upstream_throttled", "429 answers from the API", throttled.clone());
         registry.register_collector(Box::new(Live { tokens, pacer }));
-        Metrics {
-            registry,
-            requests,
-            request_duration,
-            upstream_duration,
-            in_flight,
-            bytes_in,
-            bytes_out,
-            throttled,
-        }
+        Metrics { registry, requests, request_duration, upstream_duration, in_flight, bytes_in, bytes_out, throttled }
     }
 
     /// Counts a 429 from the API.
@@ -164,11 +142,10 @@ impl Collector for Live {
         for (outcome, n) in [("success", stats.refreshed), ("failure", stats.failed)] {
             ConstCounter::new(n).encode(family.encode_family(&OutcomeLabels { outcome })?)?;
         }
-        let expiry = self.tokens.current().map_or(0.0, |t| {
-            t.usable_until()
-                .saturating_duration_since(tokio::time::Instant::now())
-                .as_secs_f64()
-        });
+        let expiry = self
+            .tokens
+            .current()
+            .map_or(0.0, |t| t.usable_until().saturating_duration_since(tokio::time::Instant::now()).as_secs_f64());
         let gauge = ConstGauge::new(expiry);
         gauge.encode(encoder.encode_descriptor(
             "token_usable",

@@ -60,13 +60,8 @@ impl Pacer {
 
     /// A pacer with new settings that keeps this one's hold after a 429 (for a reload).
     pub fn with_settings(&self, settings: PacerSettings) -> Pacer {
-        let pacer = Pacer {
-            epoch: self.epoch,
-            ..Pacer::new(settings)
-        };
-        pacer
-            .hold_until_ms
-            .store(self.hold_until_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+        let pacer = Pacer { epoch: self.epoch, ..Pacer::new(settings) };
+        pacer.hold_until_ms.store(self.hold_until_ms.load(Ordering::Relaxed), Ordering::Relaxed);
         pacer
     }
 
@@ -90,9 +85,7 @@ impl Pacer {
     pub async fn admit(&self) -> Result<Pass, Refusal> {
         let held = self.held_for();
         if held > self.settings.max_wait {
-            return Err(Refusal::RateLimited {
-                retry_after_s: held.as_secs_f64().ceil() as u64,
-            });
+            return Err(Refusal::RateLimited { retry_after_s: held.as_secs_f64().ceil() as u64 });
         }
         if held.is_zero() && self.slots.is_none() && self.settings.rate.is_none() {
             return Ok(Pass(None));
@@ -126,15 +119,10 @@ impl Pacer {
     /// Notes a 429 from the upstream: new requests are held until its `Retry-After` (seconds or
     /// an HTTP date; 1 s when absent or unreadable).
     pub fn saw_429(&self, retry_after: Option<&str>) {
-        let wait = retry_after
-            .and_then(parse_retry_after)
-            .unwrap_or(Duration::from_secs(1));
+        let wait = retry_after.and_then(parse_retry_after).unwrap_or(Duration::from_secs(1));
         let until = (self.epoch.elapsed() + wait).as_millis() as u64;
         self.hold_until_ms.fetch_max(until, Ordering::Relaxed);
-        tracing::warn!(
-            retry_after_s = wait.as_secs(),
-            "upstream answered 429; holding new requests"
-        );
+        tracing::warn!(retry_after_s = wait.as_secs(), "upstream answered 429; holding new requests");
     }
 }
 
@@ -157,9 +145,7 @@ fn httpdate(value: &str) -> Option<SystemTime> {
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` -> `1994-11-06 08:49:37`.
 fn imf_to_rfc3339(value: &str) -> Option<String> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let parts: Vec<&str> = value.split_whitespace().collect();
     let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
         return None;
@@ -173,11 +159,7 @@ mod tests {
     use super::*;
 
     fn settings(max_concurrent: Option<usize>, rate: Option<u32>, max_wait_ms: u64) -> PacerSettings {
-        PacerSettings {
-            max_concurrent,
-            rate,
-            max_wait: Duration::from_millis(max_wait_ms),
-        }
+        PacerSettings { max_concurrent, rate, max_wait: Duration::from_millis(max_wait_ms) }
     }
 
     #[test]
@@ -187,10 +169,7 @@ mod tests {
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
         let later = httpdate_in(Duration::from_secs(30));
         let wait = parse_retry_after(&later).unwrap();
-        assert!(
-            wait > Duration::from_secs(27) && wait <= Duration::from_secs(30),
-            "{wait:?}"
-        );
+        assert!(wait > Duration::from_secs(27) && wait <= Duration::from_secs(30), "{wait:?}");
         assert_eq!(parse_retry_after("soon"), None);
     }
 
@@ -200,9 +179,7 @@ mod tests {
         let (date, time) = t.trim_end_matches('Z').split_once('T').unwrap();
         let mut d = date.split('-');
         let (y, m, day) = (d.next().unwrap(), d.next().unwrap(), d.next().unwrap());
-        let months = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
         format!("Mon, {day} {} {y} {time} GMT", months[m.parse::<usize>().unwrap() - 1])
     }
 
@@ -236,10 +213,7 @@ mod tests {
         pacer.admit().await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_secs(2), "held until Retry-After");
         pacer.saw_429(Some("10"));
-        assert_eq!(
-            pacer.admit().await.err(),
-            Some(Refusal::RateLimited { retry_after_s: 10 })
-        );
+        assert_eq!(pacer.admit().await.err(), Some(Refusal::RateLimited { retry_after_s: 10 }));
         let reloaded = pacer.with_settings(settings(Some(1), None, 3000));
         assert!(reloaded.held_for() > Duration::from_secs(9), "a reload keeps the hold");
     }

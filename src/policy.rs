@@ -68,10 +68,7 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow,
-    Deny {
-        permission: Option<&'static Permission>,
-        reason: String,
-    },
+    Deny { permission: Option<&'static Permission>, reason: String },
 }
 
 impl Policy {
@@ -114,27 +111,15 @@ impl Policy {
                     parsed
                 })
                 .collect();
-            let pattern = parse_pattern(&rule.path)
-                .map_err(|e| problems.push(format!("{at}: {e}")))
-                .ok();
+            let pattern = parse_pattern(&rule.path).map_err(|e| problems.push(format!("{at}: {e}"))).ok();
             if let (Some(allow), Some(pattern)) = (allow, pattern) {
-                rules.push(Rule {
-                    allow,
-                    methods,
-                    pattern,
-                    source: format!("{} {}", rule.action, rule.path),
-                });
+                rules.push(Rule { allow, methods, pattern, source: format!("{} {}", rule.action, rule.path) });
             }
         }
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(Policy {
-            read_only: read_only.or(file.read_only).unwrap_or(false),
-            allow,
-            deny,
-            rules,
-        })
+        Ok(Policy { read_only: read_only.or(file.read_only).unwrap_or(false), allow, deny, rules })
     }
 
     /// Whether a policy restricts anything at all.
@@ -154,11 +139,7 @@ impl Policy {
         }
         let segments = mapping::segments(path);
         if let Some(rule) = self.rules.iter().find(|r| r.matches(method, &segments)) {
-            return if rule.allow {
-                Decision::Allow
-            } else {
-                deny(format!("the rule '{}' denies it", rule.source))
-            };
+            return if rule.allow { Decision::Allow } else { deny(format!("the rule '{}' denies it", rule.source)) };
         }
         if let Some(p) = permission.filter(|p| self.deny.contains(p)) {
             return deny(format!("the policy denies '{}'", p.name));

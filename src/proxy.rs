@@ -60,21 +60,14 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let (url, path) = upstream_url(&settings.upstream_base, &parts)?;
     if let Decision::Deny { permission, reason } = settings.policy.decide(&parts.method, &path) {
-        return Err(ProxyError::PolicyDenied {
-            permission: permission.map(|p| p.name),
-            reason,
-        });
+        return Err(ProxyError::PolicyDenied { permission: permission.map(|p| p.name), reason });
     }
     let proxy_base = format!("http://{}", host_of(&parts.headers).unwrap_or(&app.listen_host));
     rewrite::request_headers(&mut parts.headers);
     let outgoing = prepare_body(body, settings.replay_body_limit).await?;
 
     let retry_after_s = settings.token_wait.as_secs().max(1);
-    let token = app
-        .tokens
-        .wait_usable(settings.token_wait)
-        .await
-        .ok_or(ProxyError::NoToken { retry_after_s })?;
+    let token = app.tokens.wait_usable(settings.token_wait).await.ok_or(ProxyError::NoToken { retry_after_s })?;
     let pacer = app.pacer.load_full();
     let pass = pacer.admit().await.map_err(|refusal| match refusal {
         Refusal::Busy => ProxyError::UpstreamBusy,
@@ -88,12 +81,7 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         }
     };
     let started = Instant::now();
-    let attempt = Attempt {
-        client: &app.client,
-        parts: &parts,
-        url: &url,
-        timeout: settings.upstream_timeout,
-    };
+    let attempt = Attempt { client: &app.client, parts: &parts, url: &url, timeout: settings.upstream_timeout };
     let mut response = attempt.send(&token, body, sent).await?;
 
     if response.status() == StatusCode::UNAUTHORIZED {
@@ -115,18 +103,12 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     }
 
     let mut response = http::Response::from(response);
-    let location = LocationRewrite {
-        upstream_base: &settings.upstream_base,
-        proxy_base: &proxy_base,
-    };
+    let location = LocationRewrite { upstream_base: &settings.upstream_base, proxy_base: &proxy_base };
     rewrite::response_headers(response.headers_mut(), &location);
     if response.status() == StatusCode::FORBIDDEN
         && let Some(needed) = mapping::required(&parts.method, &path)
     {
-        response.headers_mut().insert(
-            X_UEM_PROXY_PERMISSION.clone(),
-            HeaderValue::from_static(needed.permission.name),
-        );
+        response.headers_mut().insert(X_UEM_PROXY_PERMISSION.clone(), HeaderValue::from_static(needed.permission.name));
     }
     response.extensions_mut().insert(UpstreamLatency(upstream_latency));
     let response = response.map(|b| Body::new(IdleTimeout::new(b, settings.upstream_timeout, pass)));
@@ -141,21 +123,14 @@ async fn with_activity_id(response: Response, timeout: Duration) -> Response {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-    let small = response
-        .body()
-        .size_hint()
-        .exact()
-        .is_some_and(|n| n <= ERROR_BODY_PEEK);
+    let small = response.body().size_hint().exact().is_some_and(|n| n <= ERROR_BODY_PEEK);
     if !(response.status().as_u16() >= 400 && is_json && small) {
         return response;
     }
     let (mut parts, body) = response.into_parts();
     let Ok(Ok(collected)) = tokio::time::timeout(timeout, body.collect()).await else {
         // The body broke or stalled: end the response as the upstream did.
-        return Response::from_parts(
-            parts,
-            Body::new(http_body_util::Empty::new().map_err(|never| match never {})),
-        );
+        return Response::from_parts(parts, Body::new(http_body_util::Empty::new().map_err(|never| match never {})));
     };
     let bytes = collected.to_bytes();
     if let Ok(error) = serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -227,11 +202,7 @@ impl Attempt<'_> {
     ) -> Result<reqwest::Response, ProxyError> {
         let mut headers = self.parts.headers.clone();
         headers.insert(AUTHORIZATION, token.header().clone());
-        let request = self
-            .client
-            .request(self.parts.method.clone(), self.url.clone())
-            .headers(headers)
-            .body(body);
+        let request = self.client.request(self.parts.method.clone(), self.url.clone()).headers(headers).body(body);
         let timeout = self.timeout;
         let deadline = async move {
             if let Some(sent) = sent {

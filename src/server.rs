@@ -83,23 +83,14 @@ fn bind_unix(path: &Path) -> io::Result<Listener> {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "the path exists and is not a socket",
-            ));
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "the path exists and is not a socket"));
         }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "another process listens on this socket",
-            ));
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, "another process listens on this socket"));
         }
         std::fs::remove_file(path)?;
     }
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let private = parent.join(format!(".uem-proxy-{}-{:08x}", std::process::id(), fastrand::u32(..)));
     std::fs::DirBuilder::new().mode(0o700).create(&private)?;
     let staged = private.join("socket");

@@ -103,11 +103,7 @@ pub struct ConfigError(pub Vec<String>);
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(
-            f,
-            "invalid configuration ({n} problem{}):",
-            if n == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "invalid configuration ({n} problem{}):", if n == 1 { "" } else { "s" })?;
         for problem in &self.0 {
             writeln!(f, "  - {problem}")?;
         }
@@ -136,18 +132,12 @@ impl Config {
     pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut raw = RawMap::new();
-        let policy = file
-            .map(|path| read_file(path, &mut raw, &mut problems))
-            .unwrap_or_default();
+        let policy = file.map(|path| read_file(path, &mut raw, &mut problems)).unwrap_or_default();
         source::overlay_env(env, &mut raw);
-        let environment: BTreeMap<String, String> = SETTINGS
-            .iter()
-            .filter_map(|(_, var)| env(var).map(|v| (var.to_string(), v)))
-            .collect();
-        let config = Self::from_raw(&raw, policy, file, &mut problems).map(|config| Config {
-            environment: Arc::new(environment),
-            ..config
-        });
+        let environment: BTreeMap<String, String> =
+            SETTINGS.iter().filter_map(|(_, var)| env(var).map(|v| (var.to_string(), v))).collect();
+        let config = Self::from_raw(&raw, policy, file, &mut problems)
+            .map(|config| Config { environment: Arc::new(environment), ..config });
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError(problems)),
@@ -196,9 +186,8 @@ impl Config {
         let token_wait = p.optional("token_wait", "10s", parse::duration);
         let forced_refresh_interval = p.optional("forced_refresh_interval", "10s", parse::duration);
         let replay_body_limit = p.optional("replay_body_limit", "65536", parse::bytes);
-        let max_concurrent = p.optional("max_concurrent", "0", |s| {
-            parse::bytes(s).map(|n| (n > 0).then_some(n as usize))
-        });
+        let max_concurrent =
+            p.optional("max_concurrent", "0", |s| parse::bytes(s).map(|n| (n > 0).then_some(n as usize)));
         let rate_limit = p.optional("rate_limit", "0", |s| {
             s.trim()
                 .parse::<u32>()
@@ -222,11 +211,7 @@ impl Config {
             token_wait: token_wait?,
             forced_refresh_interval: forced_refresh_interval?,
             replay_body_limit: replay_body_limit?,
-            pacer: PacerSettings {
-                max_concurrent: max_concurrent?,
-                rate: rate_limit?,
-                max_wait: pacer_max_wait?,
-            },
+            pacer: PacerSettings { max_concurrent: max_concurrent?, rate: rate_limit?, max_wait: pacer_max_wait? },
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
             config_file: file.map(Path::to_path_buf),
@@ -277,18 +262,12 @@ fn inbound(p: &mut parse::Parser<'_>) -> Option<Inbound> {
     let size = |min: u64| {
         move |s: &str| {
             let n = parse::bytes(s)?;
-            if n < min {
-                Err(format!("must be at least {min}"))
-            } else {
-                Ok(n as usize)
-            }
+            if n < min { Err(format!("must be at least {min}")) } else { Ok(n as usize) }
         }
     };
     let max_header_bytes = p.optional("max_header_bytes", "65536", size(8192));
     let max_url_bytes = p.optional("max_url_bytes", "8192", size(256));
-    let max_body_bytes = p.optional("max_body_bytes", "4294967296", |s| {
-        parse::bytes(s).map(|n| (n > 0).then_some(n))
-    });
+    let max_body_bytes = p.optional("max_body_bytes", "4294967296", |s| parse::bytes(s).map(|n| (n > 0).then_some(n)));
     Some(Inbound {
         allow_cidrs: allow_cidrs?,
         allowed_hosts: allowed_hosts?,

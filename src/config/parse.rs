@@ -43,19 +43,14 @@ impl Parser<'_> {
 
     pub fn required<T>(&mut self, key: &str, what: &str, f: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
         if !self.raw.contains_key(key) {
-            self.problems
-                .push(format!("{} is not set: {what} is required", env_name(key)));
+            self.problems.push(format!("{} is not set: {what} is required", env_name(key)));
             return None;
         }
         self.parse(key, f)
     }
 
     pub fn optional<T>(&mut self, key: &str, default: &str, f: impl Fn(&str) -> Result<T, String>) -> Option<T> {
-        if self.raw.contains_key(key) {
-            self.parse(key, f)
-        } else {
-            Some(f(default).expect("defaults are valid"))
-        }
+        if self.raw.contains_key(key) { self.parse(key, f) } else { Some(f(default).expect("defaults are valid")) }
     }
 
     /// Exactly one of two alternative settings.
@@ -69,8 +64,7 @@ impl Parser<'_> {
             }
             (false, false) => {
                 let (na, nb) = (env_name(a), env_name(b));
-                self.problems
-                    .push(format!("neither {na} nor {nb} is set: {what} is required"));
+                self.problems.push(format!("neither {na} nor {nb} is set: {what} is required"));
                 None
             }
             (true, false) => key(a),
@@ -81,9 +75,7 @@ impl Parser<'_> {
     pub fn api_url(&mut self) -> Option<Url> {
         match self.one_of("api_url", "console_url", "the tenant's API host")? {
             "api_url" => self.parse("api_url", |s| base_url(s, true)),
-            _ => self.parse("console_url", |s| {
-                api_url_from_console(s).and_then(|u| base_url(&u, true))
-            }),
+            _ => self.parse("console_url", |s| api_url_from_console(s).and_then(|u| base_url(&u, true))),
         }
     }
 
@@ -92,9 +84,7 @@ impl Parser<'_> {
             TokenDomain::parse(s).ok_or_else(|| format!("'{s}' is not one of workspaceone, vmwservices"))
         });
         match self.one_of("token_url", "region", "the token service")? {
-            "token_url" => self
-                .parse("token_url", |s| base_url(s, false))
-                .map(|u| (u, "explicit".to_owned())),
+            "token_url" => self.parse("token_url", |s| base_url(s, false)).map(|u| (u, "explicit".to_owned())),
             _ => {
                 let region = self.parse("region", |s| {
                     Region::parse(s).ok_or_else(|| {
@@ -106,10 +96,7 @@ impl Parser<'_> {
                 })?;
                 let domain = domain?;
                 let url = Url::parse(&region.token_url(domain)).expect("region URLs are valid");
-                Some((
-                    url,
-                    format!("region {region} ({}), domain {}", region.location(), domain.name()),
-                ))
+                Some((url, format!("region {region} ({}), domain {}", region.location(), domain.name())))
             }
         }
     }
@@ -136,9 +123,7 @@ pub fn listen(s: &str) -> Result<Listen, String> {
     let s = s.trim();
     if let Some(path) = s.strip_prefix("unix:") {
         if path.is_empty() || !path.starts_with('/') {
-            return Err(format!(
-                "'{s}' must name an absolute path, like unix:/run/uem-proxy/proxy.sock"
-            ));
+            return Err(format!("'{s}' must name an absolute path, like unix:/run/uem-proxy/proxy.sock"));
         }
         return Ok(Listen::Unix(PathBuf::from(path)));
     }
@@ -156,9 +141,7 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn bytes(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<u64>()
-        .map_err(|_| format!("'{s}' is not a number of bytes"))
+    s.trim().parse::<u64>().map_err(|_| format!("'{s}' is not a number of bytes"))
 }
 
 pub fn boolean(s: &str) -> Result<bool, String> {
@@ -171,11 +154,7 @@ pub fn boolean(s: &str) -> Result<bool, String> {
 
 /// A comma-separated list; empty items are dropped.
 pub fn list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-        .map(str::to_owned)
-        .collect()
+    s.split(',').map(str::trim).filter(|i| !i.is_empty()).map(str::to_owned).collect()
 }
 
 /// Networks in CIDR notation; a bare address is a network of one.
@@ -184,21 +163,14 @@ pub fn cidrs(s: &str) -> Result<Vec<IpNet>, String> {
     let nets = list(s)
         .into_iter()
         .filter_map(|item| {
-            let parsed = item
-                .parse::<IpNet>()
-                .ok()
-                .or_else(|| item.parse::<std::net::IpAddr>().ok().map(IpNet::from));
+            let parsed = item.parse::<IpNet>().ok().or_else(|| item.parse::<std::net::IpAddr>().ok().map(IpNet::from));
             if parsed.is_none() {
                 bad.push(item);
             }
             parsed
         })
         .collect();
-    if bad.is_empty() {
-        Ok(nets)
-    } else {
-        Err(format!("not networks like 10.0.0.0/8: {}", bad.join(", ")))
-    }
+    if bad.is_empty() { Ok(nets) } else { Err(format!("not networks like 10.0.0.0/8: {}", bad.join(", "))) }
 }
 
 /// Host names: letters, digits, `-` and `.`, optionally led by `*.` for any subdomain.
@@ -213,10 +185,7 @@ pub fn hosts(s: &str) -> Result<Vec<String>, String> {
         .collect();
     if !bad.is_empty() {
         let bad: Vec<&str> = bad.iter().map(|s| s.as_str()).collect();
-        return Err(format!(
-            "not host names: {} (names only, without scheme or port)",
-            bad.join(", ")
-        ));
+        return Err(format!("not host names: {} (names only, without scheme or port)", bad.join(", ")));
     }
     Ok(items.into_iter().map(|h| h.to_ascii_lowercase()).collect())
 }
@@ -234,11 +203,7 @@ pub fn origins(s: &str) -> Result<Vec<String>, String> {
             _ => bad.push(item),
         }
     }
-    if bad.is_empty() {
-        Ok(out)
-    } else {
-        Err(format!("not origins like http://localhost:3000: {}", bad.join(", ")))
-    }
+    if bad.is_empty() { Ok(out) } else { Err(format!("not origins like http://localhost:3000: {}", bad.join(", "))) }
 }
 
 /// An http(s) URL with a host and no credentials, query or fragment. For the API base, the path

@@ -39,11 +39,8 @@ pub const SETTINGS: &[(&str, &str)] = &[
 
 /// Pairs of settings of which one is used. When the environment sets either, the file's pair is
 /// ignored, so `UEM_CONSOLE_URL` can override a file's `api_url` without a conflict.
-const ALTERNATIVES: &[(&str, &str)] = &[
-    ("api_url", "console_url"),
-    ("token_url", "region"),
-    ("client_secret", "client_secret_file"),
-];
+const ALTERNATIVES: &[(&str, &str)] =
+    &[("api_url", "console_url"), ("token_url", "region"), ("client_secret", "client_secret_file")];
 
 /// Where a raw value came from.
 #[derive(Clone)]
@@ -106,23 +103,15 @@ pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> P
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => items
-                .iter()
-                .filter_map(toml::Value::as_str)
-                .collect::<Vec<_>>()
-                .join(","),
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => {
+                items.iter().filter_map(toml::Value::as_str).collect::<Vec<_>>().join(",")
+            }
             other => {
                 problems.push(format!("{shown}: {key}: expected a string, found {}", other.type_str()));
                 continue;
             }
         };
-        raw.insert(
-            known,
-            Raw {
-                value,
-                origin: Origin::File(shown.clone()),
-            },
-        );
+        raw.insert(known, Raw { value, origin: Origin::File(shown.clone()) });
     }
     policy
 }
@@ -140,12 +129,6 @@ pub fn overlay_env(env: &dyn Fn(&str) -> Option<String>, raw: &mut RawMap) {
         }
     }
     for (key, var, value) in from_env {
-        raw.insert(
-            key,
-            Raw {
-                value,
-                origin: Origin::Env(var),
-            },
-        );
+        raw.insert(key, Raw { value, origin: Origin::Env(var) });
     }
 }

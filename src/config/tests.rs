@@ -52,10 +52,7 @@ fn console_url_and_region_resolve() {
     ])
     .unwrap();
     assert_eq!(c.api_url.as_str(), "https://as135.awmdm.com/");
-    assert_eq!(
-        c.token_url.as_str(),
-        "https://emea.uemauth.vmwservices.com/connect/token"
-    );
+    assert_eq!(c.token_url.as_str(), "https://emea.uemauth.vmwservices.com/connect/token");
     assert!(c.token_url_source.contains("emea"));
 }
 
@@ -89,16 +86,10 @@ fn every_problem_is_reported_at_once() {
 #[test]
 fn nothing_set_names_each_missing_setting() {
     let text = load(&[]).unwrap_err().to_string();
-    assert!(
-        text.contains("neither UEM_API_URL nor UEM_CONSOLE_URL is set"),
-        "{text}"
-    );
+    assert!(text.contains("neither UEM_API_URL nor UEM_CONSOLE_URL is set"), "{text}");
     assert!(text.contains("neither UEM_TOKEN_URL nor UEM_REGION is set"), "{text}");
     assert!(text.contains("UEM_CLIENT_ID is not set"), "{text}");
-    assert!(
-        text.contains("neither UEM_CLIENT_SECRET nor UEM_CLIENT_SECRET_FILE is set"),
-        "{text}"
-    );
+    assert!(text.contains("neither UEM_CLIENT_SECRET nor UEM_CLIENT_SECRET_FILE is set"), "{text}");
 }
 
 #[test]
@@ -122,32 +113,18 @@ fn the_environment_overrides_the_file_including_alternatives() {
         client_secret = "file-secret"
         upstream_timeout = "5s"
     "#;
-    let c = load_file(
-        file,
-        &[("UEM_CONSOLE_URL", "cn2.awmdm.com"), ("UEM_CLIENT_ID", "env-client")],
-    )
-    .unwrap();
-    assert_eq!(
-        c.api_url.host_str(),
-        Some("as2.awmdm.com"),
-        "console URL from env replaces the file's api_url"
-    );
+    let c = load_file(file, &[("UEM_CONSOLE_URL", "cn2.awmdm.com"), ("UEM_CLIENT_ID", "env-client")]).unwrap();
+    assert_eq!(c.api_url.host_str(), Some("as2.awmdm.com"), "console URL from env replaces the file's api_url");
     assert_eq!(c.client_id, "env-client");
     assert_eq!(c.upstream_timeout, Duration::from_secs(5));
-    assert_eq!(
-        c.token_url.as_str(),
-        "https://na.uemauth.workspaceone.com/connect/token"
-    );
+    assert_eq!(c.token_url.as_str(), "https://na.uemauth.workspaceone.com/connect/token");
 }
 
 #[test]
 fn file_errors_name_the_file_and_key() {
     let e = load_file("api_url = 5.5\nbogus = \"x\"\nclient_id = \"c\"\n", &MINIMAL[1..]).unwrap_err();
     let text = e.to_string();
-    assert!(
-        text.contains("uem-proxy.toml: api_url: expected a string, found float"),
-        "{text}"
-    );
+    assert!(text.contains("uem-proxy.toml: api_url: expected a string, found float"), "{text}");
     assert!(text.contains("uem-proxy.toml: unknown setting 'bogus'"), "{text}");
     let e = load_file("api_url = [", MINIMAL).unwrap_err();
     assert!(e.to_string().contains("not valid TOML"));

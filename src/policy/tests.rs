@@ -28,9 +28,7 @@ fn read_only_allows_reads_and_searches_only() {
     assert!(allowed(&p, Method::GET, "/api/system/info"));
     assert!(!allowed(&p, Method::POST, "/api/mdm/devices/5/commands"));
     assert!(!allowed(&p, Method::PUT, "/api/unknown/thing"));
-    let Decision::Deny { permission, reason } = p.decide(&Method::DELETE, "/api/mdm/devices/5") else {
-        panic!()
-    };
+    let Decision::Deny { permission, reason } = p.decide(&Method::DELETE, "/api/mdm/devices/5") else { panic!() };
     assert_eq!(permission.unwrap().name, "REST API Devices Delete");
     assert!(reason.contains("read-only"));
     let env_overrides = Policy::new(toml::from_str("read_only = true").unwrap(), Some(false)).unwrap();
@@ -47,18 +45,9 @@ fn permission_lists_in_the_catalogues_terms() {
     );
     assert!(allowed(&p, Method::GET, "/API/v1/mdm/devices/search"));
     assert!(allowed(&p, Method::GET, "/api/system/users/3"));
-    assert!(
-        !allowed(&p, Method::POST, "/api/mdm/devices/5/commands?command=Lock"),
-        "deny beats allow"
-    );
-    assert!(
-        !allowed(&p, Method::GET, "/api/mam/apps/search"),
-        "not on the allow list"
-    );
-    assert!(
-        !allowed(&p, Method::GET, "/api/system/info"),
-        "needs no listed permission"
-    );
+    assert!(!allowed(&p, Method::POST, "/api/mdm/devices/5/commands?command=Lock"), "deny beats allow");
+    assert!(!allowed(&p, Method::GET, "/api/mam/apps/search"), "not on the allow list");
+    assert!(!allowed(&p, Method::GET, "/api/system/info"), "needs no listed permission");
 }
 
 #[test]
@@ -75,19 +64,10 @@ fn rules_match_methods_and_path_patterns_first() {
         path = "/api/system/**"
         "#,
     );
-    assert!(
-        allowed(&p, Method::DELETE, "/api/mdm/devices/5"),
-        "the rule comes before the deny list"
-    );
-    assert!(
-        !allowed(&p, Method::DELETE, "/api/mdm/devices/5/notes"),
-        "* is one segment"
-    );
+    assert!(allowed(&p, Method::DELETE, "/api/mdm/devices/5"), "the rule comes before the deny list");
+    assert!(!allowed(&p, Method::DELETE, "/api/mdm/devices/5/notes"), "* is one segment");
     assert!(!allowed(&p, Method::GET, "/api/system/users/search"));
-    assert!(
-        !allowed(&p, Method::GET, "/API/V1/System/Info"),
-        "case and version do not matter"
-    );
+    assert!(!allowed(&p, Method::GET, "/API/V1/System/Info"), "case and version do not matter");
     assert!(allowed(&p, Method::GET, "/api/mdm/devices/5"));
 }
 
@@ -100,12 +80,7 @@ fn decisions_see_through_dot_segments_and_encoding() {
         path = "/api/mdm/devices/**"
         "#,
     );
-    for path in [
-        "/api/mdm/devices/5",
-        "/api/system/../mdm/devices/5",
-        "/api/mdm/%64evices/5",
-        "/api/v2/MDM/devices/",
-    ] {
+    for path in ["/api/mdm/devices/5", "/api/system/../mdm/devices/5", "/api/mdm/%64evices/5", "/api/v2/MDM/devices/"] {
         assert!(!allowed(&p, Method::GET, path), "{path}");
     }
 }

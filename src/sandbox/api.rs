@@ -20,16 +20,8 @@ use crate::uem::mapping::{api_segments, required};
 const MAX_VERSION: u32 = 2;
 
 /// Device commands the sandbox accepts, as `command=` names them (case-insensitive).
-const COMMANDS: &[&str] = &[
-    "lock",
-    "syncdevice",
-    "enterprisewipe",
-    "devicewipe",
-    "clearpasscode",
-    "devicequery",
-    "softreset",
-    "shutdown",
-];
+const COMMANDS: &[&str] =
+    &["lock", "syncdevice", "enterprisewipe", "devicewipe", "clearpasscode", "devicequery", "softreset", "shutdown"];
 
 pub async fn handle(State(sb): State<Arc<Sandbox>>, req: Request) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
@@ -55,17 +47,10 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
         return reply::error(StatusCode::FORBIDDEN, code::ACCESS_DENIED, message);
     }
     let Some(neg) = reply::negotiate(req.headers()) else {
-        return reply::error(
-            StatusCode::BAD_REQUEST,
-            code::BAD_REQUEST,
-            "the media type's version is not a number",
-        );
+        return reply::error(StatusCode::BAD_REQUEST, code::BAD_REQUEST, "the media type's version is not a number");
     };
     if neg.version > MAX_VERSION {
-        let message = format!(
-            "version {} of this API is not supported (1 to {MAX_VERSION} are)",
-            neg.version
-        );
+        let message = format!("version {} of this API is not supported (1 to {MAX_VERSION} are)", neg.version);
         return reply::error(StatusCode::NOT_ACCEPTABLE, code::UNSUPPORTED_VERSION, message);
     }
     let segments = api_segments(req.uri().path()).unwrap_or_default();
@@ -92,24 +77,17 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
         }
         (Method::GET, ["system", "users", "search"]) => {
             let tenant = sb.tenant.read().expect("not poisoned");
-            let filters = [
-                ("firstname", "FirstName"),
-                ("lastname", "LastName"),
-                ("email", "Email"),
-                ("username", "UserName"),
-            ];
+            let filters =
+                [("firstname", "FirstName"), ("lastname", "LastName"), ("email", "Email"), ("username", "UserName")];
             let users = tenant
                 .users
                 .iter()
                 .filter(|u| matches(u, &q, &filters) && field_eq(u, &q, "organizationgroupid", "LocationGroupId"));
             paged(neg, users.collect(), &q, "Users", "UserSearchResult")
         }
-        (Method::GET, ["system", "users", id]) => one(
-            neg,
-            "User",
-            find(&sb.tenant.read().expect("not poisoned").users, "Id", "Uuid", id),
-            "user",
-        ),
+        (Method::GET, ["system", "users", id]) => {
+            one(neg, "User", find(&sb.tenant.read().expect("not poisoned").users, "Id", "Uuid", id), "user")
+        }
         (Method::GET, ["system", "groups", "search"]) => {
             let tenant = sb.tenant.read().expect("not poisoned");
             let groups = tenant.groups.iter().filter(|g| {
@@ -140,21 +118,13 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
         }
         (Method::GET, ["mdm", "smartgroups", "search"]) => {
             let tenant = sb.tenant.read().expect("not poisoned");
-            let groups = tenant
-                .smart_groups
-                .iter()
-                .filter(|g| matches(g, &q, &[("name", "Name")]));
+            let groups = tenant.smart_groups.iter().filter(|g| matches(g, &q, &[("name", "Name")]));
             paged(neg, groups.collect(), &q, "SmartGroups", "SmartGroupSearchResult")
         }
         (Method::GET, ["mdm", "smartgroups", id]) => one(
             neg,
             "SmartGroup",
-            find(
-                &sb.tenant.read().expect("not poisoned").smart_groups,
-                "SmartGroupID",
-                "SmartGroupUuid",
-                id,
-            ),
+            find(&sb.tenant.read().expect("not poisoned").smart_groups, "SmartGroupID", "SmartGroupUuid", id),
             "smart group",
         ),
         (Method::GET, ["mam", "apps", "search"]) => {
@@ -187,11 +157,7 @@ async fn serve(sb: &Sandbox, req: Request) -> Response {
             Ok(id) if sb.blobs.delete(id).await => StatusCode::NO_CONTENT.into_response(),
             _ => not_found("blob", id),
         },
-        _ => reply::error(
-            StatusCode::NOT_FOUND,
-            code::NOT_FOUND,
-            "no API resource matches this method and path",
-        ),
+        _ => reply::error(StatusCode::NOT_FOUND, code::NOT_FOUND, "no API resource matches this method and path"),
     }
 }
 
@@ -230,19 +196,14 @@ fn search_devices(sb: &Sandbox, neg: Negotiated, q: &HashMap<String, String>) ->
             && field_eq(d, q, "ownership", "Ownership")
             && field_eq(d, q, "compliantstatus", "ComplianceStatus")
             && matches(d, q, &[("model", "Model")])
-            && q.get("lgid")
-                .is_none_or(|lgid| value_str(&d["LocationGroupId"]["Id"]) == *lgid)
+            && q.get("lgid").is_none_or(|lgid| value_str(&d["LocationGroupId"]["Id"]) == *lgid)
     });
     paged(neg, filtered.collect(), q, "Devices", "DeviceSearchResult")
 }
 
 fn device_by_alternate_id(sb: &Sandbox, neg: Negotiated, q: &HashMap<String, String>) -> Response {
     let (Some(by), Some(id)) = (q.get("searchby"), q.get("id")) else {
-        return reply::error(
-            StatusCode::BAD_REQUEST,
-            code::BAD_REQUEST,
-            "searchby and id are required",
-        );
+        return reply::error(StatusCode::BAD_REQUEST, code::BAD_REQUEST, "searchby and id are required");
     };
     let Some(field) = alternate_field(by) else {
         return reply::error(
@@ -252,10 +213,7 @@ fn device_by_alternate_id(sb: &Sandbox, neg: Negotiated, q: &HashMap<String, Str
         );
     };
     let all = devices(sb, neg);
-    let found = all
-        .iter()
-        .find(|d| value_str(&d[field]).eq_ignore_ascii_case(id))
-        .cloned();
+    let found = all.iter().find(|d| value_str(&d[field]).eq_ignore_ascii_case(id)).cloned();
     one(neg, "Device", found, "device")
 }
 
@@ -307,22 +265,12 @@ fn command(sb: &Sandbox, id: Option<&str>, command: Option<&str>, by: Option<&Ha
     }
     let mut tenant = sb.tenant.write().expect("not poisoned");
     let device = match (id, by) {
-        (Some(id), _) => tenant
-            .devices
-            .iter_mut()
-            .find(|d| value_str(&d["Id"]) == id || d["Uuid"] == id),
+        (Some(id), _) => tenant.devices.iter_mut().find(|d| value_str(&d["Id"]) == id || d["Uuid"] == id),
         (None, Some(q)) => {
             let (Some(field), Some(value)) = (q.get("searchby").and_then(|b| alternate_field(b)), q.get("id")) else {
-                return reply::error(
-                    StatusCode::BAD_REQUEST,
-                    code::BAD_REQUEST,
-                    "searchby and id are required",
-                );
+                return reply::error(StatusCode::BAD_REQUEST, code::BAD_REQUEST, "searchby and id are required");
             };
-            tenant
-                .devices
-                .iter_mut()
-                .find(|d| value_str(&d[field]).eq_ignore_ascii_case(value))
+            tenant.devices.iter_mut().find(|d| value_str(&d[field]).eq_ignore_ascii_case(value))
         }
         (None, None) => None,
     };
@@ -351,11 +299,7 @@ async fn upload_blob(sb: &Sandbox, neg: Negotiated, q: &HashMap<String, String>,
             tracing::info!(target: "uem_proxy::sandbox", blob = id, size, "blob stored");
             reply::render(neg, StatusCode::OK, "BlobId", &json!({ "Value": id, "Size": size }))
         }
-        Err(e) => reply::error(
-            StatusCode::BAD_REQUEST,
-            code::BAD_REQUEST,
-            format!("the upload failed: {e}"),
-        ),
+        Err(e) => reply::error(StatusCode::BAD_REQUEST, code::BAD_REQUEST, format!("the upload failed: {e}")),
     }
 }
 
@@ -366,17 +310,10 @@ async fn download_blob(sb: &Sandbox, id: &str) -> Response {
     let file = match tokio::fs::File::open(&blob.path).await {
         Ok(file) => file,
         Err(e) => {
-            return reply::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                500,
-                format!("the blob cannot be read: {e}"),
-            );
+            return reply::error(StatusCode::INTERNAL_SERVER_ERROR, 500, format!("the blob cannot be read: {e}"));
         }
     };
-    let disposition = format!(
-        "attachment; filename=\"{}\"",
-        blob.filename.replace(['"', '\\', '\r', '\n'], "_")
-    );
+    let disposition = format!("attachment; filename=\"{}\"", blob.filename.replace(['"', '\\', '\r', '\n'], "_"));
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -399,20 +336,12 @@ fn paged(neg: Negotiated, items: Vec<&Value>, q: &HashMap<String, String>, key: 
 fn one(neg: Negotiated, root: &str, found: Option<Value>, what: &str) -> Response {
     match found {
         Some(v) => reply::render(neg, StatusCode::OK, root, &v),
-        None => reply::error(
-            StatusCode::NOT_FOUND,
-            code::NOT_FOUND,
-            format!("no {what} matches the given identifier"),
-        ),
+        None => reply::error(StatusCode::NOT_FOUND, code::NOT_FOUND, format!("no {what} matches the given identifier")),
     }
 }
 
 fn not_found(what: &str, id: &str) -> Response {
-    reply::error(
-        StatusCode::NOT_FOUND,
-        code::NOT_FOUND,
-        format!("no {what} with id '{id}'"),
-    )
+    reply::error(StatusCode::NOT_FOUND, code::NOT_FOUND, format!("no {what} with id '{id}'"))
 }
 
 /// The item whose numeric id (`{"Value": n}` or a number) or UUID is `id`.
@@ -436,13 +365,11 @@ fn value_str(v: &Value) -> String {
 /// Case-insensitive "contains" filters: query parameter -> field.
 fn matches(v: &Value, q: &HashMap<String, String>, filters: &[(&str, &str)]) -> bool {
     filters.iter().all(|(param, field)| {
-        q.get(*param)
-            .is_none_or(|wanted| value_str(&v[*field]).to_lowercase().contains(&wanted.to_lowercase()))
+        q.get(*param).is_none_or(|wanted| value_str(&v[*field]).to_lowercase().contains(&wanted.to_lowercase()))
     })
 }
 
 /// A case-insensitive equality filter.
 fn field_eq(v: &Value, q: &HashMap<String, String>, param: &str, field: &str) -> bool {
-    q.get(param)
-        .is_none_or(|wanted| value_str(&v[field]).eq_ignore_ascii_case(wanted))
+    q.get(param).is_none_or(|wanted| value_str(&v[field]).eq_ignore_ascii_case(wanted))
 }

@@ -28,33 +28,21 @@ pub struct Auth {
 
 impl Auth {
     pub fn new(client_id: String, client_secret: SecretString, lifetime: Duration) -> Auth {
-        Auth {
-            client_id,
-            client_secret,
-            lifetime,
-            issued: Mutex::new(HashMap::new()),
-            grants: AtomicU64::new(0),
-        }
+        Auth { client_id, client_secret, lifetime, issued: Mutex::new(HashMap::new()), grants: AtomicU64::new(0) }
     }
 
     /// The grant: checks the client's credentials (form fields or HTTP Basic) and issues a token.
     pub fn token_endpoint(&self, headers: &HeaderMap, body: &Bytes) -> Response {
         let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
-        let basic = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic "))
-            .map(|b| {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(b.trim())
-                    .unwrap_or_default();
+        let basic =
+            headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic ")).map(|b| {
+                let decoded = base64::engine::general_purpose::STANDARD.decode(b.trim()).unwrap_or_default();
                 let text = String::from_utf8_lossy(&decoded).into_owned();
                 let (id, secret) = text.split_once(':').unwrap_or((&text, ""));
                 (id.to_owned(), secret.to_owned())
             });
-        let from_form = form
-            .get("client_id")
-            .map(|id| (id.clone(), form.get("client_secret").cloned().unwrap_or_default()));
+        let from_form =
+            form.get("client_id").map(|id| (id.clone(), form.get("client_secret").cloned().unwrap_or_default()));
         let credentials = match (basic.is_some(), from_form.is_some()) {
             (true, true) => {
                 return oauth_error(
@@ -68,12 +56,7 @@ impl Auth {
         };
         match form.get("grant_type").map(String::as_str) {
             None => {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "grant_type is missing",
-                    false,
-                );
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is missing", false);
             }
             Some("client_credentials") => {}
             Some(_) => {
@@ -111,20 +94,13 @@ impl Auth {
             "token_type": "Bearer",
             "expires_in": self.lifetime.as_secs().max(1),
         });
-        (
-            StatusCode::OK,
-            [(CONTENT_TYPE, "application/json"), (CACHE_CONTROL, "no-store")],
-            body.to_string(),
-        )
+        (StatusCode::OK, [(CONTENT_TYPE, "application/json"), (CACHE_CONTROL, "no-store")], body.to_string())
             .into_response()
     }
 
     /// The 401 for a request without a live token this sandbox issued; `None` lets it pass.
     pub fn refuse_bearer(&self, headers: &HeaderMap) -> Option<Response> {
-        let token = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let token = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         let Some(token) = token else {
             return Some(unauthorized("no bearer token was sent"));
         };
@@ -139,25 +115,16 @@ impl Auth {
 
 fn unauthorized(message: &str) -> Response {
     let mut response = reply::error(StatusCode::UNAUTHORIZED, code::INVALID_CREDENTIALS, message);
-    response
-        .headers_mut()
-        .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    response.headers_mut().insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
     response
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str, basic: bool) -> Response {
     let body = serde_json::json!({ "error": error, "error_description": description });
-    let mut response = (
-        status,
-        [(CONTENT_TYPE, "application/json"), (CACHE_CONTROL, "no-store")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut response =
+        (status, [(CONTENT_TYPE, "application/json"), (CACHE_CONTROL, "no-store")], body.to_string()).into_response();
     if basic {
-        response.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Basic realm=\"token\""),
-        );
+        response.headers_mut().insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"token\""));
     }
     response
 }
@@ -174,10 +141,7 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn new(rate: u32) -> RateLimit {
-        RateLimit {
-            rate: rate as f64,
-            state: Mutex::new((rate as f64, Instant::now())),
-        }
+        RateLimit { rate: rate as f64, state: Mutex::new((rate as f64, Instant::now())) }
     }
 
     /// The 429 (with `Retry-After` in whole seconds) for a call over the limit; `None` admits it.

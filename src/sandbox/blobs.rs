@@ -28,11 +28,7 @@ impl Blobs {
     pub fn new() -> io::Result<Blobs> {
         let dir = std::env::temp_dir().join(format!("uem-sandbox-{}-{:016x}", std::process::id(), fastrand::u64(..)));
         std::fs::create_dir_all(&dir)?;
-        Ok(Blobs {
-            dir,
-            next: AtomicU64::new(9000),
-            stored: Mutex::new(HashMap::new()),
-        })
+        Ok(Blobs { dir, next: AtomicU64::new(9000), stored: Mutex::new(HashMap::new()) })
     }
 
     /// Streams `body` to a new blob; returns its id and size.
@@ -54,11 +50,7 @@ impl Blobs {
         .await;
         match result {
             Ok(size) => {
-                let blob = Blob {
-                    filename: filename.to_owned(),
-                    size,
-                    path,
-                };
+                let blob = Blob { filename: filename.to_owned(), size, path };
                 self.stored.lock().expect("not poisoned").insert(id, blob);
                 Ok((id, size))
             }

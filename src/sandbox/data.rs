@@ -23,26 +23,10 @@ const LAST: &[&str] = &[
 
 /// Platforms with their models and operating systems, as the API names them.
 const PLATFORMS: &[(&str, &[&str], &[&str])] = &[
-    (
-        "Apple",
-        &["iPhone 15", "iPhone 14", "iPad Air (5th generation)", "iPhone SE"],
-        &["17.5.1", "17.6", "18.1"],
-    ),
-    (
-        "Android",
-        &["Pixel 8", "Galaxy S23", "Galaxy Tab S9", "TC52"],
-        &["13.0.0", "14.0.0"],
-    ),
-    (
-        "WinRT",
-        &["Latitude 7440", "Surface Pro 9", "ThinkPad X1"],
-        &["10.0.22631", "10.0.19045"],
-    ),
-    (
-        "AppleOsX",
-        &["MacBook Pro (14-inch, 2023)", "MacBook Air (M2)"],
-        &["14.5.0", "15.1.0"],
-    ),
+    ("Apple", &["iPhone 15", "iPhone 14", "iPad Air (5th generation)", "iPhone SE"], &["17.5.1", "17.6", "18.1"]),
+    ("Android", &["Pixel 8", "Galaxy S23", "Galaxy Tab S9", "TC52"], &["13.0.0", "14.0.0"]),
+    ("WinRT", &["Latitude 7440", "Surface Pro 9", "ThinkPad X1"], &["10.0.22631", "10.0.19045"]),
+    ("AppleOsX", &["MacBook Pro (14-inch, 2023)", "MacBook Air (M2)"], &["14.5.0", "15.1.0"]),
 ];
 
 /// Organization groups: id, name, group id, type, parent id.
@@ -56,14 +40,7 @@ const GROUPS: &[(u64, &str, &str, &str, Option<u64>)] = &[
 
 fn uuid(rng: &mut fastrand::Rng) -> String {
     let hex = |n: usize, rng: &mut fastrand::Rng| (0..n).map(|_| rng.hex_digit()).collect::<String>();
-    format!(
-        "{}-{}-4{}-a{}-{}",
-        hex(8, rng),
-        hex(4, rng),
-        hex(3, rng),
-        hex(3, rng),
-        hex(12, rng)
-    )
+    format!("{}-{}-4{}-a{}-{}", hex(8, rng), hex(4, rng), hex(3, rng), hex(3, rng), hex(12, rng))
 }
 
 trait HexDigit {
@@ -150,40 +127,29 @@ impl Tenant {
             })
             .collect();
         devices.sort_by_key(|d| d["Id"]["Value"].as_u64());
-        let smart_groups = [
-            "All iOS Devices",
-            "All Android Devices",
-            "Windows Laptops",
-            "Kiosks",
-            "Executives",
-            "Non-compliant",
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            json!({
-                "SmartGroupID": 100 + i,
-                "SmartGroupUuid": uuid(&mut rng),
-                "Name": name,
-                "ManagedByOrganizationGroupID": 570,
-                "ManagedByOrganizationGroupName": "Acme Corporation",
-                "Devices": rng.usize(..devices.len().max(1)),
-                "Assignments": rng.usize(..8),
-                "Exclusions": 0,
-            })
-        })
-        .collect();
+        let smart_groups =
+            ["All iOS Devices", "All Android Devices", "Windows Laptops", "Kiosks", "Executives", "Non-compliant"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    json!({
+                        "SmartGroupID": 100 + i,
+                        "SmartGroupUuid": uuid(&mut rng),
+                        "Name": name,
+                        "ManagedByOrganizationGroupID": 570,
+                        "ManagedByOrganizationGroupName": "Acme Corporation",
+                        "Devices": rng.usize(..devices.len().max(1)),
+                        "Assignments": rng.usize(..8),
+                        "Exclusions": 0,
+                    })
+                })
+                .collect();
         let apps = [
             ("Acme Field Tools", "com.acme.fieldtools", "Apple", "Internal"),
             ("Acme Field Tools", "com.acme.fieldtools", "Android", "Internal"),
             ("Store Inventory", "com.acme.inventory", "Android", "Internal"),
             ("Expense Reports", "com.acme.expenses", "Apple", "Internal"),
-            (
-                "Workspace ONE Intelligent Hub",
-                "com.air-watch.agent",
-                "Apple",
-                "Public",
-            ),
+            ("Workspace ONE Intelligent Hub", "com.air-watch.agent", "Apple", "Public"),
             ("Microsoft Teams", "com.microsoft.skype.teams", "Apple", "Public"),
             ("Microsoft Teams", "com.microsoft.teams", "Android", "Public"),
             ("Zoom", "us.zoom.videomeetings", "Apple", "Public"),
@@ -208,13 +174,7 @@ impl Tenant {
             })
         })
         .collect();
-        Tenant {
-            groups,
-            users,
-            devices,
-            smart_groups,
-            apps,
-        }
+        Tenant { groups, users, devices, smart_groups, apps }
     }
 }
 

@@ -114,10 +114,7 @@ impl Sandbox {
 
 /// The sandbox's routes: the token endpoint and the API.
 pub fn router(sandbox: Arc<Sandbox>) -> Router {
-    Router::new()
-        .route("/connect/token", post(token))
-        .fallback(api::handle)
-        .with_state(sandbox)
+    Router::new().route("/connect/token", post(token)).fallback(api::handle).with_state(sandbox)
 }
 
 async fn token(State(sb): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
@@ -127,17 +124,7 @@ async fn token(State(sb): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) 
 /// Serves a sandbox on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, options: Options, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let sandbox = Sandbox::new(options)?;
-    let limits = crate::server::Limits {
-        header_timeout: Duration::from_secs(30),
-        max_header_bytes: 65536,
-    };
-    crate::server::serve(
-        listener.into(),
-        router(sandbox),
-        limits,
-        shutdown,
-        Duration::from_secs(5),
-    )
-    .await;
+    let limits = crate::server::Limits { header_timeout: Duration::from_secs(30), max_header_bytes: 65536 };
+    crate::server::serve(listener.into(), router(sandbox), limits, shutdown, Duration::from_secs(5)).await;
     Ok(())
 }

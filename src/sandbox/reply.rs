@@ -21,23 +21,14 @@ pub mod code {
 
 /// A random id in UUID form, like UEM's `activityId`.
 pub fn activity_id() -> String {
-    let h = |n| {
-        (0..n)
-            .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap())
-            .collect::<String>()
-    };
+    let h = |n| (0..n).map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap()).collect::<String>();
     format!("{}-{}-4{}-8{}-{}", h(8), h(4), h(3), h(3), h(12))
 }
 
 /// An error in UEM's shape. Errors are JSON whatever was asked for, as UEM's are.
 pub fn error(status: StatusCode, code: u32, message: impl Into<String>) -> Response {
     let body = json!({ "errorCode": code, "message": message.into(), "activityId": activity_id() });
-    (
-        status,
-        [(CONTENT_TYPE, "application/json; charset=utf-8")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(CONTENT_TYPE, "application/json; charset=utf-8")], body.to_string()).into_response()
 }
 
 /// What the caller asked for with `Accept`.
@@ -109,9 +100,7 @@ fn xml(name: &str, value: &Value, out: &mut String) {
 
 /// Query parameters with lower-case names: UEM's are case-insensitive (`page` and `Page`).
 pub fn query(raw: Option<&str>) -> HashMap<String, String> {
-    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-        .map(|(k, v)| (k.to_lowercase(), v.into_owned()))
-        .collect()
+    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()).map(|(k, v)| (k.to_lowercase(), v.into_owned())).collect()
 }
 
 /// The largest page the sandbox serves; larger requests get this many.
@@ -124,10 +113,7 @@ const DEFAULT_PAGE_SIZE: usize = 500;
 pub fn page(items: Vec<&Value>, q: &HashMap<String, String>, key: &str) -> Result<Option<Value>, String> {
     let number = |name: &str, default: usize| match q.get(name) {
         None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| format!("'{v}' is not a valid value for {name}")),
+        Some(v) => v.trim().parse::<usize>().map_err(|_| format!("'{v}' is not a valid value for {name}")),
     };
     let page = number("page", 0)?;
     let size = number("pagesize", DEFAULT_PAGE_SIZE)?.clamp(1, MAX_PAGE_SIZE);
@@ -136,10 +122,7 @@ pub fn page(items: Vec<&Value>, q: &HashMap<String, String>, key: &str) -> Resul
         let field = field.to_lowercase();
         // Numbers (and `{"Value": n}` ids) sort as numbers, before text, which sorts without case.
         let sort_key = |v: &Value| -> (u8, u64, String) {
-            let found = v
-                .as_object()
-                .and_then(|o| o.iter().find(|(k, _)| k.to_lowercase() == field))
-                .map(|(_, v)| v);
+            let found = v.as_object().and_then(|o| o.iter().find(|(k, _)| k.to_lowercase() == field)).map(|(_, v)| v);
             let found = match found {
                 Some(Value::Object(o)) => o.get("Value"),
                 other => other,
@@ -157,12 +140,7 @@ pub fn page(items: Vec<&Value>, q: &HashMap<String, String>, key: &str) -> Resul
         }
     }
     let total = items.len();
-    let slice: Vec<Value> = items
-        .into_iter()
-        .skip(page.saturating_mul(size))
-        .take(size)
-        .cloned()
-        .collect();
+    let slice: Vec<Value> = items.into_iter().skip(page.saturating_mul(size)).take(size).cloned().collect();
     if slice.is_empty() {
         return Ok(None);
     }
@@ -194,42 +172,21 @@ mod tests {
 
     #[test]
     fn pages_cover_every_item_once_in_order() {
-        let items: Vec<Value> = (0..23)
-            .map(|i| json!({ "Id": { "Value": 23 - i }, "Name": format!("n{i}") }))
-            .collect();
+        let items: Vec<Value> =
+            (0..23).map(|i| json!({ "Id": { "Value": 23 - i }, "Name": format!("n{i}") })).collect();
         let q = |s: &str| query(Some(s));
         let mut seen = Vec::new();
         for p in 0..3 {
-            let page = page(
-                items.iter().collect(),
-                &q(&format!("Page={p}&PageSize=10&orderby=id")),
-                "Things",
-            )
-            .unwrap()
-            .unwrap();
+            let page = page(items.iter().collect(), &q(&format!("Page={p}&PageSize=10&orderby=id")), "Things")
+                .unwrap()
+                .unwrap();
             assert_eq!(page["Total"], 23);
             assert_eq!(page["Page"], p);
-            seen.extend(
-                page["Things"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|t| t["Id"]["Value"].as_u64().unwrap()),
-            );
+            seen.extend(page["Things"].as_array().unwrap().iter().map(|t| t["Id"]["Value"].as_u64().unwrap()));
         }
         assert_eq!(seen, (1..=23).collect::<Vec<_>>());
-        assert!(
-            page(items.iter().collect(), &q("page=3&pagesize=10"), "Things")
-                .unwrap()
-                .is_none()
-        );
-        let desc = page(
-            items.iter().collect(),
-            &q("orderby=Name&sortorder=DESC&pagesize=1"),
-            "T",
-        )
-        .unwrap()
-        .unwrap();
+        assert!(page(items.iter().collect(), &q("page=3&pagesize=10"), "Things").unwrap().is_none());
+        let desc = page(items.iter().collect(), &q("orderby=Name&sortorder=DESC&pagesize=1"), "T").unwrap().unwrap();
         assert_eq!(desc["T"][0]["Name"], "n9");
         assert!(page(items.iter().collect(), &q("page=-1"), "T").is_err());
     }

@@ -103,12 +103,8 @@ pub async fn request(
         .await
         .map_err(classify)?;
     let status = response.status();
-    let content_type = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("no content type")
-        .to_owned();
+    let content_type =
+        response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("no content type").to_owned();
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -149,29 +145,16 @@ struct Wire {
 pub fn parse_response(status: StatusCode, content_type: &str, body: &[u8]) -> Result<Grant, FetchError> {
     let Ok(wire) = serde_json::from_slice::<Wire>(body) else {
         if !status.is_success() {
-            return Err(FetchError::Status {
-                status: status.as_u16(),
-            });
+            return Err(FetchError::Status { status: status.as_u16() });
         }
-        return Err(FetchError::NotJson {
-            status: status.as_u16(),
-            content_type: printable(content_type),
-        });
+        return Err(FetchError::NotJson { status: status.as_u16(), content_type: printable(content_type) });
     };
     if let Some(error) = wire.error.filter(|e| !e.is_null()) {
-        let code = error
-            .as_str()
-            .map(printable)
-            .unwrap_or_else(|| "(not a string)".to_owned());
-        return Err(FetchError::Refused {
-            status: status.as_u16(),
-            code,
-        });
+        let code = error.as_str().map(printable).unwrap_or_else(|| "(not a string)".to_owned());
+        return Err(FetchError::Refused { status: status.as_u16(), code });
     }
     if !status.is_success() {
-        return Err(FetchError::Status {
-            status: status.as_u16(),
-        });
+        return Err(FetchError::Status { status: status.as_u16() });
     }
     let token = match wire.access_token {
         Some(serde_json::Value::String(t)) if !t.is_empty() => t,
@@ -182,33 +165,24 @@ pub fn parse_response(status: StatusCode, content_type: &str, body: &[u8]) -> Re
         None => return Err(FetchError::BadResponse("no access_token")),
     };
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(FetchError::BadResponse(
-            "access_token has characters a header cannot carry",
-        ));
+        return Err(FetchError::BadResponse("access_token has characters a header cannot carry"));
     }
     match wire.token_type {
         None | Some(serde_json::Value::Null) => {}
         Some(serde_json::Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
         Some(_) => return Err(FetchError::BadResponse("token_type is not Bearer")),
     }
-    Ok(Grant {
-        access_token: SecretString::from(token),
-        lifetime: schedule::lifetime(expires_in(wire.expires_in)),
-    })
+    Ok(Grant { access_token: SecretString::from(token), lifetime: schedule::lifetime(expires_in(wire.expires_in)) })
 }
 
 /// `expires_in` as a whole number of seconds, from a number or a numeric string; anything else
 /// (negative, fractional garbage, text) counts as absent.
 fn expires_in(value: Option<serde_json::Value>) -> Option<u64> {
     let secs = match value? {
-        serde_json::Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?,
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?,
         serde_json::Value::String(s) => {
             let s = s.trim();
-            s.parse::<u64>()
-                .ok()
-                .or_else(|| s.parse::<f64>().ok().filter(|f| *f >= 0.0).map(|f| f as u64))?
+            s.parse::<u64>().ok().or_else(|| s.parse::<f64>().ok().filter(|f| *f >= 0.0).map(|f| f as u64))?
         }
         _ => return None,
     };
@@ -218,10 +192,7 @@ fn expires_in(value: Option<serde_json::Value>) -> Option<u64> {
 /// Keeps a short, printable excerpt of a value the token service chose, so a hostile or broken
 /// service cannot flood or forge log lines.
 fn printable(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(64)
-        .collect()
+    s.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(64).collect()
 }
 
 #[cfg(test)]
@@ -256,9 +227,7 @@ mod tests {
     fn error_fields_are_reported_by_code_without_the_body() {
         let secretish = r#"{"error":"invalid_client","error_description":"client s3cr3t unknown"}"#;
         for status in [StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED, StatusCode::OK] {
-            let e = parse_response(status, "application/json", secretish.as_bytes())
-                .err()
-                .unwrap();
+            let e = parse_response(status, "application/json", secretish.as_bytes()).err().unwrap();
             let text = e.to_string();
             assert!(text.contains("invalid_client"), "{text}");
             assert!(!text.contains("s3cr3t"), "{text}");
@@ -267,14 +236,10 @@ mod tests {
 
     #[test]
     fn html_and_non_json_are_errors_naming_the_content_type() {
-        let e = parse_response(StatusCode::OK, "text/html", b"<html>maintenance</html>")
-            .err()
-            .unwrap();
+        let e = parse_response(StatusCode::OK, "text/html", b"<html>maintenance</html>").err().unwrap();
         assert!(matches!(e, FetchError::NotJson { status: 200, .. }));
         assert!(e.to_string().contains("text/html"));
-        let e = parse_response(StatusCode::BAD_GATEWAY, "text/html", b"<html>")
-            .err()
-            .unwrap();
+        let e = parse_response(StatusCode::BAD_GATEWAY, "text/html", b"<html>").err().unwrap();
         assert!(matches!(e, FetchError::Status { status: 502 }));
         assert!(!e.to_string().contains("<html>"));
     }
@@ -288,12 +253,7 @@ mod tests {
         assert!(ok(r#"{"access_token":"t","token_type":"mac"}"#).is_err());
         assert!(ok(r#"{"access_token":"t","token_type":"bearer"}"#).is_ok());
         assert!(
-            parse_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "application/json",
-                br#"{"access_token":"t"}"#
-            )
-            .is_err()
+            parse_response(StatusCode::INTERNAL_SERVER_ERROR, "application/json", br#"{"access_token":"t"}"#).is_err()
         );
     }
 }

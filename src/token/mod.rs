@@ -51,12 +51,7 @@ impl Token {
         let mut header = HeaderValue::try_from(format!("Bearer {}", grant.access_token.expose_secret())).ok()?;
         header.set_sensitive(true);
         let usable_until = now.checked_add(schedule::usable_for(grant.lifetime))?;
-        Some(Token {
-            header,
-            generation,
-            issued_at: now,
-            usable_until,
-        })
+        Some(Token { header, generation, issued_at: now, usable_until })
     }
 
     pub fn header(&self) -> &HeaderValue {
@@ -182,10 +177,7 @@ impl Tokens {
     /// refreshed moments ago for the same reason declines, and then this returns `None`.
     pub async fn replace_rejected(&self, rejected: &Token, max: Duration) -> Option<Arc<Token>> {
         let (reply, answer) = oneshot::channel();
-        let force = Force {
-            rejected_generation: rejected.generation,
-            reply,
-        };
+        let force = Force { rejected_generation: rejected.generation, reply };
         self.force.send(force).await.ok()?;
         match tokio::time::timeout(max, answer).await {
             Ok(Ok(true)) => self.usable().filter(|t| t.generation > rejected.generation),
@@ -197,21 +189,14 @@ impl Tokens {
     /// cannot be replayed, so that the next request finds a fresh token.
     pub fn report_rejected(&self, rejected: &Token) {
         let (reply, _) = oneshot::channel();
-        let _ = self.force.try_send(Force {
-            rejected_generation: rejected.generation,
-            reply,
-        });
+        let _ = self.force.try_send(Force { rejected_generation: rejected.generation, reply });
     }
 
     /// Installs a token obtained outside the refresher (a reload with new credentials checks
     /// them with one grant; that token replaces the old one at once). `false` if it cannot be sent.
     pub fn install(&self, grant: &Grant) -> bool {
         let stored = self.shared.store(grant).is_some();
-        self.shared.record(if stored {
-            Ok(())
-        } else {
-            Err("unusable token".to_owned())
-        });
+        self.shared.record(if stored { Ok(()) } else { Err("unusable token".to_owned()) });
         stored
     }
 

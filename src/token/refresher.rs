@@ -25,14 +25,7 @@ impl<S: TokenSource> Refresher<S> {
         forced: mpsc::Receiver<Force>,
         forced_interval: Duration,
     ) -> Self {
-        Refresher {
-            source,
-            shared,
-            forced,
-            forced_interval,
-            last_forced: None,
-            failures: 0,
-        }
+        Refresher { source, shared, forced, forced_interval, last_forced: None, failures: 0 }
     }
 
     pub(super) async fn run(mut self) {
@@ -58,20 +51,13 @@ impl<S: TokenSource> Refresher<S> {
         }
         let now = Instant::now();
         if self.last_forced.is_some_and(|at| now < at + self.forced_interval) {
-            tracing::debug!(
-                generation = rejected,
-                "token rejected again; forced refresh rate limit holds"
-            );
+            tracing::debug!(generation = rejected, "token rejected again; forced refresh rate limit holds");
             return false;
         }
         tracing::info!(generation = rejected, "upstream rejected the token; refreshing early");
         self.last_forced = Some(now);
         *next = self.attempt().await;
-        self.shared
-            .current
-            .load()
-            .as_ref()
-            .is_some_and(|t| t.generation != rejected && t.is_usable())
+        self.shared.current.load().as_ref().is_some_and(|t| t.generation != rejected && t.is_usable())
     }
 
     /// Fetches once; stores the token on success. Returns when to try next.
@@ -81,13 +67,13 @@ impl<S: TokenSource> Refresher<S> {
         let now = Instant::now();
         let latency_ms = now.duration_since(started).as_millis() as u64;
         let stored = result.and_then(|grant| {
-            let token = self.shared.store(&grant).ok_or(super::FetchError::BadResponse(
-                "access_token cannot be sent as a header",
-            ))?;
+            let token = self
+                .shared
+                .store(&grant)
+                .ok_or(super::FetchError::BadResponse("access_token cannot be sent as a header"))?;
             Ok((token, grant.lifetime))
         });
-        self.shared
-            .record(stored.as_ref().map(|_| ()).map_err(ToString::to_string));
+        self.shared.record(stored.as_ref().map(|_| ()).map_err(ToString::to_string));
         match stored {
             Ok((token, lifetime)) => {
                 self.failures = 0;
@@ -105,10 +91,8 @@ impl<S: TokenSource> Refresher<S> {
                 self.failures = self.failures.saturating_add(1);
                 let delay = schedule::backoff(self.failures, fastrand::f64());
                 let current = self.shared.current.load();
-                let still_usable_s = current
-                    .as_ref()
-                    .filter(|t| t.is_usable())
-                    .map(|t| t.usable_until.duration_since(now).as_secs());
+                let still_usable_s =
+                    current.as_ref().filter(|t| t.is_usable()).map(|t| t.usable_until.duration_since(now).as_secs());
                 tracing::warn!(
                     %error,
                     failures = self.failures,

@@ -20,10 +20,7 @@ struct Script {
 
 impl Script {
     fn new(answers: &[Result<u64, &'static str>]) -> Script {
-        Script {
-            answers: Arc::new(Mutex::new(answers.iter().cloned().collect())),
-            ..Script::default()
-        }
+        Script { answers: Arc::new(Mutex::new(answers.iter().cloned().collect())), ..Script::default() }
     }
     fn calls(&self) -> u32 {
         self.calls.load(Ordering::SeqCst)
@@ -83,11 +80,7 @@ async fn failures_back_off_keep_the_old_token_and_never_stop_the_refresher() {
     advance(Duration::from_secs(76)).await;
     settle().await;
     assert_eq!(script.calls(), 2);
-    assert_eq!(
-        header(&tokens.usable().unwrap()),
-        "Bearer tok-1",
-        "the old token is kept while valid"
-    );
+    assert_eq!(header(&tokens.usable().unwrap()), "Bearer tok-1", "the old token is kept while valid");
     // Backoff: 0.5-1 s, 1-2 s, 2-4 s; the fifth call comes within 7 s of the second.
     let started = Instant::now();
     while script.calls() < 5 {
@@ -95,10 +88,7 @@ async fn failures_back_off_keep_the_old_token_and_never_stop_the_refresher() {
         settle().await;
     }
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(3500) && waited <= Duration::from_secs(7),
-        "{waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(3500) && waited <= Duration::from_secs(7), "{waited:?}");
     assert!(!task.is_finished());
     // Fifth call was an error, sixth succeeds after 4-8 s more; meanwhile tok-1 ran out at 90 s.
     advance(Duration::from_secs(10)).await;
@@ -117,11 +107,7 @@ async fn an_expired_token_is_never_handed_out() {
     assert!(tokens.usable().is_none());
     let waited = Instant::now();
     assert!(tokens.wait_usable(Duration::from_secs(2)).await.is_none());
-    assert_eq!(
-        waited.elapsed(),
-        Duration::from_secs(2),
-        "waits its bound, then gives up"
-    );
+    assert_eq!(waited.elapsed(), Duration::from_secs(2), "waits its bound, then gives up");
 }
 
 #[tokio::test(start_paused = true)]
@@ -169,22 +155,14 @@ async fn the_refresher_stops_when_no_one_holds_the_tokens() {
     let script = Script::new(&[Ok(3600)]);
     let (tokens, task) = Tokens::start(script, Duration::from_secs(10));
     drop(tokens);
-    tokio::time::timeout(Duration::from_secs(1), task)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
 }
 
 #[test]
 fn debug_of_a_token_hides_it() {
-    let grant = Grant {
-        access_token: SecretString::from("s3cr3t-token".to_owned()),
-        lifetime: Duration::from_secs(60),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let grant =
+        Grant { access_token: SecretString::from("s3cr3t-token".to_owned()), lifetime: Duration::from_secs(60) };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let token = rt.block_on(async { Token::new(&grant, 1, Instant::now()).unwrap() });
     let shown = format!("{token:?} {:?}", token.header());
     assert!(!shown.contains("s3cr3t"), "{shown}");

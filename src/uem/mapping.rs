@@ -107,7 +107,14 @@ pub fn segments(path: &str) -> Vec<String> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     let mut segments: Vec<String> = Vec::new();
     for raw in path.split('/') {
-        let segment = percent_decode(raw).to_lowercase();
+        if raw.is_empty() || raw == "." {
+            continue;
+        }
+        if raw == ".." {
+            segments.pop();
+            continue;
+        }
+        let segment = if raw.contains('%') { percent_decode(raw).to_lowercase() } else { raw.to_ascii_lowercase() };
         match segment.as_str() {
             "" | "." => {}
             ".." => {
@@ -146,10 +153,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                bytes.get(i + 1).and_then(|&b| hex(b)),
-                bytes.get(i + 2).and_then(|&b| hex(b)),
-            )
+            && let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b)))
         {
             out.push((h * 16 + l) as u8);
             i += 3;
@@ -238,11 +242,7 @@ pub fn required(method: &Method, path: &str) -> Option<Required> {
     let segments = api_segments(path)?;
     let collection = collection(&segments)?;
     let kind = kind(method, &segments);
-    Some(Required {
-        collection,
-        kind,
-        permission: permission_for(collection, kind),
-    })
+    Some(Required { collection, kind, permission: permission_for(collection, kind) })
 }
 
 #[cfg(test)]

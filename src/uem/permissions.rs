@@ -43,12 +43,7 @@ static CATALOGUE: LazyLock<Vec<Permission>> = LazyLock::new(|| {
                 "Edit" => Access::Edit,
                 other => panic!("permissions.tsv: unknown access '{other}'"),
             };
-            Permission {
-                category,
-                name,
-                description,
-                access,
-            }
+            Permission { category, name, description, access }
         })
         .collect()
 });
@@ -110,16 +105,9 @@ mod tests {
         assert_eq!(first.access, Access::Edit);
         let read = find("rest api devices read").unwrap();
         assert_eq!(read.access, Access::ReadOnly);
-        assert_eq!(
-            read.description,
-            "Enables access to all READ only APIs in Devices collection"
-        );
+        assert_eq!(read.description, "Enables access to all READ only APIs in Devices collection");
         let odd = find("REST API Education settings Read").unwrap();
-        assert_eq!(
-            odd.access,
-            Access::Edit,
-            "the table marks this read permission Edit; kept as is"
-        );
+        assert_eq!(odd.access, Access::Edit, "the table marks this read permission Edit; kept as is");
         let last = catalogue().last().unwrap();
         assert_eq!((last.category, last.name), ("Users", "REST API Users Read"));
         assert!(find("Updates Policy Read access").is_some());

@@ -27,56 +27,16 @@ pub struct DataCentre {
 
 /// Every data centre of the documentation's table, in its order.
 pub const DATA_CENTRES: &[DataCentre] = &[
-    DataCentre {
-        key: "uat",
-        name: "All UAT environment",
-        region: Region::Uat,
-    },
-    DataCentre {
-        key: "united-states",
-        name: "United States",
-        region: Region::Na,
-    },
-    DataCentre {
-        key: "canada",
-        name: "Canada",
-        region: Region::Na,
-    },
-    DataCentre {
-        key: "united-kingdom",
-        name: "United Kingdom",
-        region: Region::Emea,
-    },
-    DataCentre {
-        key: "germany",
-        name: "Germany",
-        region: Region::Emea,
-    },
-    DataCentre {
-        key: "india",
-        name: "India",
-        region: Region::Apac,
-    },
-    DataCentre {
-        key: "japan",
-        name: "Japan",
-        region: Region::Apac,
-    },
-    DataCentre {
-        key: "singapore",
-        name: "Singapore",
-        region: Region::Apac,
-    },
-    DataCentre {
-        key: "australia",
-        name: "Australia",
-        region: Region::Apac,
-    },
-    DataCentre {
-        key: "hong-kong",
-        name: "Hong Kong",
-        region: Region::Apac,
-    },
+    DataCentre { key: "uat", name: "All UAT environment", region: Region::Uat },
+    DataCentre { key: "united-states", name: "United States", region: Region::Na },
+    DataCentre { key: "canada", name: "Canada", region: Region::Na },
+    DataCentre { key: "united-kingdom", name: "United Kingdom", region: Region::Emea },
+    DataCentre { key: "germany", name: "Germany", region: Region::Emea },
+    DataCentre { key: "india", name: "India", region: Region::Apac },
+    DataCentre { key: "japan", name: "Japan", region: Region::Apac },
+    DataCentre { key: "singapore", name: "Singapore", region: Region::Apac },
+    DataCentre { key: "australia", name: "Australia", region: Region::Apac },
+    DataCentre { key: "hong-kong", name: "Hong Kong", region: Region::Apac },
 ];
 
 impl Region {
@@ -105,17 +65,8 @@ impl Region {
     /// Resolves a region label or a data-centre name. Case, spaces and underscores are forgiven
     /// (`Hong Kong`, `hong_kong` and `hong-kong` are one data centre).
     pub fn parse(input: &str) -> Option<Region> {
-        let key: String = input
-            .trim()
-            .chars()
-            .map(|c| {
-                if c == ' ' || c == '_' {
-                    '-'
-                } else {
-                    c.to_ascii_lowercase()
-                }
-            })
-            .collect();
+        let key: String =
+            input.trim().chars().map(|c| if c == ' ' || c == '_' { '-' } else { c.to_ascii_lowercase() }).collect();
         Region::ALL
             .into_iter()
             .find(|r| r.label() == key)
@@ -173,29 +124,14 @@ impl TokenDomain {
 /// Accepts a bare host or a URL; returns the API base URL over https.
 pub fn api_url_from_console(console: &str) -> Result<String, String> {
     let trimmed = console.trim();
-    let with_scheme = if trimmed.contains("://") {
-        trimmed.to_owned()
-    } else {
-        format!("https://{trimmed}")
-    };
+    let with_scheme = if trimmed.contains("://") { trimmed.to_owned() } else { format!("https://{trimmed}") };
     let url = url::Url::parse(&with_scheme).map_err(|e| format!("not a host or URL ({e})"))?;
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| "has no host".to_owned())?;
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| "has no host".to_owned())?;
     let (first, rest) = host.split_once('.').unwrap_or((host, ""));
-    let digits = first
-        .get(..2)
-        .filter(|p| p.eq_ignore_ascii_case("cn"))
-        .map(|_| &first[2..])
-        .ok_or_else(|| {
-            format!("host '{host}' does not start with 'cn' (like cn1234.awmdm.com); set UEM_API_URL instead")
-        })?;
-    let api_host = if rest.is_empty() {
-        format!("as{digits}")
-    } else {
-        format!("as{digits}.{rest}")
-    };
+    let digits = first.get(..2).filter(|p| p.eq_ignore_ascii_case("cn")).map(|_| &first[2..]).ok_or_else(|| {
+        format!("host '{host}' does not start with 'cn' (like cn1234.awmdm.com); set UEM_API_URL instead")
+    })?;
+    let api_host = if rest.is_empty() { format!("as{digits}") } else { format!("as{digits}.{rest}") };
     let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
     Ok(format!("https://{api_host}{port}"))
 }
@@ -240,19 +176,9 @@ mod tests {
 
     #[test]
     fn console_host_becomes_api_host() {
-        assert_eq!(
-            api_url_from_console("cn4855.awmdm.com").unwrap(),
-            "https://as4855.awmdm.com"
-        );
-        assert_eq!(
-            api_url_from_console("https://CN135.awmdm.com/AirWatch/Login").unwrap(),
-            "https://as135.awmdm.com"
-        );
-        assert!(
-            api_url_from_console("console.example.com")
-                .unwrap_err()
-                .contains("does not start with 'cn'")
-        );
+        assert_eq!(api_url_from_console("cn4855.awmdm.com").unwrap(), "https://as4855.awmdm.com");
+        assert_eq!(api_url_from_console("https://CN135.awmdm.com/AirWatch/Login").unwrap(), "https://as135.awmdm.com");
+        assert!(api_url_from_console("console.example.com").unwrap_err().contains("does not start with 'cn'"));
         assert!(api_url_from_console("").is_err());
     }
 }

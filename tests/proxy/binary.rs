@@ -43,12 +43,7 @@ impl Running {
     }
 
     fn start_with(env: &[(&str, &str)], args: &[&str]) -> Running {
-        let mut child = command(env)
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = command(env).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -63,9 +58,7 @@ impl Running {
                 lines.lock().unwrap().push(line);
             }
         });
-        let listen = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the proxy logs where it listens");
+        let listen = rx.recv_timeout(Duration::from_secs(20)).expect("the proxy logs where it listens");
         Running { child, listen, log }
     }
 
@@ -74,10 +67,7 @@ impl Running {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         wait_exit(&mut self.child, Duration::from_secs(15))
     }
@@ -148,10 +138,7 @@ fn bad_settings_name_every_problem_and_exit_before_binding() {
 
 #[test]
 fn a_missing_config_file_is_a_config_error() {
-    let output = command(&[])
-        .args(["--config", "/nonexistent/uem-proxy.toml", "config"])
-        .output()
-        .unwrap();
+    let output = command(&[]).args(["--config", "/nonexistent/uem-proxy.toml", "config"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/uem-proxy.toml: cannot read"));
 }
@@ -179,11 +166,7 @@ async fn a_trace_level_log_holds_no_secret_and_no_token() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        response.status(),
-        200,
-        "after an invalid_client answer, a retry and a 401 replay"
-    );
+    assert_eq!(response.status(), 200, "after an invalid_client answer, a retry and a 401 replay");
     assert_eq!(tokens.calls(), 3);
     let status = proxy.terminate();
     assert!(status.success(), "{status:?}");
@@ -240,10 +223,7 @@ async fn healthcheck_exits_zero_only_while_a_proxy_answers() {
     let addr = proxy.addr().to_string();
     let check = |addr: String| {
         tokio::task::spawn_blocking(move || {
-            command(&[("UEM_PROXY_LISTEN", &addr)])
-                .arg("healthcheck")
-                .output()
-                .unwrap()
+            command(&[("UEM_PROXY_LISTEN", &addr)]).arg("healthcheck").output().unwrap()
         })
     };
     let healthy = check(addr.clone()).await.unwrap();
@@ -257,17 +237,10 @@ async fn healthcheck_exits_zero_only_while_a_proxy_answers() {
 /// Runs a printed command as a user would: with `sh` and `curl` when the machine has them, else
 /// by fetching the URL the command names.
 async fn run_printed(command: &str) -> String {
-    let has_curl = Command::new("sh")
-        .args(["-c", "command -v curl"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let has_curl = Command::new("sh").args(["-c", "command -v curl"]).output().is_ok_and(|o| o.status.success());
     if has_curl {
         let output = Command::new("sh").args(["-c", command]).output().unwrap();
-        assert!(
-            output.status.success(),
-            "{command}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "{command}: {}", String::from_utf8_lossy(&output.stderr));
         return String::from_utf8(output.stdout).unwrap();
     }
     let url = command.split_whitespace().last().unwrap().trim_matches('\'');
@@ -304,14 +277,9 @@ async fn the_demo_prints_three_commands_that_answer_json_as_printed() {
             serde_json::from_str(&output).unwrap_or_else(|e| panic!("curl {command} gave no JSON ({e}): {output}"));
         assert!(json.is_object() && !json.as_object().unwrap().is_empty(), "{json}");
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
-        .await
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
     assert!(status.success(), "{status:?}");
 }
 
@@ -334,9 +302,7 @@ async fn a_unix_socket_caller_is_logged_by_user_id() {
     let path = dir.join("proxy.sock");
     let response = tokio::task::spawn_blocking(move || {
         let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
-        stream
-            .write_all(b"GET /api/unix HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        stream.write_all(b"GET /api/unix HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         response
@@ -344,9 +310,7 @@ async fn a_unix_socket_caller_is_logged_by_user_id() {
     .await
     .unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let (status, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log()))
-        .await
-        .unwrap();
+    let (status, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log())).await.unwrap();
     assert!(status.success());
     let access = log
         .lines()
@@ -394,27 +358,13 @@ async fn reloads_under_load_drop_nothing_and_a_bad_one_is_refused() {
     let pid = proxy.child.id().to_string();
     let hup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::write(
-        &file,
-        "client_secret = \"first-secret\"\n[policy]\ndeny = [\"REST API Devices Delete\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&file, "client_secret = \"first-secret\"\n[policy]\ndeny = [\"REST API Devices Delete\"]\n")
+        .unwrap();
     hup();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let delete = || async {
-        client()
-            .delete(format!("{url}/api/mdm/devices/1"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    };
+    let delete = || async { client().delete(format!("{url}/api/mdm/devices/1")).send().await.unwrap().status() };
     assert_eq!(delete().await, 403, "the reloaded policy denies deletions");
-    std::fs::write(
-        &file,
-        "client_secret = \"first-secret\"\n[policy]\ndeny = [\"REST API Teleport\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&file, "client_secret = \"first-secret\"\n[policy]\ndeny = [\"REST API Teleport\"]\n").unwrap();
     hup();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(delete().await, 403, "a refused reload keeps the running policy");
@@ -438,41 +388,20 @@ async fn reloads_under_load_drop_nothing_and_a_bad_one_is_refused() {
 
     // The refused reload kept the policy before it; the last reload (a file change) brought the
     // new secret and its token.
-    let denied = client()
-        .delete(format!("{url}/api/mdm/devices/1"))
-        .send()
-        .await
-        .unwrap();
+    let denied = client().delete(format!("{url}/api/mdm/devices/1")).send().await.unwrap();
     assert_eq!(denied.status(), 200, "the last good file has no deny list");
     let forms = tokens.forms.lock().unwrap().clone();
     assert_eq!(forms.last().unwrap()["client_secret"], "second-secret");
-    assert_eq!(
-        upstream.last().headers["authorization"],
-        format!("Bearer tok-{}", forms.len()).as_str()
-    );
-    let status: serde_json::Value = client()
-        .get(format!("{url}/_proxy/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(upstream.last().headers["authorization"], format!("Bearer tok-{}", forms.len()).as_str());
+    let status: serde_json::Value =
+        client().get(format!("{url}/_proxy/status")).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["config"]["last_reload"]["ok"], true);
-    let (exit, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log()))
-        .await
-        .unwrap();
+    let (exit, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log())).await.unwrap();
     assert!(exit.success());
     let reloaded = log.lines().filter(|l| l.contains("configuration reloaded")).count();
     assert!(reloaded >= 2, "{log}");
-    assert!(
-        log.contains("reload refused") && log.contains("REST API Teleport"),
-        "{log}"
-    );
-    assert!(
-        !log.contains("second-secret") && !log.contains("first-secret"),
-        "no secret in the log"
-    );
+    assert!(log.contains("reload refused") && log.contains("REST API Teleport"), "{log}");
+    assert!(!log.contains("second-secret") && !log.contains("first-secret"), "no secret in the log");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -483,15 +412,9 @@ async fn the_access_log_names_the_caller_and_uems_activity_id() {
     let (api, token_url) = (upstream.start().await, tokens.start().await);
     let mut proxy = Running::start(&base_env(&api, &token_url));
     *upstream.accepted.lock().unwrap() = "nobody".into();
-    let response = client()
-        .get(format!("http://{}/auth-check", proxy.addr()))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("http://{}/auth-check", proxy.addr())).send().await.unwrap();
     assert_eq!(response.status(), 401);
-    let (_, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log()))
-        .await
-        .unwrap();
+    let (_, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log())).await.unwrap();
     let event = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -519,9 +442,7 @@ async fn check_passes_against_the_sandbox_and_names_the_failing_step() {
             .unwrap()
         })
     };
-    let good = run(crate::support::SANDBOX_SECRET, base.clone(), token_url.clone())
-        .await
-        .unwrap();
+    let good = run(crate::support::SANDBOX_SECRET, base.clone(), token_url.clone()).await.unwrap();
     let text = String::from_utf8_lossy(&good.stdout);
     assert!(good.status.success(), "{text}");
     assert!(text.contains("all checks passed"), "{text}");

@@ -21,10 +21,7 @@ async fn method_path_and_query_arrive_as_sent_with_the_token_and_the_upstream_ho
     assert_eq!(seen.method, "PATCH");
     assert_eq!(seen.target, target);
     assert_eq!(seen.body.as_ref(), b"{\"x\":1}");
-    assert_eq!(
-        seen.headers["authorization"], "Bearer tok-1",
-        "Basic auth replaced by the token"
-    );
+    assert_eq!(seen.headers["authorization"], "Bearer tok-1", "Basic auth replaced by the token");
     assert_eq!(seen.headers.get_all("authorization").iter().count(), 1);
     assert_eq!(seen.headers["aw-tenant-code"], "TENANTCODE");
     let upstream_host = upstream.addr.lock().unwrap().unwrap().to_string();
@@ -36,11 +33,7 @@ async fn every_method_is_forwarded() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
     for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let response = client()
-            .request(method.clone(), format!("{}/api/x", proxy.url))
-            .send()
-            .await
-            .unwrap();
+        let response = client().request(method.clone(), format!("{}/api/x", proxy.url)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{method}");
         assert_eq!(upstream.last().method, method.as_str());
     }
@@ -49,17 +42,11 @@ async fn every_method_is_forwarded() {
 #[tokio::test]
 async fn a_path_that_looks_like_another_host_stays_on_the_api_host() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
-    let response = raw(
-        proxy.addr,
-        "GET //evil.example/steal?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let response =
+        raw(proxy.addr, "GET //evil.example/steal?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let seen = upstream.last();
-    assert_eq!(
-        seen.target, "/evil.example/steal?x=1",
-        "empty segments are dropped: the path is canonical"
-    );
+    assert_eq!(seen.target, "/evil.example/steal?x=1", "empty segments are dropped: the path is canonical");
     let upstream_host = upstream.addr.lock().unwrap().unwrap().to_string();
     assert_eq!(seen.headers["host"], upstream_host.as_str());
 }
@@ -67,11 +54,8 @@ async fn a_path_that_looks_like_another_host_stays_on_the_api_host() {
 #[tokio::test]
 async fn dot_segments_are_resolved_before_forwarding() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
-    let response = raw(
-        proxy.addr,
-        "GET /api/mdm/../system/./info HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let response =
+        raw(proxy.addr, "GET /api/mdm/../system/./info HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert_eq!(upstream.last().target, "/api/system/info");
 }
@@ -79,11 +63,8 @@ async fn dot_segments_are_resolved_before_forwarding() {
 #[tokio::test]
 async fn an_absolute_form_target_goes_to_the_api_host_only() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
-    let response = raw(
-        proxy.addr,
-        "GET http://evil.example/api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let response =
+        raw(proxy.addr, "GET http://evil.example/api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let seen = upstream.last();
     assert_eq!(seen.target, "/api/x");
@@ -110,27 +91,12 @@ async fn connect_and_asterisk_targets_are_refused_with_json() {
 #[tokio::test]
 async fn accept_is_added_only_when_the_caller_sent_none() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
-    raw(
-        proxy.addr,
-        "GET /api/a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    raw(proxy.addr, "GET /api/a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
     assert_eq!(upstream.last().headers["accept"], "application/json");
     let versioned = "application/json;version=2";
-    client()
-        .get(format!("{}/api/b", proxy.url))
-        .header("accept", versioned)
-        .send()
-        .await
-        .unwrap();
+    client().get(format!("{}/api/b", proxy.url)).header("accept", versioned).send().await.unwrap();
     assert_eq!(upstream.last().headers["accept"], versioned);
-    client()
-        .post(format!("{}/api/c", proxy.url))
-        .header("content-type", versioned)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    client().post(format!("{}/api/c", proxy.url)).header("content-type", versioned).body("{}").send().await.unwrap();
     assert_eq!(upstream.last().headers["content-type"], versioned);
 }
 
@@ -145,14 +111,7 @@ async fn hop_by_hop_headers_are_stripped_both_ways_and_repeated_ones_kept() {
     )
     .await;
     let seen = upstream.last();
-    for name in [
-        "x-hop-only",
-        "keep-alive",
-        "te",
-        "proxy-authorization",
-        "upgrade",
-        "proxy-connection",
-    ] {
+    for name in ["x-hop-only", "keep-alive", "te", "proxy-authorization", "upgrade", "proxy-connection"] {
         assert!(seen.headers.get(name).is_none(), "{name} reached the upstream");
     }
     assert_eq!(seen.headers["x-end-to-end"], "1");
@@ -160,10 +119,7 @@ async fn hop_by_hop_headers_are_stripped_both_ways_and_repeated_ones_kept() {
 
     let head = response.split_once("\r\n\r\n").unwrap().0.to_ascii_lowercase();
     for name in ["x-conn-named", "keep-alive", "proxy-authenticate", "upgrade"] {
-        assert!(
-            !head.contains(&format!("\n{name}:")),
-            "{name} reached the caller:\n{head}"
-        );
+        assert!(!head.contains(&format!("\n{name}:")), "{name} reached the caller:\n{head}");
     }
     assert!(head.contains("\nset-cookie: a=1"), "{head}");
     assert!(head.contains("\nset-cookie: b=2"), "{head}");
@@ -175,22 +131,14 @@ async fn redirects_are_passed_on_unfollowed_and_pointed_at_the_proxy() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
     let response = client().get(format!("{}/redirect", proxy.url)).send().await.unwrap();
     assert_eq!(response.status(), 302);
-    assert_eq!(
-        response.headers()["location"],
-        format!("{}/api/elsewhere?x=1", proxy.url).as_str()
-    );
+    assert_eq!(response.headers()["location"], format!("{}/api/elsewhere?x=1", proxy.url).as_str());
     assert_eq!(upstream.seen().len(), 1, "the redirect was not followed");
 }
 
 #[tokio::test]
 async fn request_ids_are_kept_or_made_and_travel_both_ways() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
-    let response = client()
-        .get(format!("{}/api/a", proxy.url))
-        .header("x-request-id", "job-42")
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{}/api/a", proxy.url)).header("x-request-id", "job-42").send().await.unwrap();
     assert_eq!(response.headers()["x-request-id"], "job-42");
     assert_eq!(upstream.last().headers["x-request-id"], "job-42");
 
@@ -202,18 +150,10 @@ async fn request_ids_are_kept_or_made_and_travel_both_ways() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502_json_error() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let tokens = TokenService::default();
     let proxy = Proxy::start(&format!("http://{closed}"), &tokens.start().await, &[]).await;
-    let response = client()
-        .get(format!("{}/api/x", proxy.url))
-        .header("x-request-id", "r1")
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{}/api/x", proxy.url)).header("x-request-id", "r1").send().await.unwrap();
     assert_eq!(response.status(), 502);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "upstream_unreachable");
@@ -225,56 +165,29 @@ async fn an_unreachable_upstream_is_a_502_json_error() {
 async fn an_upstream_slow_to_answer_is_a_504() {
     let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_UPSTREAM_TIMEOUT", "300ms")]).await;
     let started = std::time::Instant::now();
-    let response = client()
-        .get(format!("{}/slow-headers?ms=3000", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{}/slow-headers?ms=3000", proxy.url)).send().await.unwrap();
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "upstream_timeout");
-    let fast = client()
-        .get(format!("{}/slow-headers?ms=50", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let fast = client().get(format!("{}/slow-headers?ms=50", proxy.url)).send().await.unwrap();
     assert_eq!(fast.status(), 200);
 }
 
 #[tokio::test]
 async fn admin_paths_answer_locally_and_are_never_forwarded() {
-    let tokens = TokenService {
-        delay: Duration::from_millis(700),
-        ..Default::default()
-    };
+    let tokens = TokenService { delay: Duration::from_millis(700), ..Default::default() };
     let upstream = Upstream::default();
     let proxy = Proxy::start(&upstream.start().await, &tokens.start().await, &[]).await;
-    let health = client()
-        .get(format!("{}/_proxy/healthz", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let health = client().get(format!("{}/_proxy/healthz", proxy.url)).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready = client()
-        .get(format!("{}/_proxy/readyz", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let ready = client().get(format!("{}/_proxy/readyz", proxy.url)).send().await.unwrap();
     assert_eq!(ready.status(), 503, "no token yet");
     assert!(ready.headers().contains_key("retry-after"));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let ready = client()
-        .get(format!("{}/_proxy/readyz", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let ready = client().get(format!("{}/_proxy/readyz", proxy.url)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    let other = client()
-        .post(format!("{}/_proxy/anything", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let other = client().post(format!("{}/_proxy/anything", proxy.url)).send().await.unwrap();
     assert_eq!(other.status(), 404);
     let body: serde_json::Value = other.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
@@ -292,9 +205,5 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let refused = tokio::net::TcpStream::connect(proxy.addr).await;
     assert!(refused.is_err(), "the listener is closed");
     assert_eq!(in_flight.await.unwrap(), "slow");
-    tokio::time::timeout(Duration::from_secs(5), &mut proxy.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), &mut proxy.task).await.unwrap().unwrap().unwrap();
 }

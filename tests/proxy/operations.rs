@@ -15,18 +15,9 @@ fn sample(metrics: &str, name_and_labels: &str) -> f64 {
 }
 
 async fn scrape(proxy: &Proxy) -> String {
-    let response = client()
-        .get(format!("{}/_proxy/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{}/_proxy/metrics", proxy.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     response.text().await.unwrap()
 }
 
@@ -36,40 +27,21 @@ async fn metrics_move_as_requests_flow() {
     let devices = r#"uem_proxy_requests_total{method="GET",category="Devices",status_class="2xx"}"#;
     let before = scrape(&proxy).await;
     for _ in 0..3 {
-        client()
-            .get(format!("{}/api/mdm/devices/search", proxy.url))
-            .send()
-            .await
-            .unwrap();
+        client().get(format!("{}/api/mdm/devices/search", proxy.url)).send().await.unwrap();
     }
-    client()
-        .post(format!("{}/api/x", proxy.url))
-        .body("12345")
-        .send()
-        .await
-        .unwrap();
+    client().post(format!("{}/api/x", proxy.url)).body("12345").send().await.unwrap();
     *upstream.accepted.lock().unwrap() = "nobody".into();
     client().get(format!("{}/auth-check", proxy.url)).send().await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let after = scrape(&proxy).await;
     assert_eq!(sample(&after, devices) - sample(&before, devices), 3.0, "{after}");
-    assert_eq!(
-        sample(
-            &after,
-            r#"uem_proxy_requests_total{method="GET",category="unknown",status_class="4xx"}"#
-        ),
-        1.0
-    );
+    assert_eq!(sample(&after, r#"uem_proxy_requests_total{method="GET",category="unknown",status_class="4xx"}"#), 1.0);
     assert!(sample(&after, "uem_proxy_request_body_bytes_total") >= 5.0);
     assert!(
         sample(&after, "uem_proxy_response_body_bytes_total") > sample(&before, "uem_proxy_response_body_bytes_total")
     );
     assert!(sample(&after, "uem_proxy_upstream_duration_seconds_count") >= 5.0);
-    assert_eq!(
-        sample(&after, "uem_proxy_requests_in_flight"),
-        1.0,
-        "the scrape itself is in flight"
-    );
+    assert_eq!(sample(&after, "uem_proxy_requests_in_flight"), 1.0, "the scrape itself is in flight");
     assert_eq!(
         sample(&after, r#"uem_proxy_token_refreshes_total{outcome="success"}"#),
         2.0,
@@ -85,11 +57,7 @@ async fn status_reports_token_pacer_and_config_but_never_the_token() {
     let (proxy, _upstream, _tokens) =
         Proxy::with_defaults(&[("UEM_PROXY_MAX_CONCURRENT", "4"), ("UEM_PROXY_RATE_LIMIT", "50")]).await;
     client().get(format!("{}/api/x", proxy.url)).send().await.unwrap();
-    let response = client()
-        .get(format!("{}/_proxy/status", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{}/_proxy/status", proxy.url)).send().await.unwrap();
     let text = response.text().await.unwrap();
     assert!(!text.contains("tok-1"), "{text}");
     let status: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -108,34 +76,19 @@ async fn status_reports_token_pacer_and_config_but_never_the_token() {
 async fn after_a_429_new_requests_are_held_until_retry_after() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_PACER_MAX_WAIT", "3s")]).await;
     upstream.throttle_left.store(1, std::sync::atomic::Ordering::SeqCst);
-    let first = client()
-        .get(format!("{}/throttle?ms=1", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let first = client().get(format!("{}/throttle?ms=1", proxy.url)).send().await.unwrap();
     assert_eq!(first.status(), 429, "the 429 itself goes to its caller");
     let started = Instant::now();
     let held = client().get(format!("{}/throttle", proxy.url)).send().await.unwrap();
     assert_eq!(held.status(), 200);
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "held {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(900), "held {:?}", started.elapsed());
     assert_eq!(upstream.seen().len(), 2);
 
     upstream.throttle_left.store(1, std::sync::atomic::Ordering::SeqCst);
-    client()
-        .get(format!("{}/throttle?ms=30", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    client().get(format!("{}/throttle?ms=30", proxy.url)).send().await.unwrap();
     let started = Instant::now();
     let told = client().get(format!("{}/api/other", proxy.url)).send().await.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "a pause longer than the bound is not waited out"
-    );
+    assert!(started.elapsed() < Duration::from_secs(1), "a pause longer than the bound is not waited out");
     assert_eq!(told.status(), 429);
     let retry: u64 = told.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((28..=30).contains(&retry), "{retry}");
@@ -161,10 +114,7 @@ async fn concurrency_is_bounded_and_a_long_line_gets_503() {
     let (a, b) = (slow(400), slow(400));
     let ((sa, ta), (sb, tb)) = (a.await.unwrap(), b.await.unwrap());
     assert_eq!((sa, sb), (200, 200));
-    assert!(
-        ta.max(tb) >= Duration::from_millis(780),
-        "one waited for the other: {ta:?} {tb:?}"
-    );
+    assert!(ta.max(tb) >= Duration::from_millis(780), "one waited for the other: {ta:?} {tb:?}");
 
     let (c, d) = (slow(1500), slow(50));
     let ((sc, _), (sd, td)) = (c.await.unwrap(), d.await.unwrap());

@@ -30,10 +30,7 @@ async fn callers_outside_the_allow_list_get_403_and_nothing_is_forwarded() {
     let (app, _refresher) = uem_proxy::app(&config, &Listen::Tcp("0.0.0.0:8080".parse().unwrap())).unwrap();
     // A network peer cannot be had on loopback, so the peer the listener would record is set here.
     let request = |peer: &str| {
-        let mut req = http::Request::get("/api/x")
-            .header("host", "localhost")
-            .body(axum::body::Body::empty())
-            .unwrap();
+        let mut req = http::Request::get("/api/x").header("host", "localhost").body(axum::body::Body::empty()).unwrap();
         req.extensions_mut().insert(Peer::Tcp(peer.parse().unwrap()));
         req
     };
@@ -48,34 +45,18 @@ async fn callers_outside_the_allow_list_get_403_and_nothing_is_forwarded() {
     assert_eq!(upstream.seen().len(), 1);
     // Probes reach the health endpoints from anywhere; nothing else of the proxy's own.
     let probe = |path: &str| {
-        let mut req = http::Request::get(path)
-            .header("host", "10.0.0.1")
-            .body(axum::body::Body::empty())
-            .unwrap();
-        req.extensions_mut()
-            .insert(Peer::Tcp("10.99.0.1:4000".parse().unwrap()));
+        let mut req = http::Request::get(path).header("host", "10.0.0.1").body(axum::body::Body::empty()).unwrap();
+        req.extensions_mut().insert(Peer::Tcp("10.99.0.1:4000".parse().unwrap()));
         req
     };
-    assert_eq!(
-        app.clone().oneshot(probe("/_proxy/healthz")).await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        app.clone().oneshot(probe("/_proxy/status")).await.unwrap().status(),
-        403
-    );
+    assert_eq!(app.clone().oneshot(probe("/_proxy/healthz")).await.unwrap().status(), 200);
+    assert_eq!(app.clone().oneshot(probe("/_proxy/status")).await.unwrap().status(), 403);
     assert_eq!(app.oneshot(probe("/_proxy/metrics")).await.unwrap().status(), 403);
 }
 
 #[test]
 fn a_network_listener_without_an_allow_list_refuses_to_start() {
-    let error = config(
-        "http://a",
-        "http://t/token",
-        None,
-        &[("UEM_PROXY_LISTEN", "0.0.0.0:8080")],
-    )
-    .unwrap_err();
+    let error = config("http://a", "http://t/token", None, &[("UEM_PROXY_LISTEN", "0.0.0.0:8080")]).unwrap_err();
     let text = error.to_string();
     assert!(text.contains("0.0.0.0:8080 is not a loopback address"), "{text}");
     assert!(text.contains("UEM_PROXY_ALLOW_CIDRS"), "{text}");
@@ -83,21 +64,10 @@ fn a_network_listener_without_an_allow_list_refuses_to_start() {
         "http://a",
         "http://t/token",
         None,
-        &[
-            ("UEM_PROXY_LISTEN", "0.0.0.0:8080"),
-            ("UEM_PROXY_ALLOW_CIDRS", "10.0.0.0/8, 192.168.1.5"),
-        ],
+        &[("UEM_PROXY_LISTEN", "0.0.0.0:8080"), ("UEM_PROXY_ALLOW_CIDRS", "10.0.0.0/8, 192.168.1.5")],
     );
     assert!(with_list.is_ok());
-    assert!(
-        config(
-            "http://a",
-            "http://t/token",
-            None,
-            &[("UEM_PROXY_ALLOW_CIDRS", "10.0.0.0/33")]
-        )
-        .is_err()
-    );
+    assert!(config("http://a", "http://t/token", None, &[("UEM_PROXY_ALLOW_CIDRS", "10.0.0.0/33")]).is_err());
 }
 
 #[tokio::test]
@@ -114,29 +84,17 @@ async fn a_foreign_host_name_is_refused_and_never_forwarded() {
         assert_eq!(status(&raw(proxy.addr, &get(host, "/api/x", "")).await), 200, "{host}");
     }
     let health = raw(proxy.addr, &get("10.9.8.7:8080", "/_proxy/healthz", "")).await;
-    assert_eq!(
-        status(&health),
-        200,
-        "probes may address the health endpoints by any name"
-    );
+    assert_eq!(status(&health), 200, "probes may address the health endpoints by any name");
 }
 
 #[tokio::test]
 async fn web_pages_from_other_origins_are_refused_and_preflights_answered_locally() {
     let (proxy, upstream, _tokens) =
         Proxy::with_defaults(&[("UEM_PROXY_ALLOWED_ORIGINS", "http://localhost:3000")]).await;
-    let foreign = raw(
-        proxy.addr,
-        &get("localhost", "/api/x", "Origin: https://evil.example\r\n"),
-    )
-    .await;
+    let foreign = raw(proxy.addr, &get("localhost", "/api/x", "Origin: https://evil.example\r\n")).await;
     assert_eq!(status(&foreign), 403, "{foreign}");
     assert_eq!(raw_json(&foreign)["error"], "origin_not_allowed");
-    let cross_site = raw(
-        proxy.addr,
-        &get("localhost", "/api/x", "Sec-Fetch-Site: cross-site\r\n"),
-    )
-    .await;
+    let cross_site = raw(proxy.addr, &get("localhost", "/api/x", "Sec-Fetch-Site: cross-site\r\n")).await;
     assert_eq!(status(&cross_site), 403);
     assert_eq!(raw_json(&cross_site)["error"], "cross_site_request");
     assert!(upstream.seen().is_empty());
@@ -146,29 +104,15 @@ async fn web_pages_from_other_origins_are_refused_and_preflights_answered_locall
                      Connection: close\r\n\r\n";
     let answered = raw(proxy.addr, preflight).await.to_ascii_lowercase();
     assert!(answered.starts_with("http/1.1 204"), "{answered}");
-    assert!(
-        answered.contains("access-control-allow-origin: http://localhost:3000"),
-        "{answered}"
-    );
-    assert!(
-        answered.contains("access-control-allow-headers: content-type"),
-        "{answered}"
-    );
+    assert!(answered.contains("access-control-allow-origin: http://localhost:3000"), "{answered}");
+    assert!(answered.contains("access-control-allow-headers: content-type"), "{answered}");
     let foreign_preflight = preflight.replace("http://localhost:3000", "https://evil.example");
     assert_eq!(status(&raw(proxy.addr, &foreign_preflight).await), 403);
     assert!(upstream.seen().is_empty(), "preflights are never forwarded");
 
-    let allowed = raw(
-        proxy.addr,
-        &get("localhost", "/api/x", "Origin: http://localhost:3000\r\n"),
-    )
-    .await;
+    let allowed = raw(proxy.addr, &get("localhost", "/api/x", "Origin: http://localhost:3000\r\n")).await;
     assert_eq!(status(&allowed), 200);
-    assert!(
-        allowed
-            .to_ascii_lowercase()
-            .contains("access-control-allow-origin: http://localhost:3000")
-    );
+    assert!(allowed.to_ascii_lowercase().contains("access-control-allow-origin: http://localhost:3000"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,10 +134,7 @@ async fn a_unix_socket_listener_is_owner_only() {
         let _ = rx.await;
     }));
     let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
-    stream
-        .write_all(get("localhost", "/api/over-unix", "").as_bytes())
-        .await
-        .unwrap();
+    stream.write_all(get("localhost", "/api/over-unix", "").as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     assert_eq!(status(&response), 200, "{response}");
@@ -209,27 +150,15 @@ async fn a_unix_socket_listener_is_owner_only() {
 #[tokio::test]
 async fn read_only_mode_refuses_writes_naming_the_permission() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_READ_ONLY", "true")]).await;
-    let write = client()
-        .post(format!("{}/api/mdm/devices/5/commands?command=Lock", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let write = client().post(format!("{}/api/mdm/devices/5/commands?command=Lock", proxy.url)).send().await.unwrap();
     assert_eq!(write.status(), 403);
     let body: serde_json::Value = write.json().await.unwrap();
     assert_eq!(body["error"], "policy_denied");
     assert_eq!(body["permission"], "REST API Devices Execute");
     assert!(upstream.seen().is_empty());
-    let read = client()
-        .get(format!("{}/api/mdm/devices/5", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let read = client().get(format!("{}/api/mdm/devices/5", proxy.url)).send().await.unwrap();
     assert_eq!(read.status(), 200);
-    let search = client()
-        .post(format!("{}/api/mdm/smartgroups/search", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let search = client().post(format!("{}/api/mdm/smartgroups/search", proxy.url)).send().await.unwrap();
     assert_eq!(search.status(), 200, "a POST search is a read");
 }
 
@@ -267,29 +196,17 @@ async fn policy_rules_hold_whatever_the_spelling_of_the_path() {
     assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
     let allowed = raw(proxy.addr, &get("localhost", "/api/mdm/../mdm/devices/5/./", "")).await;
     assert_eq!(status(&allowed), 200);
-    assert_eq!(
-        upstream.last().target,
-        "/api/mdm/devices/5/",
-        "the path forwarded is the path decided on"
-    );
+    assert_eq!(upstream.last().target, "/api/mdm/devices/5/", "the path forwarded is the path decided on");
 }
 
 #[tokio::test]
 async fn an_upstream_403_names_the_permission_the_role_lacks() {
     let (base, _sandbox) = start_sandbox(sandbox_options()).await;
     let proxy = proxy_for_sandbox(&base, &[]).await;
-    let denied = client()
-        .delete(format!("{}/api/mdm/devices/1", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let denied = client().delete(format!("{}/api/mdm/devices/1", proxy.url)).send().await.unwrap();
     assert_eq!(denied.status(), 403);
     assert_eq!(denied.headers()["x-uem-proxy-permission"], "REST API Devices Delete");
-    let fine = client()
-        .get(format!("{}/api/mdm/devices/1", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let fine = client().get(format!("{}/api/mdm/devices/1", proxy.url)).send().await.unwrap();
     assert!(fine.headers().get("x-uem-proxy-permission").is_none());
 }
 
@@ -298,11 +215,7 @@ async fn an_upstream_403_names_the_permission_the_role_lacks() {
 #[tokio::test]
 async fn trace_and_backslash_targets_are_refused() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
-    let trace = raw(
-        proxy.addr,
-        "TRACE /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let trace = raw(proxy.addr, "TRACE /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status(&trace), 405, "{trace}");
     assert_eq!(raw_json(&trace)["error"], "method_not_allowed");
     for path in ["/\\evil.example/x", "/api/%5cevil", "/api/mdm%2fdevices/5"] {
@@ -318,11 +231,7 @@ async fn send_raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
     stream.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    assert!(
-        closed.is_ok(),
-        "the connection was not closed: {}",
-        String::from_utf8_lossy(&out)
-    );
+    assert!(closed.is_ok(), "the connection was not closed: {}", String::from_utf8_lossy(&out));
     out
 }
 
@@ -354,11 +263,7 @@ async fn ambiguous_framing_ends_the_connection_and_smuggles_nothing() {
         assert!(!answer.contains(" 200 "), "{case:?} was served: {answer}");
     }
     assert!(upstream.seen().is_empty(), "the upstream saw {:?}", upstream.seen());
-    let health = client()
-        .get(format!("{}/_proxy/healthz", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let health = client().get(format!("{}/_proxy/healthz", proxy.url)).send().await.unwrap();
     assert_eq!(health.status(), 200, "the process stays healthy");
 }
 
@@ -402,32 +307,15 @@ async fn oversized_heads_targets_and_bodies_are_refused() {
     assert_eq!(status(&response), 414);
     assert_eq!(raw_json(&response)["error"], "uri_too_long");
 
-    let declared = client()
-        .post(format!("{}/api/upload", proxy.url))
-        .body("x".repeat(1001))
-        .send()
-        .await
-        .unwrap();
+    let declared = client().post(format!("{}/api/upload", proxy.url)).body("x".repeat(1001)).send().await.unwrap();
     assert_eq!(declared.status(), 413);
     let chunks =
         futures_util::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 200]))));
-    let streamed = client()
-        .post(format!("{}/upload", proxy.url))
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+    let streamed =
+        client().post(format!("{}/upload", proxy.url)).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
     assert_eq!(streamed.status(), 413, "a chunked body is stopped at the limit");
     assert!(upstream.seen().iter().all(|s| s.target != "/api/upload"));
-    assert_eq!(
-        client()
-            .get(format!("{}/_proxy/healthz", proxy.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(client().get(format!("{}/_proxy/healthz", proxy.url)).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -440,9 +328,7 @@ async fn slow_and_idle_connections_are_closed() {
     assert!(closed.is_ok(), "a slow sender is cut off");
 
     let mut idle = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    idle.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
+    idle.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut first = [0u8; 12];
     idle.read_exact(&mut first).await.unwrap();
     assert_eq!(&first, b"HTTP/1.1 200");
@@ -451,15 +337,7 @@ async fn slow_and_idle_connections_are_closed() {
     let closed = tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "an idle keep-alive connection is closed");
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(
-        client()
-            .get(format!("{}/_proxy/healthz", proxy.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(client().get(format!("{}/_proxy/healthz", proxy.url)).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -467,15 +345,8 @@ async fn nothing_secret_reaches_a_caller() {
     let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_UPSTREAM_TIMEOUT", "300ms")]).await;
     let echoed = client().get(format!("{}/echo-auth", proxy.url)).send().await.unwrap();
     assert_eq!(echoed.status(), 200);
-    assert!(
-        echoed.headers().get("authorization").is_none(),
-        "an echoed Authorization is dropped"
-    );
-    let timeout = client()
-        .get(format!("{}/slow-headers?ms=2000", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    assert!(echoed.headers().get("authorization").is_none(), "an echoed Authorization is dropped");
+    let timeout = client().get(format!("{}/slow-headers?ms=2000", proxy.url)).send().await.unwrap();
     let text = format!("{:?} {}", timeout.headers().clone(), timeout.text().await.unwrap());
     assert!(!text.contains("tok-1"), "{text}");
 }

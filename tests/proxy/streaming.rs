@@ -36,11 +36,7 @@ async fn a_200_mib_upload_streams_through_with_its_length() {
 async fn a_200_mib_download_streams_through_with_its_length() {
     let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
     let total = 200 * MIB;
-    let response = client()
-        .get(format!("{}/download?bytes={total}", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{}/download?bytes={total}", proxy.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.content_length(), Some(total));
     let (mut received, mut sum, mut expected) = (0u64, 0u64, 0u64);
@@ -62,23 +58,13 @@ async fn an_upload_reaches_the_upstream_before_it_is_finished() {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let url = format!("{}/probe-upload", proxy.url);
     let request = tokio::spawn(async move {
-        client()
-            .post(url)
-            .body(reqwest::Body::wrap_stream(stream))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        client().post(url).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap().text().await.unwrap()
     });
     tx.send(Ok(bytes::Bytes::from_static(b"first piece"))).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), upstream.first_piece.notified())
         .await
         .expect("the first piece arrived upstream while the upload was still open");
-    tx.send(Ok(bytes::Bytes::from_static(b", then the rest")))
-        .await
-        .unwrap();
+    tx.send(Ok(bytes::Bytes::from_static(b", then the rest"))).await.unwrap();
     drop(tx);
     let reply: serde_json::Value = serde_json::from_str(&request.await.unwrap()).unwrap();
     assert_eq!(reply["bytes"], 26);
@@ -87,11 +73,7 @@ async fn an_upload_reaches_the_upstream_before_it_is_finished() {
 #[tokio::test]
 async fn a_download_reaches_the_caller_before_it_is_finished() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
-    let response = client()
-        .get(format!("{}/probe-download", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{}/probe-download", proxy.url)).send().await.unwrap();
     let mut stream = response.bytes_stream();
     let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
@@ -111,17 +93,9 @@ async fn the_upstream_timeout_counts_from_the_end_of_a_slow_upload() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"0123456789"))
     });
-    let response = client()
-        .post(format!("{}/upload", proxy.url))
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        200,
-        "1.2 s of upload is not an upstream timeout of 400 ms"
-    );
+    let response =
+        client().post(format!("{}/upload", proxy.url)).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "1.2 s of upload is not an upstream timeout of 400 ms");
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["bytes"], 80);
 }
@@ -131,8 +105,6 @@ async fn a_response_body_that_stalls_is_cut_off() {
     let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_UPSTREAM_TIMEOUT", "300ms")]).await;
     let response = client().get(format!("{}/stall-body", proxy.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let result = tokio::time::timeout(Duration::from_secs(5), response.bytes())
-        .await
-        .expect("cut off in time");
+    let result = tokio::time::timeout(Duration::from_secs(5), response.bytes()).await.expect("cut off in time");
     assert!(result.is_err(), "a stalled body ends in an error, not as if complete");
 }

@@ -49,10 +49,7 @@ pub struct TokenService {
 
 impl TokenService {
     pub fn script(replies: &[Reply]) -> TokenService {
-        TokenService {
-            script: Arc::new(Mutex::new(replies.iter().cloned().collect())),
-            ..Default::default()
-        }
+        TokenService { script: Arc::new(Mutex::new(replies.iter().cloned().collect())), ..Default::default() }
     }
 
     pub fn calls(&self) -> u64 {
@@ -61,9 +58,7 @@ impl TokenService {
 
     /// Starts it; returns its token URL.
     pub async fn start(&self) -> String {
-        let app = Router::new()
-            .route("/connect/token", post(token))
-            .with_state(self.clone());
+        let app = Router::new().route("/connect/token", post(token)).with_state(self.clone());
         format!("http://{}/connect/token", spawn(app).await)
     }
 }
@@ -80,12 +75,9 @@ async fn token(State(svc): State<TokenService>, axum::Form(form): axum::Form<Has
             let body = format!(r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":{expires_in}}}"#);
             (StatusCode::OK, [("content-type", "application/json")], body).into_response()
         }
-        Reply::Raw(status, content_type, body) => (
-            StatusCode::from_u16(status).unwrap(),
-            [("content-type", content_type)],
-            body,
-        )
-            .into_response(),
+        Reply::Raw(status, content_type, body) => {
+            (StatusCode::from_u16(status).unwrap(), [("content-type", content_type)], body).into_response()
+        }
     }
 }
 
@@ -132,16 +124,11 @@ impl Upstream {
 
 /// A deterministic byte pattern and a checksum, to verify big bodies end to end.
 pub fn pattern(offset: u64, len: usize) -> Bytes {
-    (0..len as u64)
-        .map(|i| ((offset + i) % 251) as u8)
-        .collect::<Vec<_>>()
-        .into()
+    (0..len as u64).map(|i| ((offset + i) % 251) as u8).collect::<Vec<_>>().into()
 }
 
 pub fn checksum(acc: u64, chunk: &[u8]) -> u64 {
-    chunk
-        .iter()
-        .fold(acc, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64))
+    chunk.iter().fold(acc, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64))
 }
 
 async fn upstream_handler(
@@ -150,11 +137,7 @@ async fn upstream_handler(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
+    let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let path = parts.uri.path().to_owned();
     let record = |body: Bytes| {
         up.seen.lock().unwrap().push(Seen {
@@ -254,17 +237,11 @@ async fn special(up: &Upstream, path: &str, headers: &HeaderMap, ms: u64, body: 
         "/throttle" if up.throttle_left.load(Ordering::SeqCst) > 0 => {
             up.throttle_left.fetch_sub(1, Ordering::SeqCst);
             let err = r#"{"errorCode":429,"message":"Too many requests","activityId":"throttled-1"}"#;
-            let headers = [
-                ("retry-after", ms.to_string()),
-                ("content-type", "application/json".to_owned()),
-            ];
+            let headers = [("retry-after", ms.to_string()), ("content-type", "application/json".to_owned())];
             (StatusCode::TOO_MANY_REQUESTS, headers, err).into_response()
         }
         "/echo-auth" => {
-            let auth = headers
-                .get("authorization")
-                .cloned()
-                .unwrap_or(axum::http::HeaderValue::from_static(""));
+            let auth = headers.get("authorization").cloned().unwrap_or(axum::http::HeaderValue::from_static(""));
             (StatusCode::OK, [("authorization", auth)], "echoed").into_response()
         }
         "/redirect" => {
@@ -308,12 +285,7 @@ impl Proxy {
         let task = tokio::spawn(uem_proxy::run(config, listener, async {
             let _ = rx.await;
         }));
-        Proxy {
-            addr,
-            url: format!("http://{addr}"),
-            shutdown: Some(tx),
-            task,
-        }
+        Proxy { addr, url: format!("http://{addr}"), shutdown: Some(tx), task }
     }
 }
 
@@ -368,11 +340,7 @@ pub const SECRET: &str = "c1ient-s3cret-VALUE";
 /// A plain HTTP client for the tests: no proxy from the environment, no redirects.
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 /// Sends raw bytes and reads until the server closes or `Connection: close` completes the reply.

@@ -16,10 +16,7 @@ async fn the_grant_is_a_client_credentials_form_post() {
 
 #[tokio::test]
 async fn a_hundred_concurrent_requests_at_start_up_cause_one_token_request() {
-    let tokens = TokenService {
-        delay: Duration::from_millis(300),
-        ..Default::default()
-    };
+    let tokens = TokenService { delay: Duration::from_millis(300), ..Default::default() };
     let upstream = Upstream::default();
     let proxy = Proxy::start(&upstream.start().await, &tokens.start().await, &[]).await;
     let client = client();
@@ -32,12 +29,7 @@ async fn a_hundred_concurrent_requests_at_start_up_cause_one_token_request() {
     }
     assert_eq!(tokens.calls(), 1);
     assert_eq!(upstream.seen().len(), 100);
-    assert!(
-        upstream
-            .seen()
-            .iter()
-            .all(|s| s.headers["authorization"] == "Bearer tok-1")
-    );
+    assert!(upstream.seen().iter().all(|s| s.headers["authorization"] == "Bearer tok-1"));
 }
 
 #[tokio::test]
@@ -47,12 +39,8 @@ async fn without_a_token_requests_wait_their_bound_then_get_503_with_retry_after
         ..Default::default()
     };
     let upstream = Upstream::default();
-    let proxy = Proxy::start(
-        &upstream.start().await,
-        &tokens.start().await,
-        &[("UEM_PROXY_TOKEN_WAIT", "400ms")],
-    )
-    .await;
+    let proxy =
+        Proxy::start(&upstream.start().await, &tokens.start().await, &[("UEM_PROXY_TOKEN_WAIT", "400ms")]).await;
     let started = std::time::Instant::now();
     let response = client().get(format!("{}/api/x", proxy.url)).send().await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(350));
@@ -74,12 +62,7 @@ async fn odd_token_answers_are_survived_until_a_good_one_comes() {
         Reply::Grant(r#""3600""#),
     ]);
     let upstream = Upstream::default();
-    let proxy = Proxy::start(
-        &upstream.start().await,
-        &tokens.start().await,
-        &[("UEM_PROXY_TOKEN_WAIT", "15s")],
-    )
-    .await;
+    let proxy = Proxy::start(&upstream.start().await, &tokens.start().await, &[("UEM_PROXY_TOKEN_WAIT", "15s")]).await;
     let response = client().get(format!("{}/api/x", proxy.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(tokens.calls(), 4);
@@ -121,11 +104,7 @@ async fn a_second_401_goes_to_the_caller_and_forced_refreshes_are_rate_bounded()
         let response = client().get(format!("{}/auth-check", proxy.url)).send().await.unwrap();
         assert_eq!(response.status(), 401);
     }
-    assert_eq!(
-        tokens.calls(),
-        2,
-        "a misconfigured role does not hammer the token service"
-    );
+    assert_eq!(tokens.calls(), 2, "a misconfigured role does not hammer the token service");
 }
 
 #[tokio::test]
@@ -149,25 +128,11 @@ async fn a_streamed_request_is_not_replayed_but_the_next_one_gets_a_fresh_token(
     client().get(format!("{}/api/warm", proxy.url)).send().await.unwrap();
     *upstream.accepted.lock().unwrap() = "Bearer tok-2".into();
     let big = "x".repeat(1000);
-    let response = client()
-        .put(format!("{}/auth-check", proxy.url))
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        401,
-        "a body over the replay limit is not kept, so not replayed"
-    );
+    let response = client().put(format!("{}/auth-check", proxy.url)).body(big.clone()).send().await.unwrap();
+    assert_eq!(response.status(), 401, "a body over the replay limit is not kept, so not replayed");
     assert_eq!(upstream.seen().len(), 2);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let response = client()
-        .put(format!("{}/auth-check", proxy.url))
-        .body(big)
-        .send()
-        .await
-        .unwrap();
+    let response = client().put(format!("{}/auth-check", proxy.url)).body(big).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(tokens.calls(), 2);
 }
