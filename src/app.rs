@@ -19,6 +19,10 @@ use crate::token::{Credentials, TokenClient, Tokens};
 pub struct Settings {
     /// The API base without a trailing slash; canonical request paths are appended to it.
     pub upstream_base: String,
+    /// The same, parsed once.
+    pub upstream: url::Url,
+    /// The base's path prefix without a trailing slash (`""` for none).
+    pub upstream_path: String,
     pub policy: Policy,
     pub checks: Checks,
     pub upstream_timeout: std::time::Duration,
@@ -31,6 +35,8 @@ impl Settings {
     fn new(config: &Config, local: &Listen) -> Settings {
         Settings {
             upstream_base: config.api_url.as_str().trim_end_matches('/').to_owned(),
+            upstream: config.api_url.clone(),
+            upstream_path: config.api_url.path().trim_end_matches('/').to_owned(),
             policy: config.policy.clone(),
             checks: Checks::new(&config.inbound, local),
             upstream_timeout: config.upstream_timeout,

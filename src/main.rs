@@ -11,10 +11,6 @@ use uem_proxy::config::LogFormat;
 use uem_proxy::sandbox::{self, Role};
 use uem_proxy::{Config, demo, healthcheck, server, telemetry};
 
-/// mimalloc instead of the system allocator: a proxy allocates and frees small buffers per
-/// request, and glibc's malloc spent about a sixth of the CPU time on them (see bench/run).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A credential-injecting proxy for the Workspace ONE UEM REST API.
 #[derive(Parser)]

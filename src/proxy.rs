@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, Method, StatusCode, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::access_log::{RequestId, UpstreamLatency};
-use crate::app::App;
+use crate::app::{App, Settings};
 use crate::body::{IdleTimeout, TooLarge, Upload};
 use crate::error::ProxyError;
 use crate::pacer::Refusal;
@@ -58,11 +58,13 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
 async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let settings = app.settings.load_full();
     let (mut parts, body) = req.into_parts();
-    let (url, path) = upstream_url(&settings.upstream_base, &parts)?;
-    if let Decision::Deny { permission, reason } = settings.policy.decide(&parts.method, &path) {
+    let (url, path) = upstream_url(&settings, &parts)?;
+    if !settings.policy.is_open()
+        && let Decision::Deny { permission, reason } = settings.policy.decide(&parts.method, &path)
+    {
         return Err(ProxyError::PolicyDenied { permission: permission.map(|p| p.name), reason });
     }
-    let proxy_base = format!("http://{}", host_of(&parts.headers).unwrap_or(&app.listen_host));
+    let proxy_base = response_base(&parts.headers, &app.listen_host);
     rewrite::request_headers(&mut parts.headers);
     let outgoing = prepare_body(body, settings.replay_body_limit).await?;
 
@@ -103,6 +105,7 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     }
 
     let mut response = http::Response::from(response);
+    let proxy_base = if response.headers().contains_key(LOCATION) { proxy_base() } else { String::new() };
     let location = LocationRewrite { upstream_base: &settings.upstream_base, proxy_base: &proxy_base };
     rewrite::response_headers(response.headers_mut(), &location);
     if response.status() == StatusCode::FORBIDDEN
@@ -145,23 +148,32 @@ async fn with_activity_id(response: Response, timeout: Duration) -> Response {
 /// The upstream URL: the configured base with the caller's canonical path and query appended,
 /// and that canonical path, which is what policy decides on. Never `Url::join`, which would let
 /// `//other.host/` name another host.
-fn upstream_url(base: &str, parts: &Parts) -> Result<(Url, String), ProxyError> {
+fn upstream_url(settings: &Settings, parts: &Parts) -> Result<(Url, String), ProxyError> {
     if parts.method == Method::CONNECT {
         return Err(ProxyError::BadTarget("CONNECT is not supported"));
     }
     let target = parts.uri.path_and_query().ok_or(ProxyError::BadTarget("no path"))?;
     let path = rewrite::canonical_path(target.path()).map_err(ProxyError::BadTarget)?;
-    let query = target.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let url = Url::parse(&format!("{base}{path}{query}")).map_err(|_| ProxyError::BadTarget("not a valid URL path"))?;
-    // The URL parser must not have reinterpreted the path: what is decided on is what is sent.
+    // The base was parsed once; setting path and query does not parse the host again.
+    let mut url = settings.upstream.clone();
+    if settings.upstream_path.is_empty() {
+        url.set_path(&path);
+    } else {
+        url.set_path(&format!("{}{path}", settings.upstream_path));
+    }
+    url.set_query(target.query());
+    // The URL must not have reinterpreted the path: what is decided on is what is sent.
     if !url.path().ends_with(path.as_str()) {
         return Err(ProxyError::BadTarget("the path cannot be forwarded unchanged"));
     }
     Ok((url, path))
 }
 
-fn host_of(headers: &HeaderMap) -> Option<&str> {
-    headers.get(HOST).and_then(|h| h.to_str().ok())
+/// The proxy's own base URL as the caller addressed it, for `Location` rewrites; built only
+/// when a response has a `Location`.
+fn response_base(headers: &HeaderMap, listen_host: &str) -> impl FnOnce() -> String + use<> {
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or(listen_host).to_owned();
+    move || format!("http://{host}")
 }
 
 /// Keeps a body small enough to replay (known length up to `limit`); streams any other.
