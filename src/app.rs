@@ -7,7 +7,10 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use serde_json::json;
 
-use crate::config::{Config, Listen};
+use http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{Auth, Config, Listen, OAuth};
 use crate::inbound::Checks;
 use crate::metrics::Metrics;
 use crate::pacer::Pacer;
@@ -29,6 +32,8 @@ pub struct Settings {
     pub token_wait: std::time::Duration,
     pub replay_body_limit: u64,
     pub max_body_bytes: Option<u64>,
+    /// Sent as `aw-tenant-code`, in place of any a caller sends.
+    pub tenant_code: Option<HeaderValue>,
 }
 
 impl Settings {
@@ -43,6 +48,7 @@ impl Settings {
             token_wait: config.token_wait,
             replay_body_limit: config.replay_body_limit,
             max_body_bytes: config.inbound.max_body_bytes,
+            tenant_code: tenant_header(config),
         }
     }
 }
@@ -58,7 +64,8 @@ pub struct ReloadStatus {
 pub struct App {
     pub client: reqwest::Client,
     pub tokens: Tokens,
-    credentials: Arc<ArcSwap<Credentials>>,
+    /// The OAuth client's credentials, which a reload may replace; `None` in basic mode.
+    credentials: Option<Arc<ArcSwap<Credentials>>>,
     pub settings: ArcSwap<Settings>,
     pub pacer: Arc<ArcSwap<Pacer>>,
     pub metrics: Metrics,
@@ -71,22 +78,47 @@ pub struct App {
     pub last_reload: Mutex<ReloadStatus>,
 }
 
-fn credentials(config: &Config) -> Credentials {
+fn credentials(oauth: &OAuth) -> Credentials {
     Credentials {
-        url: config.token_url.clone(),
-        client_id: config.client_id.clone(),
-        client_secret: config.client_secret.clone(),
+        url: oauth.token_url.clone(),
+        fallback_url: oauth.fallback_token_url.clone(),
+        client_id: oauth.client_id.clone(),
+        client_secret: oauth.client_secret.clone(),
     }
+}
+
+/// `Authorization: Basic …` for an on-premises administrator account.
+pub fn basic_header(username: &str, password: &SecretString) -> HeaderValue {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose_secret()));
+    let mut header = HeaderValue::try_from(format!("Basic {encoded}")).expect("base64 is a valid header value");
+    header.set_sensitive(true);
+    header
+}
+
+fn tenant_header(config: &Config) -> Option<HeaderValue> {
+    let mut header = HeaderValue::try_from(config.tenant_code.as_ref()?.expose_secret()).ok()?;
+    header.set_sensitive(true);
+    Some(header)
 }
 
 impl App {
     /// Builds the state and starts the token refresher, whose handle the caller owns.
     pub fn new(config: Config, local: Listen) -> std::io::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
         let client = crate::http_client(&config).map_err(std::io::Error::other)?;
-        let credentials = Arc::new(ArcSwap::from_pointee(credentials(&config)));
-        let source =
-            TokenClient { http: client.clone(), credentials: credentials.clone(), timeout: config.upstream_timeout };
-        let (tokens, refresher) = Tokens::start(source, config.forced_refresh_interval);
+        let (tokens, refresher, credentials) = match &config.auth {
+            Auth::OAuth(oauth) => {
+                let credentials = Arc::new(ArcSwap::from_pointee(credentials(oauth)));
+                let timeout = config.upstream_timeout;
+                let source = TokenClient { http: client.clone(), credentials: credentials.clone(), timeout };
+                let (tokens, refresher) = Tokens::start(source, config.forced_refresh_interval);
+                (tokens, refresher, Some(credentials))
+            }
+            Auth::Basic { username, password } => {
+                let tokens = Tokens::fixed(basic_header(username, password));
+                (tokens, tokio::spawn(async {}), None)
+            }
+        };
         let pacer = Arc::new(ArcSwap::from_pointee(Pacer::new(config.pacer)));
         let metrics = Metrics::new(tokens.clone(), pacer.clone());
         let listen_host = match &local {
@@ -114,16 +146,28 @@ impl App {
     pub async fn apply(&self, new: Config) -> Result<Vec<String>, String> {
         let old = self.config.load_full();
         let mut changes = Vec::new();
-        let new_credentials = credentials(&new);
-        if !new_credentials.same_as(&self.credentials.load()) {
-            let grant = crate::token::request(&self.client, &new_credentials, new.upstream_timeout)
-                .await
-                .map_err(|e| format!("the new credentials did not obtain a token ({e})"))?;
-            if !self.tokens.install(&grant) {
-                return Err("the token obtained with the new credentials cannot be used".to_owned());
+        match (&new.auth, &self.credentials) {
+            (Auth::OAuth(oauth), Some(current)) => {
+                let new_credentials = credentials(oauth);
+                if !new_credentials.same_as(&current.load()) {
+                    let grant = crate::token::request(&self.client, &new_credentials, new.upstream_timeout)
+                        .await
+                        .map_err(|e| format!("the new credentials did not obtain a token ({e})"))?;
+                    if !self.tokens.install(&grant) {
+                        return Err("the token obtained with the new credentials cannot be used".to_owned());
+                    }
+                    current.store(Arc::new(new_credentials));
+                    changes.push("credentials (a new token is in use)".to_owned());
+                }
             }
-            self.credentials.store(Arc::new(new_credentials));
-            changes.push("credentials (a new token is in use)".to_owned());
+            (Auth::Basic { username, password }, None) => {
+                let header = basic_header(username, password);
+                if self.tokens.current().is_none_or(|t| t.header() != header) {
+                    self.tokens.set_fixed(header);
+                    changes.push("credentials".to_owned());
+                }
+            }
+            _ => return Err("changing UEM_AUTH_MODE needs a restart".to_owned()),
         }
         let restart_only = [
             ("listen", old.listen != new.listen),
@@ -146,6 +190,7 @@ impl App {
         }
         let reloadable = [
             ("api_url", old.api_url != new.api_url),
+            ("tenant_code", tenant_header(&old) != tenant_header(&new)),
             ("policy", old.policy != new.policy),
             ("callers and limits", old.inbound != new.inbound),
             ("upstream_timeout", old.upstream_timeout != new.upstream_timeout),
@@ -199,8 +244,9 @@ impl App {
             "started": time(Some(self.started)),
             "listen": self.local.to_string(),
             "upstream": config.api_url.as_str().trim_end_matches('/'),
-            "token_url": config.token_url.as_str(),
-            "client_id": config.client_id,
+            "auth_mode": config.auth.mode(),
+            "token_url": config.auth.oauth().map(|o| o.token_url.as_str()),
+            "principal": config.auth.principal(),
             "token": {
                 "current": token,
                 "last_refresh": time(stats.last_refresh),

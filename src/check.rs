@@ -9,6 +9,7 @@ use secrecy::ExposeSecret;
 use url::Url;
 
 use crate::Config;
+use crate::config::{Auth, OAuth};
 use crate::token::{self, Credentials, FetchError};
 use crate::uem::mapping;
 use crate::uem::permissions;
@@ -28,54 +29,46 @@ const READS: &[&str] = &[
 /// Runs every step, writing a line each to `out`. Returns the failing step's name, if any.
 pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
     let _ = writeln!(out, "uem-proxy check");
-    let token_source = if config.token_url_source == "explicit" { "set directly" } else { &config.token_url_source };
-    line(
-        out,
-        true,
-        "configuration",
-        &format!("API {}, token service {} ({token_source})", base(&config.api_url), config.token_url),
-    );
     let client = match crate::http_client(config) {
         Ok(client) => client,
         Err(e) => return fail(out, "configuration", &format!("the HTTP client cannot be built: {e}")),
     };
-
-    match reach(&config.token_url, config.connect_timeout).await {
-        Ok(detail) => line(out, true, "token service", &detail),
-        Err(detail) => return fail(out, "token service", &detail),
-    }
-    let credentials = Credentials {
-        url: config.token_url.clone(),
-        client_id: config.client_id.clone(),
-        client_secret: config.client_secret.clone(),
+    let authorization = match &config.auth {
+        Auth::OAuth(oauth) => {
+            let source = if oauth.token_url_source == "explicit" { "set directly" } else { &oauth.token_url_source };
+            let summary = format!("API {}, token service {} ({source})", base(&config.api_url), oauth.token_url);
+            line(out, true, "configuration", &summary);
+            match oauth_steps(config, oauth, &client, out).await {
+                Ok(bearer) => bearer,
+                Err(step) => return Some(step),
+            }
+        }
+        Auth::Basic { username, password } => {
+            let summary =
+                format!("API {}, basic authentication as {username} (no token service)", base(&config.api_url));
+            line(out, true, "configuration", &summary);
+            crate::app::basic_header(username, password).to_str().unwrap_or_default().to_owned()
+        }
     };
-    let started = Instant::now();
-    let grant = match token::request(&client, &credentials, config.upstream_timeout).await {
-        Ok(grant) => grant,
-        Err(FetchError::Unreachable(e)) => return fail(out, "token service", &format!("connection failed: {e}")),
-        Err(e) => return fail(out, "credentials", &format!("{e}")),
+    let tenant_code = config.tenant_code.as_ref().map(|c| c.expose_secret().to_owned()).unwrap_or_default();
+    let get = |path: &str| {
+        let mut request = client
+            .get(format!("{}{path}", base(&config.api_url)))
+            .header("authorization", &authorization)
+            .header("accept", "application/json")
+            .timeout(config.upstream_timeout);
+        if !tenant_code.is_empty() {
+            request = request.header("aw-tenant-code", &tenant_code);
+        }
+        request.send()
     };
-    let lifetime = humantime::format_duration(grant.lifetime);
-    line(
-        out,
-        true,
-        "credentials",
-        &format!("accepted; the token lives {lifetime} (grant took {})", ms(started.elapsed())),
-    );
-    let bearer = format!("Bearer {}", grant.access_token.expose_secret());
 
     match reach(&config.api_url, config.connect_timeout).await {
         Ok(detail) => line(out, true, "API host", &detail),
         Err(detail) => return fail(out, "API host", &detail),
     }
     let started = Instant::now();
-    let info = client
-        .get(format!("{}/api/system/info", base(&config.api_url)))
-        .header("authorization", &bearer)
-        .header("accept", "application/json")
-        .timeout(config.upstream_timeout)
-        .send()
-        .await;
+    let info = get("/api/system/info").await;
     match info {
         Ok(response) if response.status().is_success() => {
             let took = ms(started.elapsed());
@@ -91,6 +84,9 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
         Ok(response) => {
             let status = response.status();
             let hint = match status.as_u16() {
+                401 if matches!(config.auth, Auth::Basic { .. }) => {
+                    ": the API rejects the user name, password or tenant code"
+                }
                 401 => ": the API rejects the token (is the token service the tenant's region?)",
                 403 => ": the role allows no system information",
                 _ => "",
@@ -105,13 +101,7 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
     for path in READS {
         let needed = mapping::required(&http::Method::GET, path).expect("every read maps to a permission");
         checked.push(needed.permission.category);
-        let response = client
-            .get(format!("{}{path}", base(&config.api_url)))
-            .header("authorization", &bearer)
-            .header("accept", "application/json")
-            .timeout(config.upstream_timeout)
-            .send()
-            .await;
+        let response = get(path).await;
         let verdict = match response.map(|r| r.status().as_u16()) {
             Ok(200..=299) => "allowed".to_owned(),
             Ok(403) => "denied".to_owned(),
@@ -126,6 +116,41 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
     }
     let _ = writeln!(out, "all checks passed");
     None
+}
+
+/// The token service steps: reachable, and the credentials accepted. The bearer value, or the
+/// failing step.
+async fn oauth_steps(
+    config: &Config,
+    oauth: &OAuth,
+    client: &reqwest::Client,
+    out: &mut String,
+) -> Result<String, &'static str> {
+    match reach(&oauth.token_url, config.connect_timeout).await {
+        Ok(detail) => line(out, true, "token service", &detail),
+        Err(detail) if oauth.fallback_token_url.is_some() => {
+            line(out, true, "token service", &format!("{detail}; the other domain will be tried"))
+        }
+        Err(detail) => return Err(fail(out, "token service", &detail).expect("a step")),
+    }
+    let credentials = Credentials {
+        url: oauth.token_url.clone(),
+        fallback_url: oauth.fallback_token_url.clone(),
+        client_id: oauth.client_id.clone(),
+        client_secret: oauth.client_secret.clone(),
+    };
+    let started = Instant::now();
+    let grant = match token::request(client, &credentials, config.upstream_timeout).await {
+        Ok(grant) => grant,
+        Err(FetchError::Unreachable { detail, .. }) => {
+            return Err(fail(out, "token service", &format!("connection failed: {detail}")).expect("a step"));
+        }
+        Err(e) => return Err(fail(out, "credentials", &format!("{e}")).expect("a step")),
+    };
+    let lifetime = humantime::format_duration(grant.lifetime);
+    let detail = format!("accepted; the token lives {lifetime} (grant took {})", ms(started.elapsed()));
+    line(out, true, "credentials", &detail);
+    Ok(format!("Bearer {}", grant.access_token.expose_secret()))
 }
 
 fn base(url: &Url) -> &str {

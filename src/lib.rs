@@ -107,8 +107,9 @@ pub async fn run(
     tracing::info!(
         listen = %local,
         api_url = %config.api_url.as_str().trim_end_matches('/'),
-        token_url = %config.token_url,
-        client_id = %config.client_id,
+        auth = config.auth.mode(),
+        token_url = config.auth.oauth().map(|o| o.token_url.as_str()),
+        principal = %config.auth.principal(),
         policy = if config.policy.is_open() { "open" } else { "restricted" },
         read_only = config.policy.read_only,
         "listening"

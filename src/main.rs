@@ -11,7 +11,6 @@ use uem_proxy::config::LogFormat;
 use uem_proxy::sandbox::{self, Role};
 use uem_proxy::{Config, demo, healthcheck, server, telemetry};
 
-
 /// A credential-injecting proxy for the Workspace ONE UEM REST API.
 #[derive(Parser)]
 #[command(name = "uem-proxy", version)]

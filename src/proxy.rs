@@ -83,7 +83,13 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         }
     };
     let started = Instant::now();
-    let attempt = Attempt { client: &app.client, parts: &parts, url: &url, timeout: settings.upstream_timeout };
+    let attempt = Attempt {
+        client: &app.client,
+        parts: &parts,
+        url: &url,
+        timeout: settings.upstream_timeout,
+        tenant_code: settings.tenant_code.as_ref(),
+    };
     let mut response = attempt.send(&token, body, sent).await?;
 
     if response.status() == StatusCode::UNAUTHORIZED {
@@ -200,6 +206,7 @@ struct Attempt<'a> {
     parts: &'a Parts,
     url: &'a Url,
     timeout: Duration,
+    tenant_code: Option<&'a HeaderValue>,
 }
 
 impl Attempt<'_> {
@@ -214,6 +221,9 @@ impl Attempt<'_> {
     ) -> Result<reqwest::Response, ProxyError> {
         let mut headers = self.parts.headers.clone();
         headers.insert(AUTHORIZATION, token.header().clone());
+        if let Some(code) = self.tenant_code {
+            headers.insert(rewrite::AW_TENANT_CODE, code.clone());
+        }
         let request = self.client.request(self.parts.method.clone(), self.url.clone()).headers(headers).body(body);
         let timeout = self.timeout;
         let deadline = async move {

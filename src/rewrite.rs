@@ -16,6 +16,9 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// UEM's API key header. A caller's is dropped; the proxy sends the configured one, if any.
+pub const AW_TENANT_CODE: HeaderName = HeaderName::from_static("aw-tenant-code");
+
 /// The request id header, the caller's or ours, sent upstream and returned to the caller.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -43,6 +46,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn request_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
+    headers.remove(AW_TENANT_CODE);
     headers.remove(header::HOST);
     if !headers.contains_key(header::ACCEPT) {
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));

@@ -63,11 +63,10 @@ pub struct Config {
     /// The API base: scheme, host, optional port and an optional path prefix without a trailing
     /// slash. Request paths are appended to it.
     pub api_url: Url,
-    pub token_url: Url,
-    /// How the token URL was chosen, for `uem-proxy config` and the start-up log.
-    pub token_url_source: String,
-    pub client_id: String,
-    pub client_secret: SecretString,
+    /// How requests are authorised upstream.
+    pub auth: Auth,
+    /// The tenant's API key, sent as `aw-tenant-code` in place of any a caller sends.
+    pub tenant_code: Option<SecretString>,
     pub listen: Listen,
     pub inbound: Inbound,
     pub policy: Policy,
@@ -88,6 +87,51 @@ pub struct Config {
     /// The environment variables this configuration was loaded with, so a reload reads the file
     /// again under the same environment. Holds secrets: never printed.
     pub environment: Arc<BTreeMap<String, String>>,
+}
+
+/// How the proxy authorises its requests to the API.
+#[derive(Clone)]
+pub enum Auth {
+    /// SaaS: bearer tokens from the token service by the client-credentials grant.
+    OAuth(OAuth),
+    /// On-premises: HTTP Basic with an administrator account (and the tenant code).
+    Basic { username: String, password: SecretString },
+}
+
+#[derive(Clone)]
+pub struct OAuth {
+    pub token_url: Url,
+    /// In region mode, the other public domain's token URL, tried when the first is unreachable.
+    pub fallback_token_url: Option<Url>,
+    /// How the token URL was chosen, for `uem-proxy config` and the start-up log.
+    pub token_url_source: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+impl Auth {
+    pub fn oauth(&self) -> Option<&OAuth> {
+        match self {
+            Auth::OAuth(oauth) => Some(oauth),
+            Auth::Basic { .. } => None,
+        }
+    }
+
+    /// The mode's name: `oauth` or `basic`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Auth::OAuth(_) => "oauth",
+            Auth::Basic { .. } => "basic",
+        }
+    }
+
+    /// Who the proxy acts as, for logs: the client ID or the user name (never a secret).
+    pub fn principal(&self) -> &str {
+        match self {
+            Auth::OAuth(oauth) => &oauth.client_id,
+            Auth::Basic { username, .. } => username,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,9 +161,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("api_url", &self.api_url.as_str())
-            .field("token_url", &self.token_url.as_str())
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"***")
+            .field("auth", &self.auth.mode())
+            .field("principal", &self.auth.principal())
             .field("listen", &self.listen)
             .finish_non_exhaustive()
     }
@@ -153,12 +196,12 @@ impl Config {
     fn from_raw(raw: &RawMap, policy: PolicyFile, file: Option<&Path>, problems: &mut Vec<String>) -> Option<Config> {
         let mut p = parse::Parser { raw, problems };
         let api_url = p.api_url();
-        let (token_url, token_url_source) = p.token_url().unzip();
-        let client_id = p.required("client_id", "the OAuth client's ID", |s| match s.trim() {
-            "" => Err("is empty".to_owned()),
-            id => Ok(id.to_owned()),
-        });
-        let client_secret = p.client_secret();
+        let auth = auth(&mut p);
+        let tenant_code = match p.parse("tenant_code", |s| Ok(s.trim().to_owned())) {
+            Some(code) if !code.is_empty() => Some(SecretString::from(code)),
+            _ => None,
+        };
+
         let listen = p.optional("listen", "127.0.0.1:8080", parse::listen);
         let inbound = inbound(&mut p);
         let read_only = p.parse("read_only", parse::boolean);
@@ -199,10 +242,8 @@ impl Config {
         let log_format = p.optional("log_format", "text", parse::log_format);
         Some(Config {
             api_url: api_url?,
-            token_url: token_url?,
-            token_url_source: token_url_source?,
-            client_id: client_id?,
-            client_secret: client_secret?,
+            auth: auth?,
+            tenant_code,
             listen: listen?,
             inbound: inbound?,
             policy: policy?,
@@ -225,10 +266,15 @@ impl Config {
         let inbound = &self.inbound;
         serde_json::json!({
             "api_url": self.api_url.as_str().trim_end_matches('/'),
-            "token_url": self.token_url.as_str(),
-            "token_url_source": self.token_url_source,
-            "client_id": self.client_id,
-            "client_secret": if self.client_secret.expose_secret().is_empty() { "" } else { "***" },
+            "auth_mode": self.auth.mode(),
+            "token_url": self.auth.oauth().map(|o| o.token_url.as_str()),
+            "fallback_token_url": self.auth.oauth().and_then(|o| o.fallback_token_url.as_ref().map(Url::as_str)),
+            "token_url_source": self.auth.oauth().map(|o| o.token_url_source.as_str()),
+            "client_id": self.auth.oauth().map(|o| o.client_id.as_str()),
+            "client_secret": self.auth.oauth().map(|o| mask(&o.client_secret)),
+            "username": match &self.auth { Auth::Basic { username, .. } => Some(username.as_str()), _ => None },
+            "password": match &self.auth { Auth::Basic { password, .. } => Some(mask(password)), _ => None },
+            "tenant_code": self.tenant_code.as_ref().map(mask),
             "listen": self.listen.to_string(),
             "allow_cidrs": inbound.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "allowed_hosts": inbound.allowed_hosts,
@@ -252,6 +298,44 @@ impl Config {
             "config_file": self.config_file.as_ref().map(|p| p.display().to_string()),
         })
     }
+}
+
+fn mask(secret: &SecretString) -> &'static str {
+    if secret.expose_secret().is_empty() { "" } else { "***" }
+}
+
+/// The authentication mode and its settings; only the chosen mode's settings are required.
+fn auth(p: &mut parse::Parser<'_>) -> Option<Auth> {
+    let mode = p.optional("auth_mode", "oauth", |s| match s.trim().to_ascii_lowercase().as_str() {
+        "oauth" => Ok(false),
+        "basic" => Ok(true),
+        _ => Err(format!("'{s}' is not one of oauth, basic")),
+    })?;
+    if mode {
+        let username = p.required("username", "basic authentication's user name", |s| match s.trim() {
+            "" => Err("is empty".to_owned()),
+            name => Ok(name.to_owned()),
+        });
+        let password = p.secret("password", "password_file", "basic authentication's password");
+        if p.raw.get("tenant_code").is_none_or(|r| r.value.trim().is_empty()) {
+            p.problem("UEM_TENANT_CODE is not set: basic authentication needs the tenant's API key".to_owned());
+        }
+        return Some(Auth::Basic { username: username?, password: password? });
+    }
+    let token_url = p.token_url();
+    let client_id = p.required("client_id", "the OAuth client's ID", |s| match s.trim() {
+        "" => Err("is empty".to_owned()),
+        id => Ok(id.to_owned()),
+    });
+    let client_secret = p.client_secret();
+    let (token_url, token_url_source, fallback_token_url) = token_url?;
+    Some(Auth::OAuth(OAuth {
+        token_url,
+        fallback_token_url,
+        token_url_source,
+        client_id: client_id?,
+        client_secret: client_secret?,
+    }))
 }
 
 fn inbound(p: &mut parse::Parser<'_>) -> Option<Inbound> {

@@ -79,12 +79,14 @@ impl Parser<'_> {
         }
     }
 
-    pub fn token_url(&mut self) -> Option<(Url, String)> {
+    /// The token URL, how it was chosen, and in region mode the other public domain's URL to
+    /// fall back on when the first cannot be reached.
+    pub fn token_url(&mut self) -> Option<(Url, String, Option<Url>)> {
         let domain = self.optional("token_domain", "workspaceone", |s| {
             TokenDomain::parse(s).ok_or_else(|| format!("'{s}' is not one of workspaceone, vmwservices"))
         });
         match self.one_of("token_url", "region", "the token service")? {
-            "token_url" => self.parse("token_url", |s| base_url(s, false)).map(|u| (u, "explicit".to_owned())),
+            "token_url" => self.parse("token_url", |s| base_url(s, false)).map(|u| (u, "explicit".to_owned(), None)),
             _ => {
                 let region = self.parse("region", |s| {
                     Region::parse(s).ok_or_else(|| {
@@ -96,18 +98,25 @@ impl Parser<'_> {
                 })?;
                 let domain = domain?;
                 let url = Url::parse(&region.token_url(domain)).expect("region URLs are valid");
-                Some((url, format!("region {region} ({}), domain {}", region.location(), domain.name())))
+                let other = Url::parse(&region.token_url(domain.other())).expect("region URLs are valid");
+                Some((url, format!("region {region} ({}), domain {}", region.location(), domain.name()), Some(other)))
             }
         }
     }
 
     pub fn client_secret(&mut self) -> Option<SecretString> {
-        match self.one_of("client_secret", "client_secret_file", "the OAuth client's secret")? {
-            "client_secret" => self.parse("client_secret", |s| non_empty_secret(s.to_owned())),
-            _ => self.parse("client_secret_file", |s| {
+        self.secret("client_secret", "client_secret_file", "the OAuth client's secret")
+    }
+
+    /// A secret given directly or in a file (whose trailing newline is dropped).
+    pub fn secret(&mut self, direct: &str, file: &str, what: &str) -> Option<SecretString> {
+        if self.one_of(direct, file, what)? == direct {
+            self.parse(direct, |s| non_empty_secret(s.to_owned()))
+        } else {
+            self.parse(file, |s| {
                 let text = std::fs::read_to_string(s.trim()).map_err(|e| format!("cannot read '{s}': {e}"))?;
                 non_empty_secret(text.trim_end_matches(['\r', '\n']).to_owned())
-            }),
+            })
         }
     }
 }

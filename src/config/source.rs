@@ -8,6 +8,7 @@ use crate::policy::PolicyFile;
 
 /// Each setting: its TOML key and its environment variable. The order is the documentation's.
 pub const SETTINGS: &[(&str, &str)] = &[
+    ("auth_mode", "UEM_AUTH_MODE"),
     ("api_url", "UEM_API_URL"),
     ("console_url", "UEM_CONSOLE_URL"),
     ("token_url", "UEM_TOKEN_URL"),
@@ -16,6 +17,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("client_id", "UEM_CLIENT_ID"),
     ("client_secret", "UEM_CLIENT_SECRET"),
     ("client_secret_file", "UEM_CLIENT_SECRET_FILE"),
+    ("username", "UEM_USERNAME"),
+    ("password", "UEM_PASSWORD"),
+    ("password_file", "UEM_PASSWORD_FILE"),
+    ("tenant_code", "UEM_TENANT_CODE"),
     ("listen", "UEM_PROXY_LISTEN"),
     ("allow_cidrs", "UEM_PROXY_ALLOW_CIDRS"),
     ("allowed_hosts", "UEM_PROXY_ALLOWED_HOSTS"),
@@ -39,8 +44,12 @@ pub const SETTINGS: &[(&str, &str)] = &[
 
 /// Pairs of settings of which one is used. When the environment sets either, the file's pair is
 /// ignored, so `UEM_CONSOLE_URL` can override a file's `api_url` without a conflict.
-const ALTERNATIVES: &[(&str, &str)] =
-    &[("api_url", "console_url"), ("token_url", "region"), ("client_secret", "client_secret_file")];
+const ALTERNATIVES: &[(&str, &str)] = &[
+    ("api_url", "console_url"),
+    ("token_url", "region"),
+    ("client_secret", "client_secret_file"),
+    ("password", "password_file"),
+];
 
 /// Where a raw value came from.
 #[derive(Clone)]

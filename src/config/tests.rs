@@ -52,8 +52,14 @@ fn console_url_and_region_resolve() {
     ])
     .unwrap();
     assert_eq!(c.api_url.as_str(), "https://as135.awmdm.com/");
-    assert_eq!(c.token_url.as_str(), "https://emea.uemauth.vmwservices.com/connect/token");
-    assert!(c.token_url_source.contains("emea"));
+    let oauth = c.auth.oauth().unwrap();
+    assert_eq!(oauth.token_url.as_str(), "https://emea.uemauth.vmwservices.com/connect/token");
+    assert_eq!(
+        oauth.fallback_token_url.as_ref().map(Url::as_str),
+        Some("https://emea.uemauth.workspaceone.com/connect/token"),
+        "the other public domain is the fallback"
+    );
+    assert!(oauth.token_url_source.contains("emea"));
 }
 
 #[test]
@@ -101,7 +107,7 @@ fn secret_file_is_read_and_its_newline_dropped() {
     env.push(("UEM_CLIENT_SECRET_FILE", &shown));
     let c = load(&env).unwrap();
     std::fs::remove_file(&path).unwrap();
-    assert_eq!(c.client_secret.expose_secret(), "from-file");
+    assert_eq!(c.auth.oauth().unwrap().client_secret.expose_secret(), "from-file");
 }
 
 #[test]
@@ -115,9 +121,9 @@ fn the_environment_overrides_the_file_including_alternatives() {
     "#;
     let c = load_file(file, &[("UEM_CONSOLE_URL", "cn2.awmdm.com"), ("UEM_CLIENT_ID", "env-client")]).unwrap();
     assert_eq!(c.api_url.host_str(), Some("as2.awmdm.com"), "console URL from env replaces the file's api_url");
-    assert_eq!(c.client_id, "env-client");
+    assert_eq!(c.auth.principal(), "env-client");
     assert_eq!(c.upstream_timeout, Duration::from_secs(5));
-    assert_eq!(c.token_url.as_str(), "https://na.uemauth.workspaceone.com/connect/token");
+    assert_eq!(c.auth.oauth().unwrap().token_url.as_str(), "https://na.uemauth.workspaceone.com/connect/token");
 }
 
 #[test]
@@ -154,4 +160,27 @@ fn the_example_config_file_is_valid_and_complete() {
         assert!(text.contains(&format!("{key} =")), "the example lacks {key}");
         assert!(text.contains(&format!("[{var}]")), "the example lacks {var}");
     }
+}
+
+#[test]
+fn basic_mode_needs_user_password_and_tenant_code_but_no_token_service() {
+    let c = load(&[
+        ("UEM_AUTH_MODE", "basic"),
+        ("UEM_API_URL", "https://uem.corp.example"),
+        ("UEM_USERNAME", "apiadmin"),
+        ("UEM_PASSWORD", "pa55"),
+        ("UEM_TENANT_CODE", "TENANTKEY"),
+    ])
+    .unwrap();
+    assert!(matches!(c.auth, Auth::Basic { ref username, .. } if username == "apiadmin"));
+    let summary = c.summary().to_string();
+    assert!(!summary.contains("pa55") && !summary.contains("TENANTKEY"), "{summary}");
+    assert!(summary.contains(r#""auth_mode":"basic""#), "{summary}");
+
+    let text = load(&[("UEM_AUTH_MODE", "basic"), ("UEM_API_URL", "https://uem.corp.example")]).unwrap_err().to_string();
+    for needle in ["UEM_USERNAME is not set", "neither UEM_PASSWORD nor UEM_PASSWORD_FILE", "UEM_TENANT_CODE is not set"] {
+        assert!(text.contains(needle), "missing {needle:?} in {text}");
+    }
+    assert!(!text.contains("UEM_CLIENT_ID"), "no OAuth settings are asked for: {text}");
+    assert!(load(&[("UEM_AUTH_MODE", "kerberos")]).unwrap_err().to_string().contains("not one of oauth, basic"));
 }

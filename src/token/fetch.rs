@@ -24,8 +24,12 @@ pub struct Grant {
 /// Why a token could not be had. Shown in logs, so it carries codes and statuses, never bodies.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("token service unreachable: {0}")]
-    Unreachable(String),
+    #[error("token service unreachable: {detail}")]
+    Unreachable {
+        /// Name resolution or the connection failed (as opposed to a broken exchange).
+        connect: bool,
+        detail: String,
+    },
     #[error("token service timed out")]
     Timeout,
     #[error("token service refused the client: {code} (HTTP {status})")]
@@ -45,6 +49,8 @@ const MAX_RESPONSE: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Credentials {
     pub url: Url,
+    /// Tried when `url` cannot be reached (name resolution or connection failed).
+    pub fallback_url: Option<Url>,
     pub client_id: String,
     pub client_secret: SecretString,
 }
@@ -53,6 +59,7 @@ impl Credentials {
     /// Whether both name the same client at the same token URL.
     pub fn same_as(&self, other: &Credentials) -> bool {
         self.url == other.url
+            && self.fallback_url == other.fallback_url
             && self.client_id == other.client_id
             && self.client_secret.expose_secret() == other.client_secret.expose_secret()
     }
@@ -83,10 +90,30 @@ impl TokenClient {
     }
 }
 
-/// One client-credentials grant.
+/// One client-credentials grant; from the fallback URL when the first cannot be reached.
 pub async fn request(
     http: &reqwest::Client,
     credentials: &Credentials,
+    timeout: Duration,
+) -> Result<Grant, FetchError> {
+    match grant(http, credentials, &credentials.url, timeout).await {
+        Err(FetchError::Unreachable { connect: true, detail }) if credentials.fallback_url.is_some() => {
+            let fallback = credentials.fallback_url.as_ref().expect("checked");
+            tracing::warn!(token_url = %credentials.url, error = %detail, fallback = %fallback, "token service unreachable; trying the other domain");
+            let result = grant(http, credentials, fallback, timeout).await;
+            if result.is_ok() {
+                tracing::info!(token_url = %fallback, "token obtained from the other domain");
+            }
+            result
+        }
+        other => other,
+    }
+}
+
+async fn grant(
+    http: &reqwest::Client,
+    credentials: &Credentials,
+    url: &Url,
     timeout: Duration,
 ) -> Result<Grant, FetchError> {
     let form = [
@@ -95,7 +122,7 @@ pub async fn request(
         ("client_secret", credentials.client_secret.expose_secret()),
     ];
     let response = http
-        .post(credentials.url.clone())
+        .post(url.clone())
         .header(ACCEPT, "application/json")
         .form(&form)
         .timeout(timeout)
@@ -129,7 +156,7 @@ fn classify(e: reqwest::Error) -> FetchError {
             text.push_str(&s.to_string());
             source = s.source();
         }
-        FetchError::Unreachable(text)
+        FetchError::Unreachable { connect: e.is_connect(), detail: text }
     }
 }
 

@@ -209,6 +209,34 @@ impl Tokens {
         self.shared.current.load_full()
     }
 
+    /// A store holding one fixed credential that never expires and is never refreshed (HTTP
+    /// Basic for on-premises tenants). Rejections are passed on; there is nothing to refresh.
+    pub fn fixed(header: HeaderValue) -> Tokens {
+        let (updates, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            current: ArcSwapOption::empty(),
+            updates,
+            generation: AtomicU64::new(0),
+            stats: Mutex::new(TokenStats::default()),
+        });
+        let (force, _) = mpsc::channel(1);
+        let tokens = Tokens { shared, force };
+        tokens.set_fixed(header);
+        tokens
+    }
+
+    /// Replaces the fixed credential (a reload with a new password).
+    pub fn set_fixed(&self, mut header: HeaderValue) {
+        header.set_sensitive(true);
+        let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = Instant::now();
+        // Far enough never to matter, near enough not to overflow an `Instant`.
+        let usable_until = now + Duration::from_secs(10 * 365 * 24 * 3600);
+        let token = Token { header, generation, issued_at: now, usable_until };
+        self.shared.current.store(Some(Arc::new(token)));
+        self.shared.updates.send_replace(generation);
+    }
+
     /// Creates the store and its refresher. The refresher runs until every `Tokens` is dropped;
     /// the caller owns its handle.
     pub fn start<S: TokenSource>(source: S, forced_interval: Duration) -> (Tokens, tokio::task::JoinHandle<()>) {

@@ -116,6 +116,14 @@ impl TokenDomain {
             TokenDomain::VmwServices => "vmwservices",
         }
     }
+
+    /// The other public domain, to fall back on.
+    pub fn other(self) -> TokenDomain {
+        match self {
+            TokenDomain::WorkspaceOne => TokenDomain::VmwServices,
+            TokenDomain::VmwServices => TokenDomain::WorkspaceOne,
+        }
+    }
 }
 
 /// Derives the API host from a console host by the documented rule: the leading `cn` of the

@@ -3,6 +3,7 @@
 
 mod binary;
 mod forwarding;
+mod legacy;
 mod operations;
 mod sandbox;
 mod security;
