@@ -45,6 +45,7 @@ pub mod rewrite;
 pub mod sandbox;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod uem;
 
@@ -114,9 +115,18 @@ pub async fn run(
         read_only = config.policy.read_only,
         "listening"
     );
+    let mut bound = vec![server::Bound::from(listener)];
+    if let Some(tls) = &config.tls {
+        let listener = tokio::net::TcpListener::bind(tls.listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for HTTPS on {}: {e}", tls.listen)))?;
+        tracing::info!(tls_listen = %listener.local_addr()?, "listening for HTTPS");
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+        bound.push(server::Bound { listener: listener.into(), tls: Some(acceptor) });
+    }
     let (app, refresher) = App::new(config, local)?;
     let reloader = tokio::spawn(reload::watch(app.clone()));
-    server::serve(listener, router(app), limits, shutdown, grace).await;
+    server::serve(bound, router(app), limits, shutdown, grace).await;
     reloader.abort();
     refresher.abort();
     Ok(())

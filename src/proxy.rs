@@ -22,6 +22,7 @@ use crate::error::ProxyError;
 use crate::pacer::Refusal;
 use crate::policy::Decision;
 use crate::rewrite::{self, LocationRewrite};
+use crate::server::Https;
 use crate::token::Token;
 use crate::uem::mapping;
 
@@ -64,7 +65,8 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     {
         return Err(ProxyError::PolicyDenied { permission: permission.map(|p| p.name), reason });
     }
-    let proxy_base = response_base(&parts.headers, &app.listen_host);
+    let https = parts.extensions.get::<Https>().is_some();
+    let proxy_base = response_base(&parts.headers, &app.listen_host, https);
     rewrite::request_headers(&mut parts.headers);
     let outgoing = prepare_body(body, settings.replay_body_limit).await?;
 
@@ -177,9 +179,9 @@ fn upstream_url(settings: &Settings, parts: &Parts) -> Result<(Url, String), Pro
 
 /// The proxy's own base URL as the caller addressed it, for `Location` rewrites; built only
 /// when a response has a `Location`.
-fn response_base(headers: &HeaderMap, listen_host: &str) -> impl FnOnce() -> String + use<> {
+fn response_base(headers: &HeaderMap, listen_host: &str, https: bool) -> impl FnOnce() -> String + use<> {
     let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or(listen_host).to_owned();
-    move || format!("http://{host}")
+    move || format!("{}://{host}", if https { "https" } else { "http" })
 }
 
 /// Keeps a body small enough to replay (known length up to `limit`); streams any other.

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -118,41 +119,88 @@ pub struct Limits {
 /// The most header fields a request may carry; more are answered 431.
 pub const MAX_HEADERS: usize = 100;
 
-/// Serves `app` on `listener` until `shutdown` completes, then drains for at most `grace`.
+/// Marks requests that arrived over the HTTPS listener (for `Location` and body rewrites).
+#[derive(Clone, Copy, Debug)]
+pub struct Https;
+
+/// A listener and, for the HTTPS listener, its TLS acceptor.
+pub struct Bound {
+    pub listener: Listener,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl From<Listener> for Bound {
+    fn from(listener: Listener) -> Self {
+        Bound { listener, tls: None }
+    }
+}
+
+/// Serves `app` on every listener until `shutdown` completes, then drains for at most `grace`.
 pub async fn serve(
-    listener: Listener,
+    bound: Vec<Bound>,
     app: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    let graceful = Arc::new(GracefulShutdown::new());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(MAX_HEADERS);
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = accept(&listener) => accepted,
-            () = &mut shutdown => break,
-        };
-        match accepted {
-            Ok((Stream::Tcp(stream), peer)) => {
-                let _ = stream.set_nodelay(true);
-                spawn_connection(&http, &graceful, stream, peer, app.clone(), limits);
-            }
-            Ok((Stream::Unix(stream), peer)) => spawn_connection(&http, &graceful, stream, peer, app.clone(), limits),
-            Err(error) => {
-                // Out of file descriptors and the like: wait rather than spin.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let loops: Vec<_> = bound
+        .into_iter()
+        .map(|b| {
+            let (http, graceful, app, mut stopped) = (http.clone(), graceful.clone(), app.clone(), stopped.clone());
+            tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        accepted = accept(&b.listener) => accepted,
+                        _ = stopped.wait_for(|s| *s) => break,
+                    };
+                    match accepted {
+                        Ok((Stream::Tcp(stream), peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            match &b.tls {
+                                None => spawn_connection(&http, &graceful, stream, peer, app.clone(), limits, false),
+                                Some(acceptor) => {
+                                    let (acceptor, http, graceful, app) =
+                                        (acceptor.clone(), http.clone(), graceful.clone(), app.clone());
+                                    tokio::spawn(async move {
+                                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                                        {
+                                            Ok(Ok(tls)) => {
+                                                spawn_connection(&http, &graceful, tls, peer, app, limits, true)
+                                            }
+                                            Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                        }
+                                    });
+                                }
+                            }
+                        }
+                        Ok((Stream::Unix(stream), peer)) => {
+                            spawn_connection(&http, &graceful, stream, peer, app.clone(), limits, false)
+                        }
+                        Err(error) => {
+                            // Out of file descriptors and the like: wait rather than spin.
+                            tracing::warn!(%error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    shutdown.await;
+    let _ = stop.send(true);
+    for accept_loop in loops {
+        let _ = accept_loop.await;
     }
-    drop(listener);
     tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections; draining");
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("the accept loops have ended"));
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
@@ -182,6 +230,7 @@ fn spawn_connection<S>(
     peer: Peer,
     app: Router,
     limits: Limits,
+    https: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -189,6 +238,9 @@ fn spawn_connection<S>(
     let service_peer = peer.clone();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(service_peer.clone());
+        if https {
+            req.extensions_mut().insert(Https);
+        }
         app.clone().oneshot(req.map(Body::new))
     });
     let conn = graceful.watch(http.serve_connection(TokioIo::new(guarded), service));

@@ -40,6 +40,14 @@ impl fmt::Display for Listen {
     }
 }
 
+/// The HTTPS listener: where, and the certificate it presents.
+#[derive(Clone)]
+pub struct Tls {
+    pub listen: SocketAddr,
+    pub server: Arc<rustls::ServerConfig>,
+    pub cert_file: PathBuf,
+}
+
 /// Who may call and what a request may look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
@@ -68,6 +76,8 @@ pub struct Config {
     /// The tenant's API key, sent as `aw-tenant-code` in place of any a caller sends.
     pub tenant_code: Option<SecretString>,
     pub listen: Listen,
+    /// A second, HTTPS listener, for clients that insist on `https://`.
+    pub tls: Option<Tls>,
     pub inbound: Inbound,
     pub policy: Policy,
     /// How long the upstream may take to send response headers once the request is sent, and
@@ -203,6 +213,7 @@ impl Config {
         };
 
         let listen = p.optional("listen", "127.0.0.1:8080", parse::listen);
+        let tls = tls(&mut p);
         let inbound = inbound(&mut p);
         let read_only = p.parse("read_only", parse::boolean);
         let policy = match Policy::new(policy, read_only) {
@@ -213,11 +224,16 @@ impl Config {
                 None
             }
         };
-        if let (Some(Listen::Tcp(addr)), Some(inbound)) = (&listen, &inbound)
-            && !addr.ip().is_loopback()
-            && inbound.allow_cidrs.is_empty()
-        {
-            let name = p.name("listen");
+        let tls_addr = tls.as_ref().and_then(|t| t.as_ref().map(|t| (t.listen, p.name("tls_listen"))));
+        let tcp_addr = match &listen {
+            Some(Listen::Tcp(addr)) => Some((*addr, p.name("listen"))),
+            _ => None,
+        };
+        for (addr, name) in tcp_addr.into_iter().chain(tls_addr) {
+            let Some(inbound) = &inbound else { break };
+            if addr.ip().is_loopback() || !inbound.allow_cidrs.is_empty() {
+                continue;
+            }
             p.problem(format!(
                 "{name}: {addr} is not a loopback address, and UEM_PROXY_ALLOW_CIDRS is not set: a proxy that holds \
                  an admin credential must not answer any caller on the network; list the networks that may call \
@@ -245,6 +261,7 @@ impl Config {
             auth: auth?,
             tenant_code,
             listen: listen?,
+            tls: tls?,
             inbound: inbound?,
             policy: policy?,
             upstream_timeout: upstream_timeout?,
@@ -276,6 +293,8 @@ impl Config {
             "password": match &self.auth { Auth::Basic { password, .. } => Some(mask(password)), _ => None },
             "tenant_code": self.tenant_code.as_ref().map(mask),
             "listen": self.listen.to_string(),
+            "tls_listen": self.tls.as_ref().map(|t| t.listen.to_string()),
+            "tls_cert": self.tls.as_ref().map(|t| t.cert_file.display().to_string()),
             "allow_cidrs": inbound.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "allowed_hosts": inbound.allowed_hosts,
             "allowed_origins": inbound.allowed_origins,
@@ -297,6 +316,33 @@ impl Config {
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "config_file": self.config_file.as_ref().map(|p| p.display().to_string()),
         })
+    }
+}
+
+/// The HTTPS listener, when a certificate and key are given (both, or neither).
+fn tls(p: &mut parse::Parser<'_>) -> Option<Option<Tls>> {
+    let cert = p.parse("tls_cert", |s| Ok(PathBuf::from(s.trim())));
+    let key = p.parse("tls_key", |s| Ok(PathBuf::from(s.trim())));
+    let listen = p.optional("tls_listen", "127.0.0.1:8443", |s| {
+        s.trim().parse::<SocketAddr>().map_err(|_| format!("'{s}' is not an address like 127.0.0.1:8443"))
+    });
+    match (cert, key) {
+        (None, None) => Some(None),
+        (Some(cert), Some(key)) => {
+            let server = match crate::tls::server_config(&cert, &key) {
+                Ok(server) => server,
+                Err(e) => {
+                    let (nc, nk) = (p.name("tls_cert"), p.name("tls_key"));
+                    p.problem(format!("{nc}, {nk}: {e}"));
+                    return None;
+                }
+            };
+            Some(Some(Tls { listen: listen?, server: Arc::new(server), cert_file: cert }))
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            p.problem("UEM_PROXY_TLS_CERT and UEM_PROXY_TLS_KEY go together: set both, or neither".to_owned());
+            None
+        }
     }
 }
 

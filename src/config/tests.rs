@@ -177,8 +177,11 @@ fn basic_mode_needs_user_password_and_tenant_code_but_no_token_service() {
     assert!(!summary.contains("pa55") && !summary.contains("TENANTKEY"), "{summary}");
     assert!(summary.contains(r#""auth_mode":"basic""#), "{summary}");
 
-    let text = load(&[("UEM_AUTH_MODE", "basic"), ("UEM_API_URL", "https://uem.corp.example")]).unwrap_err().to_string();
-    for needle in ["UEM_USERNAME is not set", "neither UEM_PASSWORD nor UEM_PASSWORD_FILE", "UEM_TENANT_CODE is not set"] {
+    let text =
+        load(&[("UEM_AUTH_MODE", "basic"), ("UEM_API_URL", "https://uem.corp.example")]).unwrap_err().to_string();
+    for needle in
+        ["UEM_USERNAME is not set", "neither UEM_PASSWORD nor UEM_PASSWORD_FILE", "UEM_TENANT_CODE is not set"]
+    {
         assert!(text.contains(needle), "missing {needle:?} in {text}");
     }
     assert!(!text.contains("UEM_CLIENT_ID"), "no OAuth settings are asked for: {text}");

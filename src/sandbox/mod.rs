@@ -125,6 +125,7 @@ async fn token(State(sb): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) 
 pub async fn serve(listener: TcpListener, options: Options, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let sandbox = Sandbox::new(options)?;
     let limits = crate::server::Limits { header_timeout: Duration::from_secs(30), max_header_bytes: 65536 };
-    crate::server::serve(listener.into(), router(sandbox), limits, shutdown, Duration::from_secs(5)).await;
+    let bound = vec![crate::server::Listener::from(listener).into()];
+    crate::server::serve(bound, router(sandbox), limits, shutdown, Duration::from_secs(5)).await;
     Ok(())
 }

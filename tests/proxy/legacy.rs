@@ -82,10 +82,96 @@ async fn the_other_token_domain_is_tried_when_the_first_cannot_be_reached() {
     assert_eq!(other.calls(), 1);
 
     // A first domain that answers, even with a refusal, is not second-guessed.
-    let first = TokenService::script(&[crate::support::Reply::Raw(401, "application/json", r#"{"error":"invalid_client"}"#.into())]);
+    let first = TokenService::script(&[crate::support::Reply::Raw(
+        401,
+        "application/json",
+        r#"{"error":"invalid_client"}"#.into(),
+    )]);
     let first_url = first.start().await;
     let refusing = credentials(first_url, Some(other_url));
     let error = request(&http, &refusing, Duration::from_secs(5)).await.err().unwrap();
     assert!(matches!(error, FetchError::Refused { .. }), "{error}");
     assert_eq!(other.calls(), 1, "no fallback after a refusal");
+}
+
+/// A certificate for `localhost` and `127.0.0.1`, written to PEM files; returns (cert, key, cert PEM).
+fn localhost_certificate(dir: &std::path::Path) -> (String, String, String) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("localhost.crt"), dir.join("localhost.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    (cert_path.display().to_string(), key_path.display().to_string(), cert.pem())
+}
+
+#[tokio::test]
+async fn a_legacy_client_over_the_https_listener_is_served_as_over_http() {
+    let dir = std::env::temp_dir().join(format!("uem-proxy-tls-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key, pem) = localhost_certificate(&dir);
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[
+        ("UEM_PROXY_TLS_CERT", &cert),
+        ("UEM_PROXY_TLS_KEY", &key),
+        ("UEM_PROXY_TLS_LISTEN", &tls_listen),
+    ])
+    .await;
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{tls_port}");
+    let mut ready = false;
+    for _ in 0..50 {
+        if https.get(format!("{base}/_proxy/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the HTTPS listener answers");
+
+    // What an old AirWatch client library sends.
+    let response = https
+        .post(format!("{base}/API/mdm/devices/5/commands?command=Lock"))
+        .basic_auth("olduser", Some("oldpassword"))
+        .header("aw-tenant-code", "OLD-TENANT-KEY")
+        .header("accept", "application/json;version=1")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("reason=lost+phone&notify=true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(seen.target, "/API/mdm/devices/5/commands?command=Lock");
+    assert_eq!(seen.headers["authorization"], "Bearer tok-1");
+    assert!(seen.headers.get("aw-tenant-code").is_none());
+    assert_eq!(seen.headers["accept"], "application/json;version=1");
+    assert_eq!(seen.headers["content-type"], "application/x-www-form-urlencoded");
+    assert_eq!(seen.body.as_ref(), b"reason=lost+phone&notify=true");
+
+    let redirect = https.get(format!("{base}/redirect")).send().await.unwrap();
+    assert_eq!(redirect.headers()["location"], format!("{base}/api/elsewhere?x=1").as_str(), "https stays https");
+    let plain = client().get(format!("{}/api/plain", proxy.url)).send().await.unwrap();
+    assert_eq!(plain.status(), 200, "the HTTP listener runs beside the HTTPS one");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tls_settings_go_together_and_bad_files_are_named() {
+    let err =
+        crate::support::config("http://a", "http://t/token", None, &[("UEM_PROXY_TLS_CERT", "/x.crt")]).unwrap_err();
+    assert!(err.to_string().contains("UEM_PROXY_TLS_CERT and UEM_PROXY_TLS_KEY go together"), "{err}");
+    let err = crate::support::config(
+        "http://a",
+        "http://t/token",
+        None,
+        &[("UEM_PROXY_TLS_CERT", "/nonexistent.crt"), ("UEM_PROXY_TLS_KEY", "/nonexistent.key")],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot read certificates from /nonexistent.crt"), "{err}");
 }
