@@ -31,6 +31,7 @@ pub struct Settings {
     pub upstream_timeout: std::time::Duration,
     pub token_wait: std::time::Duration,
     pub replay_body_limit: u64,
+    pub rewrite_bodies: bool,
     pub max_body_bytes: Option<u64>,
     /// Sent as `aw-tenant-code`, in place of any a caller sends.
     pub tenant_code: Option<HeaderValue>,
@@ -47,6 +48,7 @@ impl Settings {
             upstream_timeout: config.upstream_timeout,
             token_wait: config.token_wait,
             replay_body_limit: config.replay_body_limit,
+            rewrite_bodies: config.rewrite_bodies,
             max_body_bytes: config.inbound.max_body_bytes,
             tenant_code: tenant_header(config),
         }
@@ -196,6 +198,7 @@ impl App {
             ("upstream_timeout", old.upstream_timeout != new.upstream_timeout),
             ("token_wait", old.token_wait != new.token_wait),
             ("replay_body_limit", old.replay_body_limit != new.replay_body_limit),
+            ("rewrite_bodies", old.rewrite_bodies != new.rewrite_bodies),
         ];
         changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
         self.settings.store(Arc::new(Settings::new(&new, &self.local)));

@@ -29,6 +29,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod body_rewrite;
 pub mod check;
 pub mod config;
 pub mod demo;

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, Method, StatusCode, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
@@ -18,6 +18,7 @@ use url::Url;
 use crate::access_log::{RequestId, UpstreamLatency};
 use crate::app::{App, Settings};
 use crate::body::{IdleTimeout, TooLarge, Upload};
+use crate::body_rewrite::{Replacer, Rewritten, is_rewritable};
 use crate::error::ProxyError;
 use crate::pacer::Refusal;
 use crate::policy::Decision;
@@ -113,7 +114,9 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     }
 
     let mut response = http::Response::from(response);
-    let proxy_base = if response.headers().contains_key(LOCATION) { proxy_base() } else { String::new() };
+    let rewrite_body = settings.rewrite_bodies && parts.method != Method::HEAD && is_rewritable(response.headers());
+    let needs_base = rewrite_body || response.headers().contains_key(LOCATION);
+    let proxy_base = if needs_base { proxy_base() } else { String::new() };
     let location = LocationRewrite { upstream_base: &settings.upstream_base, proxy_base: &proxy_base };
     rewrite::response_headers(response.headers_mut(), &location);
     if response.status() == StatusCode::FORBIDDEN
@@ -123,7 +126,36 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     }
     response.extensions_mut().insert(UpstreamLatency(upstream_latency));
     let response = response.map(|b| Body::new(IdleTimeout::new(b, settings.upstream_timeout, pass)));
+    let response = if rewrite_body {
+        let replacer = Replacer::new(&settings.upstream_base, &proxy_base);
+        rewrite_urls(response, replacer, settings.upstream_timeout).await
+    } else {
+        response
+    };
     Ok(with_activity_id(response, settings.upstream_timeout).await)
+}
+
+/// Bodies up to this size are rewritten whole, so their `Content-Length` stays exact; larger ones
+/// stream through the rewriter and lose it (the caller sees the end of the body instead).
+const REWRITE_WHOLE: u64 = 1024 * 1024;
+
+/// Points the API's own URLs in a textual body at the proxy.
+async fn rewrite_urls(response: Response, mut replacer: Replacer, timeout: Duration) -> Response {
+    let (mut parts, body) = response.into_parts();
+    if body.size_hint().exact().is_some_and(|n| n <= REWRITE_WHOLE) {
+        let Ok(Ok(collected)) = tokio::time::timeout(timeout, body.collect()).await else {
+            return Response::from_parts(
+                parts,
+                Body::new(http_body_util::Empty::new().map_err(|never| match never {})),
+            );
+        };
+        let mut out = replacer.push(&collected.to_bytes());
+        out.extend(replacer.finish());
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+        return Response::from_parts(parts, Body::from(out));
+    }
+    parts.headers.remove(CONTENT_LENGTH);
+    Response::from_parts(parts, Body::new(Rewritten::new(body, replacer)))
 }
 
 /// For a small JSON error answer, reads the body to note UEM's `activityId` for the access log

@@ -90,6 +90,8 @@ pub struct Config {
     pub forced_refresh_interval: Duration,
     /// Request bodies up to this size are kept so the request can be replayed after a 401.
     pub replay_body_limit: u64,
+    /// Rewrite absolute URLs of the API host inside textual response bodies to the proxy's.
+    pub rewrite_bodies: bool,
     pub pacer: PacerSettings,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -245,6 +247,7 @@ impl Config {
         let token_wait = p.optional("token_wait", "10s", parse::duration);
         let forced_refresh_interval = p.optional("forced_refresh_interval", "10s", parse::duration);
         let replay_body_limit = p.optional("replay_body_limit", "65536", parse::bytes);
+        let rewrite_bodies = p.optional("rewrite_bodies", "true", parse::boolean);
         let max_concurrent =
             p.optional("max_concurrent", "0", |s| parse::bytes(s).map(|n| (n > 0).then_some(n as usize)));
         let rate_limit = p.optional("rate_limit", "0", |s| {
@@ -269,6 +272,7 @@ impl Config {
             token_wait: token_wait?,
             forced_refresh_interval: forced_refresh_interval?,
             replay_body_limit: replay_body_limit?,
+            rewrite_bodies: rewrite_bodies?,
             pacer: PacerSettings { max_concurrent: max_concurrent?, rate: rate_limit?, max_wait: pacer_max_wait? },
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
@@ -309,6 +313,7 @@ impl Config {
             "token_wait": human(self.token_wait),
             "forced_refresh_interval": human(self.forced_refresh_interval),
             "replay_body_limit": self.replay_body_limit,
+            "rewrite_bodies": self.rewrite_bodies,
             "max_concurrent": self.pacer.max_concurrent.unwrap_or(0),
             "rate_limit": self.pacer.rate.unwrap_or(0),
             "pacer_max_wait": human(self.pacer.max_wait),

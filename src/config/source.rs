@@ -41,6 +41,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("token_wait", "UEM_PROXY_TOKEN_WAIT"),
     ("forced_refresh_interval", "UEM_PROXY_FORCED_REFRESH_INTERVAL"),
     ("replay_body_limit", "UEM_PROXY_REPLAY_BODY_LIMIT"),
+    ("rewrite_bodies", "UEM_PROXY_REWRITE_BODIES"),
     ("shutdown_grace", "UEM_PROXY_SHUTDOWN_GRACE"),
     ("log_format", "UEM_PROXY_LOG_FORMAT"),
 ];

@@ -175,3 +175,29 @@ fn tls_settings_go_together_and_bad_files_are_named() {
     .unwrap_err();
     assert!(err.to_string().contains("cannot read certificates from /nonexistent.crt"), "{err}");
 }
+
+#[tokio::test]
+async fn api_urls_inside_text_bodies_point_at_the_proxy_and_binary_bodies_pass_untouched() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let own = format!("http://{}", upstream.addr.lock().unwrap().unwrap());
+    for path in ["/links", "/links-stream"] {
+        let response = client().get(format!("{}{path}", proxy.url)).send().await.unwrap();
+        let declared = response.content_length();
+        let text = response.text().await.unwrap();
+        if let Some(length) = declared {
+            assert_eq!(length as usize, text.len(), "{path}: Content-Length is corrected");
+        }
+        assert!(text.contains(&format!(r#""Self":"{}/api/mdm/devices/5""#, proxy.url)), "{path}: {text}");
+        let escaped = format!("{}/api/x", proxy.url).replace('/', "\\/");
+        assert!(text.contains(&escaped), "{path}: {text}");
+        assert!(text.contains("https://example.com/x"), "{path}: other hosts stay");
+        assert!(!text.contains(&own), "{path}: {text}");
+    }
+    let binary = client().get(format!("{}/links-binary", proxy.url)).send().await.unwrap().text().await.unwrap();
+    assert!(binary.contains(&own), "binary bodies are not touched");
+
+    let (off, upstream_off, _t) = Proxy::with_defaults(&[("UEM_PROXY_REWRITE_BODIES", "false")]).await;
+    let own_off = format!("http://{}", upstream_off.addr.lock().unwrap().unwrap());
+    let text = client().get(format!("{}/links", off.url)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(&own_off), "rewriting can be switched off");
+}

@@ -240,6 +240,23 @@ async fn special(up: &Upstream, path: &str, headers: &HeaderMap, ms: u64, body: 
             let headers = [("retry-after", ms.to_string()), ("content-type", "application/json".to_owned())];
             (StatusCode::TOO_MANY_REQUESTS, headers, err).into_response()
         }
+        "/links" | "/links-binary" | "/links-stream" => {
+            let own = format!("http://{}", up.addr.lock().unwrap().unwrap());
+            let text = format!(
+                r#"{{"Self":"{own}/api/mdm/devices/5","Escaped":"{}","Other":"https://example.com/x"}}"#,
+                format!("{own}/api/x").replace('/', "\\/")
+            );
+            let media = if path == "/links-binary" { "application/octet-stream" } else { "application/json" };
+            if path == "/links-stream" {
+                // The URL arrives split across pieces of the body.
+                let cut = text.find("/api/mdm").unwrap() - 5;
+                let pieces = vec![text[..cut].to_owned(), text[cut..cut + 3].to_owned(), text[cut + 3..].to_owned()];
+                let stream =
+                    futures_util::stream::iter(pieces.into_iter().map(|p| Ok::<_, std::io::Error>(Bytes::from(p))));
+                return ([("content-type", media)], Body::from_stream(stream)).into_response();
+            }
+            ([("content-type", media)], text).into_response()
+        }
         "/echo-auth" => {
             let auth = headers.get("authorization").cloned().unwrap_or(axum::http::HeaderValue::from_static(""));
             (StatusCode::OK, [("authorization", auth)], "echoed").into_response()

@@ -1,0 +1,211 @@
+//! Rewriting absolute URLs of the API host inside textual response bodies to the proxy's own
+//! address, as a stream: a URL split between two pieces of the body is still found, and nothing
+//! is held back longer than the length of one URL prefix.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use http_body::{Body, Frame, SizeHint};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether a response body is text the API may have put its own URLs in: JSON, XML or `text/*`,
+/// not compressed.
+pub fn is_rewritable(headers: &HeaderMap) -> bool {
+    if headers.get(CONTENT_ENCODING).is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity")) {
+        return false;
+    }
+    let Some(media) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let media = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    media.starts_with("text/")
+        || media == "application/json"
+        || media == "application/xml"
+        || media.ends_with("+json")
+        || media.ends_with("+xml")
+}
+
+/// Finds the API base in a byte stream and replaces it, plain and as JSON escapes it (`\/`).
+#[derive(Debug)]
+pub struct Replacer {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    carry: Vec<u8>,
+    longest: usize,
+}
+
+impl Replacer {
+    /// Replaces `from` (the API base, like `https://as1.awmdm.com`) with `to` (the proxy's).
+    pub fn new(from: &str, to: &str) -> Replacer {
+        let escaped = |s: &str| s.replace('/', "\\/");
+        let pairs = vec![
+            (from.as_bytes().to_vec(), to.as_bytes().to_vec()),
+            (escaped(from).into_bytes(), escaped(to).into_bytes()),
+        ];
+        let longest = pairs.iter().map(|(f, _)| f.len()).max().unwrap_or(0) + 1;
+        Replacer { pairs, carry: Vec::new(), longest }
+    }
+
+    /// Takes the next piece; returns what can be sent on now.
+    pub fn push(&mut self, piece: &[u8]) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(piece);
+        self.scan(buf, false)
+    }
+
+    /// The rest, at the end of the body.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let buf = std::mem::take(&mut self.carry);
+        self.scan(buf, true)
+    }
+
+    fn scan(&mut self, buf: Vec<u8>, last: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(buf.len());
+        let mut i = 0;
+        while i < buf.len() {
+            let Some(offset) = buf[i..].iter().position(|&b| b == b'h' || b == b'H') else {
+                out.extend_from_slice(&buf[i..]);
+                break;
+            };
+            out.extend_from_slice(&buf[i..i + offset]);
+            i += offset;
+            let rest = &buf[i..];
+            if !last
+                && rest.len() < self.longest
+                && self.pairs.iter().any(|(f, _)| f.starts_with(rest) || rest.starts_with(f))
+            {
+                // Could be the start of a URL, or a URL whose next byte decides: wait for more.
+                self.carry = rest.to_vec();
+                return out;
+            }
+            let matched = self
+                .pairs
+                .iter()
+                .find(|(from, _)| rest.starts_with(from) && !rest.get(from.len()).is_some_and(|&b| continues_host(b)));
+            match matched {
+                Some((from, to)) => {
+                    out.extend_from_slice(to);
+                    i += from.len();
+                }
+                None => {
+                    out.push(buf[i]);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A byte after the base that would make it another host or port (`.evil.net`, `:8443`).
+fn continues_host(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':'
+}
+
+/// A response body passed through a [`Replacer`].
+pub struct Rewritten<B> {
+    inner: B,
+    replacer: Replacer,
+    finished: bool,
+}
+
+impl<B> Rewritten<B> {
+    pub fn new(inner: B, replacer: Replacer) -> Self {
+        Rewritten { inner, replacer, finished: false }
+    }
+}
+
+impl<B> Body for Rewritten<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = self.replacer.push(&data);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                        }
+                    }
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => {
+                    self.finished = true;
+                    let out = self.replacer.finish();
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(pieces: &[&str]) -> String {
+        let mut r = Replacer::new("https://as1.awmdm.com", "http://localhost:8080");
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend(r.push(p.as_bytes()));
+        }
+        out.extend(r.finish());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn urls_of_the_api_are_rewritten_wherever_the_pieces_split() {
+        let body = r#"{"Self":"https://as1.awmdm.com/api/mdm/devices/5","Esc":"https:\/\/as1.awmdm.com\/api\/x","Other":"https://cn1.awmdm.com/x","Near":"https://as1.awmdm.com.evil.net/","Port":"https://as1.awmdm.com:8443/","End":"https://as1.awmdm.com"}"#;
+        let expected = r#"{"Self":"http://localhost:8080/api/mdm/devices/5","Esc":"http:\/\/localhost:8080\/api\/x","Other":"https://cn1.awmdm.com/x","Near":"https://as1.awmdm.com.evil.net/","Port":"https://as1.awmdm.com:8443/","End":"http://localhost:8080"}"#;
+        assert_eq!(run(&[body]), expected);
+        for split in 1..body.len() {
+            assert_eq!(run(&[&body[..split], &body[split..]]), expected, "split at {split}");
+        }
+        let bytes: Vec<String> = body.chars().map(String::from).collect();
+        let refs: Vec<&str> = bytes.iter().map(String::as_str).collect();
+        assert_eq!(run(&refs), expected, "one byte at a time");
+    }
+
+    #[test]
+    fn a_lone_prefix_at_the_end_is_kept() {
+        assert_eq!(run(&["see https://as1.awm"]), "see https://as1.awm");
+        assert_eq!(run(&["h"]), "h");
+    }
+
+    #[test]
+    fn only_uncompressed_text_is_rewritten() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            h
+        };
+        assert!(is_rewritable(&headers(&[("content-type", "application/json; charset=utf-8")])));
+        assert!(is_rewritable(&headers(&[("content-type", "application/json;version=2")])));
+        assert!(is_rewritable(&headers(&[("content-type", "text/html")])));
+        assert!(is_rewritable(&headers(&[("content-type", "application/problem+json")])));
+        assert!(!is_rewritable(&headers(&[("content-type", "application/octet-stream")])));
+        assert!(!is_rewritable(&headers(&[("content-type", "application/json"), ("content-encoding", "gzip")])));
+        assert!(!is_rewritable(&headers(&[])));
+    }
+}
