@@ -177,6 +177,8 @@ impl App {
             ("header_timeout", old.inbound.header_timeout != new.inbound.header_timeout),
             ("max_header_bytes", old.inbound.max_header_bytes != new.inbound.max_header_bytes),
             ("connect_timeout", old.connect_timeout != new.connect_timeout),
+            ("egress_proxy", old.egress != new.egress),
+            ("ca_bundle", old.ca_bundle.as_ref().map(|c| c.len()) != new.ca_bundle.as_ref().map(|c| c.len())),
             ("forced_refresh_interval", old.forced_refresh_interval != new.forced_refresh_interval),
             ("shutdown_grace", old.shutdown_grace != new.shutdown_grace),
         ];

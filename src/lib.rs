@@ -64,13 +64,23 @@ pub use config::Config;
 /// redirect must not carry the token or the secret anywhere), keep-alive pooling.
 pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(config.connect_timeout)
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .tcp_nodelay(true)
-        .user_agent(concat!("uem-proxy/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("uem-proxy/", env!("CARGO_PKG_VERSION")));
+    builder = match &config.egress {
+        config::Egress::FromEnvironment => builder,
+        config::Egress::Direct => builder.no_proxy(),
+        config::Egress::Via(url) => {
+            builder.proxy(reqwest::Proxy::all(url.as_str())?.no_proxy(reqwest::NoProxy::from_env()))
+        }
+    };
+    if let Some(certs) = &config.ca_bundle {
+        builder = builder.tls_certs_merge(certs.iter().cloned());
+    }
+    builder.build()
 }
 
 /// The whole application as one router, used by `run` and by tests alike.

@@ -40,6 +40,17 @@ impl fmt::Display for Listen {
     }
 }
 
+/// The route of outbound calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Egress {
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` from the environment, if set.
+    FromEnvironment,
+    /// Straight to the hosts, whatever the environment says.
+    Direct,
+    /// Through this proxy (`http://proxy.corp:3128`), except hosts in `NO_PROXY`.
+    Via(Url),
+}
+
 /// The HTTPS listener: where, and the certificate it presents.
 #[derive(Clone)]
 pub struct Tls {
@@ -84,6 +95,11 @@ pub struct Config {
     /// the longest pause allowed between two pieces of a response body.
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How the proxy's own outbound calls (token service and API) reach the internet.
+    pub egress: Egress,
+    /// Extra trust anchors for TLS (TLS-inspecting networks, on-premises hosts), besides the
+    /// system's trust store.
+    pub ca_bundle: Option<Arc<Vec<reqwest::Certificate>>>,
     /// How long a request waits for a token when none is valid before it gets 503.
     pub token_wait: Duration,
     /// The least time between two refreshes forced by upstream 401s.
@@ -244,6 +260,26 @@ impl Config {
         }
         let upstream_timeout = p.optional("upstream_timeout", "30s", parse::duration);
         let connect_timeout = p.optional("connect_timeout", "10s", parse::duration);
+        let egress = p.optional("egress_proxy", "environment", |s| match s.trim().to_ascii_lowercase().as_str() {
+            "environment" | "env" => Ok(Egress::FromEnvironment),
+            "none" | "direct" => Ok(Egress::Direct),
+            _ => {
+                let url = Url::parse(s.trim()).map_err(|e| format!("'{s}' is not a proxy URL ({e})"))?;
+                if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") || url.host_str().is_none() {
+                    return Err(format!("'{s}' must be like http://proxy.corp:3128, or none, or environment"));
+                }
+                Ok(Egress::Via(url))
+            }
+        });
+        let ca_bundle = p.parse("ca_bundle", |s| {
+            let pem = std::fs::read(s.trim()).map_err(|e| format!("cannot read '{s}': {e}"))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("'{s}' is not a PEM bundle: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!("'{s}' holds no PEM certificate"));
+            }
+            Ok(Arc::new(certs))
+        });
         let token_wait = p.optional("token_wait", "10s", parse::duration);
         let forced_refresh_interval = p.optional("forced_refresh_interval", "10s", parse::duration);
         let replay_body_limit = p.optional("replay_body_limit", "65536", parse::bytes);
@@ -269,6 +305,8 @@ impl Config {
             policy: policy?,
             upstream_timeout: upstream_timeout?,
             connect_timeout: connect_timeout?,
+            egress: egress?,
+            ca_bundle,
             token_wait: token_wait?,
             forced_refresh_interval: forced_refresh_interval?,
             replay_body_limit: replay_body_limit?,
@@ -306,6 +344,12 @@ impl Config {
             "policy": if self.policy.is_open() { "open" } else { "restricted" },
             "upstream_timeout": human(self.upstream_timeout),
             "connect_timeout": human(self.connect_timeout),
+            "egress_proxy": match &self.egress {
+                Egress::FromEnvironment => "environment".to_owned(),
+                Egress::Direct => "none".to_owned(),
+                Egress::Via(url) => url.as_str().to_owned(),
+            },
+            "ca_bundle_certificates": self.ca_bundle.as_ref().map(|c| c.len()),
             "header_timeout": human(inbound.header_timeout),
             "max_header_bytes": inbound.max_header_bytes,
             "max_url_bytes": inbound.max_url_bytes,

@@ -29,6 +29,8 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("allowed_hosts", "UEM_PROXY_ALLOWED_HOSTS"),
     ("allowed_origins", "UEM_PROXY_ALLOWED_ORIGINS"),
     ("read_only", "UEM_PROXY_READ_ONLY"),
+    ("egress_proxy", "UEM_PROXY_EGRESS_PROXY"),
+    ("ca_bundle", "UEM_CA_BUNDLE"),
     ("upstream_timeout", "UEM_PROXY_UPSTREAM_TIMEOUT"),
     ("connect_timeout", "UEM_PROXY_CONNECT_TIMEOUT"),
     ("header_timeout", "UEM_PROXY_HEADER_TIMEOUT"),

@@ -6,6 +6,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use uem_proxy::token::{Credentials, FetchError, request};
 
+use axum::response::IntoResponse;
+
 use crate::support::{Proxy, TokenService, Upstream, client};
 
 #[tokio::test]
@@ -200,4 +202,61 @@ async fn api_urls_inside_text_bodies_point_at_the_proxy_and_binary_bodies_pass_u
     let own_off = format!("http://{}", upstream_off.addr.lock().unwrap().unwrap());
     let text = client().get(format!("{}/links", off.url)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(&own_off), "rewriting can be switched off");
+}
+
+#[tokio::test]
+async fn a_custom_ca_bundle_lets_the_proxy_trust_an_inspecting_or_on_premises_host() {
+    let dir = std::env::temp_dir().join(format!("uem-proxy-ca-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key, _) = localhost_certificate(&dir);
+    let upstream = axum::Router::new().fallback(|| async { "over tls" });
+    let addr = crate::support::spawn_tls(upstream, &cert, &key).await;
+    let api = format!("https://localhost:{}", addr.port());
+    let tokens = TokenService::default();
+    let token_url = tokens.start().await;
+
+    let untrusted = Proxy::start(&api, &token_url, &[]).await;
+    let refused = client().get(format!("{}/api/x", untrusted.url)).send().await.unwrap();
+    assert_eq!(refused.status(), 502, "an unknown issuer is not trusted");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unreachable");
+
+    let trusted = Proxy::start(&api, &token_url, &[("UEM_CA_BUNDLE", &cert)]).await;
+    let response = client().get(format!("{}/api/x", trusted.url)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "over tls");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_egress_proxy_carries_the_token_request_and_the_api_calls() {
+    use axum::extract::Request;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorded = seen.clone();
+    // A forward proxy: it receives absolute-form targets and answers for the hosts behind it.
+    let egress = axum::Router::new().fallback(move |req: Request| {
+        let recorded = recorded.clone();
+        async move {
+            recorded.lock().unwrap().push(format!("{} {}", req.method(), req.uri()));
+            if req.uri().path() == "/connect/token" {
+                let token = r#"{"access_token":"via-egress","token_type":"Bearer","expires_in":3600}"#;
+                return ([("content-type", "application/json")], token).into_response();
+            }
+            let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            format!("relayed with {auth}").into_response()
+        }
+    });
+    let egress_addr = crate::support::spawn(egress).await;
+    let egress_url = format!("http://{egress_addr}");
+    let proxy = Proxy::start(
+        "http://api.uem.invalid",
+        "http://token.uem.invalid/connect/token",
+        &[("UEM_PROXY_EGRESS_PROXY", &egress_url)],
+    )
+    .await;
+    let response = client().get(format!("{}/api/system/info", proxy.url)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "relayed with Bearer via-egress");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, ["POST http://token.uem.invalid/connect/token", "GET http://api.uem.invalid/api/system/info"]);
 }

@@ -397,3 +397,27 @@ pub async fn proxy_for_sandbox(base: &str, extra: &[(&str, &str)]) -> Proxy {
     env.extend_from_slice(extra);
     Proxy::start(base, &format!("{base}/connect/token"), &env).await
 }
+
+/// Serves `app` over HTTPS on port 0 with the given PEM certificate and key.
+pub async fn spawn_tls(app: Router, cert: &str, key: &str) -> SocketAddr {
+    let config = uem_proxy::tls::server_config(std::path::Path::new(cert), std::path::Path::new(key)).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let service = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    tower::ServiceExt::oneshot(app.clone(), req.map(Body::new))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
