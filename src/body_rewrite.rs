@@ -49,6 +49,20 @@ impl Replacer {
         Replacer { pairs, carry: Vec::new(), longest }
     }
 
+    /// Rewrites a whole body; returns it as it was, without copying, when the API's base does
+    /// not occur in it (the usual case).
+    pub fn rewrite_whole(&mut self, body: Bytes) -> Bytes {
+        let occurs = self.pairs.iter().any(|(from, _)| {
+            body.iter().enumerate().any(|(i, &b)| (b == b'h' || b == b'H') && body[i..].starts_with(from))
+        });
+        if !occurs {
+            return body;
+        }
+        let mut out = self.push(&body);
+        out.extend(self.finish());
+        Bytes::from(out)
+    }
+
     /// Takes the next piece; returns what can be sent on now.
     pub fn push(&mut self, piece: &[u8]) -> Vec<u8> {
         let mut buf = std::mem::take(&mut self.carry);
@@ -183,6 +197,16 @@ mod tests {
         let bytes: Vec<String> = body.chars().map(String::from).collect();
         let refs: Vec<&str> = bytes.iter().map(String::as_str).collect();
         assert_eq!(run(&refs), expected, "one byte at a time");
+    }
+
+    #[test]
+    fn a_whole_body_without_the_base_is_returned_as_it_was() {
+        let mut r = Replacer::new("https://as1.awmdm.com", "http://localhost:8080");
+        let body = Bytes::from_static(b"{\"Id\":1,\"Url\":\"https://cn1.awmdm.com\"}");
+        let out = r.rewrite_whole(body.clone());
+        assert_eq!(out.as_ptr(), body.as_ptr(), "not copied");
+        let changed = r.rewrite_whole(Bytes::from_static(b"see https://as1.awmdm.com/api"));
+        assert_eq!(&changed[..], b"see http://localhost:8080/api");
     }
 
     #[test]

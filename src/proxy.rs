@@ -149,8 +149,7 @@ async fn rewrite_urls(response: Response, mut replacer: Replacer, timeout: Durat
                 Body::new(http_body_util::Empty::new().map_err(|never| match never {})),
             );
         };
-        let mut out = replacer.push(&collected.to_bytes());
-        out.extend(replacer.finish());
+        let out = replacer.rewrite_whole(collected.to_bytes());
         parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
         return Response::from_parts(parts, Body::from(out));
     }
