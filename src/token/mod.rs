@@ -102,6 +102,16 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> Arc<Shared> {
+        let (updates, _) = watch::channel(0);
+        Arc::new(Shared {
+            current: ArcSwapOption::empty(),
+            updates,
+            generation: AtomicU64::new(0),
+            stats: Mutex::new(TokenStats::default()),
+        })
+    }
+
     /// Stores a token from `grant` as the next generation; `None` when it cannot be sent.
     fn store(&self, grant: &Grant) -> Option<Arc<Token>> {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
@@ -212,15 +222,8 @@ impl Tokens {
     /// A store holding one fixed credential that never expires and is never refreshed (HTTP
     /// Basic for on-premises tenants). Rejections are passed on; there is nothing to refresh.
     pub fn fixed(header: HeaderValue) -> Tokens {
-        let (updates, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            current: ArcSwapOption::empty(),
-            updates,
-            generation: AtomicU64::new(0),
-            stats: Mutex::new(TokenStats::default()),
-        });
         let (force, _) = mpsc::channel(1);
-        let tokens = Tokens { shared, force };
+        let tokens = Tokens { shared: Shared::new(), force };
         tokens.set_fixed(header);
         tokens
     }
@@ -240,13 +243,7 @@ impl Tokens {
     /// Creates the store and its refresher. The refresher runs until every `Tokens` is dropped;
     /// the caller owns its handle.
     pub fn start<S: TokenSource>(source: S, forced_interval: Duration) -> (Tokens, tokio::task::JoinHandle<()>) {
-        let (updates, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            current: ArcSwapOption::empty(),
-            updates,
-            generation: AtomicU64::new(0),
-            stats: Mutex::new(TokenStats::default()),
-        });
+        let shared = Shared::new();
         let (force, forced) = mpsc::channel(1024);
         let task = refresher::Refresher::new(source, shared.clone(), forced, forced_interval);
         let handle = tokio::spawn(task.run());

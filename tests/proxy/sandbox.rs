@@ -4,11 +4,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use uem_proxy::sandbox::Role;
 
 use crate::support::{
-    SANDBOX_ID, SANDBOX_SECRET, checksum, client, pattern, proxy_for_sandbox, raw, sandbox_options, start_sandbox,
+    SANDBOX_ID, SANDBOX_SECRET, client, pattern, proxy_for_sandbox, raw, sandbox_options, start_sandbox,
 };
 
 async fn token(base: &str) -> String {
@@ -324,16 +323,7 @@ async fn through_the_proxy_a_100_mib_blob_goes_up_and_comes_back_intact() {
 
     let download = client().get(format!("{}/api/mam/blobs/downloadblob/{id}", proxy.url)).send().await.unwrap();
     assert_eq!(download.status(), 200);
-    assert_eq!(download.content_length(), Some(total));
-    let (mut received, mut sum, mut expected) = (0u64, 0u64, 0u64);
-    let mut stream = download.bytes_stream();
-    while let Some(piece) = stream.next().await {
-        let piece = piece.unwrap();
-        sum = checksum(sum, &piece);
-        expected = checksum(expected, &pattern(received, piece.len()));
-        received += piece.len() as u64;
-    }
-    assert_eq!((received, sum), (total, expected));
+    crate::support::expect_pattern(download, total).await;
 
     let deleted = client().delete(format!("{}/api/mam/blobs/blob/{id}", proxy.url)).send().await.unwrap();
     assert_eq!(deleted.status(), 403, "the default role may not delete");

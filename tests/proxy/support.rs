@@ -131,6 +131,20 @@ pub fn checksum(acc: u64, chunk: &[u8]) -> u64 {
     chunk.iter().fold(acc, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64))
 }
 
+/// Reads a response body of `total` bytes of [`pattern`], checking every byte as it streams.
+pub async fn expect_pattern(response: reqwest::Response, total: u64) {
+    assert_eq!(response.content_length(), Some(total));
+    let (mut received, mut sum, mut expected) = (0u64, 0u64, 0u64);
+    let mut stream = response.bytes_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.unwrap();
+        sum = checksum(sum, &piece);
+        expected = checksum(expected, &pattern(received, piece.len()));
+        received += piece.len() as u64;
+    }
+    assert_eq!((received, sum), (total, expected));
+}
+
 async fn upstream_handler(
     State(up): State<Upstream>,
     Query(q): Query<HashMap<String, String>>,
