@@ -3,23 +3,28 @@
 //!
 //! # Layout
 //! - [`config`]: TOML file and environment to a typed [`Config`]; every problem reported at once.
-//! - [`uem`]: UEM domain knowledge: the region table and the console-to-API host rule.
-//! - [`token`]: token fetch, the pure refresh schedule, the refresher task, the lock-free store.
-//! - [`proxy`]: the forwarding handler; [`rewrite`]: pure header and `Location` rules;
-//!   [`body`]: streaming body wrappers.
-//! - [`access_log`]: request ids and the one log event per request; [`admin`]: `/_proxy/*`.
+//! - [`uem`]: UEM domain knowledge: the region table, the console-to-API host rule, the
+//!   permission catalogue and the request-to-permission map.
+//! - [`token`]: token fetch (with the other domain as fallback), the pure refresh schedule, the
+//!   refresher task, the lock-free store; also the fixed credential of basic mode.
+//! - [`app`]: the shared state requests read, swapped whole by [`reload`] (SIGHUP, file changes).
+//! - [`proxy`]: the forwarding handler; [`rewrite`]: pure header, path and `Location` rules;
+//!   [`body`]: streaming body wrappers; [`body_rewrite`]: the API's URLs inside text bodies.
+//! - [`access_log`]: request ids and the one log event per request; [`metrics`]: Prometheus;
+//!   [`admin`]: `/_proxy/*`.
 //! - [`error`]: the proxy's own errors and their single status mapping.
 //! - [`inbound`]: who may call (address, `Host`, web origin) and request limits; [`policy`]: what
 //!   they may do, in the permission catalogue's terms; [`framing`]: the strict request-framing guard.
-//! - [`server`]: TCP and Unix listeners, header limits, graceful shutdown; [`telemetry`]: logging.
-//! - [`healthcheck`]: the `healthcheck` command for container images without an HTTP client.
+//! - [`pacer`]: concurrency, rate and 429 pacing of upstream requests.
+//! - [`server`]: TCP, Unix and HTTPS ([`tls`]) listeners, header limits, graceful shutdown;
+//!   [`telemetry`]: logging.
+//! - [`check`]: the `check` command; [`healthcheck`]: the `healthcheck` command.
 //! - [`sandbox`]: an offline simulated UEM tenant; [`demo`]: the sandbox and the proxy together.
-//! - [`uem`]: also the permission catalogue and the request-to-permission map.
 //!
 //! # Invariants
 //! - Only the refresher task talks to the token service; requests read the token lock-free.
-//! - No credential is logged: the client secret is a `SecretString`, the injected header is
-//!   marked sensitive, and the token service's bodies never reach a log line.
+//! - No credential is logged: the client secret, password and tenant code are `SecretString`s,
+//!   injected headers are marked sensitive, and the token service's bodies never reach a log line.
 //! - Request and response bodies stream; only bodies of known size up to `replay_body_limit` are
 //!   held, so that a request rejected with 401 can be replayed once.
 //! - Redirects are never followed; the upstream URL is the configured base plus the caller's
