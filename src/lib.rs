@@ -7,7 +7,7 @@
 //!   permission catalogue and the request-to-permission map.
 //! - [`token`]: token fetch (with the other domain as fallback), the pure refresh schedule, the
 //!   refresher task, the lock-free store; also the fixed credential of basic mode.
-//! - [`app`]: the shared state requests read, swapped whole by [`reload`] (SIGHUP, file changes).
+//! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file changes).
 //! - [`proxy`]: the forwarding handler; [`rewrite`]: pure header, path and `Location` rules;
 //!   [`body`]: streaming body wrappers; [`body_rewrite`]: the API's URLs inside text bodies.
 //! - [`access_log`]: request ids and the one log event per request; [`metrics`]: Prometheus;

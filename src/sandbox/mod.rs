@@ -3,9 +3,9 @@
 //! limit. It lets scripts be developed without touching production, and every test here use a
 //! realistic upstream.
 //!
-//! - `POST /connect/token`: the client-credentials grant ([`auth`]).
+//! - `POST /connect/token`: the client-credentials grant (`auth`).
 //! - `/api/…`: system info, devices (search, get, commands, delete), users, organization groups,
-//!   smart groups, apps, and blob upload and download ([`api`]).
+//!   smart groups, apps, and blob upload and download (`api`).
 
 mod api;
 mod auth;
