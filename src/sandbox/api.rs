@@ -177,7 +177,8 @@ fn versioned(mut device: Value, neg: Negotiated) -> Value {
     if neg.version < 2
         && let Some(o) = device.as_object_mut()
     {
-        o.remove("Uuid");
+        // shift_remove keeps the fields in UEM's order.
+        o.shift_remove("Uuid");
     }
     device
 }
