@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use uem_proxy::sandbox::Role;
 
-use crate::support::{
-    SANDBOX_ID, SANDBOX_SECRET, client, pattern, proxy_for_sandbox, raw, sandbox_options, start_sandbox,
-};
+use crate::support::{SANDBOX_ID, SANDBOX_SECRET, client, proxy_for_sandbox, raw, sandbox_options, start_sandbox};
 
 async fn token(base: &str) -> String {
     let form = [("grant_type", "client_credentials"), ("client_id", SANDBOX_ID), ("client_secret", SANDBOX_SECRET)];
@@ -304,15 +302,12 @@ async fn through_the_proxy_paging_works_as_against_the_tenant() {
 async fn through_the_proxy_a_100_mib_blob_goes_up_and_comes_back_intact() {
     let (base, _sandbox) = start_sandbox(sandbox_options()).await;
     let proxy = proxy_for_sandbox(&base, &[]).await;
-    let (total, chunk) = (100u64 * 1024 * 1024, 1024 * 1024u64);
-    let chunks = futures_util::stream::iter(
-        (0..total / chunk).map(move |i| Ok::<_, std::io::Error>(pattern(i * chunk, chunk as usize))),
-    );
+    let total = 100u64 * 1024 * 1024;
     let response = client()
         .post(format!("{}/api/mam/blobs/uploadblob?filename=app.ipa&organizationgroupid=570", proxy.url))
         .header("accept", "application/json")
         .header("content-type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(chunks))
+        .body(crate::support::pattern_body(total))
         .send()
         .await
         .unwrap();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::support::{Proxy, checksum, client, pattern};
+use crate::support::{Proxy, client};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -13,15 +13,11 @@ const MIB: u64 = 1024 * 1024;
 async fn a_200_mib_upload_streams_through_with_its_length() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
     let total = 200 * MIB;
-    let chunk = 1024 * 1024;
-    let chunks = futures_util::stream::iter(
-        (0..total / chunk).map(move |i| Ok::<_, std::io::Error>(pattern(i * chunk, chunk as usize))),
-    );
-    let expected = (0..total / chunk).fold(0, |acc, i| checksum(acc, &pattern(i * chunk, chunk as usize)));
+    let expected = crate::support::pattern_checksum(total);
     let response = client()
         .post(format!("{}/upload", proxy.url))
         .header("content-length", total.to_string())
-        .body(reqwest::Body::wrap_stream(chunks))
+        .body(crate::support::pattern_body(total))
         .send()
         .await
         .unwrap();

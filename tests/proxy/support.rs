@@ -131,6 +131,23 @@ pub fn checksum(acc: u64, chunk: &[u8]) -> u64 {
     chunk.iter().fold(acc, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64))
 }
 
+/// A request body of `total` bytes of [`pattern`] in 1 MiB pieces, made as it is sent.
+pub fn pattern_body(total: u64) -> reqwest::Body {
+    let piece = 1024 * 1024;
+    let pieces = (0..total.div_ceil(piece)).map(move |i| {
+        let len = piece.min(total - i * piece);
+        Ok::<_, std::io::Error>(pattern(i * piece, len as usize))
+    });
+    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
+}
+
+/// The checksum of [`pattern_body`]'s bytes.
+pub fn pattern_checksum(total: u64) -> u64 {
+    let piece = 1024 * 1024;
+    (0..total.div_ceil(piece))
+        .fold(0, |sum, i| checksum(sum, &pattern(i * piece, piece.min(total - i * piece) as usize)))
+}
+
 /// Reads a response body of `total` bytes of [`pattern`], checking every byte as it streams.
 pub async fn expect_pattern(response: reqwest::Response, total: u64) {
     assert_eq!(response.content_length(), Some(total));
