@@ -10,7 +10,7 @@ use serde_json::json;
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Auth, Config, Listen, OAuth};
+use crate::config::{Auth, Config, Listen};
 use crate::inbound::Checks;
 use crate::metrics::Metrics;
 use crate::pacer::Pacer;
@@ -80,15 +80,6 @@ pub struct App {
     pub last_reload: Mutex<ReloadStatus>,
 }
 
-fn credentials(oauth: &OAuth) -> Credentials {
-    Credentials {
-        url: oauth.token_url.clone(),
-        fallback_url: oauth.fallback_token_url.clone(),
-        client_id: oauth.client_id.clone(),
-        client_secret: oauth.client_secret.clone(),
-    }
-}
-
 /// `Authorization: Basic …` for an on-premises administrator account.
 pub fn basic_header(username: &str, password: &SecretString) -> HeaderValue {
     use base64::Engine;
@@ -110,7 +101,7 @@ impl App {
         let client = crate::http_client(&config).map_err(std::io::Error::other)?;
         let (tokens, refresher, credentials) = match &config.auth {
             Auth::OAuth(oauth) => {
-                let credentials = Arc::new(ArcSwap::from_pointee(credentials(oauth)));
+                let credentials = Arc::new(ArcSwap::from_pointee(oauth.credentials()));
                 let timeout = config.upstream_timeout;
                 let source = TokenClient { http: client.clone(), credentials: credentials.clone(), timeout };
                 let (tokens, refresher) = Tokens::start(source, config.forced_refresh_interval);
@@ -150,7 +141,7 @@ impl App {
         let mut changes = Vec::new();
         match (&new.auth, &self.credentials) {
             (Auth::OAuth(oauth), Some(current)) => {
-                let new_credentials = credentials(oauth);
+                let new_credentials = oauth.credentials();
                 if !new_credentials.same_as(&current.load()) {
                     let grant = crate::token::request(&self.client, &new_credentials, new.upstream_timeout)
                         .await

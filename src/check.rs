@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::Config;
 use crate::config::{Auth, OAuth};
-use crate::token::{self, Credentials, FetchError};
+use crate::token::{self, FetchError};
 use crate::uem::mapping;
 use crate::uem::permissions;
 
@@ -133,12 +133,7 @@ async fn oauth_steps(
         }
         Err(detail) => return Err(fail(out, "token service", &detail).expect("a step")),
     }
-    let credentials = Credentials {
-        url: oauth.token_url.clone(),
-        fallback_url: oauth.fallback_token_url.clone(),
-        client_id: oauth.client_id.clone(),
-        client_secret: oauth.client_secret.clone(),
-    };
+    let credentials = oauth.credentials();
     let started = Instant::now();
     let grant = match token::request(client, &credentials, config.upstream_timeout).await {
         Ok(grant) => grant,

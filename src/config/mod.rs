@@ -137,6 +137,18 @@ pub struct OAuth {
     pub client_secret: SecretString,
 }
 
+impl OAuth {
+    /// What the token service is asked with.
+    pub fn credentials(&self) -> crate::token::Credentials {
+        crate::token::Credentials {
+            url: self.token_url.clone(),
+            fallback_url: self.fallback_token_url.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+        }
+    }
+}
+
 impl Auth {
     pub fn oauth(&self) -> Option<&OAuth> {
         match self {

@@ -38,7 +38,8 @@ const GROUPS: &[(u64, &str, &str, &str, Option<u64>)] = &[
     (574, "Store Kiosks", "acme-kiosks", "Container", Some(572)),
 ];
 
-fn uuid(rng: &mut fastrand::Rng) -> String {
+/// A random id in UUID form (version 4 layout), like UEM's ids and `activityId`s.
+pub fn uuid(rng: &mut fastrand::Rng) -> String {
     let hex = |n: usize, rng: &mut fastrand::Rng| (0..n).map(|_| rng.hex_digit()).collect::<String>();
     format!("{}-{}-4{}-a{}-{}", hex(8, rng), hex(4, rng), hex(3, rng), hex(3, rng), hex(12, rng))
 }

@@ -21,8 +21,7 @@ pub mod code {
 
 /// A random id in UUID form, like UEM's `activityId`.
 pub fn activity_id() -> String {
-    let h = |n| (0..n).map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap()).collect::<String>();
-    format!("{}-{}-4{}-8{}-{}", h(8), h(4), h(3), h(3), h(12))
+    super::data::uuid(&mut fastrand::Rng::new())
 }
 
 /// An error in UEM's shape. Errors are JSON whatever was asked for, as UEM's are.

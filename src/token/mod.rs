@@ -41,7 +41,6 @@ impl TokenSource for TokenClient {
 pub struct Token {
     header: HeaderValue,
     generation: u64,
-    issued_at: Instant,
     usable_until: Instant,
 }
 
@@ -51,7 +50,7 @@ impl Token {
         let mut header = HeaderValue::try_from(format!("Bearer {}", grant.access_token.expose_secret())).ok()?;
         header.set_sensitive(true);
         let usable_until = now.checked_add(schedule::usable_for(grant.lifetime))?;
-        Some(Token { header, generation, issued_at: now, usable_until })
+        Some(Token { header, generation, usable_until })
     }
 
     pub fn header(&self) -> &HeaderValue {
@@ -61,10 +60,6 @@ impl Token {
     /// Counts tokens fetched since start; tells a stale token from a fresh one after a 401.
     pub fn generation(&self) -> u64 {
         self.generation
-    }
-
-    pub fn issued_at(&self) -> Instant {
-        self.issued_at
     }
 
     pub fn usable_until(&self) -> Instant {
@@ -235,7 +230,7 @@ impl Tokens {
         let now = Instant::now();
         // Far enough never to matter, near enough not to overflow an `Instant`.
         let usable_until = now + Duration::from_secs(10 * 365 * 24 * 3600);
-        let token = Token { header, generation, issued_at: now, usable_until };
+        let token = Token { header, generation, usable_until };
         self.shared.current.store(Some(Arc::new(token)));
         self.shared.updates.send_replace(generation);
     }
