@@ -132,26 +132,11 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let wait = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
-            let at = httpdate(value)?;
+            let at = httpdate::parse_http_date(value).ok()?;
             at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
         }
     };
     Some(wait.min(Duration::from_secs(3600)))
-}
-
-fn httpdate(value: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(&imf_to_rfc3339(value)?).ok()
-}
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT` -> `1994-11-06 08:49:37`.
-fn imf_to_rfc3339(value: &str) -> Option<String> {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let month = MONTHS.iter().position(|m| m == month)? + 1;
-    Some(format!("{year}-{month:02}-{:0>2} {time}", day))
 }
 
 #[cfg(test)]
@@ -167,20 +152,10 @@ mod tests {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("999999"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
-        let later = httpdate_in(Duration::from_secs(30));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         let wait = parse_retry_after(&later).unwrap();
         assert!(wait > Duration::from_secs(27) && wait <= Duration::from_secs(30), "{wait:?}");
         assert_eq!(parse_retry_after("soon"), None);
-    }
-
-    fn httpdate_in(d: Duration) -> String {
-        let t = humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string();
-        // 2026-11-28T18:00:00Z -> Sat, 28 Nov 2026 18:00:00 GMT (the weekday is not checked)
-        let (date, time) = t.trim_end_matches('Z').split_once('T').unwrap();
-        let mut d = date.split('-');
-        let (y, m, day) = (d.next().unwrap(), d.next().unwrap(), d.next().unwrap());
-        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-        format!("Mon, {day} {} {y} {time} GMT", months[m.parse::<usize>().unwrap() - 1])
     }
 
     #[tokio::test(start_paused = true)]
