@@ -368,7 +368,8 @@ async fn reloads_under_load_drop_nothing_and_a_bad_one_is_refused() {
     hup();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(delete().await, 403, "a refused reload keeps the running policy");
-    write("second-secret");
+    // A new secret, and a setting only a restart can apply.
+    std::fs::write(&file, "client_secret = \"second-secret\"\nheader_timeout = \"31s\"\n").unwrap();
     tokio::time::sleep(Duration::from_millis(1600)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut failed) = (0, Vec::new());
@@ -401,6 +402,12 @@ async fn reloads_under_load_drop_nothing_and_a_bad_one_is_refused() {
     let reloaded = log.lines().filter(|l| l.contains("configuration reloaded")).count();
     assert!(reloaded >= 2, "{log}");
     assert!(log.contains("reload refused") && log.contains("REST API Teleport"), "{log}");
+    let restart_only = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["setting"] == "header_timeout")
+        .expect("a setting that needs a restart is named in the log");
+    assert_eq!(restart_only["message"], "changed, but takes effect only after a restart");
     assert!(!log.contains("second-secret") && !log.contains("first-secret"), "no secret in the log");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -455,4 +462,42 @@ async fn check_passes_against_the_sandbox_and_names_the_failing_step() {
     assert_eq!(bad.status.code(), Some(1), "{text}");
     assert!(text.contains("FAILED at step \"credentials\""), "{text}");
     assert!(text.contains("invalid_client"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_carry_the_same_access_fields() {
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut env = base_env(&api, &token_url);
+    env.retain(|(k, _)| *k != "UEM_PROXY_LISTEN" && *k != "UEM_PROXY_LOG_FORMAT");
+    env.extend([("UEM_PROXY_LISTEN", listen.as_str()), ("UEM_PROXY_LOG_FORMAT", "text")]);
+    let mut child = command(&env).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if client().get(format!("http://{listen}/api/x")).send().await.is_ok_and(|r| r.status() == 200) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the proxy answers");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let output = tokio::task::spawn_blocking(move || {
+        wait_exit(&mut child, Duration::from_secs(15));
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    let line = output.lines().find(|l| l.contains("uem_proxy::access") && l.contains("path=/api/x")).expect(&output);
+    for field in
+        ["request_id=", "peer=127.0.0.1:", "method=GET", "status=200", "upstream_ms=", "total_ms=", "bytes_out="]
+    {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    assert!(!line.starts_with('{'), "text, not JSON: {line}");
 }

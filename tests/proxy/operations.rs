@@ -50,6 +50,8 @@ async fn metrics_move_as_requests_flow() {
     let usable = sample(&after, "uem_proxy_token_usable_seconds");
     assert!(usable > 3000.0 && usable <= 3570.0, "{usable}");
     assert_eq!(sample(&after, "uem_proxy_token_last_error_timestamp_seconds"), 0.0);
+    assert!(after.lines().any(|l| l == "uem_proxy_pacer_waiting 0"), "the pacer's line is reported: {after}");
+    assert!(after.lines().any(|l| l == "uem_proxy_upstream_throttled_total 0"), "{after}");
 }
 
 #[tokio::test]
