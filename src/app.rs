@@ -172,6 +172,8 @@ impl App {
             ("ca_bundle", old.ca_bundle.as_ref().map(|c| c.len()) != new.ca_bundle.as_ref().map(|c| c.len())),
             ("forced_refresh_interval", old.forced_refresh_interval != new.forced_refresh_interval),
             ("shutdown_grace", old.shutdown_grace != new.shutdown_grace),
+            ("max_connections", old.inbound.max_connections != new.inbound.max_connections),
+            ("replay_budget", old.replay_budget != new.replay_budget),
         ];
         for (name, changed) in restart_only {
             if changed {

@@ -204,6 +204,8 @@ mod tests {
             max_header_bytes: 65536,
             max_url_bytes: 8192,
             max_body_bytes: None,
+            body_idle_timeout: std::time::Duration::from_secs(30),
+            max_connections: None,
         };
         Checks::new(&inbound, &Listen::Tcp(listen.parse().unwrap()))
     }

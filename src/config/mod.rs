@@ -73,6 +73,11 @@ pub struct Inbound {
     pub max_url_bytes: usize,
     /// `None`: no limit.
     pub max_body_bytes: Option<u64>,
+    /// The longest a caller may pause while sending a request body or while receiving a
+    /// response body; then the connection is closed and what it held is freed.
+    pub body_idle_timeout: Duration,
+    /// The most caller connections at once; `None`: derived from the open-file limit.
+    pub max_connections: Option<usize>,
 }
 
 /// The validated settings the proxy runs with. There is deliberately no `Default`: a proxy that
@@ -106,6 +111,9 @@ pub struct Config {
     pub forced_refresh_interval: Duration,
     /// Request bodies up to this size are kept so the request can be replayed after a 401.
     pub replay_body_limit: u64,
+    /// All request bodies held for replay together stay within this many bytes; past it a
+    /// request streams and is not replayed.
+    pub replay_budget: u64,
     /// Rewrite absolute URLs of the API host inside textual response bodies to the proxy's.
     pub rewrite_bodies: bool,
     pub pacer: PacerSettings,
@@ -295,6 +303,7 @@ impl Config {
         let token_wait = p.optional("token_wait", "10s", parse::duration);
         let forced_refresh_interval = p.optional("forced_refresh_interval", "10s", parse::duration);
         let replay_body_limit = p.optional("replay_body_limit", "65536", parse::bytes);
+        let replay_budget = p.optional("replay_budget", "33554432", parse::bytes);
         let rewrite_bodies = p.optional("rewrite_bodies", "true", parse::boolean);
         let max_concurrent =
             p.optional("max_concurrent", "0", |s| parse::bytes(s).map(|n| (n > 0).then_some(n as usize)));
@@ -322,6 +331,7 @@ impl Config {
             token_wait: token_wait?,
             forced_refresh_interval: forced_refresh_interval?,
             replay_body_limit: replay_body_limit?,
+            replay_budget: replay_budget?,
             rewrite_bodies: rewrite_bodies?,
             pacer: PacerSettings { max_concurrent: max_concurrent?, rate: rate_limit?, max_wait: pacer_max_wait? },
             shutdown_grace: shutdown_grace?,
@@ -366,9 +376,12 @@ impl Config {
             "max_header_bytes": inbound.max_header_bytes,
             "max_url_bytes": inbound.max_url_bytes,
             "max_body_bytes": inbound.max_body_bytes.unwrap_or(0),
+            "body_idle_timeout": human(inbound.body_idle_timeout),
+            "max_connections": inbound.max_connections.unwrap_or(0),
             "token_wait": human(self.token_wait),
             "forced_refresh_interval": human(self.forced_refresh_interval),
             "replay_body_limit": self.replay_body_limit,
+            "replay_budget": self.replay_budget,
             "rewrite_bodies": self.rewrite_bodies,
             "max_concurrent": self.pacer.max_concurrent.unwrap_or(0),
             "rate_limit": self.pacer.rate.unwrap_or(0),
@@ -459,6 +472,9 @@ fn inbound(p: &mut parse::Parser<'_>) -> Option<Inbound> {
     let max_header_bytes = p.optional("max_header_bytes", "65536", size(8192));
     let max_url_bytes = p.optional("max_url_bytes", "8192", size(256));
     let max_body_bytes = p.optional("max_body_bytes", "4294967296", |s| parse::bytes(s).map(|n| (n > 0).then_some(n)));
+    let body_idle_timeout = p.optional("body_idle_timeout", "30s", parse::duration);
+    let max_connections =
+        p.optional("max_connections", "0", |s| parse::bytes(s).map(|n| (n > 0).then_some(n as usize)));
     Some(Inbound {
         allow_cidrs: allow_cidrs?,
         allowed_hosts: allowed_hosts?,
@@ -467,6 +483,8 @@ fn inbound(p: &mut parse::Parser<'_>) -> Option<Inbound> {
         max_header_bytes: max_header_bytes?,
         max_url_bytes: max_url_bytes?,
         max_body_bytes: max_body_bytes?,
+        body_idle_timeout: body_idle_timeout?,
+        max_connections: max_connections?,
     })
 }
 
