@@ -10,6 +10,8 @@
 //!   without one, is refused; CORS preflights are answered here.
 //! - `TRACE` (it would echo the injected token), over-long targets, and bodies declared larger
 //!   than the limit.
+//!
+//! Before any of these, [`canonical_method`] spells a standard method in upper case.
 
 use std::sync::Arc;
 
@@ -137,6 +139,18 @@ fn is_cross_site(headers: &HeaderMap) -> bool {
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The first thing done with every request: a standard method in another letter case (`delete`,
+/// `Get`) becomes upper case, so that every check after it, the access log and the upstream see
+/// one spelling. IIS, which serves the API, ignores the case; a check that did not would be spelt
+/// around. Other methods are left as they are.
+pub async fn canonical_method(mut req: Request) -> Request {
+    let method = crate::rewrite::canonical_method(req.method());
+    if method != req.method() {
+        *req.method_mut() = method;
+    }
+    req
 }
 
 /// Who a request's caller is, for the access log's audit field.
