@@ -140,7 +140,9 @@ impl Policy {
         let unmapped = |list: &[&'static Permission], which: &str, effect: &str| {
             list.iter()
                 .filter(|p| !mapped.contains(p))
-                .map(|p| format!("policy.{which}: no request the proxy maps needs '{}', so this entry {effect}", p.name))
+                .map(|p| {
+                    format!("policy.{which}: no request the proxy maps needs '{}', so this entry {effect}", p.name)
+                })
                 .collect::<Vec<_>>()
         };
         let mut warnings = unmapped(&self.allow, "allow", "allows nothing");

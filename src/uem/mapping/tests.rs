@@ -121,12 +121,18 @@ fn the_method_case_does_not_matter_and_unknown_methods_are_never_reads() {
 
 #[test]
 fn an_encoded_slash_never_splits_a_segment() {
-    assert_eq!(api_segments("/api/mdm/devices/serialnumber/AB%2FCD").unwrap(), ["mdm", "devices", "serialnumber", "ab/cd"]);
+    assert_eq!(
+        api_segments("/api/mdm/devices/serialnumber/AB%2FCD").unwrap(),
+        ["mdm", "devices", "serialnumber", "ab/cd"]
+    );
     assert_eq!(needs("GET", "/api/mdm/devices/serialnumber/AB%2FCD"), Some("REST API Devices Read"));
     assert_eq!(api_segments("/api/mdm/devices%2F5").unwrap(), ["mdm", "devices/5"]);
     assert_eq!(needs("DELETE", "/api/mdm/devices%2F5"), None, "not /api/mdm/devices/5");
     assert_eq!(needs("DELETE", "/api/mdm%5Cdevices/5"), None);
-    assert_eq!(api_segments("/api/mdm/devices/..%2F..%2Fsystem/users").unwrap(), ["mdm", "devices", "../../system", "users"]);
+    assert_eq!(
+        api_segments("/api/mdm/devices/..%2F..%2Fsystem/users").unwrap(),
+        ["mdm", "devices", "../../system", "users"]
+    );
     assert_eq!(needs("GET", "/api/mdm/devices/..%2f..%2fsystem/users"), Some("REST API Devices Read"), "no climb");
     assert_eq!(api_segments("/api/mdm/.%2F/devices").unwrap(), ["mdm", "./", "devices"]);
 }
