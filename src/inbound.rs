@@ -26,6 +26,7 @@ use crate::access_log::RequestId;
 use crate::app::App;
 use crate::config::{Inbound, Listen};
 use crate::error::ProxyError;
+use crate::policy::Decision;
 use crate::server::Peer;
 
 /// The checks, built once from the configuration.
@@ -174,6 +175,17 @@ pub async fn middleware(State(app): State<Arc<App>>, req: Request, next: Next) -
         && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
         return preflight(origin, req.headers());
+    }
+    // The request itself is decided on where it is forwarded; here, the methods it asks the
+    // server behind to take it as. A target that is not canonical is refused there.
+    if !settings.policy.is_open()
+        && !req.uri().path().starts_with("/_proxy/")
+        && let Ok(path) = crate::rewrite::canonical_path(req.uri().path())
+        && let Decision::Deny { permission, reason } = settings.policy.decide_overrides(req.headers(), &path)
+    {
+        let refusal = ProxyError::PolicyDenied { permission: permission.map(|p| p.name), reason };
+        tracing::debug!(request_id = %id, %refusal, "answered by the proxy");
+        return refusal.into_response(&id);
     }
     let mut response = next.run(req).await;
     if let Some(caller) = caller {

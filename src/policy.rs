@@ -12,8 +12,12 @@
 //! encoded `/` or `\` (`%2F`, `%5C`) is decided twice, with the encoded character inside its
 //! segment (as it is forwarded) and as a separator (as a server behind may decode it); it passes
 //! only if both readings pass, so neither reading can be used to step around a rule.
+//!
+//! A request may also name another method in a header (`X-HTTP-Method-Override: DELETE` on a
+//! `POST`), which some servers honour: it must pass for each method it names as well
+//! ([`Policy::decide_overrides`]).
 
-use http::Method;
+use http::{HeaderMap, Method};
 use serde::Deserialize;
 
 use crate::rewrite;
@@ -188,6 +192,28 @@ impl Policy {
                 None => "it needs no known permission, and the policy allows only listed ones".to_owned(),
             };
             return deny(reason);
+        }
+        Decision::Allow
+    }
+}
+
+/// Headers by which web frameworks let a request be taken as another method (a `POST` to be run
+/// as a `DELETE`, for clients that can send only `GET` and `POST`).
+pub const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+impl Policy {
+    /// Decides on each method the request's override headers name, as the server behind may take
+    /// the request as that method: the first refusal, naming the header, or `Allow`.
+    pub fn decide_overrides(&self, headers: &HeaderMap, path: &str) -> Decision {
+        for name in METHOD_OVERRIDES {
+            let named = headers.get_all(name).iter().flat_map(|v| v.as_bytes().split(|&b| b == b','));
+            for method in named.filter_map(|m| Method::from_bytes(m.trim_ascii()).ok()) {
+                if let Decision::Deny { permission, reason } = self.decide(&method, path) {
+                    let method = rewrite::canonical_method(&method);
+                    let reason = format!("{reason} (the request asks to be taken as {method} in {name})");
+                    return Decision::Deny { permission, reason };
+                }
+            }
         }
         Decision::Allow
     }

@@ -225,3 +225,40 @@ fn entries_no_request_maps_to_are_named_in_warnings() {
     assert!(policy(r#"allow = ["REST API Devices Read"]"#).warnings().is_empty());
     assert!(policy("").warnings().is_empty());
 }
+
+#[test]
+fn a_method_named_in_an_override_header_must_pass_too() {
+    let p = policy(
+        r#"
+        deny = ["REST API Devices Delete"]
+        [[rules]]
+        action = "deny"
+        methods = ["PUT"]
+        path = "/api/system/**"
+        "#,
+    );
+    let headers = |pairs: &[(&str, &str)]| {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    };
+    let denied = |pairs: &[(&str, &str)], path: &str| p.decide_overrides(&headers(pairs), path) != Decision::Allow;
+    assert!(denied(&[("X-HTTP-Method-Override", "DELETE")], "/api/mdm/devices/5"));
+    assert!(denied(&[("x-http-method", "delete")], "/api/mdm/devices/5"));
+    assert!(denied(&[("X-Method-Override", " Delete ")], "/api/mdm/devices/5"));
+    assert!(denied(&[("X-HTTP-Method-Override", "GET, DELETE")], "/api/mdm/devices/5"));
+    assert!(denied(&[("X-HTTP-Method-Override", "GET"), ("X-HTTP-Method-Override", "DELETE")], "/api/mdm/devices/5"));
+    assert!(denied(&[("X-HTTP-Method-Override", "put")], "/api/system/users/5"));
+    assert!(!denied(&[("X-HTTP-Method-Override", "GET")], "/api/mdm/devices/5"));
+    assert!(!denied(&[("X-HTTP-Method-Override", "DELETE")], "/api/system/users/5"));
+    assert!(!denied(&[], "/api/mdm/devices/5"));
+    let Decision::Deny { permission, reason } =
+        p.decide_overrides(&headers(&[("x-http-method", "delete")]), "/api/mdm/devices/5")
+    else {
+        unreachable!()
+    };
+    assert_eq!(permission.unwrap().name, "REST API Devices Delete");
+    assert!(reason.contains("DELETE in x-http-method"), "{reason}");
+}

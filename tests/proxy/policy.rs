@@ -196,3 +196,18 @@ async fn a_head_in_lower_case_keeps_the_connection_in_step() {
     let seen: Vec<_> = upstream.seen().into_iter().map(|s| (s.method, s.target)).collect();
     assert_eq!(seen, [("HEAD".to_owned(), "/api/x".to_owned()), ("GET".to_owned(), "/api/y".to_owned())]);
 }
+
+#[tokio::test]
+async fn a_method_override_header_cannot_carry_a_denied_method() {
+    let file = "[policy]\ndeny = [\"REST API Devices Delete\"]\n";
+    let (proxy, upstream) = with_policy(file, &[]).await;
+    for header in ["X-HTTP-Method-Override: DELETE", "x-http-method: delete", "X-Method-Override: GET, Delete"] {
+        let response = raw(proxy.addr, &request("POST", "/api/mdm/devices/5", &format!("{header}\r\n"))).await;
+        assert_eq!(status(&response), 403, "{header}: {response}");
+        assert_eq!(raw_json(&response)["permission"], "REST API Devices Delete", "{header}");
+    }
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
+    let fine = raw(proxy.addr, &request("POST", "/api/mdm/devices/5", "X-HTTP-Method-Override: PATCH\r\n")).await;
+    assert_eq!(status(&fine), 200, "{fine}");
+    assert_eq!(upstream.last().headers["x-http-method-override"], "PATCH", "forwarded as sent");
+}
