@@ -156,7 +156,8 @@ fn every_rule_kind_holds_whatever_the_case_of_the_method() {
     for spelling in ["get", "Get", "GET"] {
         let m = Method::from_bytes(spelling.as_bytes()).unwrap();
         assert!(allowed(&allow_list, m.clone(), "/api/mdm/devices/5"), "{spelling}");
-        assert!(allowed(&read_only, m, "/api/mdm/devices/5"), "{spelling}");
+        assert!(allowed(&read_only, m.clone(), "/api/mdm/devices/5"), "{spelling}");
+        assert!(allowed(&read_only, m, "/api/system/info"), "{spelling}: a read of an unmapped path");
     }
     let propfind = Method::from_bytes(b"PropFind").unwrap();
     assert!(!allowed(&rule_in_lower_case, propfind, "/api/x"), "other methods match rules in any case too");
