@@ -95,6 +95,14 @@ fn tenant_header(config: &Config) -> Option<HeaderValue> {
     Some(header)
 }
 
+/// Logs the policy's entries that allow or deny nothing, at start and on every reload, so that an
+/// administrator does not believe something is denied that is not.
+fn warn_about_policy(policy: &Policy) {
+    for warning in policy.warnings() {
+        tracing::warn!(%warning, "policy entry has no effect");
+    }
+}
+
 impl App {
     /// Builds the state and starts the token refresher, whose handle the caller owns.
     pub fn new(config: Config, local: Listen) -> std::io::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
@@ -112,6 +120,7 @@ impl App {
                 (tokens, tokio::spawn(async {}), None)
             }
         };
+        warn_about_policy(&config.policy);
         let pacer = Arc::new(ArcSwap::from_pointee(Pacer::new(config.pacer)));
         let metrics = Metrics::new(tokens.clone(), pacer.clone());
         let listen_host = match &local {
@@ -196,6 +205,7 @@ impl App {
             ("rewrite_bodies", old.rewrite_bodies != new.rewrite_bodies),
         ];
         changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
+        warn_about_policy(&new.policy);
         self.settings.store(Arc::new(Settings::new(&new, &self.local)));
         self.config.store(Arc::new(new));
         Ok(changes)

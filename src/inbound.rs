@@ -10,6 +10,8 @@
 //!   without one, is refused; CORS preflights are answered here.
 //! - `TRACE` (it would echo the injected token), over-long targets, and bodies declared larger
 //!   than the limit.
+//!
+//! Before any of these, [`canonical_method`] spells a standard method in upper case.
 
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ use crate::access_log::RequestId;
 use crate::app::App;
 use crate::config::{Inbound, Listen};
 use crate::error::ProxyError;
+use crate::policy::Decision;
 use crate::server::Peer;
 
 /// The checks, built once from the configuration.
@@ -139,6 +142,18 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// The first thing done with every request: a standard method in another letter case (`delete`,
+/// `Get`) becomes upper case, so that every check after it, the access log and the upstream see
+/// one spelling. IIS, which serves the API, ignores the case; a check that did not would be spelt
+/// around. Other methods are left as they are.
+pub async fn canonical_method(mut req: Request) -> Request {
+    let method = crate::rewrite::canonical_method(req.method());
+    if method != req.method() {
+        *req.method_mut() = method;
+    }
+    req
+}
+
 /// Who a request's caller is, for the access log's audit field.
 #[derive(Clone, Debug)]
 pub struct Caller(pub String);
@@ -160,6 +175,17 @@ pub async fn middleware(State(app): State<Arc<App>>, req: Request, next: Next) -
         && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
         return preflight(origin, req.headers());
+    }
+    // The request itself is decided on where it is forwarded; here, the methods it asks the
+    // server behind to take it as. A target that is not canonical is refused there.
+    if !settings.policy.is_open()
+        && !req.uri().path().starts_with("/_proxy/")
+        && let Ok(path) = crate::rewrite::canonical_path(req.uri().path())
+        && let Decision::Deny { permission, reason } = settings.policy.decide_overrides(req.headers(), &path)
+    {
+        let refusal = ProxyError::PolicyDenied { permission: permission.map(|p| p.name), reason };
+        tracing::debug!(request_id = %id, %refusal, "answered by the proxy");
+        return refusal.into_response(&id);
     }
     let mut response = next.run(req).await;
     if let Some(caller) = caller {

@@ -90,13 +90,16 @@ pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
 
 /// The whole application as one router, used by `run` and by tests alike.
 pub fn router(app: Arc<App>) -> Router {
-    admin::routes()
+    let routes = admin::routes()
         .fallback(proxy::handle)
         .layer(axum::middleware::from_fn_with_state(app.clone(), inbound::middleware))
         .layer(axum::middleware::from_fn_with_state(app.clone(), access_log::middleware))
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
         .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
-        .with_state(app)
+        .with_state(app);
+    // Around the whole router, not its routes: the method is made canonical before anything,
+    // routing included, looks at it.
+    Router::new().fallback_service(routes).layer(axum::middleware::map_request(inbound::canonical_method))
 }
 
 /// The application for `config`, serving callers who reach it at `local`, and the token

@@ -7,10 +7,20 @@
 //! 3. a request needing a permission on the deny list is denied;
 //! 4. with an allow list, a request is allowed only if it needs a permission on it;
 //! 5. anything else is allowed.
+//!
+//! A method's letter case never matters (the API's server, IIS, ignores it). A path holding an
+//! encoded `/` or `\` (`%2F`, `%5C`) is decided twice, with the encoded character inside its
+//! segment (as it is forwarded) and as a separator (as a server behind may decode it); it passes
+//! only if both readings pass, so neither reading can be used to step around a rule.
+//!
+//! A request may also name another method in a header (`X-HTTP-Method-Override: DELETE` on a
+//! `POST`), which some servers honour: it must pass for each method it names as well
+//! ([`Policy::decide_overrides`]).
 
-use http::Method;
+use http::{HeaderMap, Method};
 use serde::Deserialize;
 
+use crate::rewrite;
 use crate::uem::mapping::{self, Kind};
 use crate::uem::permissions::{self, Permission};
 
@@ -127,8 +137,40 @@ impl Policy {
         !self.read_only && self.allow.is_empty() && self.deny.is_empty() && self.rules.is_empty()
     }
 
+    /// Entries that name a permission of the catalogue that no request maps to: listing them
+    /// allows or denies nothing, which their author surely did not mean.
+    pub fn warnings(&self) -> Vec<String> {
+        let mapped = mapping::mapped_permissions();
+        let unmapped = |list: &[&'static Permission], which: &str, effect: &str| {
+            list.iter()
+                .filter(|p| !mapped.contains(p))
+                .map(|p| {
+                    format!("policy.{which}: no request the proxy maps needs '{}', so this entry {effect}", p.name)
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut warnings = unmapped(&self.allow, "allow", "allows nothing");
+        warnings.extend(unmapped(&self.deny, "deny", "denies nothing"));
+        warnings
+    }
+
     /// Decides on `method` and the canonical `path`.
     pub fn decide(&self, method: &Method, path: &str) -> Decision {
+        let method = rewrite::canonical_method(method);
+        let decision = self.decide_one(&method, path);
+        match (&decision, split_reading(path)) {
+            (Decision::Allow, Some(split)) => match self.decide_one(&method, &split) {
+                Decision::Deny { permission, reason } => Decision::Deny {
+                    permission,
+                    reason: format!("{reason} (reading the encoded slash as a separator: {split})"),
+                },
+                Decision::Allow => Decision::Allow,
+            },
+            _ => decision,
+        }
+    }
+
+    fn decide_one(&self, method: &Method, path: &str) -> Decision {
         let required = mapping::required(method, path);
         let permission = required.map(|r| r.permission);
         let deny = |reason: String| Decision::Deny { permission, reason };
@@ -155,10 +197,56 @@ impl Policy {
     }
 }
 
+/// Headers by which web frameworks let a request be taken as another method (a `POST` to be run
+/// as a `DELETE`, for clients that can send only `GET` and `POST`).
+pub const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+impl Policy {
+    /// Decides on each method the request's override headers name, as the server behind may take
+    /// the request as that method: the first refusal, naming the header, or `Allow`.
+    pub fn decide_overrides(&self, headers: &HeaderMap, path: &str) -> Decision {
+        for name in METHOD_OVERRIDES {
+            let named = headers.get_all(name).iter().flat_map(|v| v.as_bytes().split(|&b| b == b','));
+            for method in named.filter_map(|m| Method::from_bytes(m.trim_ascii()).ok()) {
+                if let Decision::Deny { permission, reason } = self.decide(&method, path) {
+                    let method = rewrite::canonical_method(&method);
+                    let reason = format!("{reason} (the request asks to be taken as {method} in {name})");
+                    return Decision::Deny { permission, reason };
+                }
+            }
+        }
+        Decision::Allow
+    }
+}
+
 impl Rule {
     fn matches(&self, method: &Method, segments: &[String]) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method)) && matches_pattern(&self.pattern, segments)
+        let method_matches = |m: &Method| m.as_str().eq_ignore_ascii_case(method.as_str());
+        (self.methods.is_empty() || self.methods.iter().any(method_matches)) && matches_pattern(&self.pattern, segments)
     }
+}
+
+/// The path with every encoded `/` and `\` read as `/`, when it has any.
+fn split_reading(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut found = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes.get(i..i + 3).filter(|e| e[0] == b'%');
+        if let Some(e) = escape
+            && (e[1..].eq_ignore_ascii_case(b"2f") || e[1..].eq_ignore_ascii_case(b"5c"))
+        {
+            out.push('/');
+            found = true;
+            i += 3;
+        } else {
+            let len = path[i..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&path[i..i + len]);
+            i += len;
+        }
+    }
+    found.then_some(out)
 }
 
 fn parse_pattern(path: &str) -> Result<Vec<Segment>, String> {

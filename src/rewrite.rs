@@ -1,5 +1,6 @@
 //! Pure header and URL rules applied between caller and upstream, in both directions.
 
+use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
@@ -53,10 +54,32 @@ pub fn request_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// The methods of RFC 9110 (and `PATCH`), which callers sometimes spell in lower or mixed case.
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// The method as every check and the upstream see it: a standard method in any letter case
+/// becomes upper case (`delete`, `Delete` → `DELETE`), because the API's server (IIS) ignores the
+/// case and a check that did not would be spelt around. Any other method stays as it is.
+pub fn canonical_method(method: &Method) -> Method {
+    STANDARD_METHODS.iter().find(|m| m.as_str().eq_ignore_ascii_case(method.as_str())).unwrap_or(method).clone()
+}
+
 /// The path as it is forwarded and as policy decides on it: `.` and `..` segments resolved (also
 /// when percent-encoded), empty segments dropped, percent-encoded unreserved characters decoded,
-/// and bytes that may not stand in a path percent-encoded. Refused: encoded `/`, `\`, or control
-/// characters, and a literal `\`, which other parsers read as `/`.
+/// and bytes that may not stand in a path percent-encoded. An encoded `/` or `\` (`%2F`, `%5C`,
+/// either case) is kept exactly as sent, as an ordinary character of its segment: it never splits
+/// a segment and never makes one a dot segment. Refused: control characters, encoded or not,
+/// malformed percent-encoding, and a literal `\`, which other parsers read as `/`.
 pub fn canonical_path(path: &str) -> Result<String, &'static str> {
     if !path.starts_with('/') {
         return Err("the path must start with /");
@@ -101,7 +124,9 @@ fn canonical_segment(raw: &str) -> Result<String, &'static str> {
             };
             let decoded = (h * 16 + l) as u8;
             match decoded {
-                b'/' | b'\\' => return Err("the path has an encoded slash or backslash"),
+                // Byte for byte: a server behind may tell `%2f` from `%2F`, and the caller's
+                // bytes are what it should see.
+                b'/' | b'\\' => out.push_str(&raw[i..i + 3]),
                 0..=0x1f | 0x7f => return Err("the path has an encoded control character"),
                 c if c.is_ascii_alphanumeric() || b"-._~".contains(&c) => out.push(c as char),
                 c => out.push_str(&format!("%{c:02X}")),
@@ -231,9 +256,52 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(canonical_path(input).as_deref(), Ok(expected), "{input}");
         }
-        for bad in ["/api/mdm%2fdevices", "/api/%5c", "/\\evil.example/", "/api/%00", "/api/%zz", "api/x", "*"] {
+        for bad in ["/\\evil.example/", "/api/%00", "/api/%zz", "/api/%2", "/api/a\tb", "api/x", "*"] {
             assert!(canonical_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn encoded_slashes_stay_as_sent_inside_their_segment() {
+        let cases = [
+            ("/api/mdm/devices/serialnumber/AB%2FCD", "/api/mdm/devices/serialnumber/AB%2FCD"),
+            ("/api/mdm/devices/serialnumber/ab%2fcd", "/api/mdm/devices/serialnumber/ab%2fcd"),
+            ("/api/system/users/DOMAIN%5Cjdoe", "/api/system/users/DOMAIN%5Cjdoe"),
+            ("/api/system/users/domain%5cjdoe/", "/api/system/users/domain%5cjdoe/"),
+            ("/api/mdm/devices%2F5", "/api/mdm/devices%2F5"),
+            // Never a dot segment, so never a climb.
+            ("/api/mdm/devices/..%2F..%2Fsystem", "/api/mdm/devices/..%2F..%2Fsystem"),
+            ("/api/mdm/%2E%2E%2F/x", "/api/mdm/..%2F/x"),
+            ("/api/.%2f/x", "/api/.%2f/x"),
+            ("/api/%2F/..", "/api/"),
+            ("/api/%5c%5C/", "/api/%5c%5C/"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(canonical_path(input).as_deref(), Ok(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn standard_methods_in_any_case_become_upper_case_and_others_stay() {
+        let method = |m: &str| Method::from_bytes(m.as_bytes()).unwrap();
+        for (sent, expected) in [
+            ("delete", "DELETE"),
+            ("Delete", "DELETE"),
+            ("dElEtE", "DELETE"),
+            ("get", "GET"),
+            ("pAtCh", "PATCH"),
+            ("trace", "TRACE"),
+            ("connect", "CONNECT"),
+            ("options", "OPTIONS"),
+            ("head", "HEAD"),
+            ("POST", "POST"),
+            ("propfind", "propfind"),
+            ("FOO", "FOO"),
+            ("deletex", "deletex"),
+        ] {
+            assert_eq!(canonical_method(&method(sent)).as_str(), expected, "{sent}");
+        }
+        assert_eq!(canonical_method(&method("put")), Method::PUT);
     }
 
     #[test]

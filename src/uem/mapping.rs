@@ -8,6 +8,12 @@
 //! - `POST`/`PUT`/`PATCH` naming an action (a segment such as `commands`, `lockdevice`,
 //!   `enterprisewipe`, `install`, `activate`): Execute;
 //! - any other `POST`/`PUT`/`PATCH`: Write.
+//!
+//! Methods are compared without regard to case; a method that is not standard (`PROPFIND`,
+//! `FOO`) is treated as a `POST` that is never a search: Execute or Write.
+//!
+//! An encoded `/` or `\` (`%2F`, `%5C`) is decoded inside its segment and never splits it:
+//! `/api/mdm/devices%2F5` is not `/api/mdm/devices/5`.
 
 use std::fmt;
 
@@ -99,6 +105,13 @@ pub struct Required {
 pub fn permission_for(collection: Collection, kind: Kind) -> &'static Permission {
     let name = format!("REST API {} {kind}", collection.permission_stem());
     permissions::find(&name).unwrap_or_else(|| panic!("the catalogue lacks {name}"))
+}
+
+/// Every permission some request maps to; a policy entry naming any other allows or denies
+/// nothing.
+pub fn mapped_permissions() -> Vec<&'static Permission> {
+    let kinds = [Kind::Read, Kind::Write, Kind::Execute, Kind::Delete];
+    Collection::ALL.iter().flat_map(|&c| kinds.map(|k| permission_for(c, k))).collect()
 }
 
 /// A path's segments as decisions see them: lower-case and percent-decoded, empty and `.`
@@ -226,13 +239,20 @@ fn collection(segments: &[String]) -> Option<Collection> {
     })
 }
 
+/// The access kind. The method's letter case does not matter (the API's server ignores it). A
+/// method that is not a standard one is never a read: only `POST` makes a `…/search` a read.
 fn kind(method: &Method, segments: &[String]) -> Kind {
-    match *method {
-        Method::GET | Method::HEAD | Method::OPTIONS => Kind::Read,
-        Method::DELETE => Kind::Delete,
-        _ if segments.last().is_some_and(|s| s == "search") => Kind::Read,
-        _ if segments.iter().skip(2).any(|s| ACTIONS.contains(&s.as_str())) => Kind::Execute,
-        _ => Kind::Write,
+    let is = |name: &str| method.as_str().eq_ignore_ascii_case(name);
+    if is("GET") || is("HEAD") || is("OPTIONS") {
+        Kind::Read
+    } else if is("DELETE") {
+        Kind::Delete
+    } else if is("POST") && segments.last().is_some_and(|s| s == "search") {
+        Kind::Read
+    } else if segments.iter().skip(2).any(|s| ACTIONS.contains(&s.as_str())) {
+        Kind::Execute
+    } else {
+        Kind::Write
     }
 }
 

@@ -501,3 +501,62 @@ async fn text_logs_carry_the_same_access_fields() {
     }
     assert!(!line.starts_with('{'), "text, not JSON: {line}");
 }
+
+/// Waits until the log holds a line for which `found` holds, and returns that line.
+async fn wait_for_line(proxy: &Running, found: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    for _ in 0..200 {
+        let events: Vec<serde_json::Value> =
+            proxy.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        if let Some(event) = events.into_iter().find(&found) {
+            return event;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no such line in the log: {}", proxy.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_entries_that_do_nothing_are_named_at_start_and_on_reload() {
+    let (tokens, upstream) = (TokenService::default(), Upstream::default());
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let dir = std::env::temp_dir().join(format!("uem-proxy-policy-warnings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("uem-proxy.toml");
+    let policy = |text: &str| std::fs::write(&file, format!("[policy]\n{text}\n")).unwrap();
+    policy("allow = [\"REST API Devices Read\", \"REST API MDM Devices\"]\ndeny = [\"REST API Devices Advanced\"]");
+    let file_arg = file.display().to_string();
+    let mut proxy = Running::start_with(&base_env(&api, &token_url), &["--config", &file_arg]);
+    let warned = |name: &'static str| {
+        move |e: &serde_json::Value| {
+            e["level"] == "WARN"
+                && e["message"] == "policy entry has no effect"
+                && e["warning"].as_str().is_some_and(|w| w.contains(name))
+        }
+    };
+    let start = wait_for_line(&proxy, warned("'REST API MDM Devices'")).await;
+    assert!(start["warning"].as_str().unwrap().starts_with("policy.allow:"), "{start}");
+    wait_for_line(&proxy, warned("'REST API Devices Advanced'")).await;
+    let log = proxy.log();
+    assert!(!log.contains("'REST API Devices Read'"), "a mapped permission is not warned about: {log}");
+
+    // The policy holds for a method in lower case, and the access log shows it in upper case.
+    let denied = crate::support::raw(
+        proxy.addr(),
+        "delete /api/mdm/devices/5 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    let access = wait_for_line(&proxy, |e| e["target"] == "uem_proxy::access").await;
+    assert_eq!((&access["method"], &access["status"]), (&"DELETE".into(), &403.into()), "{access}");
+
+    policy("deny = [\"REST API System Groups\", \"REST API Devices Delete\"]");
+    let pid = proxy.child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let reloaded = wait_for_line(&proxy, warned("'REST API System Groups'")).await;
+    assert!(reloaded["warning"].as_str().unwrap().contains("denies nothing"), "{reloaded}");
+    wait_for_line(&proxy, |e| e["message"] == "configuration reloaded").await;
+    let (exit, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log())).await.unwrap();
+    assert!(exit.success());
+    assert!(!log.contains("'REST API Devices Delete'"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

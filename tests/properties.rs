@@ -1,0 +1,209 @@
+//! Properties of the pure rules, on generated inputs: the canonical path, the permission mapping
+//! and the body URL rewriter. Each runs 256 cases by default; `PROPTEST_CASES=100000 cargo test
+//! --test properties` runs longer.
+
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::Method;
+use http_body::{Body, Frame};
+use proptest::prelude::*;
+use proptest::sample::select;
+use uem_proxy::body_rewrite::{Replacer, Rewritten};
+use uem_proxy::policy::{Policy, PolicyFile};
+use uem_proxy::rewrite::{canonical_method, canonical_path};
+use uem_proxy::uem::mapping;
+
+// --- The canonical path ----------------------------------------------------------------------
+
+/// Segments that make canonicalisation work: dots plain and encoded, encoded slashes, escapes of
+/// unreserved and reserved bytes, malformed escapes, and characters a path may not hold.
+fn segment() -> impl Strategy<Value = String> {
+    let tricky = select(vec![
+        "",
+        ".",
+        "..",
+        "...",
+        "%2e",
+        "%2E",
+        ".%2e",
+        "%2e%2E",
+        "%2E.",
+        "..%2F",
+        "%2e%2e%2f",
+        ".%2F",
+        "%2F",
+        "%2f",
+        "%5C",
+        "%5c",
+        "%2F..",
+        "api",
+        "API",
+        "v1",
+        "mdm",
+        "devices",
+        "5",
+        "%41",
+        "%7e",
+        "%25",
+        "%252F",
+        "%2",
+        "%zz",
+        "%00",
+        "a b",
+        "é",
+        "{x}",
+        "?",
+        "#",
+        ";",
+        "~",
+        "*",
+        "\\",
+    ]);
+    prop_oneof![
+        3 => tricky.prop_map(str::to_owned),
+        1 => "[a-zA-Z0-9%./~ -]{0,6}",
+    ]
+}
+
+fn path() -> impl Strategy<Value = String> {
+    prop::collection::vec(segment(), 0..10).prop_map(|segments| format!("/{}", segments.join("/")))
+}
+
+proptest! {
+    #[test]
+    fn the_canonical_path_is_idempotent_and_stays_under_the_base(path in path()) {
+        let Ok(canonical) = canonical_path(&path) else { return Ok(()) };
+        let again = canonical_path(&canonical);
+        prop_assert_eq!(again.as_deref(), Ok(canonical.as_str()), "from {}", path);
+        prop_assert!(canonical.starts_with('/'), "{}", canonical);
+        prop_assert!(!canonical.contains("//"), "{}", canonical);
+        for segment in canonical.split('/') {
+            prop_assert!(segment != ".." && segment != ".", "a dot segment in {} from {}", canonical, path);
+        }
+        // Appended to a base path, as the upstream URL is built, and resolved the way a URL
+        // parser resolves it (`%2e` is a dot there too): still under the base.
+        let url = url::Url::parse(&format!("http://api.example/uem{canonical}")).unwrap();
+        prop_assert!(url.path().starts_with("/uem/"), "{} leaves the base from {}", url.path(), path);
+    }
+}
+
+// --- The permission mapping ------------------------------------------------------------------
+
+fn method() -> impl Strategy<Value = Method> {
+    let standard = select(vec!["GET", "get", "Post", "pUT", "delete", "DeLeTe", "PATCH", "head", "options", "trace"]);
+    prop_oneof![standard.prop_map(str::to_owned), "[!#$%&'*+.^_`|~0-9A-Za-z-]{1,12}",]
+        .prop_map(|m| Method::from_bytes(m.as_bytes()).expect("a token is a method"))
+}
+
+/// Paths near the mapped families, and anything at all.
+fn any_path() -> impl Strategy<Value = String> {
+    let family = select(vec![
+        "/api/mdm/devices/",
+        "/API/v1/mdm/devices/5/",
+        "/api/system/users/",
+        "/api/mam/apps/",
+        "/api/mdm/",
+        "/api/",
+        "/api/v2/",
+        "",
+        "%",
+        "/%",
+        "/api/%e",
+    ]);
+    prop_oneof![
+        (family, prop::collection::vec(segment(), 0..6)).prop_map(|(f, s)| format!("{f}{}", s.join("/"))),
+        any::<String>(),
+        "\\PC{0,30}",
+    ]
+}
+
+proptest! {
+    #[test]
+    fn the_permission_mapping_never_panics(method in method(), path in any_path()) {
+        let required = mapping::required(&method, &path);
+        // The API's server ignores the case of a method, so the mapping does too.
+        prop_assert_eq!(required, mapping::required(&canonical_method(&method), &path));
+        if let Ok(canonical) = canonical_path(&path) {
+            let _ = mapping::required(&method, &canonical);
+            let file: PolicyFile = toml::from_str("deny = [\"REST API Devices Delete\"]").unwrap();
+            let _ = Policy::new(file, Some(true)).unwrap().decide(&method, &canonical);
+        }
+    }
+}
+
+// --- The body URL rewriter -------------------------------------------------------------------
+
+const FROM: &str = "https://as1.awmdm.com";
+const TO: &str = "http://127.0.0.1:8080";
+
+/// Bodies made of the base, its escaped form, their prefixes, and the bytes that decide whether
+/// a match counts (`.evil`, `:8443`), between JSON punctuation and other text.
+fn body() -> impl Strategy<Value = Vec<u8>> {
+    let escaped = FROM.replace('/', "\\/");
+    let prefix = |s: String| (0..=s.len()).prop_map(move |n| s[..n].to_owned());
+    let fragment = prop_oneof![
+        2 => Just(FROM.to_owned()),
+        2 => Just(escaped.clone()),
+        3 => prefix(FROM.to_owned()),
+        3 => prefix(escaped),
+        2 => select(vec!["/api/mdm/devices/5", "\"", ",", ".evil.net", ":8443", "h", "H", "hh", "HTTPS://AS1.AWMDM.COM", "-x", " "])
+            .prop_map(str::to_owned),
+        1 => "[ -~]{0,8}",
+    ];
+    prop::collection::vec(fragment, 0..24).prop_map(|f| f.concat().into_bytes())
+}
+
+/// A body that yields the given pieces, each as one frame.
+struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(|piece| Ok(Frame::data(piece))))
+    }
+}
+
+/// Everything `Rewritten` yields for the input cut at `cuts`.
+fn streamed(input: &[u8], cuts: &[usize]) -> Vec<u8> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (input.len() + 1)).collect();
+    cuts.extend([0, input.len()]);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let pieces = cuts.windows(2).map(|w| Bytes::copy_from_slice(&input[w[0]..w[1]])).collect();
+    let mut body = pin!(Rewritten::new(Pieces(pieces), Replacer::new(FROM, TO)));
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut out = Vec::new();
+    // The pieces are all there: every poll is ready, and each takes at least one piece or ends.
+    for _ in 0..=input.len() + 2 {
+        match body.as_mut().poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => out.extend_from_slice(&frame.into_data().unwrap_or_default()),
+            Poll::Ready(Some(Err(e))) => panic!("{e}"),
+            Poll::Ready(None) => return out,
+            Poll::Pending => panic!("a body of ready pieces is never pending"),
+        }
+    }
+    panic!("the rewritten body did not end")
+}
+
+proptest! {
+    #[test]
+    fn the_rewritten_body_does_not_depend_on_where_it_is_split(
+        input in body(),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let whole = Replacer::new(FROM, TO).rewrite_whole(Bytes::from(input.clone()));
+        let streamed = streamed(&input, &cuts);
+        prop_assert_eq!(
+            String::from_utf8_lossy(&streamed),
+            String::from_utf8_lossy(&whole),
+            "input {:?} cut at {:?}", String::from_utf8_lossy(&input), cuts
+        );
+    }
+}
