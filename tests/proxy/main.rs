@@ -5,6 +5,7 @@ mod binary;
 mod deploy;
 mod forwarding;
 mod legacy;
+mod mistakes;
 mod operations;
 mod sandbox;
 mod security;
