@@ -70,7 +70,7 @@ pub async fn open(matcher: &Matcher, url: &Url, timeout: Duration) -> Result<Str
             Ok(format!("through the egress proxy {shown} ({detail}): CONNECT {host}:{port} accepted ({took} ms)"))
         }
         // The proxy tried the host and could not reach it: the hop beyond the proxy failed.
-        502 | 503 | 504 => Err(Failure::Target(format!(
+        502..=504 => Err(Failure::Target(format!(
             "the egress proxy {shown} could not reach {host}:{port}: it answered CONNECT with {}",
             status.line
         ))),
