@@ -101,8 +101,8 @@ fn key_of_line(text: &str, line_start: usize) -> Option<&'static str> {
 /// error message shows exactly those), so the userinfo ends at the value's last `@`: a password
 /// may hold `/` or `#`, which would end a parsed authority early.
 pub fn mask_userinfo(value: &str) -> String {
-    let Some(scheme_end) = value.find("://") else { return value.to_owned() };
-    let start = scheme_end + 3;
+    // Without a scheme (`bob:pa55@proxy.corp:3128`), the userinfo starts the value.
+    let start = value.find("://").map_or(0, |i| i + 3);
     let Some(at) = value[start..].rfind('@').map(|i| start + i) else { return value.to_owned() };
     let userinfo = &value[start..at];
     let user = match userinfo.split_once(':') {
@@ -185,5 +185,6 @@ mod tests {
         assert_eq!(mask_userinfo("http://bob@proxy.corp"), "http://bob@proxy.corp");
         assert_eq!(mask_userinfo("https://as1.awmdm.com/api"), "https://as1.awmdm.com/api");
         assert_eq!(mask_userinfo("proxy.corp:3128"), "proxy.corp:3128");
+        assert_eq!(mask_userinfo("bob:pa55@proxy.corp:3128"), "bob:***@proxy.corp:3128");
     }
 }

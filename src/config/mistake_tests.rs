@@ -88,6 +88,9 @@ fn bad_urls_never_echo_a_password() {
     for (var, value) in [
         ("UEM_PROXY_EGRESS_PROXY", "http://bob:pa55word@proxy corp:3128"),
         ("UEM_PROXY_EGRESS_PROXY", "ftp://bob:pa55word@proxy.corp"),
+        ("UEM_PROXY_EGRESS_PROXY", "bob:pa55word@proxy.corp:3128"),
+        ("UEM_PROXY_EGRESS_PROXY", "//bob:pa55word@proxy.corp:3128"),
+        ("UEM_API_URL", "bob:pa55word@as1.awmdm.com"),
         ("UEM_PROXY_EGRESS_PROXY", "http://bob:pa55/word@proxy.corp:bad"),
         ("UEM_API_URL", "https://bob:pa55word@as1.awmdm.com"),
         ("UEM_API_URL", "https://bob:pa55word@as1 .awmdm.com"),
