@@ -176,9 +176,15 @@ async fn a_proxy_that_cannot_reach_the_host_blames_the_host_and_an_unreachable_p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_does_not_resolve_is_never_ok() {
-    let (code, text) = check(settings(&[("UEM_PROXY_EGRESS_PROXY", "none")])).await;
+    let (code, text) = check(settings(&[("UEM_PROXY_EGRESS_PROXY", "none"), ("UEM_PROXY_READONLY", "true")])).await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("  FAIL  token service  uem-token.invalid does not resolve"), "{text}");
+    assert!(
+        text.contains(
+            "  warn  configuration  UEM_PROXY_READONLY is not a uem-proxy setting and is ignored: did you mean"
+        ),
+        "check lists the warnings: {text}"
+    );
     assert!(!text.lines().any(|l| l.trim_start().starts_with("ok    token service")), "{text}");
 }
 
