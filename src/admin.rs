@@ -37,7 +37,7 @@ async fn readyz(State(app): State<Arc<App>>, Extension(id): Extension<RequestId>
         }
         None => {
             let retry_after_s = app.settings.load().token_wait.as_secs().max(1);
-            ProxyError::NoToken { retry_after_s }.into_response(id.as_str())
+            app.no_token(retry_after_s).into_response(id.as_str())
         }
     }
 }

@@ -211,10 +211,20 @@ impl App {
         Ok(changes)
     }
 
+    /// The answer when no token may be had, saying why (the last token error, if any).
+    pub fn no_token(&self, retry_after_s: u64) -> crate::error::ProxyError {
+        crate::error::ProxyError::NoToken { retry_after_s, reason: self.tokens.failure() }
+    }
+
     /// Loads the configuration again and applies it; a failure keeps the running one.
     pub async fn reload(&self, trigger: &str) {
         let result = match self.config.load().reload() {
-            Ok(config) => self.apply(config).await,
+            Ok(config) => {
+                for warning in &config.warnings {
+                    tracing::warn!(trigger, %warning, "configuration");
+                }
+                self.apply(config).await
+            }
             Err(e) => Err(e.0.join("; ")),
         };
         let status = match &result {

@@ -1,6 +1,9 @@
 //! `uem-proxy check`: says in plain words whether this setup works, step by step, and which step
-//! fails: the configuration, the token service, the credentials, the API host, a first API call,
-//! and per permission category whether the client's role allows a harmless read.
+//! fails: the configuration, the egress proxy, the token service, the credentials, the API host, a
+//! first API call, and per permission category whether the client's role allows a harmless read.
+//! Every call takes the route the proxy takes: the same HTTP client, egress proxy and CA bundle.
+
+mod route;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -33,12 +36,15 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
         Ok(client) => client,
         Err(e) => return fail(out, "configuration", &format!("the HTTP client cannot be built: {e}")),
     };
+    // The process environment, as the HTTP client reads it for proxies.
+    let routes = route::matcher(&config.egress, &|name| std::env::var(name).ok());
     let authorization = match &config.auth {
         Auth::OAuth(oauth) => {
             let source = if oauth.token_url_source == "explicit" { "set directly" } else { &oauth.token_url_source };
             let summary = format!("API {}, token service {} ({source})", base(&config.api_url), oauth.token_url);
             line(out, true, "configuration", &summary);
-            match oauth_steps(config, oauth, &client, out).await {
+            warnings(config, out);
+            match oauth_steps(config, oauth, &client, &routes, out).await {
                 Ok(bearer) => bearer,
                 Err(step) => return Some(step),
             }
@@ -47,6 +53,7 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
             let summary =
                 format!("API {}, basic authentication as {username} (no token service)", base(&config.api_url));
             line(out, true, "configuration", &summary);
+            warnings(config, out);
             crate::app::basic_header(username, password).to_str().unwrap_or_default().to_owned()
         }
     };
@@ -63,9 +70,10 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
         request.send()
     };
 
-    match reach(&config.api_url, config.connect_timeout).await {
+    match route::open(&routes, &config.api_url, config.connect_timeout).await {
         Ok(detail) => line(out, true, "API host", &detail),
-        Err(detail) => return fail(out, "API host", &detail),
+        Err(route::Failure::Proxy(detail)) => return fail(out, "egress proxy", &detail),
+        Err(route::Failure::Target(detail)) => return fail(out, "API host", &detail),
     }
     let started = Instant::now();
     let info = get("/api/system/info").await;
@@ -93,7 +101,7 @@ pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
             };
             return fail(out, "system info", &format!("/api/system/info answered HTTP {status}{hint}"));
         }
-        Err(e) => return fail(out, "system info", &format!("/api/system/info failed: {e}")),
+        Err(e) => return fail(out, "system info", &format!("/api/system/info failed: {}", chain(&e))),
     }
 
     let _ = writeln!(out, "role permissions (a harmless read of each):");
@@ -124,28 +132,58 @@ async fn oauth_steps(
     config: &Config,
     oauth: &OAuth,
     client: &reqwest::Client,
+    routes: &route::Matcher,
     out: &mut String,
 ) -> Result<String, &'static str> {
-    match reach(&oauth.token_url, config.connect_timeout).await {
+    let fail = |out: &mut String, step, detail: &str| Err(fail(out, step, detail).expect("a step"));
+    match route::open(routes, &oauth.token_url, config.connect_timeout).await {
         Ok(detail) => line(out, true, "token service", &detail),
-        Err(detail) if oauth.fallback_token_url.is_some() => {
-            line(out, true, "token service", &format!("{detail}; the other domain will be tried"))
+        Err(route::Failure::Proxy(detail)) => return fail(out, "egress proxy", &detail),
+        Err(route::Failure::Target(detail)) => {
+            let Some(fallback) = &oauth.fallback_token_url else { return fail(out, "token service", &detail) };
+            warn(out, "token service", &format!("{detail}; the other domain will be tried"));
+            match route::open(routes, fallback, config.connect_timeout).await {
+                Ok(detail) => line(out, true, "token service", &format!("the other domain: {detail}")),
+                Err(route::Failure::Proxy(detail)) => return fail(out, "egress proxy", &detail),
+                Err(route::Failure::Target(detail)) => return fail(out, "token service", &detail),
+            }
         }
-        Err(detail) => return Err(fail(out, "token service", &detail).expect("a step")),
     }
     let credentials = oauth.credentials();
     let started = Instant::now();
     let grant = match token::request(client, &credentials, config.upstream_timeout).await {
         Ok(grant) => grant,
-        Err(FetchError::Unreachable { detail, .. }) => {
-            return Err(fail(out, "token service", &format!("connection failed: {detail}")).expect("a step"));
+        Err(FetchError::Unreachable { detail, .. }) if detail.contains("tunnel error") => {
+            return fail(out, "egress proxy", &format!("the egress proxy refused the connection: {detail}"));
         }
-        Err(e) => return Err(fail(out, "credentials", &format!("{e}")).expect("a step")),
+        Err(FetchError::Unreachable { detail, .. }) => {
+            return fail(out, "token service", &format!("connection failed: {detail}"));
+        }
+        Err(e) => return fail(out, "credentials", &format!("{e}")),
     };
     let lifetime = humantime::format_duration(grant.lifetime);
     let detail = format!("accepted; the token lives {lifetime} (grant took {})", ms(started.elapsed()));
     line(out, true, "credentials", &detail);
     Ok(format!("Bearer {}", grant.access_token.expose_secret()))
+}
+
+/// The configuration's warnings, one line each.
+fn warnings(config: &Config, out: &mut String) {
+    for warning in &config.warnings {
+        warn(out, "configuration", warning);
+    }
+}
+
+/// An error and its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn base(url: &Url) -> &str {
@@ -160,33 +198,13 @@ fn line(out: &mut String, ok: bool, step: &str, detail: &str) {
     let _ = writeln!(out, "  {:<5} {step:<14} {detail}", if ok { "ok" } else { "FAIL" });
 }
 
+/// Not a failure, not fine either: said, and the checks go on.
+fn warn(out: &mut String, step: &str, detail: &str) {
+    let _ = writeln!(out, "  {:<5} {step:<14} {detail}", "warn");
+}
+
 fn fail(out: &mut String, step: &'static str, detail: &str) -> Option<&'static str> {
     line(out, false, step, detail);
     let _ = writeln!(out, "FAILED at step \"{step}\": {detail}");
     Some(step)
-}
-
-/// Resolves the URL's host and opens a TCP connection, timing both.
-async fn reach(url: &Url, timeout: Duration) -> Result<String, String> {
-    let host = url.host_str().unwrap_or_default();
-    let port = url.port_or_known_default().unwrap_or(443);
-    let started = Instant::now();
-    let addresses: Vec<_> =
-        tokio::net::lookup_host((host, port)).await.map_err(|e| format!("{host} does not resolve: {e}"))?.collect();
-    let dns = started.elapsed();
-    let first = *addresses.first().ok_or_else(|| format!("{host} resolves to no address"))?;
-    let started = Instant::now();
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(first)).await {
-        Ok(Ok(_)) => Ok(format!(
-            "{host} resolves ({} address{}, {}), TCP connect to {first} {}",
-            addresses.len(),
-            if addresses.len() == 1 { "" } else { "es" },
-            ms(dns),
-            ms(started.elapsed())
-        )),
-        Ok(Err(e)) => Err(format!("{host} resolves, but {first} refuses or drops the connection: {e}")),
-        Err(_) => {
-            Err(format!("{host} resolves, but {first} does not answer within {}", humantime::format_duration(timeout)))
-        }
-    }
 }

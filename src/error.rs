@@ -13,8 +13,13 @@ pub enum ProxyError {
     BadTarget(&'static str),
     #[error("no such proxy endpoint")]
     NotFound,
-    #[error("no valid API token is available yet; retry shortly")]
-    NoToken { retry_after_s: u64 },
+    #[error("no valid API token is available yet ({}); retry shortly", no_token_reason(reason.as_deref()))]
+    NoToken {
+        retry_after_s: u64,
+        /// Why: the last token error (a code, a status or a connection failure; never a body,
+        /// the secret or a token), or `None` while the first answer is awaited.
+        reason: Option<String>,
+    },
     #[error("the upstream API could not be reached")]
     Unreachable,
     #[error("the upstream API did not answer in time")]
@@ -41,6 +46,13 @@ pub enum ProxyError {
     UpstreamBusy,
     #[error("the API asked for a pause; retry after {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
+}
+
+fn no_token_reason(reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) => format!("the last attempt failed: {reason}"),
+        None => "the token service has not answered yet".to_owned(),
+    }
 }
 
 impl ProxyError {
@@ -88,7 +100,9 @@ impl ProxyError {
         }
         let mut response = (status, Json(body)).into_response();
         let retry_after = match self {
-            ProxyError::NoToken { retry_after_s } | ProxyError::RateLimited { retry_after_s } => Some(retry_after_s),
+            ProxyError::NoToken { retry_after_s, .. } | ProxyError::RateLimited { retry_after_s } => {
+                Some(retry_after_s)
+            }
             ProxyError::UpstreamBusy => Some(1),
             _ => None,
         };

@@ -124,11 +124,14 @@ pub async fn run(
         max_header_bytes: config.inbound.max_header_bytes,
     };
     let grace = config.shutdown_grace;
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "configuration");
+    }
     tracing::info!(
         listen = %local,
-        api_url = %config.api_url.as_str().trim_end_matches('/'),
+        api_url = %config::mask_userinfo(config.api_url.as_str().trim_end_matches('/')),
         auth = config.auth.mode(),
-        token_url = config.auth.oauth().map(|o| o.token_url.as_str()),
+        token_url = config.auth.oauth().map(|o| config::mask_userinfo(o.token_url.as_str())),
         principal = %config.auth.principal(),
         policy = if config.policy.is_open() { "open" } else { "restricted" },
         read_only = config.policy.read_only,

@@ -15,26 +15,39 @@ use uem_proxy::{Config, demo, healthcheck, server, telemetry};
 #[derive(Parser)]
 #[command(name = "uem-proxy", version)]
 struct Cli {
-    /// TOML configuration file; environment variables override it. Also UEM_PROXY_CONFIG.
-    #[arg(long, short, global = true)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    file: File,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Offered only by the commands that read it: `demo` and `sandbox` configure themselves.
+#[derive(Args, Clone)]
+struct File {
+    /// TOML configuration file; environment variables override it. Also UEM_PROXY_CONFIG.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy (the default).
-    Run,
+    Run(File),
     /// Print the effective configuration as JSON, secrets masked, and exit.
-    Config,
-    /// Check step by step whether this setup works: token service, credentials, API, role.
-    Check,
+    Config(File),
+    /// Check step by step whether this setup works: egress route, token service, credentials, API, role.
+    Check(File),
     /// Exit 0 if a running proxy answers its health endpoint (for container health checks).
     Healthcheck {
-        /// Address of the proxy; default: UEM_PROXY_LISTEN, else 127.0.0.1:8080.
+        /// Address of the proxy; default: UEM_PROXY_LISTEN, else the configuration file's
+        /// listen, else 127.0.0.1:8080.
         #[arg(long)]
         addr: Option<String>,
+        /// Ask /_proxy/readyz instead: exit 0 only while the proxy holds a usable token.
+        #[arg(long)]
+        ready: bool,
+        #[command(flatten)]
+        file: File,
     },
     /// Serve a simulated UEM tenant (token service and API) for developing scripts offline.
     Sandbox {
@@ -102,14 +115,23 @@ impl TenantArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    let command = cli.command.unwrap_or(Command::Run);
-    let load = || {
-        let file =
-            cli.config.clone().or_else(|| env.get("UEM_PROXY_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
-        Config::load(file.as_deref(), &|name| env.get(name).cloned()).inspect_err(|error| eprint!("uem-proxy: {error}"))
+    let command = cli.command.unwrap_or(Command::Run(File { config: None }));
+    let given = |file: &File| cli.file.config.clone().or_else(|| file.config.clone());
+    if cli.file.config.is_some() && matches!(command, Command::Sandbox { .. } | Command::Demo { .. }) {
+        eprintln!("uem-proxy: --config is for run, config, check and healthcheck; sandbox and demo read no file");
+        return ExitCode::from(2);
+    }
+    let file_of =
+        |file: &File| given(file).or_else(|| env.get("UEM_PROXY_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let load = |file: &File| {
+        let mut config = Config::load(file_of(file).as_deref(), &|name| env.get(name).cloned())
+            .inspect_err(|error| eprint!("uem-proxy: {error}"))?;
+        let unknown = uem_proxy::config::unknown_variables(env.keys().map(String::as_str));
+        config.warnings.splice(0..0, unknown);
+        Ok::<_, uem_proxy::config::ConfigError>(config)
     };
     match command {
-        Command::Run => match load() {
+        Command::Run(file) => match load(&file) {
             Ok(config) => {
                 telemetry::init(config.log_format);
                 block_on(async move {
@@ -121,14 +143,17 @@ fn main() -> ExitCode {
             }
             Err(_) => ExitCode::from(2),
         },
-        Command::Config => match load() {
+        Command::Config(file) => match load(&file) {
             Ok(config) => {
+                for warning in &config.warnings {
+                    eprintln!("uem-proxy: warning: {warning}");
+                }
                 println!("{}", serde_json::to_string_pretty(&config.summary()).expect("JSON"));
                 ExitCode::SUCCESS
             }
             Err(_) => ExitCode::from(2),
         },
-        Command::Check => match load() {
+        Command::Check(file) => match load(&file) {
             Ok(config) => {
                 let mut out = String::new();
                 let failed = tokio::runtime::Runtime::new()
@@ -139,11 +164,20 @@ fn main() -> ExitCode {
             }
             Err(_) => ExitCode::from(2),
         },
-        Command::Healthcheck { addr } => {
+        Command::Healthcheck { addr, ready, file } => {
             // Needs only the address: a health check must not depend on secrets being readable.
-            let addr = addr.or_else(|| env.get("UEM_PROXY_LISTEN").cloned());
-            let addr = addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-            match healthcheck::check(&addr, Duration::from_secs(3)) {
+            let addr = match addr.or_else(|| env.get("UEM_PROXY_LISTEN").filter(|v| !v.is_empty()).cloned()) {
+                Some(addr) => addr,
+                None => match file_of(&file).map(|path| uem_proxy::config::listen_in_file(&path)).transpose() {
+                    Ok(listen) => listen.flatten().map_or_else(|| "127.0.0.1:8080".to_owned(), |l| l.to_string()),
+                    Err(message) => {
+                        eprintln!("uem-proxy: {message}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let path = if ready { healthcheck::READY } else { healthcheck::LIVE };
+            match healthcheck::check_path(&addr, path, Duration::from_secs(3)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     eprintln!("uem-proxy: unhealthy: {message}");

@@ -72,7 +72,7 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let outgoing = prepare_body(body, settings.replay_body_limit).await?;
 
     let retry_after_s = settings.token_wait.as_secs().max(1);
-    let token = app.tokens.wait_usable(settings.token_wait).await.ok_or(ProxyError::NoToken { retry_after_s })?;
+    let token = app.tokens.wait_usable(settings.token_wait).await.ok_or_else(|| app.no_token(retry_after_s))?;
     let pacer = app.pacer.load_full();
     let pass = pacer.admit().await.map_err(|refusal| match refusal {
         Refusal::Busy => ProxyError::UpstreamBusy,

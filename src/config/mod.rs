@@ -4,6 +4,7 @@
 //! reports every problem at once, naming where each bad value came from, so a user fixes a broken
 //! deployment in one round. Nothing downstream re-checks a string: what leaves here is typed.
 
+mod hints;
 mod parse;
 mod source;
 
@@ -20,6 +21,7 @@ use url::Url;
 
 use crate::pacer::PacerSettings;
 use crate::policy::{Policy, PolicyFile};
+pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
 use source::{RawMap, read_file};
 
@@ -120,6 +122,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub config_file: Option<PathBuf>,
+    /// What loaded but is probably not what the user meant, one sentence each (never a secret):
+    /// logged at start and on reload, printed by `config` and `check`.
+    pub warnings: Vec<String>,
     /// The environment variables this configuration was loaded with, so a reload reads the file
     /// again under the same environment. Holds secrets: never printed.
     pub environment: Arc<BTreeMap<String, String>>,
@@ -242,7 +247,8 @@ impl Config {
     }
 
     fn from_raw(raw: &RawMap, policy: PolicyFile, file: Option<&Path>, problems: &mut Vec<String>) -> Option<Config> {
-        let mut p = parse::Parser { raw, problems };
+        let mut warnings = Vec::new();
+        let mut p = parse::Parser { raw, problems, warnings: &mut warnings };
         let api_url = p.api_url();
         let auth = auth(&mut p);
         let tenant_code = match p.parse("tenant_code", |s| Ok(s.trim().to_owned())) {
@@ -284,7 +290,9 @@ impl Config {
             "environment" | "env" => Ok(Egress::FromEnvironment),
             "none" | "direct" => Ok(Egress::Direct),
             _ => {
-                let url = Url::parse(s.trim()).map_err(|e| format!("'{s}' is not a proxy URL ({e})"))?;
+                let url = Url::parse(s.trim());
+                let s = hints::mask_userinfo(s);
+                let url = url.map_err(|e| format!("'{s}' is not a proxy URL ({e})"))?;
                 if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") || url.host_str().is_none() {
                     return Err(format!("'{s}' must be like http://proxy.corp:3128, or none, or environment"));
                 }
@@ -337,6 +345,7 @@ impl Config {
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
             config_file: file.map(Path::to_path_buf),
+            warnings,
             environment: Arc::default(),
         })
     }
@@ -346,10 +355,11 @@ impl Config {
         let human = |d: Duration| humantime::format_duration(d).to_string();
         let inbound = &self.inbound;
         serde_json::json!({
-            "api_url": self.api_url.as_str().trim_end_matches('/'),
+            // Every URL masked, though only the egress proxy's may carry a password today.
+            "api_url": mask_userinfo(self.api_url.as_str().trim_end_matches('/')),
             "auth_mode": self.auth.mode(),
-            "token_url": self.auth.oauth().map(|o| o.token_url.as_str()),
-            "fallback_token_url": self.auth.oauth().and_then(|o| o.fallback_token_url.as_ref().map(Url::as_str)),
+            "token_url": self.auth.oauth().map(|o| mask_userinfo(o.token_url.as_str())),
+            "fallback_token_url": self.auth.oauth().and_then(|o| o.fallback_token_url.as_ref().map(|u| mask_userinfo(u.as_str()))),
             "token_url_source": self.auth.oauth().map(|o| o.token_url_source.as_str()),
             "client_id": self.auth.oauth().map(|o| o.client_id.as_str()),
             "client_secret": self.auth.oauth().map(|o| mask(&o.client_secret)),
@@ -369,7 +379,7 @@ impl Config {
             "egress_proxy": match &self.egress {
                 Egress::FromEnvironment => "environment".to_owned(),
                 Egress::Direct => "none".to_owned(),
-                Egress::Via(url) => url.as_str().to_owned(),
+                Egress::Via(url) => mask_userinfo(url.as_str()),
             },
             "ca_bundle_certificates": self.ca_bundle.as_ref().map(|c| c.len()),
             "header_timeout": human(inbound.header_timeout),
@@ -389,7 +399,22 @@ impl Config {
             "shutdown_grace": human(self.shutdown_grace),
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "config_file": self.config_file.as_ref().map(|p| p.display().to_string()),
+            "warnings": self.warnings,
         })
+    }
+}
+
+/// The `listen` setting of a configuration file, read alone: `uem-proxy healthcheck` needs no
+/// other setting, and must not fail because a secret is unreadable.
+pub fn listen_in_file(path: &Path) -> Result<Option<Listen>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read the config file: {e}"))?;
+    let table: toml::Table =
+        text.parse().map_err(|e| format!("{shown}: not valid TOML: {}", hints::toml_error(&text, &e)))?;
+    match table.get("listen") {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => parse::listen(s).map(Some).map_err(|e| format!("{shown}: listen: {e}")),
+        Some(other) => Err(format!("{shown}: listen: expected a string, found {}", other.type_str())),
     }
 }
 
@@ -488,5 +513,7 @@ fn inbound(p: &mut parse::Parser<'_>) -> Option<Inbound> {
     })
 }
 
+#[cfg(test)]
+mod mistake_tests;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,8 @@ use crate::uem::regions::{Region, TokenDomain, api_url_from_console};
 pub struct Parser<'a> {
     pub raw: &'a RawMap,
     pub problems: &'a mut Vec<String>,
+    /// What loads, but is probably not what the user meant.
+    pub warnings: &'a mut Vec<String>,
 }
 
 impl Parser<'_> {
@@ -28,6 +30,10 @@ impl Parser<'_> {
 
     pub fn problem(&mut self, message: String) {
         self.problems.push(message);
+    }
+
+    pub fn warning(&mut self, message: String) {
+        self.warnings.push(message);
     }
 
     pub fn parse<T>(&mut self, key: &str, f: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
@@ -74,7 +80,27 @@ impl Parser<'_> {
 
     pub fn api_url(&mut self) -> Option<Url> {
         match self.one_of("api_url", "console_url", "the tenant's API host")? {
-            "api_url" => self.parse("api_url", |s| base_url(s, true)),
+            "api_url" => {
+                let mut url = self.parse("api_url", |s| base_url(s, true))?;
+                let name = self.name("api_url");
+                if let Some(stripped) = without_api_suffix(&url) {
+                    self.warning(format!(
+                        "{name}: ends with /api, which every request path already starts with (requests would go \
+                         to /api/api/...): using {}",
+                        stripped.as_str().trim_end_matches('/')
+                    ));
+                    url = stripped;
+                }
+                if let Some(host) = url.host_str().filter(|h| is_console_host(h))
+                    && let Ok(api) = api_url_from_console(host)
+                {
+                    self.warning(format!(
+                        "{name}: {host} looks like a console host; the REST API is usually at {api}: set \
+                         UEM_API_URL={api}, or UEM_CONSOLE_URL={host} to derive it"
+                    ));
+                }
+                Some(url)
+            }
             _ => self.parse("console_url", |s| api_url_from_console(s).and_then(|u| base_url(&u, true))),
         }
     }
@@ -108,17 +134,56 @@ impl Parser<'_> {
         self.secret("client_secret", "client_secret_file", "the OAuth client's secret")
     }
 
-    /// A secret given directly or in a file (whose trailing newline is dropped).
+    /// A secret given directly or in a file. A file's byte-order mark and surrounding white space
+    /// are dropped (editors add them; the token service would refuse the secret as
+    /// `invalid_client`), with a warning unless only one trailing newline went.
     pub fn secret(&mut self, direct: &str, file: &str, what: &str) -> Option<SecretString> {
         if self.one_of(direct, file, what)? == direct {
-            self.parse(direct, |s| non_empty_secret(s.to_owned()))
-        } else {
-            self.parse(file, |s| {
-                let text = std::fs::read_to_string(s.trim()).map_err(|e| format!("cannot read '{s}': {e}"))?;
-                non_empty_secret(text.trim_end_matches(['\r', '\n']).to_owned())
-            })
+            return self.parse(direct, |s| non_empty_secret(s.to_owned()));
         }
+        let mut trimmed = false;
+        let secret = self.parse(file, |s| {
+            let text = std::fs::read_to_string(s.trim()).map_err(|e| format!("cannot read '{s}': {e}"))?;
+            let (secret, changed) = secret_from_file(&text);
+            trimmed = changed;
+            non_empty_secret(secret.to_owned())
+        })?;
+        if trimmed {
+            let name = self.name(file);
+            self.warning(format!(
+                "{name}: the file's byte-order mark, spaces or line breaks around the secret were removed; \
+                 write the secret alone on one line to silence this"
+            ));
+        }
+        Some(secret)
     }
+}
+
+/// The secret in a secret file's text, and whether more than one trailing newline was removed to
+/// get it: a UTF-8 byte-order mark, and white space (CR and LF included) at either end.
+pub fn secret_from_file(text: &str) -> (&str, bool) {
+    let secret = text.strip_prefix('\u{feff}').unwrap_or(text).trim();
+    let expected = text.strip_suffix("\r\n").or_else(|| text.strip_suffix('\n')).unwrap_or(text);
+    (secret, secret != expected)
+}
+
+/// The API base without a trailing `/api` segment (any letter case), when it has one.
+fn without_api_suffix(url: &Url) -> Option<Url> {
+    let path = url.path().trim_end_matches('/');
+    let cut = path.len().checked_sub(4)?;
+    if !path[cut..].eq_ignore_ascii_case("/api") {
+        return None;
+    }
+    let mut url = url.clone();
+    let kept = path[..cut].to_owned();
+    url.set_path(&kept);
+    Some(url)
+}
+
+/// A SaaS console host: a first label `cn` followed by digits (`cn1234.awmdm.com`).
+fn is_console_host(host: &str) -> bool {
+    let first = host.split('.').next().unwrap_or_default();
+    first.len() > 2 && first[..2].eq_ignore_ascii_case("cn") && first[2..].bytes().all(|b| b.is_ascii_digit())
 }
 
 fn non_empty_secret(s: String) -> Result<SecretString, String> {
@@ -217,8 +282,9 @@ pub fn origins(s: &str) -> Result<Vec<String>, String> {
 
 /// An http(s) URL with a host and no credentials, query or fragment. For the API base, the path
 /// (a prefix) loses its trailing slash so request paths append cleanly.
-pub fn base_url(s: &str, is_api: bool) -> Result<Url, String> {
-    let mut url = Url::parse(s.trim()).map_err(|e| format!("'{s}' is not a URL ({e})"))?;
+pub fn base_url(raw: &str, is_api: bool) -> Result<Url, String> {
+    let s = &super::hints::mask_userinfo(raw);
+    let mut url = Url::parse(raw.trim()).map_err(|e| format!("'{s}' is not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("'{s}' must start with https:// (or http:// for labs)"));
     }

@@ -60,6 +60,22 @@ const ALTERNATIVES: &[(&str, &str)] = &[
     ("password", "password_file"),
 ];
 
+/// Settings that name files. A relative path in the configuration file is taken relative to the
+/// file's folder (the file and its secrets are usually shipped together); in the environment it
+/// stays relative to the working directory.
+const PATHS: &[&str] = &["client_secret_file", "password_file", "ca_bundle", "tls_cert", "tls_key"];
+
+/// `value` as a path relative to the folder of the configuration file at `file`.
+fn beside(file: &Path, value: String) -> String {
+    let trimmed = value.trim();
+    match file.parent() {
+        Some(folder) if !trimmed.is_empty() && Path::new(trimmed).is_relative() => {
+            folder.join(trimmed).display().to_string()
+        }
+        _ => value,
+    }
+}
+
 /// Where a raw value came from.
 #[derive(Clone)]
 pub enum Origin {
@@ -101,7 +117,8 @@ pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> P
     let mut table: toml::Table = match text.parse() {
         Ok(table) => table,
         Err(e) => {
-            problems.push(format!("{shown}: not valid TOML: {}", e.to_string().trim()));
+            // Never `e.to_string()`: it quotes the line, which may hold a secret.
+            problems.push(format!("{shown}: not valid TOML: {}", super::hints::toml_error(&text, &e)));
             return PolicyFile::default();
         }
     };
@@ -114,7 +131,7 @@ pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> P
     };
     for (key, value) in table {
         let Some(&(known, _)) = SETTINGS.iter().find(|(k, _)| *k == key) else {
-            problems.push(format!("{shown}: unknown setting '{key}'"));
+            problems.push(format!("{shown}: {}", super::hints::unknown_key(&key)));
             continue;
         };
         let value = match value {
@@ -129,6 +146,7 @@ pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> P
                 continue;
             }
         };
+        let value = if PATHS.contains(&known) { beside(path, value) } else { value };
         raw.insert(known, Raw { value, origin: Origin::File(shown.clone()) });
     }
     policy

@@ -205,6 +205,16 @@ impl Tokens {
         stored
     }
 
+    /// Why no token may be had, when the last attempt failed: its error (a code, a status or a
+    /// connection failure, never a body, the secret or a token). For callers' 503 answers.
+    pub fn failure(&self) -> Option<String> {
+        let stats = self.shared.stats.lock().expect("not poisoned");
+        if stats.consecutive_failures == 0 {
+            return None;
+        }
+        stats.last_error.as_ref().map(|(_, error)| error.clone())
+    }
+
     pub fn stats(&self) -> TokenStats {
         self.shared.stats.lock().expect("not poisoned").clone()
     }

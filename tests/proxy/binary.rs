@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::support::{Reply, SECRET, TokenService, Upstream, client};
 
-const BIN: &str = env!("CARGO_BIN_EXE_uem-proxy");
+pub const BIN: &str = env!("CARGO_BIN_EXE_uem-proxy");
 
-fn command(env: &[(&str, &str)]) -> Command {
+pub fn command(env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     // Only what the test gives: no stray UEM_* from the machine running the tests.
     cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -18,7 +18,7 @@ fn command(env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-fn base_env<'a>(api: &'a str, token_url: &'a str) -> Vec<(&'a str, &'a str)> {
+pub fn base_env<'a>(api: &'a str, token_url: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("UEM_API_URL", api),
         ("UEM_TOKEN_URL", token_url),
@@ -30,19 +30,19 @@ fn base_env<'a>(api: &'a str, token_url: &'a str) -> Vec<(&'a str, &'a str)> {
 }
 
 /// A running proxy process whose standard error is collected line by line.
-struct Running {
-    child: Child,
+pub struct Running {
+    pub child: Child,
     /// Where it listens, as its log says (`127.0.0.1:PORT` or `unix:/path`).
     listen: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Running {
-    fn start(env: &[(&str, &str)]) -> Running {
+    pub fn start(env: &[(&str, &str)]) -> Running {
         Running::start_with(env, &[])
     }
 
-    fn start_with(env: &[(&str, &str)], args: &[&str]) -> Running {
+    pub fn start_with(env: &[(&str, &str)], args: &[&str]) -> Running {
         let mut child = command(env).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -62,17 +62,17 @@ impl Running {
         Running { child, listen, log }
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         self.listen.parse().expect("a TCP listener")
     }
 
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         wait_exit(&mut self.child, Duration::from_secs(15))
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 }

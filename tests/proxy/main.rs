@@ -2,8 +2,11 @@
 //! and the real binary for what only a process shows (exit codes, signals, logs).
 
 mod binary;
+mod check_route;
+mod deploy;
 mod forwarding;
 mod legacy;
+mod mistakes;
 mod operations;
 mod policy;
 mod sandbox;
