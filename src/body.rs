@@ -104,28 +104,79 @@ where
     }
 }
 
-/// Ends a response body with an error when the upstream pauses longer than `idle` between two
-/// pieces, so a stalled upstream cannot hold a caller forever.
+/// Ends a body with an error when its sender pauses longer than `idle` between two pieces, so a
+/// stalled upstream cannot hold a caller, nor a stalled caller an upstream slot, forever.
+///
+/// Only time spent waiting for the sender counts: the clock starts when a piece is asked for and
+/// is not there yet, so time the receiver takes (a slow caller reading a download, a request
+/// waiting for its turn in the pacer) is never counted against the sender. A steady body of any
+/// size and duration passes.
 ///
 /// It also holds `keep` (the pacer's pass) until the body is done, so a request counts as in
 /// flight to the upstream for as long as its response streams.
 pub struct IdleTimeout<B, K = ()> {
     inner: B,
     idle: Duration,
+    side: Side,
     deadline: Pin<Box<Sleep>>,
+    /// Whether `deadline` counts the current pause.
+    armed: bool,
     _keep: K,
 }
 
+/// Whose body a pause limit watches, for the error it ends in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The upstream's response body.
+    Upstream,
+    /// The caller's request body.
+    Caller,
+}
+
 impl<B, K> IdleTimeout<B, K> {
+    /// Bounds pauses in an upstream's response body, holding `keep` until the body is done.
     pub fn new(inner: B, idle: Duration, keep: K) -> Self {
-        IdleTimeout { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), _keep: keep }
+        IdleTimeout::watching(Side::Upstream, inner, idle, keep)
+    }
+
+    pub fn watching(side: Side, inner: B, idle: Duration, keep: K) -> Self {
+        let deadline = Box::pin(tokio::time::sleep(idle));
+        IdleTimeout { inner, idle, side, deadline, armed: false, _keep: keep }
     }
 }
 
-/// The upstream paused too long inside a response body.
-#[derive(Debug, thiserror::Error)]
-#[error("the upstream paused longer than {0:?} inside the response body")]
-pub struct IdleTimeoutError(Duration);
+/// A sender paused too long inside a body.
+#[derive(Debug)]
+pub struct Paused {
+    pub side: Side,
+    pub idle: Duration,
+}
+
+impl std::fmt::Display for Paused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (who, body) = match self.side {
+            Side::Upstream => ("upstream", "response"),
+            Side::Caller => ("caller", "request"),
+        };
+        write!(f, "the {who} paused longer than {:?} inside the {body} body", self.idle)
+    }
+}
+
+impl std::error::Error for Paused {}
+
+impl Paused {
+    /// The pause behind `error`, when that is what it is (looked for along its sources).
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Paused> {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if let Some(paused) = e.downcast_ref::<Paused>() {
+                return Some(paused);
+            }
+            current = e.source();
+        }
+        None
+    }
+}
 
 impl<B, K: Unpin> Body for IdleTimeout<B, K>
 where
@@ -139,12 +190,16 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.deadline.as_mut().reset(Instant::now() + this.idle);
+                this.armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
+                if !this.armed {
+                    this.deadline.as_mut().reset(Instant::now() + this.idle);
+                    this.armed = true;
+                }
                 ready!(this.deadline.as_mut().poll(cx));
-                Poll::Ready(Some(Err(Box::new(IdleTimeoutError(this.idle)))))
+                Poll::Ready(Some(Err(Box::new(Paused { side: this.side, idle: this.idle }))))
             }
         }
     }

@@ -7,7 +7,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
+use http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
+    TRANSFER_ENCODING,
+};
 use http::{HeaderMap, Method, StatusCode, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
@@ -114,6 +117,9 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     }
 
     let mut response = http::Response::from(response);
+    if let Some(why) = unforwardable(response.status(), response.headers()) {
+        return Err(ProxyError::BadUpstreamAnswer(why));
+    }
     let rewrite_body = settings.rewrite_bodies && parts.method != Method::HEAD && is_rewritable(response.headers());
     let needs_base = rewrite_body || response.headers().contains_key(LOCATION);
     let proxy_base = if needs_base { proxy_base() } else { String::new() };
@@ -128,38 +134,58 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let response = response.map(|b| Body::new(IdleTimeout::new(b, settings.upstream_timeout, pass)));
     let response = if rewrite_body {
         let replacer = Replacer::new(&settings.upstream_base, &proxy_base);
-        rewrite_urls(response, replacer, settings.upstream_timeout).await
+        rewrite_urls(response, replacer).await?
     } else {
         response
     };
-    Ok(with_activity_id(response, settings.upstream_timeout).await)
+    with_activity_id(response).await
+}
+
+/// Why an upstream answer cannot be passed on as it is, if it cannot. An answer framed both by
+/// `Content-Length` and `Transfer-Encoding` may be an attempt at response splitting (RFC 9112
+/// §6.3), and its `Content-Length` would cut the decoded body short; a `101` would need a tunnel.
+fn unforwardable(status: StatusCode, headers: &HeaderMap) -> Option<&'static str> {
+    if status.is_informational() {
+        return Some("it switches protocols, and the proxy does not tunnel");
+    }
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Some("it is framed both by Content-Length and by Transfer-Encoding");
+    }
+    None
 }
 
 /// Bodies up to this size are rewritten whole, so their `Content-Length` stays exact; larger ones
 /// stream through the rewriter and lose it (the caller sees the end of the body instead).
 const REWRITE_WHOLE: u64 = 1024 * 1024;
 
-/// Points the API's own URLs in a textual body at the proxy.
-async fn rewrite_urls(response: Response, mut replacer: Replacer, timeout: Duration) -> Response {
+/// Points the API's own URLs in a textual body at the proxy. A body read whole that breaks or
+/// pauses too long fails the request (nothing has been sent yet); `body` bounds the pauses.
+async fn rewrite_urls(response: Response, mut replacer: Replacer) -> Result<Response, ProxyError> {
     let (mut parts, body) = response.into_parts();
     if body.size_hint().exact().is_some_and(|n| n <= REWRITE_WHOLE) {
-        let Ok(Ok(collected)) = tokio::time::timeout(timeout, body.collect()).await else {
-            return Response::from_parts(
-                parts,
-                Body::new(http_body_util::Empty::new().map_err(|never| match never {})),
-            );
-        };
-        let out = replacer.rewrite_whole(collected.to_bytes());
+        let collected = read_whole(body).await?;
+        let out = replacer.rewrite_whole(collected);
         parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
-        return Response::from_parts(parts, Body::from(out));
+        return Ok(Response::from_parts(parts, Body::from(out)));
     }
     parts.headers.remove(CONTENT_LENGTH);
-    Response::from_parts(parts, Body::new(Rewritten::new(body, replacer)))
+    Ok(Response::from_parts(parts, Body::new(Rewritten::new(body, replacer))))
+}
+
+/// Reads an upstream body to its end; never mistakes a broken one for a short one.
+async fn read_whole(body: Body) -> Result<Bytes, ProxyError> {
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => {
+            tracing::debug!(%error, "the upstream's body failed while read whole");
+            Err(ProxyError::from_body(&error))
+        }
+    }
 }
 
 /// For a small JSON error answer, reads the body to note UEM's `activityId` for the access log
 /// and passes the same bytes on. Success bodies and large bodies are not touched.
-async fn with_activity_id(response: Response, timeout: Duration) -> Response {
+async fn with_activity_id(response: Response) -> Result<Response, ProxyError> {
     let is_json = response
         .headers()
         .get(CONTENT_TYPE)
@@ -167,21 +193,17 @@ async fn with_activity_id(response: Response, timeout: Duration) -> Response {
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
     let small = response.body().size_hint().exact().is_some_and(|n| n <= ERROR_BODY_PEEK);
     if !(response.status().as_u16() >= 400 && is_json && small) {
-        return response;
+        return Ok(response);
     }
     let (mut parts, body) = response.into_parts();
-    let Ok(Ok(collected)) = tokio::time::timeout(timeout, body.collect()).await else {
-        // The body broke or stalled: end the response as the upstream did.
-        return Response::from_parts(parts, Body::new(http_body_util::Empty::new().map_err(|never| match never {})));
-    };
-    let bytes = collected.to_bytes();
+    let bytes = read_whole(body).await?;
     if let Ok(error) = serde_json::from_slice::<serde_json::Value>(&bytes)
         && let Some(activity) = error.get("activityId").and_then(|a| a.as_str())
     {
         let printable: String = activity.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
         parts.extensions.insert(ActivityId(printable));
     }
-    Response::from_parts(parts, Body::from(bytes))
+    Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
 /// The upstream URL: the configured base with the caller's canonical path and query appended,
