@@ -326,3 +326,105 @@ async fn a_healthy_answer_is_whole_and_keeps_the_connection() {
     assert_eq!((got.status, got.complete, got.closed), (200, true, false), "{got:?}");
     assert_eq!(got.body, body.as_bytes());
 }
+
+// --- The access log's `complete` --------------------------------------------------------------
+
+/// Captures this thread's log events as JSON (the proxy's tasks run on the test's one thread).
+struct Captured {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn start() -> Captured {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Sink(lines.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || sink.clone())
+            .json()
+            .flatten_event(true)
+            .finish();
+        Captured { lines, _guard: tracing::subscriber::set_default(subscriber) }
+    }
+
+    /// The access event of the request to `path`, once it has been written.
+    async fn access(&self, path: &str) -> serde_json::Value {
+        for _ in 0..500 {
+            let text = String::from_utf8(self.lines.lock().unwrap().clone()).unwrap();
+            let event = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|e| e["target"] == "uem_proxy::access" && e["path"] == path);
+            if let Some(event) = event {
+                return event;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no access event for {path}");
+    }
+}
+
+#[tokio::test]
+async fn complete_is_true_exactly_when_the_whole_body_reached_the_caller() {
+    let log = Captured::start();
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
+
+    // Whole, with a Content-Length: small (rewritten whole), large (streamed), and empty.
+    for (path, bytes) in [("/api/small", None), ("/download", Some(3 << 20)), ("/download", Some(0))] {
+        let query = bytes.map(|n| format!("?bytes={n}")).unwrap_or_default();
+        let got = get(proxy.addr, &format!("{path}{query}")).await;
+        assert!(got.complete && got.head.contains("content-length"), "{got:?}");
+        let event = log.access(path).await;
+        assert_eq!(event["complete"], true, "{path}{query} with a Content-Length: {event}");
+        assert_eq!(event["bytes_out"], got.body.len(), "{event}");
+        log.lines.lock().unwrap().clear();
+    }
+    // A HEAD answer: its Content-Length promises a body that is never sent.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"HEAD /api/head HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    assert_eq!(log.access("/api/head").await["complete"], true);
+    drop(stream);
+    // Whole, chunked.
+    let got = get(proxy.addr, "/links-stream").await;
+    assert!(got.complete && got.head.contains("transfer-encoding: chunked"), "{got:?}");
+    assert_eq!(log.access("/links-stream").await["complete"], true);
+
+    // The caller goes away mid-download.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"GET /download?bytes=104857600 HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    stream.read_exact(&mut buf).await.unwrap();
+    drop(stream);
+    let event = log.access("/download").await;
+    assert_eq!(event["complete"], false, "{event}");
+    assert!(event["bytes_out"].as_u64().unwrap() < 104857600, "{event}");
+}
+
+#[tokio::test]
+async fn complete_is_false_when_the_upstream_cut_the_body() {
+    let log = Captured::start();
+    for (name, steps) in [
+        ("known length", partial("200 OK", BINARY, 100, 10, None)),
+        ("chunked", vec![send(head("200 OK", &[("Transfer-Encoding", "chunked".to_owned())])), send("5\r\nhello\r\n")]),
+    ] {
+        let proxy = proxy(steps, &[]).await;
+        get(proxy.addr, "/api/cut").await.assert_cut();
+        let event = log.access("/api/cut").await;
+        assert_eq!(event["complete"], false, "{name}: {event}");
+        log.lines.lock().unwrap().clear();
+    }
+}
