@@ -33,6 +33,8 @@ pub struct Settings {
     pub replay_body_limit: u64,
     pub rewrite_bodies: bool,
     pub max_body_bytes: Option<u64>,
+    /// The longest pause allowed while reading a caller's request body.
+    pub body_idle_timeout: std::time::Duration,
     /// Sent as `aw-tenant-code`, in place of any a caller sends.
     pub tenant_code: Option<HeaderValue>,
 }
@@ -50,6 +52,7 @@ impl Settings {
             replay_body_limit: config.replay_body_limit,
             rewrite_bodies: config.rewrite_bodies,
             max_body_bytes: config.inbound.max_body_bytes,
+            body_idle_timeout: config.inbound.body_idle_timeout,
             tenant_code: tenant_header(config),
         }
     }

@@ -1,6 +1,7 @@
 //! The forwarding handler: a caller's request in, the upstream's response out, both streamed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,7 +21,7 @@ use url::Url;
 
 use crate::access_log::{RequestId, UpstreamLatency};
 use crate::app::{App, Settings};
-use crate::body::{IdleTimeout, TooLarge, Upload};
+use crate::body::{IdleTimeout, Paused, Side, TooLarge, Upload};
 use crate::body_rewrite::{Replacer, Rewritten, is_rewritable};
 use crate::error::ProxyError;
 use crate::pacer::Refusal;
@@ -72,6 +73,8 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let https = parts.extensions.get::<Https>().is_some();
     let proxy_base = response_base(&parts.headers, &app.listen_host, https);
     rewrite::request_headers(&mut parts.headers);
+    let caller_paused = Arc::new(AtomicBool::new(false));
+    let body = paced(body, settings.body_idle_timeout, caller_paused.clone());
     let outgoing = prepare_body(body, settings.replay_body_limit).await?;
 
     let retry_after_s = settings.token_wait.as_secs().max(1);
@@ -96,7 +99,13 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         timeout: settings.upstream_timeout,
         tenant_code: settings.tenant_code.as_ref(),
     };
-    let mut response = attempt.send(&token, body, sent).await?;
+    let mut response = match attempt.send(&token, body, sent).await {
+        // The upload failed because the caller stopped sending: the caller's fault, not the API's.
+        Err(_) if caller_paused.load(Ordering::Relaxed) => {
+            return Err(ProxyError::RequestTimeout(settings.body_idle_timeout));
+        }
+        sent => sent?,
+    };
 
     if response.status() == StatusCode::UNAUTHORIZED {
         match replay {
@@ -237,6 +246,18 @@ fn response_base(headers: &HeaderMap, listen_host: &str, https: bool) -> impl Fn
     move || format!("{}://{host}", if https { "https" } else { "http" })
 }
 
+/// The caller's request body with its pauses bounded by `idle`, so a caller that stops sending
+/// cannot hold a buffer, an upstream slot or an upstream connection for longer. `paused` is set
+/// when a pause was too long, so that a failed upload is answered as the caller's fault (408).
+fn paced(body: Body, idle: Duration, paused: Arc<AtomicBool>) -> Body {
+    Body::new(IdleTimeout::watching(Side::Caller, body, idle, ()).map_err(move |e| {
+        if Paused::find(&*e).is_some() {
+            paused.store(true, Ordering::Relaxed);
+        }
+        e
+    }))
+}
+
 /// Keeps a body small enough to replay (known length up to `limit`); streams any other.
 async fn prepare_body(body: Body, limit: u64) -> Result<Outgoing, ProxyError> {
     let hint = body.size_hint();
@@ -245,10 +266,11 @@ async fn prepare_body(body: Body, limit: u64) -> Result<Outgoing, ProxyError> {
     }
     match hint.exact() {
         Some(len) if len <= limit => {
-            let collected = Limited::new(body, limit as usize)
-                .collect()
-                .await
-                .map_err(|_| ProxyError::BadTarget("the request body ended early"))?;
+            let collected =
+                Limited::new(body, limit as usize).collect().await.map_err(|e| match Paused::find(&*e) {
+                    Some(paused) => ProxyError::RequestTimeout(paused.idle),
+                    None => ProxyError::BadTarget("the request body ended early"),
+                })?;
             Ok(Outgoing::Replayable(collected.to_bytes()))
         }
         _ => Ok(Outgoing::Streamed(body)),

@@ -428,3 +428,58 @@ async fn complete_is_false_when_the_upstream_cut_the_body() {
         log.lines.lock().unwrap().clear();
     }
 }
+
+// --- Callers that stop sending a request body --------------------------------------------------
+
+/// A request head promising `length` bytes of body, and the first ten of them.
+fn stalled_upload(path: &str, length: usize) -> Vec<u8> {
+    format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n0123456789")
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn a_caller_that_stalls_a_small_body_gets_408_and_the_connection_closes() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_BODY_IDLE_TIMEOUT", "1s")]).await;
+    // Small enough to be kept for a replay, and too large: both paths are bounded.
+    for length in [100, 1_000_000] {
+        let started = std::time::Instant::now();
+        let got = exchange(proxy.addr, &stalled_upload("/api/x", length)).await;
+        assert_eq!(got.status, 408, "{length}: {got:?}");
+        assert_eq!(got.json()["error"], "request_timeout");
+        assert!(got.closed, "the rest of the body is never read: the connection closes");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+    assert!(upstream.seen().iter().all(|s| s.target != "/api/x"), "no half body was sent as if whole");
+}
+
+#[tokio::test]
+async fn callers_that_stall_their_uploads_do_not_shut_out_others_beyond_the_idle_timeout() {
+    let settings =
+        [("UEM_PROXY_BODY_IDLE_TIMEOUT", "1s"), ("UEM_PROXY_MAX_CONCURRENT", "3"), ("UEM_PROXY_PACER_MAX_WAIT", "8s")];
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&settings).await;
+    // Three uploads of 1 MB (streamed, too large to be kept) that stop after 10 bytes hold every
+    // upstream slot.
+    let stalled: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = proxy.addr;
+            tokio::spawn(async move { exchange(addr, &stalled_upload("/probe-upload", 1_000_000)).await })
+        })
+        .collect();
+    for _ in 0..500 {
+        if upstream.seen().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream.seen().len(), 3, "the three uploads reached the upstream");
+    let started = std::time::Instant::now();
+    let response = crate::support::client().get(format!("{}/api/other", proxy.url)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert!(started.elapsed() < Duration::from_secs(3), "waited {:?} for a slot", started.elapsed());
+    for upload in stalled {
+        let got = upload.await.unwrap();
+        assert_eq!(got.status, 408, "{got:?}");
+        assert_eq!(got.json()["error"], "request_timeout");
+        assert!(got.closed);
+    }
+}
