@@ -10,6 +10,7 @@ use serde_json::json;
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::body::ReplayBudget;
 use crate::config::{Auth, Config, Listen};
 use crate::inbound::Checks;
 use crate::metrics::Metrics;
@@ -68,6 +69,8 @@ pub struct ReloadStatus {
 
 pub struct App {
     pub client: reqwest::Client,
+    /// Request bodies held for replay, all requests together (restart-only).
+    pub replay_budget: ReplayBudget,
     pub tokens: Tokens,
     /// The OAuth client's credentials, which a reload may replace; `None` in basic mode.
     credentials: Option<Arc<ArcSwap<Credentials>>>,
@@ -123,6 +126,7 @@ impl App {
         };
         let app = App {
             client,
+            replay_budget: ReplayBudget::new(config.replay_budget),
             tokens,
             credentials,
             settings: ArcSwap::from_pointee(Settings::new(&config, &local)),
@@ -262,6 +266,10 @@ impl App {
                 "max_wait_s": settings.max_wait.as_secs_f64(),
                 "waiting": pacer.waiting(),
                 "held_after_429_s": pacer.held_for().as_secs_f64(),
+            },
+            "replay_buffers": {
+                "held_bytes": self.replay_budget.held(),
+                "budget_bytes": self.replay_budget.total(),
             },
             "policy": if config.policy.is_open() { "open" } else { "restricted" },
             "read_only": config.policy.read_only,

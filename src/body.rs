@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use sync_wrapper::SyncWrapper;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::{Instant, Sleep};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -210,5 +210,53 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The bytes of request bodies held for replay, shared by all requests, so that the memory kept
+/// for replays stays bounded however many callers there are and however slowly they send.
+pub struct ReplayBudget {
+    bytes: Arc<Semaphore>,
+    total: u64,
+}
+
+impl ReplayBudget {
+    pub fn new(total: u64) -> ReplayBudget {
+        let total = total.min(Semaphore::MAX_PERMITS as u64);
+        ReplayBudget { bytes: Arc::new(Semaphore::new(total as usize)), total }
+    }
+
+    /// A share of `len` bytes, held until dropped, when that much is left; never waits.
+    pub fn take(&self, len: u64) -> Option<OwnedSemaphorePermit> {
+        let len = u32::try_from(len).ok()?;
+        self.bytes.clone().try_acquire_many_owned(len).ok()
+    }
+
+    /// The bytes held now.
+    pub fn held(&self) -> u64 {
+        self.total - self.bytes.available_permits() as u64
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_budget_is_shared_and_returned_on_drop() {
+        let budget = ReplayBudget::new(100);
+        let first = budget.take(60).expect("fits");
+        assert!(budget.take(60).is_none(), "40 left");
+        let second = budget.take(40).expect("fits exactly");
+        assert_eq!(budget.held(), 100);
+        drop(first);
+        assert_eq!(budget.held(), 40);
+        drop(second);
+        assert!(budget.take(u64::from(u32::MAX) + 1).is_none(), "more than a share can name");
+        assert_eq!(budget.held(), 0);
     }
 }

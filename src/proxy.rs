@@ -15,13 +15,13 @@ use http::header::{
 use http::{HeaderMap, Method, StatusCode, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use url::Url;
 
 use crate::access_log::{RequestId, UpstreamLatency};
 use crate::app::{App, Settings};
-use crate::body::{IdleTimeout, Paused, Side, TooLarge, Upload};
+use crate::body::{IdleTimeout, Paused, ReplayBudget, Side, TooLarge, Upload};
 use crate::body_rewrite::{Replacer, Rewritten, is_rewritable};
 use crate::error::ProxyError;
 use crate::pacer::Refusal;
@@ -42,9 +42,10 @@ pub struct ActivityId(pub String);
 /// Error bodies up to this size are read to find UEM's `activityId`; larger ones stream on.
 const ERROR_BODY_PEEK: u64 = 64 * 1024;
 
-/// A request body in a form that can be sent, and for small ones sent again.
+/// A request body in a form that can be sent, and for small ones sent again: those hold their
+/// share of the replay budget (none when empty) for as long as the request is served.
 enum Outgoing {
-    Replayable(Bytes),
+    Replayable(Bytes, Option<OwnedSemaphorePermit>),
     Streamed(Body),
 }
 
@@ -75,7 +76,7 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     rewrite::request_headers(&mut parts.headers);
     let caller_paused = Arc::new(AtomicBool::new(false));
     let body = paced(body, settings.body_idle_timeout, caller_paused.clone());
-    let outgoing = prepare_body(body, settings.replay_body_limit).await?;
+    let outgoing = prepare_body(body, settings.replay_body_limit, &app.replay_budget).await?;
 
     let retry_after_s = settings.token_wait.as_secs().max(1);
     let token = app.tokens.wait_usable(settings.token_wait).await.ok_or(ProxyError::NoToken { retry_after_s })?;
@@ -84,8 +85,12 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         Refusal::Busy => ProxyError::UpstreamBusy,
         Refusal::RateLimited { retry_after_s } => ProxyError::RateLimited { retry_after_s },
     })?;
+    let mut _replay_share = None;
     let (body, sent, replay) = match outgoing {
-        Outgoing::Replayable(bytes) => (reqwest::Body::from(bytes.clone()), None, Some(bytes)),
+        Outgoing::Replayable(bytes, share) => {
+            _replay_share = share;
+            (reqwest::Body::from(bytes.clone()), None, Some(bytes))
+        }
         Outgoing::Streamed(stream) => {
             let (upload, sent) = Upload::new(stream, settings.max_body_bytes);
             (reqwest::Body::wrap(upload), Some(sent), None)
@@ -258,23 +263,26 @@ fn paced(body: Body, idle: Duration, paused: Arc<AtomicBool>) -> Body {
     }))
 }
 
-/// Keeps a body small enough to replay (known length up to `limit`); streams any other.
-async fn prepare_body(body: Body, limit: u64) -> Result<Outgoing, ProxyError> {
+/// Keeps a body small enough to replay (known length up to `limit`) while the replay budget has
+/// room for it; streams any other. The share is taken before the body is read, so that callers
+/// sending slowly cannot make the proxy hold more than the budget.
+async fn prepare_body(body: Body, limit: u64, budget: &ReplayBudget) -> Result<Outgoing, ProxyError> {
     let hint = body.size_hint();
     if body.is_end_stream() || hint.exact() == Some(0) {
-        return Ok(Outgoing::Replayable(Bytes::new()));
+        return Ok(Outgoing::Replayable(Bytes::new(), None));
     }
-    match hint.exact() {
-        Some(len) if len <= limit => {
-            let collected =
-                Limited::new(body, limit as usize).collect().await.map_err(|e| match Paused::find(&*e) {
-                    Some(paused) => ProxyError::RequestTimeout(paused.idle),
-                    None => ProxyError::BadTarget("the request body ended early"),
-                })?;
-            Ok(Outgoing::Replayable(collected.to_bytes()))
-        }
-        _ => Ok(Outgoing::Streamed(body)),
-    }
+    let Some(len) = hint.exact().filter(|len| *len <= limit) else {
+        return Ok(Outgoing::Streamed(body));
+    };
+    let Some(share) = budget.take(len) else {
+        tracing::debug!(held = budget.held(), "the replay budget is spent: the body streams and cannot be replayed");
+        return Ok(Outgoing::Streamed(body));
+    };
+    let collected = Limited::new(body, limit as usize).collect().await.map_err(|e| match Paused::find(&*e) {
+        Some(paused) => ProxyError::RequestTimeout(paused.idle),
+        None => ProxyError::BadTarget("the request body ended early"),
+    })?;
+    Ok(Outgoing::Replayable(collected.to_bytes(), Some(share)))
 }
 
 /// What stays the same between a request's first attempt and its replay.

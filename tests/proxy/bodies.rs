@@ -96,6 +96,11 @@ impl Received {
 pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Received {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
+    receive(stream).await
+}
+
+/// Reads one response from `stream`, as [`exchange`] does.
+pub async fn receive(mut stream: TcpStream) -> Received {
     let mut data = Vec::new();
     let mut closed = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -482,4 +487,68 @@ async fn callers_that_stall_their_uploads_do_not_shut_out_others_beyond_the_idle
         assert_eq!(got.json()["error"], "request_timeout");
         assert!(got.closed);
     }
+}
+
+// --- The replay budget -------------------------------------------------------------------------
+
+/// The bytes of request bodies the proxy holds for replay now, from `/_proxy/status`.
+async fn held(proxy: &Proxy) -> u64 {
+    let status: serde_json::Value = crate::support::client()
+        .get(format!("{}/_proxy/status", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    status["replay_buffers"]["held_bytes"].as_u64().unwrap()
+}
+
+async fn wait_held(proxy: &Proxy, bytes: u64) {
+    for _ in 0..500 {
+        if held(proxy).await == bytes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the proxy never held {bytes} bytes for replay (holds {})", held(proxy).await);
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_replay_budget_stream_and_are_not_replayed() {
+    let settings = [("UEM_PROXY_REPLAY_BUDGET", "100"), ("UEM_PROXY_BODY_IDLE_TIMEOUT", "20s")];
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&settings).await;
+    let client = crate::support::client();
+    client.get(format!("{}/api/warm", proxy.url)).send().await.unwrap();
+
+    // A caller holds 60 of the 100 bytes with a replayable body it does not finish.
+    let mut held_open = TcpStream::connect(proxy.addr).await.unwrap();
+    held_open.write_all(&stalled_upload("/api/held", 60)).await.unwrap();
+    wait_held(&proxy, 60).await;
+
+    // 60 more do not fit: that body streams, so the upstream sees its start before its end.
+    let mut streamed = TcpStream::connect(proxy.addr).await.unwrap();
+    streamed.write_all(&stalled_upload("/probe-upload", 60)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), upstream.first_piece.notified())
+        .await
+        .expect("a body past the budget streams");
+    streamed.write_all(&[b'x'; 50]).await.unwrap();
+    let got = receive(streamed).await;
+    assert_eq!((got.status, got.json()["bytes"].as_u64()), (200, Some(60)), "{got:?}");
+
+    // After a 401, a body within the budget is replayed with a fresh token; one past it is not.
+    let auth_checks = || upstream.seen().iter().filter(|s| s.target == "/auth-check").count();
+    *upstream.accepted.lock().unwrap() = "Bearer tok-2".into();
+    let fits = client.post(format!("{}/auth-check", proxy.url)).body("y".repeat(40)).send().await.unwrap();
+    assert_eq!(fits.status(), 200, "40 bytes fit the 40 left: replayed");
+    assert_eq!(auth_checks(), 2);
+    *upstream.accepted.lock().unwrap() = "Bearer tok-3".into();
+    let past = client.post(format!("{}/auth-check", proxy.url)).body("z".repeat(41)).send().await.unwrap();
+    assert_eq!(past.status(), 401, "41 bytes do not fit: streamed, so the 401 is the caller's");
+    assert_eq!(auth_checks(), 3, "not replayed");
+
+    // The held share is returned when its request ends.
+    assert_eq!(held(&proxy).await, 60);
+    drop(held_open);
+    wait_held(&proxy, 0).await;
 }
