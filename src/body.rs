@@ -245,6 +245,40 @@ impl ReplayBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_senders_pauses_count_and_a_long_one_is_an_error() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+        });
+        let idle = Duration::from_secs(1);
+        let mut body = IdleTimeout::watching(Side::Caller, StreamBody::new(Box::pin(stream)), idle, ());
+        // The receiver takes its time before asking: not a pause of the sender, whose clock
+        // starts when a piece is asked for.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let first = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            first.send(Bytes::from_static(b"a")).await.unwrap();
+        });
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "a");
+        // Pauses just under the limit, however many, pass.
+        for _ in 0..10 {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                tx.send(Bytes::from_static(b"b")).await.unwrap();
+            });
+            assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "b");
+        }
+        let error = body.frame().await.unwrap().unwrap_err();
+        let paused = Paused::find(&*error).expect("a pause");
+        assert_eq!((paused.side, paused.idle), (Side::Caller, idle));
+        assert_eq!(error.to_string(), "the caller paused longer than 1s inside the request body");
+    }
 
     #[test]
     fn the_replay_budget_is_shared_and_returned_on_drop() {

@@ -199,6 +199,7 @@ async fn a_json_body_cut_mid_way_is_a_502_never_an_empty_or_short_answer() {
             let got = get(proxy.addr, "/api/mdm/devices/1").await;
             assert_eq!(got.status, 502, "{status}, {sent} of 100 bytes: {got:?}");
             assert!(got.complete, "the proxy's own answer is whole: {got:?}");
+            assert!(!got.closed, "the caller's connection stays usable");
             assert_eq!(got.json()["error"], "upstream_error");
             assert!(got.json()["request_id"].as_str().is_some_and(|id| !id.is_empty()));
         }
