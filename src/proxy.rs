@@ -85,6 +85,7 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         Refusal::Busy => ProxyError::UpstreamBusy,
         Refusal::RateLimited { retry_after_s } => ProxyError::RateLimited { retry_after_s },
     })?;
+    // The replay budget's share stays taken until the request has been answered.
     let mut _replay_share = None;
     let (body, sent, replay) = match outgoing {
         Outgoing::Replayable(bytes, share) => {
@@ -109,7 +110,7 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         Err(_) if caller_paused.load(Ordering::Relaxed) => {
             return Err(ProxyError::RequestTimeout(settings.body_idle_timeout));
         }
-        sent => sent?,
+        other => other?,
     };
 
     if response.status() == StatusCode::UNAUTHORIZED {
