@@ -11,3 +11,4 @@ mod security;
 mod streaming;
 mod support;
 mod tokens;
+mod uploads;
