@@ -62,6 +62,14 @@ async fn callers_that_stall_their_uploads_do_not_shut_out_others_beyond_the_idle
         assert_eq!(got.json()["error"], "request_timeout");
         assert!(got.closed);
     }
+    // The upstream requests were abandoned too, not left waiting for the rest.
+    for _ in 0..500 {
+        if upstream.broken_uploads.load(std::sync::atomic::Ordering::SeqCst) == 3 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the upstream requests of the stalled uploads were not abandoned");
 }
 
 // --- The replay budget -------------------------------------------------------------------------
