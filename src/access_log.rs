@@ -75,9 +75,11 @@ pub async fn middleware(State(app): State<Arc<App>>, mut req: Request, next: Nex
     let caller = response.extensions().get::<Caller>().map(|c| c.0.clone());
     let activity_id = response.extensions().get::<ActivityId>().map(|a| a.0.clone());
     let status = response.status().as_u16();
+    let expected = expected_length(&response);
+    // hyper sends no body for these, and may never poll an empty one: complete as they stand.
+    let bodiless = method == Method::HEAD || matches!(status, 100..=199 | 204 | 304);
     response.map(|inner| {
-        // An empty body may never be polled; it is complete as it stands.
-        let complete = inner.is_end_stream();
+        let complete = bodiless || inner.is_end_stream() || expected == Some(0);
         let record = Record {
             app,
             id,
@@ -93,8 +95,15 @@ pub async fn middleware(State(app): State<Arc<App>>, mut req: Request, next: Nex
             bytes_out: 0,
             complete,
         };
-        Body::new(Logged { inner, record })
+        Body::new(Logged { inner, record, expected })
     })
+}
+
+/// The body length the caller was promised, when there is one: hyper stops polling a body once it
+/// has sent that many bytes, so reaching it is how the end of such a body is seen.
+fn expected_length(response: &Response) -> Option<u64> {
+    let header = response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    header.or(response.body().size_hint().exact())
 }
 
 struct Record {
@@ -175,10 +184,12 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// The response body, counted; its drop writes the access-log event.
+/// The response body, counted; its drop writes the access-log event. The body is complete when
+/// it ended (or reached its promised length) without an error; dropped before that, it is not.
 struct Logged {
     inner: Body,
     record: Record,
+    expected: Option<u64>,
 }
 
 impl http_body::Body for Logged {
@@ -187,10 +198,14 @@ impl http_body::Body for Logged {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let this = &mut *self;
         match &frame {
-            Some(Ok(f)) => self.record.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64),
-            None => self.record.complete = true,
-            Some(Err(_)) => {}
+            Some(Ok(f)) => {
+                this.record.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64);
+                this.record.complete = this.expected == Some(this.record.bytes_out) || this.inner.is_end_stream();
+            }
+            None => this.record.complete = this.expected.is_none_or(|n| n == this.record.bytes_out),
+            Some(Err(_)) => this.record.complete = false,
         }
         Poll::Ready(frame)
     }

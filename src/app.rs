@@ -10,6 +10,7 @@ use serde_json::json;
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::body::ReplayBudget;
 use crate::config::{Auth, Config, Listen};
 use crate::inbound::Checks;
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ pub struct Settings {
     pub replay_body_limit: u64,
     pub rewrite_bodies: bool,
     pub max_body_bytes: Option<u64>,
+    /// The longest pause allowed while reading a caller's request body.
+    pub body_idle_timeout: std::time::Duration,
     /// Sent as `aw-tenant-code`, in place of any a caller sends.
     pub tenant_code: Option<HeaderValue>,
 }
@@ -50,6 +53,7 @@ impl Settings {
             replay_body_limit: config.replay_body_limit,
             rewrite_bodies: config.rewrite_bodies,
             max_body_bytes: config.inbound.max_body_bytes,
+            body_idle_timeout: config.inbound.body_idle_timeout,
             tenant_code: tenant_header(config),
         }
     }
@@ -65,6 +69,8 @@ pub struct ReloadStatus {
 
 pub struct App {
     pub client: reqwest::Client,
+    /// Request bodies held for replay, all requests together (restart-only).
+    pub replay_budget: ReplayBudget,
     pub tokens: Tokens,
     /// The OAuth client's credentials, which a reload may replace; `None` in basic mode.
     credentials: Option<Arc<ArcSwap<Credentials>>>,
@@ -129,6 +135,7 @@ impl App {
         };
         let app = App {
             client,
+            replay_budget: ReplayBudget::new(config.replay_budget),
             tokens,
             credentials,
             settings: ArcSwap::from_pointee(Settings::new(&config, &local)),
@@ -279,6 +286,10 @@ impl App {
                 "max_wait_s": settings.max_wait.as_secs_f64(),
                 "waiting": pacer.waiting(),
                 "held_after_429_s": pacer.held_for().as_secs_f64(),
+            },
+            "replay_buffers": {
+                "held_bytes": self.replay_budget.held(),
+                "budget_bytes": self.replay_budget.total(),
             },
             "policy": if config.policy.is_open() { "open" } else { "restricted" },
             "read_only": config.policy.read_only,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use sync_wrapper::SyncWrapper;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::{Instant, Sleep};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -104,28 +104,79 @@ where
     }
 }
 
-/// Ends a response body with an error when the upstream pauses longer than `idle` between two
-/// pieces, so a stalled upstream cannot hold a caller forever.
+/// Ends a body with an error when its sender pauses longer than `idle` between two pieces, so a
+/// stalled upstream cannot hold a caller, nor a stalled caller an upstream slot, forever.
+///
+/// Only time spent waiting for the sender counts: the clock starts when a piece is asked for and
+/// is not there yet, so time the receiver takes (a slow caller reading a download, a request
+/// waiting for its turn in the pacer) is never counted against the sender. A steady body of any
+/// size and duration passes.
 ///
 /// It also holds `keep` (the pacer's pass) until the body is done, so a request counts as in
 /// flight to the upstream for as long as its response streams.
 pub struct IdleTimeout<B, K = ()> {
     inner: B,
     idle: Duration,
+    side: Side,
     deadline: Pin<Box<Sleep>>,
+    /// Whether `deadline` counts the current pause.
+    armed: bool,
     _keep: K,
 }
 
+/// Whose body a pause limit watches, for the error it ends in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The upstream's response body.
+    Upstream,
+    /// The caller's request body.
+    Caller,
+}
+
 impl<B, K> IdleTimeout<B, K> {
+    /// Bounds pauses in an upstream's response body, holding `keep` until the body is done.
     pub fn new(inner: B, idle: Duration, keep: K) -> Self {
-        IdleTimeout { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), _keep: keep }
+        IdleTimeout::watching(Side::Upstream, inner, idle, keep)
+    }
+
+    pub fn watching(side: Side, inner: B, idle: Duration, keep: K) -> Self {
+        let deadline = Box::pin(tokio::time::sleep(idle));
+        IdleTimeout { inner, idle, side, deadline, armed: false, _keep: keep }
     }
 }
 
-/// The upstream paused too long inside a response body.
-#[derive(Debug, thiserror::Error)]
-#[error("the upstream paused longer than {0:?} inside the response body")]
-pub struct IdleTimeoutError(Duration);
+/// A sender paused too long inside a body.
+#[derive(Debug)]
+pub struct Paused {
+    pub side: Side,
+    pub idle: Duration,
+}
+
+impl std::fmt::Display for Paused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (who, body) = match self.side {
+            Side::Upstream => ("upstream", "response"),
+            Side::Caller => ("caller", "request"),
+        };
+        write!(f, "the {who} paused longer than {:?} inside the {body} body", self.idle)
+    }
+}
+
+impl std::error::Error for Paused {}
+
+impl Paused {
+    /// The pause behind `error`, when that is what it is (looked for along its sources).
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Paused> {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if let Some(paused) = e.downcast_ref::<Paused>() {
+                return Some(paused);
+            }
+            current = e.source();
+        }
+        None
+    }
+}
 
 impl<B, K: Unpin> Body for IdleTimeout<B, K>
 where
@@ -139,12 +190,16 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.deadline.as_mut().reset(Instant::now() + this.idle);
+                this.armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
+                if !this.armed {
+                    this.deadline.as_mut().reset(Instant::now() + this.idle);
+                    this.armed = true;
+                }
                 ready!(this.deadline.as_mut().poll(cx));
-                Poll::Ready(Some(Err(Box::new(IdleTimeoutError(this.idle)))))
+                Poll::Ready(Some(Err(Box::new(Paused { side: this.side, idle: this.idle }))))
             }
         }
     }
@@ -155,5 +210,87 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The bytes of request bodies held for replay, shared by all requests, so that the memory kept
+/// for replays stays bounded however many callers there are and however slowly they send.
+pub struct ReplayBudget {
+    bytes: Arc<Semaphore>,
+    total: u64,
+}
+
+impl ReplayBudget {
+    pub fn new(total: u64) -> ReplayBudget {
+        let total = total.min(Semaphore::MAX_PERMITS as u64);
+        ReplayBudget { bytes: Arc::new(Semaphore::new(total as usize)), total }
+    }
+
+    /// A share of `len` bytes, held until dropped, when that much is left; never waits.
+    pub fn take(&self, len: u64) -> Option<OwnedSemaphorePermit> {
+        let len = u32::try_from(len).ok()?;
+        self.bytes.clone().try_acquire_many_owned(len).ok()
+    }
+
+    /// The bytes held now.
+    pub fn held(&self) -> u64 {
+        self.total - self.bytes.available_permits() as u64
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_senders_pauses_count_and_a_long_one_is_an_error() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+        });
+        let idle = Duration::from_secs(1);
+        let mut body = IdleTimeout::watching(Side::Caller, StreamBody::new(Box::pin(stream)), idle, ());
+        // The receiver takes its time before asking: not a pause of the sender, whose clock
+        // starts when a piece is asked for.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let first = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            first.send(Bytes::from_static(b"a")).await.unwrap();
+        });
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "a");
+        // Pauses just under the limit, however many, pass.
+        for _ in 0..10 {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                tx.send(Bytes::from_static(b"b")).await.unwrap();
+            });
+            assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "b");
+        }
+        let error = body.frame().await.unwrap().unwrap_err();
+        let paused = Paused::find(&*error).expect("a pause");
+        assert_eq!((paused.side, paused.idle), (Side::Caller, idle));
+        assert_eq!(error.to_string(), "the caller paused longer than 1s inside the request body");
+    }
+
+    #[test]
+    fn the_replay_budget_is_shared_and_returned_on_drop() {
+        let budget = ReplayBudget::new(100);
+        let first = budget.take(60).expect("fits");
+        assert!(budget.take(60).is_none(), "40 left");
+        let second = budget.take(40).expect("fits exactly");
+        assert_eq!(budget.held(), 100);
+        drop(first);
+        assert_eq!(budget.held(), 40);
+        drop(second);
+        assert!(budget.take(u64::from(u32::MAX) + 1).is_none(), "more than a share can name");
+        assert_eq!(budget.held(), 0);
     }
 }

@@ -3,7 +3,9 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use http::header::{HeaderValue, RETRY_AFTER};
+use http::header::{CONNECTION, HeaderValue, RETRY_AFTER};
+
+use crate::body::{Paused, Side};
 
 /// An answer made by the proxy rather than the upstream. Each has a stable machine-readable
 /// `code` that scripts may match on; the message is for people.
@@ -26,6 +28,10 @@ pub enum ProxyError {
     Timeout,
     #[error("the upstream API connection failed")]
     Broken,
+    #[error("the upstream API's answer cannot be forwarded: {0}")]
+    BadUpstreamAnswer(&'static str),
+    #[error("the request body paused longer than {0:?}; see UEM_PROXY_BODY_IDLE_TIMEOUT")]
+    RequestTimeout(std::time::Duration),
     #[error("callers from this address are not allowed; see UEM_PROXY_ALLOW_CIDRS")]
     CallerNotAllowed,
     #[error("the Host '{0}' is not one this proxy answers to; see UEM_PROXY_ALLOWED_HOSTS")]
@@ -64,7 +70,8 @@ impl ProxyError {
             ProxyError::NoToken { .. } => (StatusCode::SERVICE_UNAVAILABLE, "token_unavailable"),
             ProxyError::Unreachable => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            ProxyError::Broken => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            ProxyError::Broken | ProxyError::BadUpstreamAnswer(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            ProxyError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ProxyError::CallerNotAllowed => (StatusCode::FORBIDDEN, "caller_not_allowed"),
             ProxyError::HostNotAllowed(_) => (StatusCode::FORBIDDEN, "host_not_allowed"),
             ProxyError::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
@@ -90,6 +97,17 @@ impl ProxyError {
         }
     }
 
+    /// Classifies a body that failed while the proxy read it: a pause of the upstream is a
+    /// timeout (504), a pause of the caller a request timeout (408), anything else a broken
+    /// upstream (502).
+    pub fn from_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+        match Paused::find(e) {
+            Some(Paused { side: Side::Upstream, .. }) => ProxyError::Timeout,
+            Some(Paused { side: Side::Caller, idle }) => ProxyError::RequestTimeout(*idle),
+            None => ProxyError::Broken,
+        }
+    }
+
     /// The JSON answer `{"error", "message", "request_id"}`; a policy denial also names the
     /// `permission` the request needs (`null` when it needs none the catalogue knows).
     pub fn into_response(self, request_id: &str) -> Response {
@@ -99,6 +117,7 @@ impl ProxyError {
             body["permission"] = serde_json::json!(permission);
         }
         let mut response = (status, Json(body)).into_response();
+        let close = matches!(self, ProxyError::RequestTimeout(_));
         let retry_after = match self {
             ProxyError::NoToken { retry_after_s, .. } | ProxyError::RateLimited { retry_after_s } => {
                 Some(retry_after_s)
@@ -108,6 +127,10 @@ impl ProxyError {
         };
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if close {
+            // The rest of the request body is never read: the connection cannot carry another.
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

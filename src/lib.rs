@@ -25,8 +25,13 @@
 //! - Only the refresher task talks to the token service; requests read the token lock-free.
 //! - No credential is logged: the client secret, password and tenant code are `SecretString`s,
 //!   injected headers are marked sensitive, and the token service's bodies never reach a log line.
-//! - Request and response bodies stream; only bodies of known size up to `replay_body_limit` are
-//!   held, so that a request rejected with 401 can be replayed once.
+//! - Request and response bodies stream; only request bodies of known size up to
+//!   `replay_body_limit`, within one shared `replay_budget`, are held, so that a request rejected
+//!   with 401 can be replayed once; and small text answers of known size, read whole for URL
+//!   rewriting or UEM's `activityId`.
+//! - No answer looks more complete than it is: a body that breaks before anything is sent fails
+//!   the request (502/504); one that breaks after the status is out cuts the connection.
+//! - Time limits inside bodies bound pauses, never lengths.
 //! - Redirects are never followed; the upstream URL is the configured base plus the caller's
 //!   path and query, so no request can be sent to another host.
 

@@ -1,23 +1,27 @@
 //! The forwarding handler: a caller's request in, the upstream's response out, both streamed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
+use http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
+    TRANSFER_ENCODING,
+};
 use http::{HeaderMap, Method, StatusCode, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use url::Url;
 
 use crate::access_log::{RequestId, UpstreamLatency};
 use crate::app::{App, Settings};
-use crate::body::{IdleTimeout, TooLarge, Upload};
+use crate::body::{IdleTimeout, Paused, ReplayBudget, Side, TooLarge, Upload};
 use crate::body_rewrite::{Replacer, Rewritten, is_rewritable};
 use crate::error::ProxyError;
 use crate::pacer::Refusal;
@@ -38,9 +42,10 @@ pub struct ActivityId(pub String);
 /// Error bodies up to this size are read to find UEM's `activityId`; larger ones stream on.
 const ERROR_BODY_PEEK: u64 = 64 * 1024;
 
-/// A request body in a form that can be sent, and for small ones sent again.
+/// A request body in a form that can be sent, and for small ones sent again: those hold their
+/// share of the replay budget (none when empty) for as long as the request is served.
 enum Outgoing {
-    Replayable(Bytes),
+    Replayable(Bytes, Option<OwnedSemaphorePermit>),
     Streamed(Body),
 }
 
@@ -69,7 +74,9 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let https = parts.extensions.get::<Https>().is_some();
     let proxy_base = response_base(&parts.headers, &app.listen_host, https);
     rewrite::request_headers(&mut parts.headers);
-    let outgoing = prepare_body(body, settings.replay_body_limit).await?;
+    let caller_paused = Arc::new(AtomicBool::new(false));
+    let body = paced(body, settings.body_idle_timeout, caller_paused.clone());
+    let outgoing = prepare_body(body, settings.replay_body_limit, &app.replay_budget).await?;
 
     let retry_after_s = settings.token_wait.as_secs().max(1);
     let token = app.tokens.wait_usable(settings.token_wait).await.ok_or_else(|| app.no_token(retry_after_s))?;
@@ -78,8 +85,13 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         Refusal::Busy => ProxyError::UpstreamBusy,
         Refusal::RateLimited { retry_after_s } => ProxyError::RateLimited { retry_after_s },
     })?;
+    // The replay budget's share stays taken until the request has been answered.
+    let mut _replay_share = None;
     let (body, sent, replay) = match outgoing {
-        Outgoing::Replayable(bytes) => (reqwest::Body::from(bytes.clone()), None, Some(bytes)),
+        Outgoing::Replayable(bytes, share) => {
+            _replay_share = share;
+            (reqwest::Body::from(bytes.clone()), None, Some(bytes))
+        }
         Outgoing::Streamed(stream) => {
             let (upload, sent) = Upload::new(stream, settings.max_body_bytes);
             (reqwest::Body::wrap(upload), Some(sent), None)
@@ -93,7 +105,13 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         timeout: settings.upstream_timeout,
         tenant_code: settings.tenant_code.as_ref(),
     };
-    let mut response = attempt.send(&token, body, sent).await?;
+    let mut response = match attempt.send(&token, body, sent).await {
+        // The upload failed because the caller stopped sending: the caller's fault, not the API's.
+        Err(_) if caller_paused.load(Ordering::Relaxed) => {
+            return Err(ProxyError::RequestTimeout(settings.body_idle_timeout));
+        }
+        other => other?,
+    };
 
     if response.status() == StatusCode::UNAUTHORIZED {
         match replay {
@@ -114,6 +132,9 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     }
 
     let mut response = http::Response::from(response);
+    if let Some(why) = unforwardable(response.status(), response.headers()) {
+        return Err(ProxyError::BadUpstreamAnswer(why));
+    }
     let rewrite_body = settings.rewrite_bodies && parts.method != Method::HEAD && is_rewritable(response.headers());
     let needs_base = rewrite_body || response.headers().contains_key(LOCATION);
     let proxy_base = if needs_base { proxy_base() } else { String::new() };
@@ -128,38 +149,58 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let response = response.map(|b| Body::new(IdleTimeout::new(b, settings.upstream_timeout, pass)));
     let response = if rewrite_body {
         let replacer = Replacer::new(&settings.upstream_base, &proxy_base);
-        rewrite_urls(response, replacer, settings.upstream_timeout).await
+        rewrite_urls(response, replacer).await?
     } else {
         response
     };
-    Ok(with_activity_id(response, settings.upstream_timeout).await)
+    with_activity_id(response).await
+}
+
+/// Why an upstream answer cannot be passed on as it is, if it cannot. An answer framed both by
+/// `Content-Length` and `Transfer-Encoding` may be an attempt at response splitting (RFC 9112
+/// §6.3), and its `Content-Length` would cut the decoded body short; a `101` would need a tunnel.
+fn unforwardable(status: StatusCode, headers: &HeaderMap) -> Option<&'static str> {
+    if status.is_informational() {
+        return Some("it switches protocols, and the proxy does not tunnel");
+    }
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Some("it is framed both by Content-Length and by Transfer-Encoding");
+    }
+    None
 }
 
 /// Bodies up to this size are rewritten whole, so their `Content-Length` stays exact; larger ones
 /// stream through the rewriter and lose it (the caller sees the end of the body instead).
 const REWRITE_WHOLE: u64 = 1024 * 1024;
 
-/// Points the API's own URLs in a textual body at the proxy.
-async fn rewrite_urls(response: Response, mut replacer: Replacer, timeout: Duration) -> Response {
+/// Points the API's own URLs in a textual body at the proxy. A body read whole that breaks or
+/// pauses too long fails the request (nothing has been sent yet); `body` bounds the pauses.
+async fn rewrite_urls(response: Response, mut replacer: Replacer) -> Result<Response, ProxyError> {
     let (mut parts, body) = response.into_parts();
     if body.size_hint().exact().is_some_and(|n| n <= REWRITE_WHOLE) {
-        let Ok(Ok(collected)) = tokio::time::timeout(timeout, body.collect()).await else {
-            return Response::from_parts(
-                parts,
-                Body::new(http_body_util::Empty::new().map_err(|never| match never {})),
-            );
-        };
-        let out = replacer.rewrite_whole(collected.to_bytes());
+        let collected = read_whole(body).await?;
+        let out = replacer.rewrite_whole(collected);
         parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
-        return Response::from_parts(parts, Body::from(out));
+        return Ok(Response::from_parts(parts, Body::from(out)));
     }
     parts.headers.remove(CONTENT_LENGTH);
-    Response::from_parts(parts, Body::new(Rewritten::new(body, replacer)))
+    Ok(Response::from_parts(parts, Body::new(Rewritten::new(body, replacer))))
+}
+
+/// Reads an upstream body to its end; never mistakes a broken one for a short one.
+async fn read_whole(body: Body) -> Result<Bytes, ProxyError> {
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => {
+            tracing::debug!(%error, "the upstream's body failed while read whole");
+            Err(ProxyError::from_body(&error))
+        }
+    }
 }
 
 /// For a small JSON error answer, reads the body to note UEM's `activityId` for the access log
 /// and passes the same bytes on. Success bodies and large bodies are not touched.
-async fn with_activity_id(response: Response, timeout: Duration) -> Response {
+async fn with_activity_id(response: Response) -> Result<Response, ProxyError> {
     let is_json = response
         .headers()
         .get(CONTENT_TYPE)
@@ -167,21 +208,17 @@ async fn with_activity_id(response: Response, timeout: Duration) -> Response {
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
     let small = response.body().size_hint().exact().is_some_and(|n| n <= ERROR_BODY_PEEK);
     if !(response.status().as_u16() >= 400 && is_json && small) {
-        return response;
+        return Ok(response);
     }
     let (mut parts, body) = response.into_parts();
-    let Ok(Ok(collected)) = tokio::time::timeout(timeout, body.collect()).await else {
-        // The body broke or stalled: end the response as the upstream did.
-        return Response::from_parts(parts, Body::new(http_body_util::Empty::new().map_err(|never| match never {})));
-    };
-    let bytes = collected.to_bytes();
+    let bytes = read_whole(body).await?;
     if let Ok(error) = serde_json::from_slice::<serde_json::Value>(&bytes)
         && let Some(activity) = error.get("activityId").and_then(|a| a.as_str())
     {
         let printable: String = activity.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
         parts.extensions.insert(ActivityId(printable));
     }
-    Response::from_parts(parts, Body::from(bytes))
+    Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
 /// The upstream URL: the configured base with the caller's canonical path and query appended,
@@ -215,22 +252,38 @@ fn response_base(headers: &HeaderMap, listen_host: &str, https: bool) -> impl Fn
     move || format!("{}://{host}", if https { "https" } else { "http" })
 }
 
-/// Keeps a body small enough to replay (known length up to `limit`); streams any other.
-async fn prepare_body(body: Body, limit: u64) -> Result<Outgoing, ProxyError> {
+/// The caller's request body with its pauses bounded by `idle`, so a caller that stops sending
+/// cannot hold a buffer, an upstream slot or an upstream connection for longer. `paused` is set
+/// when a pause was too long, so that a failed upload is answered as the caller's fault (408).
+fn paced(body: Body, idle: Duration, paused: Arc<AtomicBool>) -> Body {
+    Body::new(IdleTimeout::watching(Side::Caller, body, idle, ()).map_err(move |e| {
+        if Paused::find(&*e).is_some() {
+            paused.store(true, Ordering::Relaxed);
+        }
+        e
+    }))
+}
+
+/// Keeps a body small enough to replay (known length up to `limit`) while the replay budget has
+/// room for it; streams any other. The share is taken before the body is read, so that callers
+/// sending slowly cannot make the proxy hold more than the budget.
+async fn prepare_body(body: Body, limit: u64, budget: &ReplayBudget) -> Result<Outgoing, ProxyError> {
     let hint = body.size_hint();
     if body.is_end_stream() || hint.exact() == Some(0) {
-        return Ok(Outgoing::Replayable(Bytes::new()));
+        return Ok(Outgoing::Replayable(Bytes::new(), None));
     }
-    match hint.exact() {
-        Some(len) if len <= limit => {
-            let collected = Limited::new(body, limit as usize)
-                .collect()
-                .await
-                .map_err(|_| ProxyError::BadTarget("the request body ended early"))?;
-            Ok(Outgoing::Replayable(collected.to_bytes()))
-        }
-        _ => Ok(Outgoing::Streamed(body)),
-    }
+    let Some(len) = hint.exact().filter(|len| *len <= limit) else {
+        return Ok(Outgoing::Streamed(body));
+    };
+    let Some(share) = budget.take(len) else {
+        tracing::debug!(held = budget.held(), "the replay budget is spent: the body streams and cannot be replayed");
+        return Ok(Outgoing::Streamed(body));
+    };
+    let collected = Limited::new(body, limit as usize).collect().await.map_err(|e| match Paused::find(&*e) {
+        Some(paused) => ProxyError::RequestTimeout(paused.idle),
+        None => ProxyError::BadTarget("the request body ended early"),
+    })?;
+    Ok(Outgoing::Replayable(collected.to_bytes(), Some(share)))
 }
 
 /// What stays the same between a request's first attempt and its replay.

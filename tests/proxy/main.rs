@@ -2,6 +2,7 @@
 //! and the real binary for what only a process shows (exit codes, signals, logs).
 
 mod binary;
+mod bodies;
 mod check_route;
 mod deploy;
 mod forwarding;
@@ -14,3 +15,4 @@ mod security;
 mod streaming;
 mod support;
 mod tokens;
+mod uploads;

@@ -103,6 +103,8 @@ pub struct Upstream {
     pub addr: Arc<Mutex<Option<SocketAddr>>>,
     /// `/throttle` answers 429 (with `Retry-After: ?after=`) while this is above zero.
     pub throttle_left: Arc<AtomicU64>,
+    /// Uploads whose body broke off before its end (the proxy gave up on them).
+    pub broken_uploads: Arc<AtomicU64>,
 }
 
 impl Upstream {
@@ -185,7 +187,10 @@ async fn upstream_handler(
             let (mut total, mut sum) = (0u64, 0u64);
             let mut stream = body.into_data_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.unwrap();
+                let Ok(chunk) = chunk else {
+                    up.broken_uploads.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::BAD_REQUEST.into_response();
+                };
                 total += chunk.len() as u64;
                 sum = checksum(sum, &chunk);
                 up.first_piece.notify_one();

@@ -1,0 +1,137 @@
+//! Request bodies cannot hold the proxy: a caller that stops sending is cut off after
+//! `body_idle_timeout`, and bodies kept for replay share one budget, past which they stream.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::bodies::{exchange, receive};
+use crate::support::Proxy;
+
+// --- Callers that stop sending a request body --------------------------------------------------
+
+/// A request head promising `length` bytes of body, and the first ten of them.
+fn stalled_upload(path: &str, length: usize) -> Vec<u8> {
+    format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n0123456789")
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn a_caller_that_stalls_a_small_body_gets_408_and_the_connection_closes() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_BODY_IDLE_TIMEOUT", "1s")]).await;
+    // Small enough to be kept for a replay, and too large: both paths are bounded.
+    for length in [100, 1_000_000] {
+        let started = std::time::Instant::now();
+        let got = exchange(proxy.addr, &stalled_upload("/api/x", length)).await;
+        assert_eq!(got.status, 408, "{length}: {got:?}");
+        assert_eq!(got.json()["error"], "request_timeout");
+        assert!(got.closed, "the rest of the body is never read: the connection closes");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+    assert!(upstream.seen().iter().all(|s| s.target != "/api/x"), "no half body was sent as if whole");
+}
+
+#[tokio::test]
+async fn callers_that_stall_their_uploads_do_not_shut_out_others_beyond_the_idle_timeout() {
+    let settings =
+        [("UEM_PROXY_BODY_IDLE_TIMEOUT", "1s"), ("UEM_PROXY_MAX_CONCURRENT", "3"), ("UEM_PROXY_PACER_MAX_WAIT", "8s")];
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&settings).await;
+    // Three uploads of 1 MB (streamed, too large to be kept) that stop after 10 bytes hold every
+    // upstream slot.
+    let stalled: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = proxy.addr;
+            tokio::spawn(async move { exchange(addr, &stalled_upload("/probe-upload", 1_000_000)).await })
+        })
+        .collect();
+    for _ in 0..500 {
+        if upstream.seen().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream.seen().len(), 3, "the three uploads reached the upstream");
+    let started = std::time::Instant::now();
+    let response = crate::support::client().get(format!("{}/api/other", proxy.url)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert!(started.elapsed() < Duration::from_secs(3), "waited {:?} for a slot", started.elapsed());
+    for upload in stalled {
+        let got = upload.await.unwrap();
+        assert_eq!(got.status, 408, "{got:?}");
+        assert_eq!(got.json()["error"], "request_timeout");
+        assert!(got.closed);
+    }
+    // The upstream requests were abandoned too, not left waiting for the rest.
+    for _ in 0..500 {
+        if upstream.broken_uploads.load(std::sync::atomic::Ordering::SeqCst) == 3 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the upstream requests of the stalled uploads were not abandoned");
+}
+
+// --- The replay budget -------------------------------------------------------------------------
+
+/// The bytes of request bodies the proxy holds for replay now, from `/_proxy/status`.
+async fn held(proxy: &Proxy) -> u64 {
+    let status: serde_json::Value = crate::support::client()
+        .get(format!("{}/_proxy/status", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    status["replay_buffers"]["held_bytes"].as_u64().unwrap()
+}
+
+async fn wait_held(proxy: &Proxy, bytes: u64) {
+    for _ in 0..500 {
+        if held(proxy).await == bytes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the proxy never held {bytes} bytes for replay (holds {})", held(proxy).await);
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_replay_budget_stream_and_are_not_replayed() {
+    let settings = [("UEM_PROXY_REPLAY_BUDGET", "100"), ("UEM_PROXY_BODY_IDLE_TIMEOUT", "20s")];
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&settings).await;
+    let client = crate::support::client();
+    client.get(format!("{}/api/warm", proxy.url)).send().await.unwrap();
+
+    // A caller holds 60 of the 100 bytes with a replayable body it does not finish.
+    let mut held_open = TcpStream::connect(proxy.addr).await.unwrap();
+    held_open.write_all(&stalled_upload("/api/held", 60)).await.unwrap();
+    wait_held(&proxy, 60).await;
+
+    // 60 more do not fit: that body streams, so the upstream sees its start before its end.
+    let mut streamed = TcpStream::connect(proxy.addr).await.unwrap();
+    streamed.write_all(&stalled_upload("/probe-upload", 60)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), upstream.first_piece.notified())
+        .await
+        .expect("a body past the budget streams");
+    streamed.write_all(&[b'x'; 50]).await.unwrap();
+    let got = receive(streamed).await;
+    assert_eq!((got.status, got.json()["bytes"].as_u64()), (200, Some(60)), "{got:?}");
+
+    // After a 401, a body within the budget is replayed with a fresh token; one past it is not.
+    let auth_checks = || upstream.seen().iter().filter(|s| s.target == "/auth-check").count();
+    *upstream.accepted.lock().unwrap() = "Bearer tok-2".into();
+    let fits = client.post(format!("{}/auth-check", proxy.url)).body("y".repeat(40)).send().await.unwrap();
+    assert_eq!(fits.status(), 200, "40 bytes fit the 40 left: replayed");
+    assert_eq!(auth_checks(), 2);
+    *upstream.accepted.lock().unwrap() = "Bearer tok-3".into();
+    let past = client.post(format!("{}/auth-check", proxy.url)).body("z".repeat(41)).send().await.unwrap();
+    assert_eq!(past.status(), 401, "41 bytes do not fit: streamed, so the 401 is the caller's");
+    assert_eq!(auth_checks(), 3, "not replayed");
+
+    // The held share is returned when its request ends.
+    assert_eq!(held(&proxy).await, 60);
+    drop(held_open);
+    wait_held(&proxy, 0).await;
+}
