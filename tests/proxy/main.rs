@@ -3,6 +3,7 @@
 
 mod binary;
 mod forwarding;
+mod framing;
 mod legacy;
 mod operations;
 mod sandbox;
