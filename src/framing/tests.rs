@@ -277,8 +277,12 @@ proptest! {
             "[A-Za-z-]{1,20}: [ -~\u{80}-\u{ff}]{0,10}",
         ], 0..5),
         body in prop::collection::vec(prop_oneof![
-            Just(b'\r'), Just(b'\n'), Just(b'0'), Just(b'5'), Just(b';'), any::<u8>()
-        ], 0..80),
+            "[0-9a-fA-F]{1,20}".prop_map(String::into_bytes),
+            Just(b"\r\n".to_vec()),
+            Just(b";ext=1".to_vec()),
+            Just(b"X: 1\r\n".to_vec()),
+            prop::collection::vec(any::<u8>(), 1..6),
+        ], 0..16).prop_map(|pieces| pieces.concat()),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
     ) {
         let mut input = b"POST / HTTP/1.1\r\n".to_vec();
