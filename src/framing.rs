@@ -21,7 +21,10 @@
 //! in order. A refusal inside a body is answered at once if nothing of the response has been
 //! written yet; either way the connection is cut.
 //!
-//! Body data is not copied: it goes from the socket straight into the parser's buffer.
+//! Body data is not copied: it goes from the socket straight into the parser's buffer. Only
+//! what follows a head in the same read is copied once, and a head is held only up to
+//! `max_header_bytes`. After a refusal the guard reads and drops what the caller still sends for
+//! a moment before closing, so the close does not become a reset that could destroy the answer.
 
 mod rules;
 

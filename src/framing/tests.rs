@@ -255,9 +255,8 @@ prop_compose! {
     }
 }
 
+// 256 cases each (proptest's default); the PROPTEST_CASES environment variable sets more.
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
     /// Any bytes, in any reads: an answer, never a panic.
     #[test]
     fn never_panics_on_any_bytes(

@@ -209,3 +209,29 @@ async fn a_host_with_user_information_is_refused_with_400() {
     let fine = exchange(proxy.addr, b"GET /api/x HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n").await;
     assert_eq!(statuses(&fine), [200], "{fine}");
 }
+
+#[tokio::test]
+async fn pipelined_requests_of_every_framing_are_answered_in_order_before_the_refusal() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let mut bytes = String::new();
+    for i in 0..4 {
+        bytes += &format!("GET /p{i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        bytes += &format!("POST /p{i}-length HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nabc");
+        bytes += &format!(
+            "POST /p{i}-chunked HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: CHUNKED\r\n\r\n\
+             3;x=1\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n\r\n"
+        );
+    }
+    bytes += "POST /refused HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let text = exchange(proxy.addr, bytes.as_bytes()).await;
+    let mut expected = vec![200; 12];
+    expected.push(400);
+    assert_eq!(statuses(&text), expected, "{text}");
+    assert_refusal(&text, 400, "malformed_request");
+    let seen: Vec<(String, usize)> = upstream.seen().into_iter().map(|s| (s.target, s.body.len())).collect();
+    let targets: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    let wanted: Vec<String> =
+        (0..4).flat_map(|i| [format!("/p{i}"), format!("/p{i}-length"), format!("/p{i}-chunked")]).collect();
+    assert_eq!(targets, wanted);
+    assert!(seen.iter().filter(|(t, _)| t.contains('-')).all(|(_, len)| *len == 3), "{seen:?}");
+}
