@@ -3,6 +3,11 @@
 
 use proptest::prelude::*;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::ReadBuf;
+
 use super::rules::State;
 use super::*;
 
@@ -30,6 +35,19 @@ fn run_reads(max: usize, reads: &[&[u8]]) -> (Vec<u8>, Result<(), Violation>) {
         }
     }
     (passed, Ok(()))
+}
+
+/// Whether `input` is refused between requests (a head), and not inside a body.
+fn refused_at_a_head(max: usize, input: &[u8]) -> bool {
+    let mut f = Framing::new(max);
+    let mut at = 0;
+    while at < input.len() {
+        match f.step(&input[at..]) {
+            Ok(Step::Pass(n) | Step::Hold(n) | Step::Head(n, _) | Step::Trailers(n, _)) => at += n,
+            Err(_) => return f.between_requests(),
+        }
+    }
+    false
 }
 
 fn check(input: &[u8]) -> Result<(), Violation> {
@@ -332,5 +350,56 @@ proptest! {
         prop_assert_eq!(&run_reads(max, &split(&input, &cuts)), &whole);
         let bytewise: Vec<&[u8]> = input.chunks(1).collect();
         prop_assert_eq!(&run_reads(max, &bytewise), &whole);
+    }
+}
+
+/// What the parser reads through a [`Guarded`] connection whose caller sent `input` and closed,
+/// reading at most `read_size` bytes at a time, until the end, an error or a wait.
+fn through_guard(input: &[u8], max: usize, read_size: usize) -> Vec<u8> {
+    use tokio::io::{AsyncRead, AsyncWrite};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let _entered = runtime.enter();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let (mut caller, proxy) = tokio::io::duplex(input.len() + 1);
+    let written = Pin::new(&mut caller).poll_write(&mut cx, input);
+    assert!(matches!(written, Poll::Ready(Ok(n)) if n == input.len()));
+    drop(caller);
+    let (mut guarded, _refusals) = Guarded::new(proxy, max);
+    let mut out = Vec::new();
+    for _ in 0..input.len() + STAND_IN.len() + 10 {
+        let mut buf = vec![0u8; read_size];
+        let mut buf = ReadBuf::new(&mut buf);
+        match Pin::new(&mut guarded).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => out.extend_from_slice(buf.filled()),
+            _ => break,
+        }
+    }
+    out
+}
+
+proptest! {
+    /// Through the guard, in reads of any size, the parser gets what the rules let pass, in order,
+    /// and in place of a refused head the stand-in request.
+    #[test]
+    fn the_guard_passes_on_what_the_rules_let_pass(
+        input in prop::collection::vec(prop_oneof![
+            Just(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
+            Just(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n".to_vec()),
+            Just(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()),
+            Just(b"3\r\nabc\r\n".to_vec()),
+            Just(b"0\r\n\r\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..6),
+        ], 0..12).prop_map(|parts| parts.concat()),
+        read_size in 1usize..80,
+        max in 30usize..200,
+    ) {
+        let passed = run_reads(max, &[&input]).0;
+        let out = through_guard(&input, max, read_size);
+        prop_assert_eq!(&out, &through_guard(&input, max, 4096));
+        prop_assert!(out.starts_with(&passed), "{:?} {:?}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&passed));
+        let rest = &out[passed.len()..];
+        let stand_in: &[u8] = if refused_at_a_head(max, &input) { STAND_IN } else { b"" };
+        prop_assert_eq!(rest, stand_in, "{:?}", String::from_utf8_lossy(rest));
     }
 }
