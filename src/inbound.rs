@@ -5,7 +5,9 @@
 //!   `UEM_PROXY_ALLOW_CIDRS`.
 //! - The `Host` it asked for: `localhost`, `127.0.0.1`, `[::1]`, the listen address, or a name in
 //!   `UEM_PROXY_ALLOWED_HOSTS`. A page that rebinds its own DNS name to this address cannot pass.
-//!   The health endpoints skip this check and the address check, for probes.
+//!   The health endpoints skip this check and the address check, for probes. A `Host`, or an
+//!   absolute-form target's authority, with user information (`a@b`) or characters no host name
+//!   holds is refused with 400 on every endpoint: URLs in `Location` and bodies are built from it.
 //! - Web pages: an `Origin` not in `UEM_PROXY_ALLOWED_ORIGINS`, or `Sec-Fetch-Site: cross-site`
 //!   without one, is refused; CORS preflights are answered here.
 //! - `TRACE` (it would echo the injected token), over-long targets, and bodies declared larger

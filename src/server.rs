@@ -116,8 +116,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
-/// The most header fields a request may carry; more are answered 431.
-pub const MAX_HEADERS: usize = 100;
+/// The most header fields a request may carry; more are answered 431 (by the framing guard).
+pub const MAX_HEADERS: usize = crate::framing::MAX_FIELDS;
 
 /// Marks requests that arrived over the HTTPS listener (for `Location` and body rewrites).
 #[derive(Clone, Copy, Debug)]
