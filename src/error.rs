@@ -52,6 +52,11 @@ pub enum ProxyError {
     UpstreamBusy,
     #[error("the API asked for a pause; retry after {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
+    /// Refused by the framing guard before the request was parsed; the connection closes.
+    #[error("the request cannot be read safely: {0}")]
+    Framing(crate::framing::Violation),
+    #[error("the Host '{0}' is malformed (user information, or characters a host name cannot hold)")]
+    BadHost(String),
 }
 
 fn no_token_reason(reason: Option<&str>) -> String {
@@ -82,6 +87,8 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ProxyError::UpstreamBusy => (StatusCode::SERVICE_UNAVAILABLE, "upstream_busy"),
             ProxyError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "upstream_rate_limited"),
+            ProxyError::Framing(violation) => (violation.status(), violation.code()),
+            ProxyError::BadHost(_) => (StatusCode::BAD_REQUEST, "bad_host"),
         }
     }
 
@@ -108,15 +115,22 @@ impl ProxyError {
         }
     }
 
-    /// The JSON answer `{"error", "message", "request_id"}`; a policy denial also names the
+    /// The JSON body `{"error", "message", "request_id"}`; a policy denial also names the
     /// `permission` the request needs (`null` when it needs none the catalogue knows).
-    pub fn into_response(self, request_id: &str) -> Response {
-        let (status, code) = self.status_and_code();
+    pub fn body(&self, request_id: &str) -> serde_json::Value {
+        let code = self.status_and_code().1;
         let mut body = serde_json::json!({ "error": code, "message": self.to_string(), "request_id": request_id });
-        if let ProxyError::PolicyDenied { permission, .. } = &self {
+        if let ProxyError::PolicyDenied { permission, .. } = self {
             body["permission"] = serde_json::json!(permission);
         }
-        let mut response = (status, Json(body)).into_response();
+        body
+    }
+
+    /// The JSON answer, with `Retry-After` where the error has one, and `Connection: close` where
+    /// the connection cannot carry another request.
+    pub fn into_response(self, request_id: &str) -> Response {
+        let status = self.status_and_code().0;
+        let mut response = (status, Json(self.body(request_id))).into_response();
         let close = matches!(self, ProxyError::RequestTimeout(_));
         let retry_after = match self {
             ProxyError::NoToken { retry_after_s, .. } | ProxyError::RateLimited { retry_after_s } => {

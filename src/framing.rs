@@ -2,288 +2,343 @@
 //!
 //! The parser is lenient where the standard allows it to be (bare LF line ends, `Content-Length`
 //! beside `Transfer-Encoding`). A lenient first hop is how requests get smuggled past whatever
-//! sits behind it, so this guard follows each request's framing itself and ends the connection,
-//! before the parser sees a byte of it, on:
-//! - a NUL byte, a bare CR or a bare LF in a request head or chunk framing;
-//! - obsolete line folding, or white space before a header's colon;
-//! - `Transfer-Encoding` with `Content-Length`, any coding but a single `chunked`, or on HTTP/1.0;
-//! - a `Content-Length` that is not digits, or several that differ;
-//! - malformed chunk sizes or chunk ends.
+//! sits behind it, so this guard follows each request's framing itself. It holds a head back
+//! until the head is complete and valid, so the parser never sees a byte of a bad one, and it
+//! refuses:
+//! - with 400: a NUL byte, a bare CR or a bare LF in a head or chunk framing; obsolete line
+//!   folding, white space before a header's colon, a malformed request line or field;
+//!   `Transfer-Encoding` with `Content-Length` or on HTTP/1.0, `chunked` more than once; a
+//!   `Content-Length` that is not digits, or several that differ; more than one `Host`; malformed
+//!   chunk sizes or chunk ends;
+//! - with 431: a head larger than `max_header_bytes` (every byte from the end of the previous
+//!   request through the empty line that ends the head: empty lines before the request line, the
+//!   request line, the fields, each with its CR LF), or with more than [`MAX_FIELDS`] fields;
+//! - with 501: any transfer coding but `chunked` (RFC 9112 §6.1).
 //!
-//! It copies nothing: it reads each byte of heads and chunk-size lines, and skips body data.
+//! Every refusal is answered, then the connection closes. A refused head is answered in its turn:
+//! the guard hands the parser a stand-in request in its place (`Connection: close`), which
+//! [`Refusals::next_request`] recognises, so the answers to the requests before it go out first,
+//! in order. A refusal inside a body is answered at once if nothing of the response has been
+//! written yet; either way the connection is cut.
+//!
+//! Body data is not copied: it goes from the socket straight into the parser's buffer. Only
+//! what follows a head in the same read is copied once, and a head is held only up to
+//! `max_header_bytes`. After a refusal the guard reads and drops what the caller still sends for
+//! a moment before closing, so the close does not become a reset that could destroy the answer.
 
+mod rules;
+
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 
+use axum::body::Body;
+use axum::response::Response;
+use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Reading a request head into `head`.
-    Head,
-    /// This many body bytes remain.
-    Body(u64),
-    /// A chunk-size line: digits seen, the size so far, past the digits (extension or BWS).
-    ChunkSize {
-        digits: u8,
-        size: u64,
-        past_digits: bool,
-    },
-    ChunkData(u64),
-    /// The CR LF after chunk data: how many of the two bytes are seen.
-    ChunkEnd(u8),
-    /// Trailer fields after the last chunk, read into `head`.
-    Trailers,
-    /// A head larger than the parser accepts: passed through for the parser to answer 431.
-    Overflow,
+use crate::error::ProxyError;
+pub use rules::{Framing, Kind, MAX_FIELDS, Step, Violation};
+
+/// What the parser is given in place of a refused head.
+const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Heads handed to the parser so far, the stand-in included.
+    heads: u64,
+    /// Requests the parser has handed on so far.
+    requests: u64,
+    /// The stand-in's place among the heads, and what it stands for.
+    refused: Option<(u64, Violation)>,
 }
 
-/// Why the guard ended a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("malformed request framing: {0}")]
-pub struct Violation(pub &'static str);
+/// The service's side of the guard: tells which request stands in for a refused head.
+#[derive(Clone, Debug, Default)]
+pub struct Refusals(Arc<Mutex<Shared>>);
 
-/// The framing state machine, apart from any I/O.
-#[derive(Debug)]
-pub struct Framing {
-    state: State,
-    head: Vec<u8>,
-    max_head: usize,
-}
-
-impl Framing {
-    pub fn new(max_head: usize) -> Framing {
-        Framing { state: State::Head, head: Vec::new(), max_head }
+impl Refusals {
+    /// Called once for each request the parser hands on, in order: the refusal this request
+    /// stands in for, if it does.
+    pub fn next_request(&self) -> Option<Violation> {
+        let mut shared = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let index = shared.requests;
+        shared.requests += 1;
+        shared.refused.filter(|(at, _)| *at == index).map(|(_, v)| v)
     }
 
-    /// Follows `data`, the next bytes from the caller.
-    pub fn inspect(&mut self, mut data: &[u8]) -> Result<(), Violation> {
-        while !data.is_empty() {
-            match self.state {
-                State::Overflow => return Ok(()),
-                State::Body(remaining) => {
-                    let n = remaining.min(data.len() as u64);
-                    data = &data[n as usize..];
-                    self.state = if remaining == n { State::Head } else { State::Body(remaining - n) };
-                }
-                State::ChunkData(remaining) => {
-                    let n = remaining.min(data.len() as u64);
-                    data = &data[n as usize..];
-                    self.state = if remaining == n { State::ChunkEnd(0) } else { State::ChunkData(remaining - n) };
-                }
-                _ => {
-                    self.byte(data[0])?;
-                    data = &data[1..];
-                }
-            }
-        }
-        Ok(())
+    fn released_head(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).heads += 1;
     }
 
-    fn byte(&mut self, b: u8) -> Result<(), Violation> {
-        match self.state {
-            State::Head | State::Trailers => self.line_byte(b),
-            State::ChunkSize { digits, size, past_digits } => self.chunk_size_byte(b, digits, size, past_digits),
-            State::ChunkEnd(seen) => match (seen, b) {
-                (0, b'\r') => {
-                    self.state = State::ChunkEnd(1);
-                    Ok(())
-                }
-                (1, b'\n') => {
-                    self.state = State::ChunkSize { digits: 0, size: 0, past_digits: false };
-                    Ok(())
-                }
-                _ => Err(Violation("chunk data not followed by CR LF")),
-            },
-            State::Body(_) | State::ChunkData(_) | State::Overflow => unreachable!("handled in bulk"),
-        }
-    }
-
-    /// A byte of a head or of trailers, both lines of fields ending in an empty line.
-    fn line_byte(&mut self, b: u8) -> Result<(), Violation> {
-        let prev = self.head.last().copied();
-        if b == 0 {
-            return Err(Violation("NUL byte"));
-        }
-        if b == b'\n' && prev != Some(b'\r') {
-            return Err(Violation("bare LF"));
-        }
-        if prev == Some(b'\r') && b != b'\n' {
-            return Err(Violation("bare CR"));
-        }
-        if self.state == State::Head
-            && self.head.len() < 2
-            && self.head.iter().chain([&b]).all(|c| *c == b'\r' || *c == b'\n')
-        {
-            // Empty lines before a request line are allowed and ignored.
-            if b == b'\n' {
-                self.head.clear();
-            } else {
-                self.head.push(b);
-            }
-            return Ok(());
-        }
-        self.head.push(b);
-        if self.head.len() > self.max_head {
-            self.head = Vec::new();
-            self.state = State::Overflow;
-            return Ok(());
-        }
-        let ended = self.head.ends_with(b"\r\n\r\n") || (self.state == State::Trailers && self.head == b"\r\n");
-        if ended {
-            let head = std::mem::take(&mut self.head);
-            self.state = match self.state {
-                State::Trailers => {
-                    fields(&head, 0)?;
-                    State::Head
-                }
-                _ => next_state(&head)?,
-            };
-        }
-        Ok(())
-    }
-
-    fn chunk_size_byte(&mut self, b: u8, digits: u8, size: u64, past_digits: bool) -> Result<(), Violation> {
-        let prev_cr = self.head.last() == Some(&b'\r');
-        if prev_cr && b != b'\n' {
-            return Err(Violation("bare CR in a chunk size line"));
-        }
-        match b {
-            b'\r' => {
-                if digits == 0 {
-                    return Err(Violation("chunk size missing"));
-                }
-                self.head.push(b);
-            }
-            b'\n' => {
-                if !prev_cr {
-                    return Err(Violation("bare LF in a chunk size line"));
-                }
-                self.head.clear();
-                self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
-            }
-            _ if !past_digits && b.is_ascii_hexdigit() => {
-                if digits >= 16 {
-                    return Err(Violation("chunk size too large"));
-                }
-                let digit = (b as char).to_digit(16).expect("a hex digit") as u64;
-                self.state = State::ChunkSize { digits: digits + 1, size: size * 16 + digit, past_digits };
-            }
-            b' ' | b'\t' | b';' if digits > 0 => {
-                self.state = State::ChunkSize { digits, size, past_digits: true };
-            }
-            0 => return Err(Violation("NUL byte in a chunk size line")),
-            _ if past_digits && (b.is_ascii_graphic() || b >= 0x80) => {}
-            _ => return Err(Violation("malformed chunk size")),
-        }
-        Ok(())
+    fn refuse(&self, violation: Violation) {
+        let mut shared = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        shared.refused = Some((shared.heads, violation));
+        shared.heads += 1;
     }
 }
 
-/// Checks the header fields of `head` (after `skip` lines) and returns them as (name, value).
-fn fields(head: &[u8], skip: usize) -> Result<Vec<(String, String)>, Violation> {
-    let text = std::str::from_utf8(head).unwrap_or("");
-    let mut out = Vec::new();
-    for line in text.split("\r\n").skip(skip).filter(|l| !l.is_empty()) {
-        if line.starts_with([' ', '\t']) {
-            return Err(Violation("obsolete line folding"));
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            // Not a field; the parser will refuse it.
-            continue;
-        };
-        if name.ends_with([' ', '\t']) {
-            return Err(Violation("white space before a header's colon"));
-        }
-        out.push((name.to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    Ok(out)
+/// A new request id, as the access log makes them.
+fn request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
-/// The framing of the request whose head is `head`.
-fn next_state(head: &[u8]) -> Result<State, Violation> {
-    let request_line = head.split(|b| *b == b'\r').next().unwrap_or(&[]);
-    let http10 = request_line.ends_with(b"HTTP/1.0");
-    let fields = fields(head, 1)?;
-    let mut length: Option<u64> = None;
-    let mut codings: Vec<String> = Vec::new();
-    for (name, value) in &fields {
-        match name.as_str() {
-            "content-length" => {
-                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) || value.len() > 19 {
-                    return Err(Violation("Content-Length is not a number"));
-                }
-                let n: u64 = value.parse().map_err(|_| Violation("Content-Length is not a number"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Violation("Content-Length values differ"));
-                }
-                length = Some(n);
-            }
-            "transfer-encoding" => {
-                codings.extend(value.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()))
-            }
-            _ => {}
-        }
-    }
-    let has_te = fields.iter().any(|(n, _)| n == "transfer-encoding");
-    if has_te {
-        if http10 {
-            return Err(Violation("Transfer-Encoding on HTTP/1.0"));
-        }
-        if length.is_some() {
-            return Err(Violation("both Transfer-Encoding and Content-Length"));
-        }
-        if codings != ["chunked"] {
-            return Err(Violation("a transfer coding other than a single chunked"));
-        }
-        return Ok(State::ChunkSize { digits: 0, size: 0, past_digits: false });
-    }
-    Ok(match length {
-        Some(n) if n > 0 => State::Body(n),
-        _ => State::Head,
-    })
+/// The answer to the stand-in for a refused head, logged as the refusal.
+pub fn refused(violation: Violation, peer: &impl std::fmt::Display) -> Response {
+    let id = request_id();
+    tracing::warn!(request_id = %id, %peer, reason = %violation, status = violation.status().as_u16(), "request refused");
+    answer(violation, &id)
 }
+
+/// The answer to a refused request: the proxy's JSON error, and `Connection: close`.
+fn answer(violation: Violation, request_id: &str) -> Response {
+    let mut response = ProxyError::Framing(violation).into_response(request_id);
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(crate::rewrite::X_REQUEST_ID.clone(), id);
+    }
+    response.map(Body::new)
+}
+
+/// The same answer as bytes on the wire, for a refusal the parser cannot be asked to answer.
+fn answer_bytes(violation: Violation, request_id: &str) -> Vec<u8> {
+    let status = violation.status();
+    let body = ProxyError::Framing(violation).body(request_id).to_string();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\
+         x-request-id: {request_id}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// How far the guard has gone in cutting a connection after a refusal inside a body.
+enum Cut {
+    /// Writing the answer (from this offset), then shutting the caller's side down.
+    Answering(Vec<u8>, usize),
+    ShuttingDown,
+    Lingering,
+    Done,
+}
+
+/// After a refusal, how long and how much the guard goes on reading (and dropping) what the
+/// caller still sends, before the connection closes. Closing with unread bytes makes the system
+/// reset the connection, and a reset can destroy the answer before the caller has read it.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// A caller's connection with the guard on its reading side.
 pub struct Guarded<S> {
     inner: S,
     framing: Framing,
-    violation: Option<Violation>,
+    refusals: Refusals,
+    /// Checked bytes waiting for the parser (released heads, and what followed them in a read),
+    /// and how many of them it has taken.
+    ready: Vec<u8>,
+    taken: usize,
+    /// A refusal found; bytes before it are passed on first.
+    refused: Option<Violation>,
+    /// Set once a refused head's stand-in is queued: the parser gets nothing more.
+    stood_in: bool,
+    cut: Option<(Violation, Cut)>,
+    /// Bytes written to the caller, and their count when the latest head was released.
+    written: u64,
+    written_at_head: u64,
+    /// The latest write or flush was not accepted: the parser may hold unsent bytes.
+    write_pending: bool,
+    /// Reading what the caller still sends after a refusal, until this timer (or a count of
+    /// bytes) is reached.
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 impl<S> Guarded<S> {
-    pub fn new(inner: S, max_head: usize) -> Self {
-        Guarded { inner, framing: Framing::new(max_head), violation: None }
+    /// The guard for a connection, with `max_head` the largest head in bytes, and the handle the
+    /// service asks about each request.
+    pub fn new(inner: S, max_head: usize) -> (Self, Refusals) {
+        let refusals = Refusals::default();
+        let guarded = Guarded {
+            inner,
+            framing: Framing::new(max_head),
+            refusals: refusals.clone(),
+            ready: Vec::new(),
+            taken: 0,
+            refused: None,
+            stood_in: false,
+            cut: None,
+            written: 0,
+            written_at_head: 0,
+            write_pending: false,
+            linger: None,
+        };
+        (guarded, refusals)
     }
 
-    /// What ended the connection, if the guard did.
-    pub fn violation(&self) -> Option<Violation> {
-        self.violation
+    /// Follows `data`, just read. The bytes that may pass at its start stay where they are (their
+    /// count is returned); the rest goes to `ready` as the rules release it.
+    fn check(&mut self, data: &[u8]) -> usize {
+        let (mut at, mut kept) = (0, 0);
+        while at < data.len() {
+            match self.framing.step(&data[at..]) {
+                Ok(Step::Pass(n)) => {
+                    if at == kept {
+                        kept += n;
+                    } else {
+                        self.ready.extend_from_slice(&data[at..at + n]);
+                    }
+                    at += n;
+                }
+                Ok(Step::Hold(n)) => at += n,
+                Ok(Step::Head(n, head)) => {
+                    self.refusals.released_head();
+                    self.written_at_head = self.written;
+                    self.ready.extend_from_slice(&head);
+                    at += n;
+                }
+                Ok(Step::Trailers(n, section)) => {
+                    self.ready.extend_from_slice(&section);
+                    at += n;
+                }
+                Err(violation) => {
+                    self.refused = Some(violation);
+                    break;
+                }
+            }
+        }
+        kept
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
+    /// Reads and drops what the caller sends, until it closes or the linger time or bytes run out.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let (timer, drained) = self.linger.get_or_insert_with(|| (Box::pin(tokio::time::sleep(LINGER)), 0));
+        loop {
+            if timer.as_mut().poll(cx).is_ready() || *drained > LINGER_BYTES {
+                return Poll::Ready(());
+            }
+            let mut scratch = [0u8; 4096];
+            let mut scratch = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut self.inner).poll_read(cx, &mut scratch)) {
+                Ok(()) if !scratch.filled().is_empty() => *drained += scratch.filled().len(),
+                _ => return Poll::Ready(()),
+            }
+        }
+    }
+
+    /// Cuts the connection after a refusal inside a body: answers it if nothing of the response
+    /// has gone out (nor waits in the parser's buffer), then shuts the caller's side down. Ends
+    /// in the error that the parser's reads and writes get from then on.
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let Some((violation, cut)) = &mut self.cut else { unreachable!("only called while cutting") };
+            let violation = *violation;
+            match cut {
+                Cut::Answering(bytes, at) if *at < bytes.len() => {
+                    let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*at..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    *at += n;
+                }
+                Cut::Answering(..) => {
+                    ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+                    *cut = Cut::ShuttingDown;
+                }
+                Cut::ShuttingDown => {
+                    ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+                    *cut = Cut::Lingering;
+                }
+                Cut::Lingering => {
+                    ready!(self.poll_linger(cx));
+                    self.cut = Some((violation, Cut::Done));
+                }
+                Cut::Done => return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, violation))),
+            }
+        }
+    }
+
+    fn start_cut(&mut self, violation: Violation) {
+        let quiet = self.written == self.written_at_head && !self.write_pending;
+        let id = request_id();
+        tracing::warn!(request_id = %id, reason = %violation, answered = quiet, "request refused in its body; connection cut");
+        let cut = if quiet { Cut::Answering(answer_bytes(violation, &id), 0) } else { Cut::ShuttingDown };
+        self.cut = Some((violation, cut));
+    }
+
+    /// Notes how a write to the caller went.
+    fn wrote<T>(&mut self, result: &Poll<io::Result<T>>, n: impl FnOnce(&T) -> usize) {
+        match result {
+            Poll::Ready(Ok(t)) => {
+                self.written += n(t) as u64;
+                self.write_pending = false;
+            }
+            Poll::Pending => self.write_pending = true,
+            Poll::Ready(Err(_)) => {}
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if let Some(v) = self.violation {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, v)));
-        }
-        let before = buf.filled().len();
         let this = &mut *self;
-        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if let Err(v) = this.framing.inspect(&buf.filled()[before..]) {
-            // The parser never sees the offending bytes.
-            buf.set_filled(before);
-            this.violation = Some(v);
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, v)));
+        loop {
+            if this.taken < this.ready.len() {
+                let n = (this.ready.len() - this.taken).min(buf.remaining());
+                buf.put_slice(&this.ready[this.taken..this.taken + n]);
+                this.taken += n;
+                if this.taken == this.ready.len() {
+                    this.ready.clear();
+                    this.taken = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.cut.is_some() {
+                return this.poll_cut(cx);
+            }
+            if this.stood_in {
+                // The parser answers the stand-in and closes; it needs nothing more from the
+                // caller, and is woken by its service and its writes.
+                return Poll::Pending;
+            }
+            if let Some(violation) = this.refused {
+                if this.framing.between_requests() {
+                    this.refusals.refuse(violation);
+                    this.ready.extend_from_slice(STAND_IN);
+                    this.stood_in = true;
+                } else {
+                    this.start_cut(violation);
+                }
+                continue;
+            }
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            if buf.filled().len() == before {
+                return Poll::Ready(Ok(()));
+            }
+            let kept = this.check(&buf.filled()[before..]);
+            buf.set_filled(before + kept);
+            if kept > 0 {
+                return Poll::Ready(Ok(()));
+            }
         }
-        Poll::Ready(Ok(()))
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if self.cut.is_some() {
+            return self.poll_cut(cx).map(|r| r.map(|()| 0));
+        }
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&result, |n| *n);
+        result
     }
 
     fn poll_write_vectored(
@@ -291,7 +346,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        if self.cut.is_some() {
+            return self.poll_cut(cx).map(|r| r.map(|()| 0));
+        }
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&result, |n| *n);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -299,11 +359,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        if self.cut.is_some() {
+            return self.poll_cut(cx);
+        }
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.wrote(&result, |()| 0);
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.cut.is_some() {
+            return self.poll_cut(cx);
+        }
+        ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+        if self.stood_in {
+            ready!(self.poll_linger(cx));
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

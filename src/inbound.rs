@@ -5,7 +5,9 @@
 //!   `UEM_PROXY_ALLOW_CIDRS`.
 //! - The `Host` it asked for: `localhost`, `127.0.0.1`, `[::1]`, the listen address, or a name in
 //!   `UEM_PROXY_ALLOWED_HOSTS`. A page that rebinds its own DNS name to this address cannot pass.
-//!   The health endpoints skip this check and the address check, for probes.
+//!   The health endpoints skip this check and the address check, for probes. A `Host`, or an
+//!   absolute-form target's authority, with user information (`a@b`) or characters no host name
+//!   holds is refused with 400 on every endpoint: URLs in `Location` and bodies are built from it.
 //! - Web pages: an `Origin` not in `UEM_PROXY_ALLOWED_ORIGINS`, or `Sec-Fetch-Site: cross-site`
 //!   without one, is refused; CORS preflights are answered here.
 //! - `TRACE` (it would echo the injected token), over-long targets, and bodies declared larger
@@ -99,6 +101,15 @@ impl Checks {
             return Some(ProxyError::CallerNotAllowed);
         }
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        // URLs in `Location` and in bodies are built from the Host: it must be a plain host.
+        if !host_well_formed(host) {
+            return Some(ProxyError::BadHost(host.to_owned()));
+        }
+        if let Some(authority) = req.uri().authority()
+            && !host_well_formed(authority.as_str())
+        {
+            return Some(ProxyError::BadHost(authority.as_str().to_owned()));
+        }
         if !health && !self.host_allowed(host) {
             return Some(ProxyError::HostNotAllowed(host.to_owned()));
         }
@@ -124,6 +135,24 @@ impl Checks {
         }
         None
     }
+}
+
+/// A `Host` (or a target's authority) as RFC 9110 §7.2 has it, `host [":" port]`: a name of
+/// letters, digits, `-`, `.` and `_`, or a bracketed IPv6 address. No user information (`a@b`),
+/// no percent-encoding. An empty one is well-formed (and matches no allowed host).
+fn host_well_formed(host: &str) -> bool {
+    let (name_ok, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((inside, port)) => (inside.parse::<std::net::Ipv6Addr>().is_ok(), port),
+            None => (false, ""),
+        },
+        None => {
+            let (name, port) = host.find(':').map_or((host, ""), |i| host.split_at(i));
+            (name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')), port)
+        }
+    };
+    let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    name_ok && port_ok
 }
 
 /// The host part of a `Host` header: no port, no IPv6 brackets.
@@ -247,6 +276,33 @@ mod tests {
         assert!(c.host_allowed("proxy.ns.svc.cluster.local:8080"));
         for bad in ["evil.example", "localhost.evil.example", "svc.cluster.local", "127.0.0.2", "", "10.1.2.4"] {
             assert!(!c.host_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts_with_user_information_or_odd_characters_are_malformed() {
+        for ok in
+            ["", "localhost", "LOCALHOST:8080", "127.0.0.1:1", "[::1]", "[::1]:8080", "a-b.c_d:", "[::ffff:1.2.3.4]"]
+        {
+            assert!(host_well_formed(ok), "{ok}");
+        }
+        for bad in [
+            "[::1]@evil.example",
+            "user@localhost:8080",
+            "user:pw@localhost",
+            "localhost%40evil.example",
+            "%5B::1%5D",
+            "localhost:80:80",
+            "localhost:8o",
+            "[::1]:8080@evil",
+            "[::1",
+            "[evil.example]",
+            "local host",
+            "localhost/x",
+            "localhost\\x",
+            "caf\u{e9}.example",
+        ] {
+            assert!(!host_well_formed(bad), "{bad}");
         }
     }
 

@@ -116,8 +116,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
-/// The most header fields a request may carry; more are answered 431.
-pub const MAX_HEADERS: usize = 100;
+/// The most header fields a request may carry; more are answered 431 (by the framing guard).
+pub const MAX_HEADERS: usize = crate::framing::MAX_FIELDS;
 
 /// Marks requests that arrived over the HTTPS listener (for `Location` and body rewrites).
 #[derive(Clone, Copy, Debug)]
@@ -147,7 +147,9 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        // The framing guard enforces `max_header_bytes`; the parser's own limit is set well above
+        // it so that it never refuses what the guard let through.
+        .max_buf_size(limits.max_header_bytes.saturating_add(64 * 1024))
         .max_headers(MAX_HEADERS);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let loops: Vec<_> = bound
@@ -234,14 +236,21 @@ fn spawn_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let guarded = Guarded::new(stream, limits.max_header_bytes.max(8192));
+    let (guarded, refusals) = Guarded::new(stream, limits.max_header_bytes);
     let service_peer = peer.clone();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        let refused = refusals.next_request().map(|violation| crate::framing::refused(violation, &service_peer));
         req.extensions_mut().insert(service_peer.clone());
         if https {
             req.extensions_mut().insert(Https);
         }
-        app.clone().oneshot(req.map(Body::new))
+        let app = app.clone();
+        async move {
+            match refused {
+                Some(answer) => Ok(answer),
+                None => app.oneshot(req.map(Body::new)).await,
+            }
+        }
     });
     let conn = graceful.watch(http.serve_connection(TokioIo::new(guarded), service));
     tokio::spawn(async move {

@@ -6,6 +6,7 @@ mod bodies;
 mod check_route;
 mod deploy;
 mod forwarding;
+mod framing;
 mod legacy;
 mod mistakes;
 mod operations;

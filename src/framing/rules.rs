@@ -1,0 +1,363 @@
+//! The framing rules as a state machine over bytes, apart from any I/O.
+//!
+//! Heads are read as bytes, never as text: a byte outside ASCII in one field changes nothing about
+//! the checks on the others. Header names are compared without regard to letter case.
+
+use http::StatusCode;
+
+/// What a refused request is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 400: the bytes are not a well-formed request, or its length is ambiguous.
+    Malformed,
+    /// 431: the head (or the trailer section) is larger than `max_header_bytes`, or has more than
+    /// [`MAX_FIELDS`] fields.
+    TooLarge,
+    /// 501: a transfer coding other than `chunked` (RFC 9112 §6.1).
+    UnknownCoding,
+}
+
+/// Why the guard refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Violation {
+    pub kind: Kind,
+    pub reason: &'static str,
+}
+
+impl Violation {
+    const fn malformed(reason: &'static str) -> Violation {
+        Violation { kind: Kind::Malformed, reason }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            Kind::Malformed => StatusCode::BAD_REQUEST,
+            Kind::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Kind::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    /// The stable `error` code of the JSON answer.
+    pub fn code(&self) -> &'static str {
+        match self.kind {
+            Kind::Malformed => "malformed_request",
+            Kind::TooLarge => "request_header_too_large",
+            Kind::UnknownCoding => "unsupported_transfer_coding",
+        }
+    }
+}
+
+const TOO_LARGE: Violation = Violation { kind: Kind::TooLarge, reason: "the request head is too large" };
+
+/// The most header fields a head may carry (the HTTP parser's own limit is the same).
+pub const MAX_FIELDS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    /// Reading a request head into `head`.
+    Head,
+    /// This many body bytes remain.
+    Body(u64),
+    /// A chunk-size line: digits seen, the size so far, past the digits (extension or BWS).
+    ChunkSize {
+        digits: u8,
+        size: u64,
+        past_digits: bool,
+    },
+    ChunkData(u64),
+    /// The CR LF after chunk data: how many of the two bytes are seen.
+    ChunkEnd(u8),
+    /// Trailer fields after the last chunk, read into `head`.
+    Trailers,
+}
+
+/// What became of the first bytes given to [`Framing::step`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The first `n` bytes (body data, chunk framing) may go on to the parser as they are.
+    Pass(usize),
+    /// The first `n` bytes belong to a head or trailer section not complete yet: held back.
+    Hold(usize),
+    /// The first `n` bytes complete a request head, which may now go on whole (the bytes held
+    /// back before and these, without the empty lines before its request line).
+    Head(usize, Vec<u8>),
+    /// The same for the trailer section after a chunked body.
+    Trailers(usize, Vec<u8>),
+}
+
+/// The framing of a connection's requests, followed byte by byte.
+#[derive(Debug)]
+pub struct Framing {
+    pub(super) state: State,
+    /// The head or trailer section being read.
+    head: Vec<u8>,
+    /// Bytes taken for the current head or trailer section, empty lines before a request line
+    /// included; at most `max_head`.
+    taken: usize,
+    max_head: usize,
+}
+
+impl Framing {
+    pub fn new(max_head: usize) -> Framing {
+        Framing { state: State::Head, head: Vec::new(), taken: 0, max_head }
+    }
+
+    /// True between requests (reading a head), where a refusal can be answered in turn.
+    pub fn between_requests(&self) -> bool {
+        self.state == State::Head
+    }
+
+    /// Follows the start of `data` (not empty). After an error the state is unchanged, so the
+    /// same bytes are refused again; bytes that may pass before an offending one are passed first.
+    pub fn step(&mut self, data: &[u8]) -> Result<Step, Violation> {
+        if matches!(self.state, State::Head | State::Trailers) {
+            let trailers = self.state == State::Trailers;
+            for (i, &b) in data.iter().enumerate() {
+                if let Some(section) = self.line_byte(b)? {
+                    return Ok(if trailers { Step::Trailers(i + 1, section) } else { Step::Head(i + 1, section) });
+                }
+            }
+            return Ok(Step::Hold(data.len()));
+        }
+        let mut i = 0;
+        while i < data.len() {
+            match self.state {
+                State::Head | State::Trailers => break,
+                State::Body(remaining) => {
+                    let n = remaining.min((data.len() - i) as u64);
+                    i += n as usize;
+                    self.state = if remaining == n { State::Head } else { State::Body(remaining - n) };
+                }
+                State::ChunkData(remaining) => {
+                    let n = remaining.min((data.len() - i) as u64);
+                    i += n as usize;
+                    self.state = if remaining == n { State::ChunkEnd(0) } else { State::ChunkData(remaining - n) };
+                }
+                State::ChunkSize { digits, size, past_digits } => {
+                    match self.chunk_size_byte(data[i], digits, size, past_digits) {
+                        Ok(()) => i += 1,
+                        Err(_) if i > 0 => break,
+                        Err(v) => return Err(v),
+                    }
+                }
+                State::ChunkEnd(seen) => match (seen, data[i]) {
+                    (0, b'\r') => {
+                        self.state = State::ChunkEnd(1);
+                        i += 1;
+                    }
+                    (1, b'\n') => {
+                        self.state = State::ChunkSize { digits: 0, size: 0, past_digits: false };
+                        i += 1;
+                    }
+                    _ if i > 0 => break,
+                    _ => return Err(Violation::malformed("chunk data not followed by CR LF")),
+                },
+            }
+        }
+        Ok(Step::Pass(i))
+    }
+
+    /// A byte of a head or of trailers, both lines of fields ending in an empty line. Returns the
+    /// section once it is complete and valid.
+    fn line_byte(&mut self, b: u8) -> Result<Option<Vec<u8>>, Violation> {
+        if self.taken >= self.max_head {
+            return Err(if self.state == State::Head {
+                TOO_LARGE
+            } else {
+                Violation { kind: Kind::TooLarge, reason: "the trailer section is too large" }
+            });
+        }
+        let prev = self.head.last().copied();
+        if b == 0 {
+            return Err(Violation::malformed("NUL byte"));
+        }
+        if b == b'\n' && prev != Some(b'\r') {
+            return Err(Violation::malformed("bare LF"));
+        }
+        if prev == Some(b'\r') && b != b'\n' {
+            return Err(Violation::malformed("bare CR"));
+        }
+        self.taken += 1;
+        if self.state == State::Head && (self.head.is_empty() || self.head == b"\r") && matches!(b, b'\r' | b'\n') {
+            // Empty lines before a request line are allowed and dropped (RFC 9112 §2.2).
+            if b == b'\n' {
+                self.head.clear();
+            } else {
+                self.head.push(b);
+            }
+            return Ok(None);
+        }
+        self.head.push(b);
+        let ended = self.head.ends_with(b"\r\n\r\n") || (self.state == State::Trailers && self.head == b"\r\n");
+        if !ended {
+            return Ok(None);
+        }
+        let head = std::mem::take(&mut self.head);
+        self.taken = 0;
+        self.state = match self.state {
+            State::Trailers => {
+                fields(&head)?;
+                State::Head
+            }
+            _ => next_state(&head)?,
+        };
+        Ok(Some(head))
+    }
+
+    fn chunk_size_byte(&mut self, b: u8, digits: u8, size: u64, past_digits: bool) -> Result<(), Violation> {
+        let prev_cr = self.head.last() == Some(&b'\r');
+        if prev_cr && b != b'\n' {
+            return Err(Violation::malformed("bare CR in a chunk size line"));
+        }
+        match b {
+            b'\r' => {
+                if digits == 0 {
+                    return Err(Violation::malformed("chunk size missing"));
+                }
+                self.head.push(b);
+            }
+            b'\n' => {
+                if !prev_cr {
+                    return Err(Violation::malformed("bare LF in a chunk size line"));
+                }
+                self.head.clear();
+                self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+            }
+            _ if !past_digits && b.is_ascii_hexdigit() => {
+                if digits >= 16 {
+                    return Err(Violation::malformed("chunk size too large"));
+                }
+                let digit = (b as char).to_digit(16).expect("a hex digit") as u64;
+                self.state = State::ChunkSize { digits: digits + 1, size: size * 16 + digit, past_digits };
+            }
+            b' ' | b'\t' | b';' if digits > 0 => {
+                self.state = State::ChunkSize { digits, size, past_digits: true };
+            }
+            0 => return Err(Violation::malformed("NUL byte in a chunk size line")),
+            _ if past_digits && (b.is_ascii_graphic() || b >= 0x80) => {}
+            _ => return Err(Violation::malformed("malformed chunk size")),
+        }
+        Ok(())
+    }
+}
+
+/// A `token` character (RFC 9110 §5.6.2): method and field names.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The lines of a section without their CR LF (bare CR and LF are refused byte by byte before).
+fn lines(section: &[u8]) -> impl Iterator<Item = &[u8]> {
+    section.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).filter(|l| !l.is_empty())
+}
+
+/// A header field's name and value, as bytes.
+type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// Checks the field lines of a section (a head without its request line, or trailers) and
+/// returns them as (name, trimmed value). Values may hold obs-text (RFC 9110 §5.5).
+fn fields(section: &[u8]) -> Result<Vec<Field<'_>>, Violation> {
+    let mut out = Vec::new();
+    for line in lines(section) {
+        if line.starts_with(b" ") || line.starts_with(b"\t") {
+            return Err(Violation::malformed("obsolete line folding"));
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            return Err(Violation::malformed("a header line without a colon"));
+        };
+        let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));
+        if name.ends_with(b" ") || name.ends_with(b"\t") {
+            return Err(Violation::malformed("white space before a header's colon"));
+        }
+        if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+            return Err(Violation::malformed("a header name that is not a token"));
+        }
+        if value.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f) {
+            return Err(Violation::malformed("a control character in a header value"));
+        }
+        if out.len() == MAX_FIELDS {
+            return Err(Violation { kind: Kind::TooLarge, reason: "too many header fields" });
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// Checks a request line: `method SP target SP HTTP/1.x`, single spaces, nothing else.
+fn request_line(line: &[u8]) -> Result<bool, Violation> {
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Violation::malformed("a malformed request line"));
+    };
+    if method.is_empty() || !method.iter().all(|b| is_tchar(*b)) {
+        return Err(Violation::malformed("a malformed method"));
+    }
+    if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b) || *b >= 0x80) {
+        return Err(Violation::malformed("a malformed request target"));
+    }
+    match version {
+        b"HTTP/1.1" => Ok(false),
+        b"HTTP/1.0" => Ok(true),
+        _ => Err(Violation::malformed("an HTTP version other than 1.0 or 1.1")),
+    }
+}
+
+/// The framing of the request whose head is `head`.
+fn next_state(head: &[u8]) -> Result<State, Violation> {
+    let line_end = head.iter().position(|b| *b == b'\r').unwrap_or(head.len());
+    let http10 = request_line(&head[..line_end])?;
+    let fields = fields(&head[line_end..])?;
+    let mut length: Option<u64> = None;
+    let mut codings: Option<Vec<&[u8]>> = None;
+    let mut hosts = 0;
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+                return Err(Violation::malformed("Content-Length is not a number"));
+            }
+            let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|l| l != n) {
+                return Err(Violation::malformed("Content-Length values differ"));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings.get_or_insert_default().extend(value.split(|b| *b == b',').map(trim_ows).filter(|c| !c.is_empty()));
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        }
+    }
+    if hosts > 1 {
+        return Err(Violation::malformed("more than one Host"));
+    }
+    let Some(codings) = codings else {
+        return Ok(match length {
+            Some(n) if n > 0 => State::Body(n),
+            _ => State::Head,
+        });
+    };
+    if http10 {
+        return Err(Violation::malformed("Transfer-Encoding on HTTP/1.0"));
+    }
+    if length.is_some() {
+        return Err(Violation::malformed("both Transfer-Encoding and Content-Length"));
+    }
+    if codings.iter().any(|c| !c.eq_ignore_ascii_case(b"chunked")) {
+        return Err(Violation { kind: Kind::UnknownCoding, reason: "a transfer coding other than chunked" });
+    }
+    if codings.len() != 1 {
+        return Err(Violation::malformed("chunked not exactly once"));
+    }
+    Ok(State::ChunkSize { digits: 0, size: 0, past_digits: false })
+}
