@@ -64,7 +64,10 @@ pub struct ReloadStatus {
 }
 
 pub struct App {
+    /// For the token service.
     pub client: reqwest::Client,
+    /// For API requests.
+    pub upstream: crate::upstream::UpstreamClient,
     pub tokens: Tokens,
     /// The OAuth client's credentials, which a reload may replace; `None` in basic mode.
     credentials: Option<Arc<ArcSwap<Credentials>>>,
@@ -99,6 +102,7 @@ impl App {
     /// Builds the state and starts the token refresher, whose handle the caller owns.
     pub fn new(config: Config, local: Listen) -> std::io::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
         let client = crate::http_client(&config).map_err(std::io::Error::other)?;
+        let upstream = crate::upstream::UpstreamClient::new(&config).map_err(std::io::Error::other)?;
         let (tokens, refresher, credentials) = match &config.auth {
             Auth::OAuth(oauth) => {
                 let credentials = Arc::new(ArcSwap::from_pointee(oauth.credentials()));
@@ -120,6 +124,7 @@ impl App {
         };
         let app = App {
             client,
+            upstream,
             tokens,
             credentials,
             settings: ArcSwap::from_pointee(Settings::new(&config, &local)),

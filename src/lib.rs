@@ -8,7 +8,8 @@
 //! - [`token`]: token fetch (with the other domain as fallback), the pure refresh schedule, the
 //!   refresher task, the lock-free store; also the fixed credential of basic mode.
 //! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file changes).
-//! - [`proxy`]: the forwarding handler; [`rewrite`]: pure header, path and `Location` rules;
+//! - [`proxy`]: the forwarding handler; [`upstream`]: the client it forwards with (pool, TLS,
+//!   egress proxy); [`rewrite`]: pure header, path and `Location` rules;
 //!   [`body`]: streaming body wrappers; [`body_rewrite`]: the API's URLs inside text bodies.
 //! - [`access_log`]: request ids and the one log event per request; [`metrics`]: Prometheus;
 //!   [`admin`]: `/_proxy/*`.
@@ -54,6 +55,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod uem;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,8 +67,8 @@ use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiv
 use app::App;
 pub use config::Config;
 
-/// The HTTP client for the token service and the API: rustls, no redirects ever followed (a
-/// redirect must not carry the token or the secret anywhere), keep-alive pooling.
+/// The HTTP client for the token service: rustls, no redirects ever followed (a redirect must not
+/// carry the secret anywhere), keep-alive pooling. API requests go through [`upstream`] instead.
 pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
@@ -83,7 +85,8 @@ pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
         }
     };
     if let Some(certs) = &config.ca_bundle {
-        builder = builder.tls_certs_merge(certs.iter().cloned());
+        let certs: Result<Vec<_>, _> = certs.iter().map(|der| reqwest::Certificate::from_der(der)).collect();
+        builder = builder.tls_certs_merge(certs?);
     }
     builder.build()
 }
