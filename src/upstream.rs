@@ -74,6 +74,15 @@ impl UpstreamClient {
         http.set_keepalive_retries(Some(3));
 
         let egress = Arc::new(egress_matcher(&config.egress));
+        let api = Uri::try_from(config.api_url.as_str()).map_err(|e| e.to_string())?;
+        if let Some(proxy) = egress.intercept(&api)
+            && !matches!(proxy.uri().scheme_str(), Some("http" | "https"))
+        {
+            tracing::warn!(
+                scheme = proxy.uri().scheme_str(),
+                "the environment names a proxy that is not an HTTP proxy; API requests through it will fail"
+            );
+        }
         let connector =
             Connector { http, tls: Arc::new(tls), tls_proxy, egress: egress.clone(), timeout: config.connect_timeout };
         let client = Client::builder(TokioExecutor::new())
@@ -144,7 +153,7 @@ impl tower::Service<Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             let timeout = this.timeout;
-            tokio::time::timeout(timeout, this.connect(dst)).await.map_err(|_| Box::new(ConnectTimeout(timeout)))?
+            tokio::time::timeout(timeout, this.connect(dst)).await.map_err(|_| ConnectTimeout(timeout))?
         })
     }
 }

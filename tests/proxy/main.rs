@@ -10,3 +10,4 @@ mod security;
 mod streaming;
 mod support;
 mod tokens;
+mod transport;
