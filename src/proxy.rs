@@ -202,11 +202,11 @@ fn upstream_uri(settings: &Settings, parts: &Parts) -> Result<(Uri, String), Pro
         uri.push('?');
         uri.push_str(query);
     }
-    let unchanged = ProxyError::BadTarget("the request target cannot be forwarded unchanged");
-    let uri = Uri::try_from(uri).map_err(|_| unchanged)?;
+    let unchanged = || ProxyError::BadTarget("the request target cannot be forwarded unchanged");
+    let uri = Uri::try_from(uri).map_err(|_| unchanged())?;
     // What is decided on is what is sent.
     if uri.path().strip_prefix(settings.upstream_path.as_str()) != Some(path.as_str()) || uri.query() != query {
-        return Err(ProxyError::BadTarget("the request target cannot be forwarded unchanged"));
+        return Err(unchanged());
     }
     Ok((uri, path))
 }

@@ -151,30 +151,43 @@ async fn the_proxy_names_itself_as_user_agent_only_when_the_caller_does_not() {
     assert!(api.header(1, "proxy-authorization").is_empty());
 }
 
-#[tokio::test]
-async fn the_connect_timeout_covers_a_tls_handshake_that_never_ends() {
-    // Accepts connections and never answers the TLS client hello.
+/// Accepts connections and never says a word on them.
+async fn silent_listener() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((stream, _)) = listener.accept().await {
             held.push(stream);
         }
     });
-    let tokens = TokenService::default();
-    let api = format!("https://127.0.0.1:{port}");
-    let proxy = Proxy::start(&api, &tokens.start().await, &[("UEM_PROXY_CONNECT_TIMEOUT", "300ms")]).await;
-    let started = std::time::Instant::now();
-    let response = tokio::time::timeout(Duration::from_secs(10), client().get(format!("{}/api/x", proxy.url)).send())
-        .await
-        .expect("answered before the 30 s upstream timeout")
-        .unwrap();
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(status, 504, "{body}");
-    assert_eq!(body["error"], "upstream_timeout");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    addr
+}
+
+#[tokio::test]
+async fn the_connect_timeout_covers_a_tls_handshake_or_a_tunnel_that_never_ends() {
+    let stalled_api = format!("https://127.0.0.1:{}", silent_listener().await.port());
+    let silent_egress = format!("http://{}", silent_listener().await);
+    // Basic mode: no token service, which the silent egress proxy would stall as well.
+    let basic =
+        [("UEM_AUTH_MODE", "basic"), ("UEM_USERNAME", "admin"), ("UEM_PASSWORD", "pw"), ("UEM_TENANT_CODE", "K")];
+    let direct = [("UEM_PROXY_CONNECT_TIMEOUT", "300ms"), ("UEM_PROXY_EGRESS_PROXY", "none")];
+    let via = [("UEM_PROXY_CONNECT_TIMEOUT", "300ms"), ("UEM_PROXY_EGRESS_PROXY", silent_egress.as_str())];
+    for (api, route) in [(stalled_api.as_str(), direct), ("https://api.uem.invalid", via)] {
+        let extra = [basic.as_slice(), route.as_slice()].concat();
+        let proxy = Proxy::start(api, "http://127.0.0.1:9/never", &extra).await;
+        let started = std::time::Instant::now();
+        let response =
+            tokio::time::timeout(Duration::from_secs(10), client().get(format!("{}/api/x", proxy.url)).send())
+                .await
+                .expect("answered before the 30 s upstream timeout")
+                .unwrap();
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(status, 504, "{api}: {body}");
+        assert_eq!(body["error"], "upstream_timeout");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
 }
 
 /// A self-signed certificate for `localhost`: (certificate file, key file).
