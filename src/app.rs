@@ -101,8 +101,9 @@ fn tenant_header(config: &Config) -> Option<HeaderValue> {
 impl App {
     /// Builds the state and starts the token refresher, whose handle the caller owns.
     pub fn new(config: Config, local: Listen) -> std::io::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
-        let client = crate::http_client(&config).map_err(std::io::Error::other)?;
-        let upstream = crate::upstream::UpstreamClient::new(&config).map_err(std::io::Error::other)?;
+        let tls = crate::upstream::tls_config(&config).map_err(std::io::Error::other)?;
+        let client = crate::token_client(&config, tls.clone()).map_err(std::io::Error::other)?;
+        let upstream = crate::upstream::UpstreamClient::new(&config, tls).map_err(std::io::Error::other)?;
         let (tokens, refresher, credentials) = match &config.auth {
             Auth::OAuth(oauth) => {
                 let credentials = Arc::new(ArcSwap::from_pointee(oauth.credentials()));

@@ -69,26 +69,28 @@ pub use config::Config;
 
 /// The HTTP client for the token service: rustls, no redirects ever followed (a redirect must not
 /// carry the secret anywhere), keep-alive pooling. API requests go through [`upstream`] instead.
-pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
+pub fn http_client(config: &Config) -> Result<reqwest::Client, String> {
+    token_client(config, upstream::tls_config(config)?)
+}
+
+/// The same, over a TLS configuration already built (and shared with the forwarding client).
+pub fn token_client(config: &Config, tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(config.connect_timeout)
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .tcp_nodelay(true)
-        .user_agent(concat!("uem-proxy/", env!("CARGO_PKG_VERSION")));
+        .user_agent(concat!("uem-proxy/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(tls);
     builder = match &config.egress {
         config::Egress::FromEnvironment => builder,
         config::Egress::Direct => builder.no_proxy(),
-        config::Egress::Via(url) => {
-            builder.proxy(reqwest::Proxy::all(url.as_str())?.no_proxy(reqwest::NoProxy::from_env()))
-        }
+        config::Egress::Via(url) => builder.proxy(
+            reqwest::Proxy::all(url.as_str()).map_err(|e| e.to_string())?.no_proxy(reqwest::NoProxy::from_env()),
+        ),
     };
-    if let Some(certs) = &config.ca_bundle {
-        let certs: Result<Vec<_>, _> = certs.iter().map(|der| reqwest::Certificate::from_der(der)).collect();
-        builder = builder.tls_certs_merge(certs?);
-    }
-    builder.build()
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// The whole application as one router, used by `run` and by tests alike.

@@ -49,22 +49,12 @@ pub struct UpstreamClient {
 pub struct ConnectTimeout(Duration);
 
 impl UpstreamClient {
-    /// A client for `config`'s TLS trust, egress route and connect timeout. Redirects are never
-    /// followed: hyper's client has no such feature.
-    pub fn new(config: &Config) -> Result<UpstreamClient, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let extra_roots = config.ca_bundle.as_ref().map(|c| c.to_vec()).unwrap_or_default();
-        let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
-            .map_err(|e| format!("cannot load the system's trust store: {e}"))?;
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+    /// A client for `config`'s egress route and connect timeout, trusting what `tls` trusts (see
+    /// [`tls_config`]). Redirects are never followed: hyper's client has no such feature.
+    pub fn new(config: &Config, tls: rustls::ClientConfig) -> Result<UpstreamClient, String> {
         // An HTTPS egress proxy is spoken to in HTTP/1.1 (for CONNECT); the API in either.
-        let tls_proxy = Arc::new(tls.clone());
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut tls_proxy = tls.clone();
+        tls_proxy.alpn_protocols.clear();
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -83,8 +73,13 @@ impl UpstreamClient {
                 "the environment names a proxy that is not an HTTP proxy; API requests through it will fail"
             );
         }
-        let connector =
-            Connector { http, tls: Arc::new(tls), tls_proxy, egress: egress.clone(), timeout: config.connect_timeout };
+        let connector = Connector {
+            http,
+            tls: Arc::new(tls),
+            tls_proxy: Arc::new(tls_proxy),
+            egress: egress.clone(),
+            timeout: config.connect_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -112,6 +107,25 @@ impl UpstreamClient {
         }
         self.client.request(request)
     }
+}
+
+/// TLS for the proxy's outbound calls: the system's trust store (through the platform verifier,
+/// as reqwest uses it) plus `UEM_CA_BUNDLE`'s certificates, ring as the one crypto provider, ALPN
+/// offering HTTP/2 and HTTP/1.1. Built once and shared by the token client and the forwarding
+/// client, because reading the system's store takes a noticeable part of start-up.
+pub fn tls_config(config: &Config) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra_roots = config.ca_bundle.as_ref().map(|c| c.to_vec()).unwrap_or_default();
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+        .map_err(|e| format!("cannot load the system's trust store: {e}"))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
 }
 
 /// The egress route as hyper-util's matcher: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
