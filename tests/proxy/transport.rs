@@ -305,8 +305,10 @@ async fn a_plain_http_api_is_reached_through_the_egress_proxy_in_absolute_form_w
         &[("UEM_PROXY_EGRESS_PROXY", &format!("http://user:secret@{egress}"))],
     )
     .await;
-    let response =
-        raw(proxy.addr, "GET /api/x?n=O'Brien HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    // A caller's own proxy credentials are not passed on; the configured ones are sent instead.
+    let request = "GET /api/x?n=O'Brien HTTP/1.1\r\nHost: localhost\r\nProxy-Authorization: Basic Y2FsbGVyOng=\r\n\
+                   Connection: close\r\n\r\n";
+    let response = raw(proxy.addr, request).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let auth = format!("Some(\"Basic {}\")", base64_of("user:secret"));
     assert_eq!(
