@@ -68,7 +68,10 @@ pub struct ReloadStatus {
 }
 
 pub struct App {
+    /// For the token service.
     pub client: reqwest::Client,
+    /// For API requests.
+    pub upstream: crate::upstream::UpstreamClient,
     /// Request bodies held for replay, all requests together (restart-only).
     pub replay_budget: ReplayBudget,
     pub tokens: Tokens,
@@ -112,7 +115,9 @@ fn warn_about_policy(policy: &Policy) {
 impl App {
     /// Builds the state and starts the token refresher, whose handle the caller owns.
     pub fn new(config: Config, local: Listen) -> std::io::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
-        let client = crate::http_client(&config).map_err(std::io::Error::other)?;
+        let tls = crate::upstream::tls_config(&config).map_err(std::io::Error::other)?;
+        let client = crate::token_client(&config, tls.clone()).map_err(std::io::Error::other)?;
+        let upstream = crate::upstream::UpstreamClient::new(&config, tls).map_err(std::io::Error::other)?;
         let (tokens, refresher, credentials) = match &config.auth {
             Auth::OAuth(oauth) => {
                 let credentials = Arc::new(ArcSwap::from_pointee(oauth.credentials()));
@@ -135,6 +140,7 @@ impl App {
         };
         let app = App {
             client,
+            upstream,
             replay_budget: ReplayBudget::new(config.replay_budget),
             tokens,
             credentials,

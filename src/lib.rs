@@ -8,7 +8,8 @@
 //! - [`token`]: token fetch (with the other domain as fallback), the pure refresh schedule, the
 //!   refresher task, the lock-free store; also the fixed credential of basic mode.
 //! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file changes).
-//! - [`proxy`]: the forwarding handler; [`rewrite`]: pure header, path and `Location` rules;
+//! - [`proxy`]: the forwarding handler; [`upstream`]: the client it forwards with (pool, TLS,
+//!   egress proxy); [`rewrite`]: pure header, path and `Location` rules;
 //!   [`body`]: streaming body wrappers; [`body_rewrite`]: the API's URLs inside text bodies.
 //! - [`access_log`]: request ids and the one log event per request; [`metrics`]: Prometheus;
 //!   [`admin`]: `/_proxy/*`.
@@ -59,6 +60,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod uem;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,27 +72,30 @@ use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiv
 use app::App;
 pub use config::Config;
 
-/// The HTTP client for the token service and the API: rustls, no redirects ever followed (a
-/// redirect must not carry the token or the secret anywhere), keep-alive pooling.
-pub fn http_client(config: &Config) -> Result<reqwest::Client, reqwest::Error> {
+/// The HTTP client for the token service: rustls, no redirects ever followed (a redirect must not
+/// carry the secret anywhere), keep-alive pooling. API requests go through [`upstream`] instead.
+pub fn http_client(config: &Config) -> Result<reqwest::Client, String> {
+    token_client(config, upstream::tls_config(config)?)
+}
+
+/// The same, over a TLS configuration already built (and shared with the forwarding client).
+pub fn token_client(config: &Config, tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(config.connect_timeout)
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .tcp_nodelay(true)
-        .user_agent(concat!("uem-proxy/", env!("CARGO_PKG_VERSION")));
+        .user_agent(concat!("uem-proxy/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(tls);
     builder = match &config.egress {
         config::Egress::FromEnvironment => builder,
         config::Egress::Direct => builder.no_proxy(),
-        config::Egress::Via(url) => {
-            builder.proxy(reqwest::Proxy::all(url.as_str())?.no_proxy(reqwest::NoProxy::from_env()))
-        }
+        config::Egress::Via(url) => builder.proxy(
+            reqwest::Proxy::all(url.as_str()).map_err(|e| e.to_string())?.no_proxy(reqwest::NoProxy::from_env()),
+        ),
     };
-    if let Some(certs) = &config.ca_bundle {
-        builder = builder.tls_certs_merge(certs.iter().cloned());
-    }
-    builder.build()
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// The whole application as one router, used by `run` and by tests alike.

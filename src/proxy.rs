@@ -12,12 +12,12 @@ use http::header::{
     AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
     TRANSFER_ENCODING,
 };
-use http::{HeaderMap, Method, StatusCode, request::Parts};
+use http::{HeaderMap, Method, StatusCode, Uri, request::Parts};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
-use url::Url;
 
 use crate::access_log::{RequestId, UpstreamLatency};
 use crate::app::{App, Settings};
@@ -30,6 +30,7 @@ use crate::rewrite::{self, LocationRewrite};
 use crate::server::Https;
 use crate::token::Token;
 use crate::uem::mapping;
+use crate::upstream::{Outbound, UpstreamClient};
 
 /// Added to an upstream 403: the catalogue permission the request needs, so an administrator
 /// knows what the OAuth client's role lacks.
@@ -65,7 +66,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
 async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let settings = app.settings.load_full();
     let (mut parts, body) = req.into_parts();
-    let (url, path) = upstream_url(&settings, &parts)?;
+    let (uri, path) = upstream_uri(&settings, &parts)?;
     if !settings.policy.is_open()
         && let Decision::Deny { permission, reason } = settings.policy.decide(&parts.method, &path)
     {
@@ -90,18 +91,18 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let (body, sent, replay) = match outgoing {
         Outgoing::Replayable(bytes, share) => {
             _replay_share = share;
-            (reqwest::Body::from(bytes.clone()), None, Some(bytes))
+            (Either::Left(Full::new(bytes.clone())), None, Some(bytes))
         }
         Outgoing::Streamed(stream) => {
             let (upload, sent) = Upload::new(stream, settings.max_body_bytes);
-            (reqwest::Body::wrap(upload), Some(sent), None)
+            (Either::Right(upload), Some(sent), None)
         }
     };
     let started = Instant::now();
     let attempt = Attempt {
-        client: &app.client,
+        client: &app.upstream,
         parts: &parts,
-        url: &url,
+        uri: &uri,
         timeout: settings.upstream_timeout,
         tenant_code: settings.tenant_code.as_ref(),
     };
@@ -118,7 +119,7 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
             Some(bytes) => {
                 if let Some(fresh) = app.tokens.replace_rejected(&token, settings.token_wait).await {
                     tracing::debug!(generation = fresh.generation(), "replaying a request rejected with 401");
-                    response = attempt.send(&fresh, reqwest::Body::from(bytes), None).await?;
+                    response = attempt.send(&fresh, Either::Left(Full::new(bytes)), None).await?;
                 }
             }
             // Not replayable: the caller gets this 401, the next request a fresh token.
@@ -131,7 +132,6 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         pacer.saw_429(response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()));
     }
 
-    let mut response = http::Response::from(response);
     if let Some(why) = unforwardable(response.status(), response.headers()) {
         return Err(ProxyError::BadUpstreamAnswer(why));
     }
@@ -221,28 +221,31 @@ async fn with_activity_id(response: Response) -> Result<Response, ProxyError> {
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
-/// The upstream URL: the configured base with the caller's canonical path and query appended,
-/// and that canonical path, which is what policy decides on. Never `Url::join`, which would let
-/// `//other.host/` name another host.
-fn upstream_url(settings: &Settings, parts: &Parts) -> Result<(Url, String), ProxyError> {
+/// The upstream URI: the configured base (scheme, authority, path prefix), the caller's canonical
+/// path, and the caller's query byte for byte; and that canonical path, which is what policy
+/// decides on. Built by appending, never `Url::join`, which would let `//other.host/` name another
+/// host, and never through a URL type that re-encodes the query.
+fn upstream_uri(settings: &Settings, parts: &Parts) -> Result<(Uri, String), ProxyError> {
     if parts.method == Method::CONNECT {
         return Err(ProxyError::BadTarget("CONNECT is not supported"));
     }
     let target = parts.uri.path_and_query().ok_or(ProxyError::BadTarget("no path"))?;
     let path = rewrite::canonical_path(target.path()).map_err(ProxyError::BadTarget)?;
-    // The base was parsed once; setting path and query does not parse the host again.
-    let mut url = settings.upstream.clone();
-    if settings.upstream_path.is_empty() {
-        url.set_path(&path);
-    } else {
-        url.set_path(&format!("{}{path}", settings.upstream_path));
+    let query = target.query();
+    let mut uri = String::with_capacity(settings.upstream_base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    uri.push_str(&settings.upstream_base);
+    uri.push_str(&path);
+    if let Some(query) = query {
+        uri.push('?');
+        uri.push_str(query);
     }
-    url.set_query(target.query());
-    // The URL must not have reinterpreted the path: what is decided on is what is sent.
-    if !url.path().ends_with(path.as_str()) {
-        return Err(ProxyError::BadTarget("the path cannot be forwarded unchanged"));
+    let unchanged = || ProxyError::BadTarget("the request target cannot be forwarded unchanged");
+    let uri = Uri::try_from(uri).map_err(|_| unchanged())?;
+    // What is decided on is what is sent.
+    if uri.path().strip_prefix(settings.upstream_path.as_str()) != Some(path.as_str()) || uri.query() != query {
+        return Err(unchanged());
     }
-    Ok((url, path))
+    Ok((uri, path))
 }
 
 /// The proxy's own base URL as the caller addressed it, for `Location` rewrites; built only
@@ -288,9 +291,9 @@ async fn prepare_body(body: Body, limit: u64, budget: &ReplayBudget) -> Result<O
 
 /// What stays the same between a request's first attempt and its replay.
 struct Attempt<'a> {
-    client: &'a reqwest::Client,
+    client: &'a UpstreamClient,
     parts: &'a Parts,
-    url: &'a Url,
+    uri: &'a Uri,
     timeout: Duration,
     tenant_code: Option<&'a HeaderValue>,
 }
@@ -302,15 +305,18 @@ impl Attempt<'_> {
     async fn send(
         &self,
         token: &Token,
-        body: reqwest::Body,
+        body: Outbound,
         sent: Option<oneshot::Receiver<()>>,
-    ) -> Result<reqwest::Response, ProxyError> {
-        let mut headers = self.parts.headers.clone();
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        headers.clone_from(&self.parts.headers);
         headers.insert(AUTHORIZATION, token.header().clone());
         if let Some(code) = self.tenant_code {
             headers.insert(rewrite::AW_TENANT_CODE, code.clone());
         }
-        let request = self.client.request(self.parts.method.clone(), self.url.clone()).headers(headers).body(body);
         let timeout = self.timeout;
         let deadline = async move {
             if let Some(sent) = sent {
@@ -319,8 +325,8 @@ impl Attempt<'_> {
             tokio::time::sleep(timeout).await;
         };
         tokio::select! {
-            result = request.send() => result.map_err(|e| {
-                tracing::debug!(error = %e, "upstream request failed");
+            result = self.client.send(request) => result.map_err(|e| {
+                tracing::debug!(error = %ErrorChain(&e), "upstream request failed");
                 match too_large(&e) {
                     Some(limit) => ProxyError::BodyTooLarge(limit),
                     None => ProxyError::from_upstream(&e),
@@ -332,7 +338,7 @@ impl Attempt<'_> {
 }
 
 /// The body limit, when that is why sending failed.
-fn too_large(e: &reqwest::Error) -> Option<u64> {
+fn too_large(e: &hyper_util::client::legacy::Error) -> Option<u64> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(TooLarge(limit)) = s.downcast_ref::<TooLarge>() {
@@ -341,4 +347,19 @@ fn too_large(e: &reqwest::Error) -> Option<u64> {
         source = s.source();
     }
     None
+}
+
+/// An error with its causes, for the debug log: hyper's errors say little without them.
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
 }

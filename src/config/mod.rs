@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -106,7 +108,7 @@ pub struct Config {
     pub egress: Egress,
     /// Extra trust anchors for TLS (TLS-inspecting networks, on-premises hosts), besides the
     /// system's trust store.
-    pub ca_bundle: Option<Arc<Vec<reqwest::Certificate>>>,
+    pub ca_bundle: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// How long a request waits for a token when none is valid before it gets 503.
     pub token_wait: Duration,
     /// The least time between two refreshes forced by upstream 401s.
@@ -293,7 +295,10 @@ impl Config {
                 let url = Url::parse(s.trim());
                 let s = hints::mask_userinfo(s);
                 let url = url.map_err(|e| format!("'{s}' is not a proxy URL ({e})"))?;
-                if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") || url.host_str().is_none() {
+                if url.scheme().starts_with("socks") {
+                    return Err("SOCKS proxies are not supported: name an HTTP proxy (http:// or https://)".to_owned());
+                }
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
                     return Err(format!("'{s}' must be like http://proxy.corp:3128, or none, or environment"));
                 }
                 Ok(Egress::Via(url))
@@ -301,8 +306,9 @@ impl Config {
         });
         let ca_bundle = p.parse("ca_bundle", |s| {
             let pem = std::fs::read(s.trim()).map_err(|e| format!("cannot read '{s}': {e}"))?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("'{s}' is not a PEM bundle: {e}"))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("'{s}' is not a PEM bundle: {e}"))?;
             if certs.is_empty() {
                 return Err(format!("'{s}' holds no PEM certificate"));
             }

@@ -187,3 +187,36 @@ fn basic_mode_needs_user_password_and_tenant_code_but_no_token_service() {
     assert!(!text.contains("UEM_CLIENT_ID"), "no OAuth settings are asked for: {text}");
     assert!(load(&[("UEM_AUTH_MODE", "kerberos")]).unwrap_err().to_string().contains("not one of oauth, basic"));
 }
+
+#[test]
+fn an_egress_proxy_is_an_http_proxy_and_a_socks_one_is_refused_without_its_password() {
+    for url in ["socks5://user:pw-SOCKS@proxy.corp:1080", "socks5h://proxy.corp", "SOCKS4://proxy.corp"] {
+        let problems = load(&[MINIMAL, &[("UEM_PROXY_EGRESS_PROXY", url)]].concat()).err().unwrap().0.join("\n");
+        assert!(problems.contains("UEM_PROXY_EGRESS_PROXY") && problems.contains("SOCKS"), "{problems}");
+        assert!(!problems.contains("pw-SOCKS"), "{problems}");
+    }
+    for url in ["http://proxy.corp:3128", "https://user:pw@proxy.corp"] {
+        let config = load(&[MINIMAL, &[("UEM_PROXY_EGRESS_PROXY", url)]].concat()).unwrap();
+        assert!(matches!(config.egress, Egress::Via(_)), "{url}");
+    }
+}
+
+#[test]
+fn a_ca_bundle_is_read_as_pem_certificates() {
+    let dir = std::env::temp_dir().join(format!("uem-proxy-ca-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap().cert;
+    let (one, two, none) = (dir.join("one.pem"), dir.join("two.pem"), dir.join("none.pem"));
+    std::fs::write(&one, cert.pem()).unwrap();
+    std::fs::write(&two, format!("{}{}", cert.pem(), cert.pem())).unwrap();
+    std::fs::write(&none, "not a certificate\n").unwrap();
+    let count = |path: &std::path::Path| {
+        let env = [MINIMAL, &[("UEM_CA_BUNDLE", path.to_str().unwrap())]].concat();
+        load(&env).map(|c| c.ca_bundle.map_or(0, |b| b.len())).map_err(|e| e.0.join("\n"))
+    };
+    assert_eq!(count(&one), Ok(1));
+    assert_eq!(count(&two), Ok(2));
+    let refused = count(&none).unwrap_err();
+    assert!(refused.contains("holds no PEM certificate"), "{refused}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

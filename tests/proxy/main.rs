@@ -16,4 +16,5 @@ mod security;
 mod streaming;
 mod support;
 mod tokens;
+mod transport;
 mod uploads;
