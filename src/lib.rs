@@ -16,7 +16,8 @@
 //! - [`inbound`]: who may call (address, `Host`, web origin) and request limits; [`policy`]: what
 //!   they may do, in the permission catalogue's terms; [`framing`]: the strict request-framing guard.
 //! - [`pacer`]: concurrency, rate and 429 pacing of upstream requests.
-//! - [`server`]: TCP, Unix and HTTPS ([`tls`]) listeners, header limits, graceful shutdown;
+//! - [`server`]: TCP, Unix and HTTPS ([`tls`]) listeners, header limits, the connection cap,
+//!   stalled-write timeouts, graceful shutdown;
 //!   [`telemetry`]: logging.
 //! - [`check`]: the `check` command; [`healthcheck`]: the `healthcheck` command.
 //! - [`sandbox`]: an offline simulated UEM tenant; [`demo`]: the sandbox and the proxy together.
@@ -119,6 +120,8 @@ pub async fn run(
     let limits = server::Limits {
         header_timeout: config.inbound.header_timeout,
         max_header_bytes: config.inbound.max_header_bytes,
+        write_idle_timeout: config.inbound.body_idle_timeout,
+        max_connections: server::Limits::max_connections(config.inbound.max_connections),
     };
     let grace = config.shutdown_grace;
     tracing::info!(
@@ -142,7 +145,8 @@ pub async fn run(
     }
     let (app, refresher) = App::new(config, local)?;
     let reloader = tokio::spawn(reload::watch(app.clone()));
-    server::serve(bound, router(app), limits, shutdown, grace).await;
+    let counts = app.metrics.connections.clone();
+    server::serve(bound, router(app), limits, counts, shutdown, grace).await;
     reloader.abort();
     refresher.abort();
     Ok(())

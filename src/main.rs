@@ -112,6 +112,7 @@ fn main() -> ExitCode {
         Command::Run => match load() {
             Ok(config) => {
                 telemetry::init(config.log_format);
+                server::conns::raise_open_file_limit();
                 block_on(async move {
                     let listener = server::Listener::bind(&config.listen)
                         .await

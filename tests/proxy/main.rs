@@ -2,6 +2,7 @@
 //! and the real binary for what only a process shows (exit codes, signals, logs).
 
 mod binary;
+mod connections;
 mod forwarding;
 mod legacy;
 mod operations;
