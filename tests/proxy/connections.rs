@@ -26,6 +26,8 @@ use crate::support::{Proxy, SECRET, TokenService, client, pattern, spawn};
 struct Api {
     /// Notified when a `/big` body is dropped, finished or not.
     let_go: Arc<Notify>,
+    /// Notified when a `/hold` request has arrived.
+    holding: Arc<Notify>,
     release: Arc<Notify>,
 }
 
@@ -65,6 +67,7 @@ async fn big(State(api): State<Api>, Query(q): Query<HashMap<String, u64>>) -> R
 }
 
 async fn hold(State(api): State<Api>) -> &'static str {
+    api.holding.notify_one();
     api.release.notified().await;
     "held"
 }
@@ -191,6 +194,7 @@ async fn a_busy_connection_is_not_shed_and_a_new_caller_waits_for_room() {
     let proxy = proxy_for(&api, &[("UEM_PROXY_MAX_CONNECTIONS", "1")]).await;
     let mut busy = TcpStream::connect(proxy.addr).await.unwrap();
     busy.write_all(b"GET /hold HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), api.holding.notified()).await.expect("the request is upstream");
     let mut waiting = TcpStream::connect(proxy.addr).await.unwrap();
     waiting.write_all(b"GET /_proxy/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
     let mut buf = [0u8; 1024];
@@ -217,7 +221,7 @@ struct Limited {
 }
 
 impl Limited {
-    fn start(open_files: u32, api: &str, token_url: &str) -> Limited {
+    fn start(open_files: u32, api: &str, token_url: &str, extra: &[(&str, &str)]) -> Limited {
         let mut child = Command::new("bash")
             .args(["-c", &format!("ulimit -n {open_files} && exec \"$0\""), env!("CARGO_BIN_EXE_uem-proxy")])
             .env_clear()
@@ -231,6 +235,7 @@ impl Limited {
                 ("UEM_PROXY_LOG_FORMAT", "json"),
                 ("RUST_LOG", "uem_proxy=debug,info"),
             ])
+            .envs(extra.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -256,6 +261,13 @@ impl Limited {
     fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// The log events whose message is `message`, as they are now.
+    fn events(&self, message: &str) -> Vec<serde_json::Value> {
+        let lines = self.log.lock().unwrap();
+        let events = lines.iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        events.filter(|e| e["message"] == message).collect()
+    }
 }
 
 impl Drop for Limited {
@@ -269,7 +281,7 @@ impl Drop for Limited {
 async fn health_checks_are_answered_with_more_idle_connections_than_open_files() {
     let tokens = TokenService::default();
     let api = Api::default();
-    let proxy = Limited::start(256, &api.start().await, &tokens.start().await);
+    let proxy = Limited::start(256, &api.start().await, &tokens.start().await, &[]);
     // More idle connections than the process may open files: without a cap, accept fails for
     // want of descriptors until idle ones time out.
     let mut idle = Vec::new();
@@ -292,5 +304,40 @@ async fn health_checks_are_answered_with_more_idle_connections_than_open_files()
     let log = proxy.log();
     assert!(log.contains(r#""open_files":256"#), "{log}");
     assert!(!log.contains("accept failed"), "{log}");
+    drop(idle);
+}
+
+#[tokio::test]
+async fn accept_failures_are_logged_once_a_second_with_a_count_and_do_not_spin() {
+    let tokens = TokenService::default();
+    let api = Api::default();
+    // A cap above the open-file limit, so that accepting runs out of descriptors.
+    let extra = [("UEM_PROXY_MAX_CONNECTIONS", "1000")];
+    let proxy = Limited::start(64, &api.start().await, &tokens.start().await, &extra);
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut first_seen = None;
+    let failures = loop {
+        let failures = proxy.events("accept failed");
+        if failures.len() == 1 && first_seen.is_none() {
+            first_seen = Some(Instant::now());
+        }
+        if failures.len() >= 2 {
+            break failures;
+        }
+        assert!(Instant::now() < deadline, "fewer than two accept failure lines: {}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let apart = first_seen.map(|t| t.elapsed());
+    assert!(apart.is_none_or(|d| d >= Duration::from_millis(800)), "two lines {apart:?} apart");
+    let suppressed = failures[1]["fields"]["suppressed"].as_u64().or(failures[1]["suppressed"].as_u64()).unwrap();
+    // A 100 ms back-off makes about nine failures between two lines; a spinning loop, thousands.
+    assert!((5..=15).contains(&suppressed), "{suppressed} failures not logged between two lines");
+    assert!(
+        !proxy.events("max_connections leaves too few file descriptors for upstream connections and files").is_empty()
+    );
     drop(idle);
 }
