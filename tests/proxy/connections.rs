@@ -344,3 +344,56 @@ async fn accept_failures_are_logged_once_a_second_with_a_count_and_do_not_spin()
     );
     drop(idle);
 }
+
+#[tokio::test]
+async fn a_caller_that_stops_reading_over_https_loses_its_connection_too() {
+    let dir = std::env::temp_dir().join(format!("uem-proxy-stall-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("localhost.crt"), dir.join("localhost.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let api = Api::default();
+    let (cert_path, key_path) = (cert_path.display().to_string(), key_path.display().to_string());
+    let extra = [
+        ("UEM_PROXY_TLS_CERT", cert_path.as_str()),
+        ("UEM_PROXY_TLS_KEY", key_path.as_str()),
+        ("UEM_PROXY_TLS_LISTEN", tls_listen.as_str()),
+        ("UEM_PROXY_BODY_IDLE_TIMEOUT", "1s"),
+    ];
+    let _proxy = proxy_for(&api, &extra).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{tls_port}/big?bytes=67108864");
+    let mut response = None;
+    for _ in 0..50 {
+        if let Ok(r) = https.get(&url).send().await {
+            response = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut response = response.expect("the HTTPS listener answers");
+    assert_eq!(response.status(), 200);
+    assert!(response.chunk().await.unwrap().is_some());
+    // The response is held and no longer read.
+    tokio::time::timeout(Duration::from_secs(5), api.let_go.notified()).await.expect("the upstream body is dropped");
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut received = 0usize;
+        while let Ok(Some(piece)) = response.chunk().await {
+            received += piece.len();
+        }
+        received
+    })
+    .await
+    .expect("the connection is closed");
+    assert!(rest < 64 << 20, "the whole body arrived");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
