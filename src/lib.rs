@@ -28,6 +28,8 @@
 //!   injected headers are marked sensitive, and the token service's bodies never reach a log line.
 //! - Request and response bodies stream; only bodies of known size up to `replay_body_limit` are
 //!   held, so that a request rejected with 401 can be replayed once.
+//! - No caller holds the proxy: caller connections stay below the open-file limit (idle ones give
+//!   way to new callers), and a write to a caller that makes no progress closes its connection.
 //! - Redirects are never followed; the upstream URL is the configured base plus the caller's
 //!   path and query, so no request can be sent to another host.
 
