@@ -2,11 +2,12 @@
 //! below it with a reserve for everything else the proxy opens, and shedding of idle keep-alive
 //! connections when the cap is reached.
 //!
-//! A connection holds one permit of a semaphore for its whole life. Accepting waits for a permit;
+//! A connection holds one permit of a semaphore for its whole life; one just accepted waits for it:
 //! when none is free, the connection idle the longest (between two requests, or never having sent
-//! one) is asked to close, and its permit goes to the next caller. While every connection is busy
-//! with a request, accepting pauses and new callers wait in the kernel's backlog: every request
-//! is bounded in time (header, body-pause and upstream timeouts), so one frees up.
+//! one) is asked to close, and its permit goes to the caller just accepted. While every
+//! connection is busy with a request, that caller waits for room and accepting pauses, so the
+//! next ones wait in the kernel's backlog: every request is bounded in time (header, body-pause
+//! and upstream timeouts), so one frees up.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
