@@ -17,7 +17,8 @@
 //! - [`inbound`]: who may call (address, `Host`, web origin) and request limits; [`policy`]: what
 //!   they may do, in the permission catalogue's terms; [`framing`]: the strict request-framing guard.
 //! - [`pacer`]: concurrency, rate and 429 pacing of upstream requests.
-//! - [`server`]: TCP, Unix and HTTPS ([`tls`]) listeners, header limits, graceful shutdown;
+//! - [`server`]: TCP, Unix and HTTPS ([`tls`]) listeners, header limits, the connection cap,
+//!   stalled-write timeouts, graceful shutdown;
 //!   [`telemetry`]: logging.
 //! - [`check`]: the `check` command; [`healthcheck`]: the `healthcheck` command.
 //! - [`sandbox`]: an offline simulated UEM tenant; [`demo`]: the sandbox and the proxy together.
@@ -33,6 +34,8 @@
 //! - No answer looks more complete than it is: a body that breaks before anything is sent fails
 //!   the request (502/504); one that breaks after the status is out cuts the connection.
 //! - Time limits inside bodies bound pauses, never lengths.
+//! - No caller holds the proxy: caller connections stay below the open-file limit (idle ones give
+//!   way to new callers), and a write to a caller that makes no progress closes its connection.
 //! - Redirects are never followed; the upstream URL is the configured base plus the caller's
 //!   path and query, so no request can be sent to another host.
 
@@ -132,6 +135,8 @@ pub async fn run(
     let limits = server::Limits {
         header_timeout: config.inbound.header_timeout,
         max_header_bytes: config.inbound.max_header_bytes,
+        write_idle_timeout: config.inbound.body_idle_timeout,
+        max_connections: server::Limits::max_connections(config.inbound.max_connections),
     };
     let grace = config.shutdown_grace;
     for warning in &config.warnings {
@@ -158,7 +163,8 @@ pub async fn run(
     }
     let (app, refresher) = App::new(config, local)?;
     let reloader = tokio::spawn(reload::watch(app.clone()));
-    server::serve(bound, router(app), limits, shutdown, grace).await;
+    let counts = app.metrics.connections.clone();
+    server::serve(bound, router(app), limits, counts, shutdown, grace).await;
     reloader.abort();
     refresher.abort();
     Ok(())

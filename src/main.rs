@@ -134,6 +134,7 @@ fn main() -> ExitCode {
         Command::Run(file) => match load(&file) {
             Ok(config) => {
                 telemetry::init(config.log_format);
+                server::conns::raise_open_file_limit();
                 block_on(async move {
                     let listener = server::Listener::bind(&config.listen)
                         .await

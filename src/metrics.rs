@@ -1,5 +1,6 @@
 //! Prometheus metrics at `/_proxy/metrics`: request counts by method, permission category and
-//! status class, durations, bytes, in-flight requests, the token's health and the pacer's line.
+//! status class, durations, bytes, in-flight requests, caller connections, the token's health
+//! and the pacer's line.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,6 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::pacer::Pacer;
+use crate::server::Counts;
 use crate::token::Tokens;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +42,8 @@ pub struct Metrics {
     bytes_in: Counter,
     bytes_out: Counter,
     throttled: Counter,
+    /// Filled by the listeners, read at each scrape.
+    pub connections: Arc<Counts>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,8 +84,19 @@ impl Metrics {
         registry.register_with_unit("response_body", "Response body bytes sent", Unit::Bytes, bytes_out.clone());
         let throttled = Counter::default();
         registry.register("upstream_throttled", "429 answers from the API", throttled.clone());
-        registry.register_collector(Box::new(Live { tokens, pacer }));
-        Metrics { registry, requests, request_duration, upstream_duration, in_flight, bytes_in, bytes_out, throttled }
+        let connections = Arc::new(Counts::default());
+        registry.register_collector(Box::new(Live { tokens, pacer, connections: connections.clone() }));
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            in_flight,
+            bytes_in,
+            bytes_out,
+            throttled,
+            connections,
+        }
     }
 
     /// Counts a 429 from the API.
@@ -117,6 +132,7 @@ impl Metrics {
 struct Live {
     tokens: Tokens,
     pacer: Arc<ArcSwap<Pacer>>,
+    connections: Arc<Counts>,
 }
 
 impl std::fmt::Debug for Live {
@@ -167,6 +183,21 @@ impl Collector for Live {
             "Requests waiting for their turn in the pacer",
             None,
             waiting.metric_type(),
+        )?)?;
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        for (name, help, n) in [
+            ("connections", "Caller connections open", load(&self.connections.open)),
+            ("connections_max", "Caller connections allowed at once", load(&self.connections.cap)),
+        ] {
+            let gauge = ConstGauge::new(n as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let shed = ConstCounter::new(load(&self.connections.shed));
+        shed.encode(encoder.encode_descriptor(
+            "connections_shed",
+            "Idle caller connections closed to make room for new ones",
+            None,
+            shed.metric_type(),
         )?)?;
         Ok(())
     }

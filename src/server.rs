@@ -1,6 +1,10 @@
-//! The listener: accepts connections on TCP or a Unix socket, puts the framing guard in front of
-//! each, serves it with hyper under header-size and header-time limits, and on shutdown stops
+//! The listener: accepts connections on TCP or a Unix socket within the connection cap
+//! ([`conns`]), puts the framing guard in front of each, serves it with hyper under header-size
+//! and header-time limits and a bound on stalled writes ([`idle`]), and on shutdown stops
 //! accepting and drains in-flight requests for a bounded time.
+
+pub mod conns;
+pub mod idle;
 
 use std::fmt;
 use std::future::Future;
@@ -14,13 +18,16 @@ use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::config::Listen;
 use crate::framing::Guarded;
+pub use conns::{Connections, Counts};
+use conns::{LogThrottle, Slot, Tracked};
+use idle::WriteIdle;
 
 /// Who is calling, as the access log names them.
 #[derive(Clone, Debug)]
@@ -114,6 +121,32 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// The largest request head; larger ones are answered 431.
     pub max_header_bytes: usize,
+    /// A write to a caller that makes no progress for this long closes the connection.
+    pub write_idle_timeout: Duration,
+    /// Caller connections at once, over all listeners.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The connection cap: `configured`, or the open-file limit less a reserve.
+    pub fn max_connections(configured: Option<usize>) -> usize {
+        let open_files = conns::open_file_limit();
+        match (configured, open_files) {
+            (Some(max), Some(open_files)) => {
+                if max as u64 > open_files - conns::reserve(open_files) {
+                    tracing::warn!(
+                        max_connections = max,
+                        open_files,
+                        "max_connections leaves too few file descriptors for upstream connections and files"
+                    );
+                }
+                max
+            }
+            (Some(max), None) => max,
+            (None, Some(open_files)) => conns::automatic_cap(open_files),
+            (None, None) => conns::automatic_cap(1 << 20),
+        }
+    }
 }
 
 /// The most header fields a request may carry; more are answered 431 (by the framing guard).
@@ -136,14 +169,17 @@ impl From<Listener> for Bound {
 }
 
 /// Serves `app` on every listener until `shutdown` completes, then drains for at most `grace`.
+/// `counts` receives the connection figures for the metrics.
 pub async fn serve(
     bound: Vec<Bound>,
     app: Router,
     limits: Limits,
+    counts: Arc<Counts>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let graceful = Arc::new(GracefulShutdown::new());
+    let connections = Connections::new(limits.max_connections, counts);
+    tracing::debug!(max_connections = limits.max_connections, "connection cap");
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -151,31 +187,44 @@ pub async fn serve(
         // it so that it never refuses what the guard let through.
         .max_buf_size(limits.max_header_bytes.saturating_add(64 * 1024))
         .max_headers(MAX_HEADERS);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
+    let accept_errors = Arc::new(std::sync::Mutex::new(LogThrottle::new(Duration::from_secs(1))));
     let loops: Vec<_> = bound
         .into_iter()
         .map(|b| {
-            let (http, graceful, app, mut stopped) = (http.clone(), graceful.clone(), app.clone(), stopped.clone());
+            let (http, app, connections, accept_errors) =
+                (http.clone(), app.clone(), connections.clone(), accept_errors.clone());
+            let mut stopped = stopped.clone();
             tokio::spawn(async move {
                 loop {
-                    let accepted = tokio::select! {
-                        accepted = accept(&b.listener) => accepted,
+                    // Accepted first, admitted second: only a caller actually waiting sheds an
+                    // idle connection, and while it waits for room this listener accepts no more.
+                    let admitted = async {
+                        let accepted = accept(&b.listener).await?;
+                        Ok::<_, io::Error>((connections.admit().await, accepted))
+                    };
+                    let admitted = tokio::select! {
+                        admitted = admitted => admitted,
                         _ = stopped.wait_for(|s| *s) => break,
                     };
+                    let accepted = admitted.map(|(permit, accepted)| {
+                        let slot = connections.open(permit);
+                        (
+                            Conn { http: http.clone(), stopped: stopped.clone(), slot, app: app.clone(), limits },
+                            accepted,
+                        )
+                    });
                     match accepted {
-                        Ok((Stream::Tcp(stream), peer)) => {
+                        Ok((conn, (Stream::Tcp(stream), peer))) => {
                             let _ = stream.set_nodelay(true);
                             match &b.tls {
-                                None => spawn_connection(&http, &graceful, stream, peer, app.clone(), limits, false),
+                                None => conn.spawn(stream, peer, false),
                                 Some(acceptor) => {
-                                    let (acceptor, http, graceful, app) =
-                                        (acceptor.clone(), http.clone(), graceful.clone(), app.clone());
+                                    let acceptor = acceptor.clone();
                                     tokio::spawn(async move {
                                         match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
                                         {
-                                            Ok(Ok(tls)) => {
-                                                spawn_connection(&http, &graceful, tls, peer, app, limits, true)
-                                            }
+                                            Ok(Ok(tls)) => conn.spawn(tls, peer, true),
                                             Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                                         }
@@ -183,12 +232,14 @@ pub async fn serve(
                                 }
                             }
                         }
-                        Ok((Stream::Unix(stream), peer)) => {
-                            spawn_connection(&http, &graceful, stream, peer, app.clone(), limits, false)
-                        }
+                        Ok((conn, (Stream::Unix(stream), peer))) => conn.spawn(stream, peer, false),
                         Err(error) => {
-                            // Out of file descriptors and the like: wait rather than spin.
-                            tracing::warn!(%error, "accept failed");
+                            // Out of file descriptors and the like: say so once a second, and
+                            // wait rather than spin.
+                            let allowed = accept_errors.lock().expect("not poisoned").allow(std::time::Instant::now());
+                            if let Some(suppressed) = allowed {
+                                tracing::warn!(%error, suppressed, "accept failed");
+                            }
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }
@@ -202,9 +253,8 @@ pub async fn serve(
         let _ = accept_loop.await;
     }
     tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections; draining");
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("the accept loops have ended"));
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("drained"),
+        () = connections.closed() => tracing::info!("drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
 }
@@ -225,46 +275,74 @@ async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
     }
 }
 
-fn spawn_connection<S>(
-    http: &hyper::server::conn::http1::Builder,
-    graceful: &GracefulShutdown,
-    stream: S,
-    peer: Peer,
+/// What serving one admitted connection needs.
+struct Conn {
+    http: hyper::server::conn::http1::Builder,
+    /// Becomes `true` when the proxy shuts down.
+    stopped: watch::Receiver<bool>,
+    slot: Arc<Slot>,
     app: Router,
     limits: Limits,
-    https: bool,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (guarded, refusals) = Guarded::new(stream, limits.max_header_bytes);
-    let service_peer = peer.clone();
-    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-        let refused = refusals.next_request().map(|violation| crate::framing::refused(violation, &service_peer));
-        req.extensions_mut().insert(service_peer.clone());
-        if https {
-            req.extensions_mut().insert(Https);
-        }
-        let app = app.clone();
-        async move {
-            match refused {
-                Some(answer) => Ok(answer),
-                None => app.oneshot(req.map(Body::new)).await,
+}
+
+impl Conn {
+    /// Serves the connection in a task of its own. It closes, once between requests, when the
+    /// proxy shuts down or the connection cap needs its place; and at once when a write to the
+    /// caller stalls. A request the framing guard refused is answered here, in its turn.
+    fn spawn<S>(self, stream: S, peer: Peer, https: bool)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn { http, mut stopped, slot, app, limits } = self;
+        let stream = WriteIdle::new(stream, limits.write_idle_timeout);
+        let (guarded, refusals) = Guarded::new(stream, limits.max_header_bytes);
+        let service_peer = peer.clone();
+        let service_slot = slot.clone();
+        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+            let busy = service_slot.busy();
+            let refused = refusals.next_request().map(|violation| crate::framing::refused(violation, &service_peer));
+            req.extensions_mut().insert(service_peer.clone());
+            if https {
+                req.extensions_mut().insert(Https);
             }
-        }
-    });
-    let conn = graceful.watch(http.serve_connection(TokioIo::new(guarded), service));
-    tokio::spawn(async move {
-        if let Err(error) = conn.await {
-            let framing = std::error::Error::source(&error)
-                .and_then(|e| e.downcast_ref::<io::Error>())
-                .and_then(|e| e.get_ref())
-                .and_then(|e| e.downcast_ref::<crate::framing::Violation>());
-            match framing {
-                Some(violation) => tracing::warn!(%peer, %violation, "connection refused"),
-                None => tracing::debug!(%error, %peer, "connection ended with an error"),
+            let app = app.clone();
+            async move {
+                let response = match refused {
+                    Some(answer) => answer,
+                    None => app.oneshot(req.map(Body::new)).await?,
+                };
+                Ok::<_, std::convert::Infallible>(response.map(|body| Body::new(Tracked::new(body, busy))))
             }
-        }
-    });
+        });
+        let conn = http.serve_connection(TokioIo::new(guarded), service);
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = async {
+                    tokio::select! {
+                        () = slot.shed.notified() => {},
+                        _ = stopped.wait_for(|s| *s) => {},
+                    }
+                } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            drop(slot);
+            if let Err(error) = result {
+                let io = std::error::Error::source(&error).and_then(|e| e.downcast_ref::<io::Error>());
+                let cause = io.and_then(|e| e.get_ref());
+                if let Some(violation) = cause.and_then(|e| e.downcast_ref::<crate::framing::Violation>()) {
+                    tracing::warn!(%peer, %violation, "connection refused");
+                } else if let Some(stalled) = cause.and_then(|e| e.downcast_ref::<idle::Stalled>()) {
+                    tracing::info!(%peer, error = %stalled, "caller stopped reading: connection closed");
+                } else {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+            }
+        });
+    }
 }
 
 /// A future that completes on SIGTERM or SIGINT (Ctrl-C).

@@ -124,8 +124,14 @@ async fn token(State(sb): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) 
 /// Serves a sandbox on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, options: Options, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let sandbox = Sandbox::new(options)?;
-    let limits = crate::server::Limits { header_timeout: Duration::from_secs(30), max_header_bytes: 65536 };
+    let limits = crate::server::Limits {
+        header_timeout: Duration::from_secs(30),
+        max_header_bytes: 65536,
+        write_idle_timeout: Duration::from_secs(30),
+        max_connections: crate::server::Limits::max_connections(None),
+    };
     let bound = vec![crate::server::Listener::from(listener).into()];
-    crate::server::serve(bound, router(sandbox), limits, shutdown, Duration::from_secs(5)).await;
+    let counts = Default::default();
+    crate::server::serve(bound, router(sandbox), limits, counts, shutdown, Duration::from_secs(5)).await;
     Ok(())
 }

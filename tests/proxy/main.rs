@@ -4,6 +4,7 @@
 mod binary;
 mod bodies;
 mod check_route;
+mod connections;
 mod deploy;
 mod forwarding;
 mod framing;

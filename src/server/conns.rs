@@ -1,0 +1,322 @@
+//! Caller connections within the open-file limit: the process's limit raised at start, a cap
+//! below it with a reserve for everything else the proxy opens, and shedding of idle keep-alive
+//! connections when the cap is reached.
+//!
+//! A connection holds one permit of a semaphore for its whole life; one just accepted waits for it:
+//! when none is free, the connection idle the longest (between two requests, or never having sent
+//! one) is asked to close, and its permit goes to the caller just accepted. While every
+//! connection is busy with a request, that caller waits for room and accepting pauses, so the
+//! next ones wait in the kernel's backlog: every request is bounded in time (header, body-pause
+//! and upstream timeouts), so one frees up.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// File descriptors kept free for upstream connections, the token service, the configuration
+/// and certificate files, and the listeners: an eighth of the limit, at least 64, at most half.
+pub fn reserve(open_files: u64) -> u64 {
+    (open_files / 8).max(64).min(open_files / 2)
+}
+
+/// The connection cap for an open-file limit.
+pub fn automatic_cap(open_files: u64) -> usize {
+    let cap = open_files - reserve(open_files);
+    usize::try_from(cap).unwrap_or(usize::MAX).clamp(1, MAX_CAP)
+}
+
+/// The most permits a semaphore can hand out at once.
+const MAX_CAP: usize = u32::MAX as usize;
+
+/// The soft open-file limit, if the system has one.
+pub fn open_file_limit() -> Option<u64> {
+    rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft).filter(|&soft| soft != rlimit::INFINITY)
+}
+
+/// Raises the soft open-file limit to the hard one, as the Go runtime does for every program:
+/// the common soft default of 1024 is far below what a proxy with many callers needs, and the
+/// hard limit is what the administrator allowed.
+pub fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
+}
+
+/// The caller connections of every listener together.
+pub struct Connections {
+    permits: Arc<Semaphore>,
+    cap: usize,
+    /// Idle connections by when they became idle (a sequence number), oldest first.
+    idle: Mutex<BTreeMap<u64, Weak<Slot>>>,
+    next: AtomicU64,
+    /// Woken when a connection becomes idle, for an accept waiting on a full house.
+    became_idle: Notify,
+    pub counts: Arc<Counts>,
+}
+
+/// Connection figures for the metrics.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub open: AtomicU64,
+    pub shed: AtomicU64,
+    pub cap: AtomicU64,
+}
+
+impl Connections {
+    pub fn new(cap: usize, counts: Arc<Counts>) -> Arc<Connections> {
+        let cap = cap.clamp(1, MAX_CAP);
+        counts.cap.store(cap as u64, Ordering::Relaxed);
+        Arc::new(Connections {
+            permits: Arc::new(Semaphore::new(cap)),
+            cap,
+            idle: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(0),
+            became_idle: Notify::new(),
+            counts,
+        })
+    }
+
+    /// Waits for room for one more connection, shedding the longest-idle one when full.
+    pub async fn admit(&self) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                return permit;
+            }
+            let became_idle = self.became_idle.notified();
+            tokio::pin!(became_idle);
+            became_idle.as_mut().enable();
+            if self.shed_one() {
+                // It closes at once (or, had it just started a request, after answering it).
+                return self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            }
+            tokio::select! {
+                permit = self.permits.clone().acquire_owned() => return permit.expect("the semaphore is never closed"),
+                () = became_idle => {}
+            }
+        }
+    }
+
+    fn shed_one(&self) -> bool {
+        let oldest = {
+            let mut idle = self.idle.lock().expect("not poisoned");
+            std::iter::from_fn(|| idle.pop_first()).find_map(|(_, slot)| slot.upgrade())
+        };
+        match oldest {
+            Some(slot) => {
+                slot.shed.notify_one();
+                let shed = self.counts.shed.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(cap = self.cap, shed, "connection cap reached: closing the longest-idle connection");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Registers an admitted connection; it starts idle.
+    pub fn open(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Arc<Slot> {
+        self.counts.open.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            connections: self.clone(),
+            shed: Notify::new(),
+            state: Mutex::new(SlotState { requests: 0, idle_since: None }),
+            _permit: permit,
+        });
+        slot.set_idle();
+        slot
+    }
+
+    /// Waits until every connection has closed.
+    pub async fn closed(&self) {
+        let _all = self.permits.acquire_many(self.cap as u32).await;
+    }
+}
+
+/// One admitted connection.
+pub struct Slot {
+    connections: Arc<Connections>,
+    /// Notified when the connection should close as soon as it is between requests.
+    pub shed: Notify,
+    state: Mutex<SlotState>,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct SlotState {
+    /// Requests whose responses are not yet fully handed to the connection.
+    requests: u32,
+    /// Its key among the idle connections, while idle.
+    idle_since: Option<u64>,
+}
+
+impl Slot {
+    /// Marks the connection busy until the returned guard is dropped (with the response body).
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        let mut state = self.state.lock().expect("not poisoned");
+        state.requests += 1;
+        if let Some(key) = state.idle_since.take() {
+            self.connections.idle.lock().expect("not poisoned").remove(&key);
+        }
+        Busy(self.clone())
+    }
+
+    fn set_idle(self: &Arc<Self>) {
+        let key = self.connections.next.fetch_add(1, Ordering::Relaxed);
+        self.state.lock().expect("not poisoned").idle_since = Some(key);
+        self.connections.idle.lock().expect("not poisoned").insert(key, Arc::downgrade(self));
+        self.connections.became_idle.notify_waiters();
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(key) = self.state.get_mut().expect("not poisoned").idle_since {
+            self.connections.idle.lock().expect("not poisoned").remove(&key);
+        }
+        self.connections.counts.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Held while a request is being handled and its response body sent.
+pub struct Busy(Arc<Slot>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let idle = {
+            let mut state = self.0.state.lock().expect("not poisoned");
+            state.requests -= 1;
+            state.requests == 0
+        };
+        if idle {
+            self.0.set_idle();
+        }
+    }
+}
+
+/// A response body that keeps its connection marked busy until the body is done with.
+pub struct Tracked<B> {
+    inner: B,
+    _busy: Busy,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, busy: Busy) -> Self {
+        Tracked { inner, _busy: busy }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Lets one line through per interval and counts the rest, so that a failure repeating many
+/// times a second (accept failing for want of file descriptors) neither floods the log nor
+/// goes unseen.
+#[derive(Debug)]
+pub struct LogThrottle {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogThrottle {
+    pub fn new(interval: Duration) -> LogThrottle {
+        LogThrottle { interval, last: None, suppressed: 0 }
+    }
+
+    /// At `now`: `Some(lines suppressed since the last one)` if this one is to be written.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_is_an_eighth_at_least_64_at_most_half() {
+        assert_eq!(automatic_cap(1024), 896);
+        assert_eq!(automatic_cap(256), 192);
+        assert_eq!(automatic_cap(65536), 57344);
+        assert_eq!(automatic_cap(100), 50);
+        assert_eq!(automatic_cap(1), 1);
+    }
+
+    #[test]
+    fn one_accept_failure_line_a_second_with_the_count_of_the_rest() {
+        let start = Instant::now();
+        let mut throttle = LogThrottle::new(Duration::from_secs(1));
+        assert_eq!(throttle.allow(start), Some(0));
+        let allowed: Vec<_> = (1..=25).filter_map(|i| throttle.allow(start + Duration::from_millis(i * 100))).collect();
+        assert_eq!(allowed, vec![9, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_full_house_sheds_the_longest_idle_connection_and_never_a_busy_one() {
+        let connections = Connections::new(3, Arc::default());
+        let a = connections.open(connections.admit().await);
+        let b = connections.open(connections.admit().await);
+        let c = connections.open(connections.admit().await);
+        let _busy_a = a.busy();
+        let busy_b = b.busy();
+        drop(busy_b); // b is idle again, after c
+        let admit = tokio::spawn({
+            let connections = connections.clone();
+            async move { connections.admit().await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), c.shed.notified()).await.expect("c, idle longest, is shed");
+        assert!(!admit.is_finished(), "admitted before c closed");
+        drop(c);
+        let d = connections.open(admit.await.unwrap());
+        assert_eq!(connections.counts.shed.load(Ordering::Relaxed), 1);
+        assert_eq!(connections.counts.open.load(Ordering::Relaxed), 3);
+        drop((b, d));
+        assert_eq!(connections.counts.open.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn with_every_connection_busy_an_accept_waits_until_one_becomes_idle() {
+        let connections = Connections::new(1, Arc::default());
+        let a = connections.open(connections.admit().await);
+        let busy = a.busy();
+        let admit = tokio::spawn({
+            let connections = connections.clone();
+            async move { connections.admit().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!admit.is_finished());
+        drop(busy);
+        tokio::time::timeout(Duration::from_secs(5), a.shed.notified()).await.expect("shed once idle");
+        drop(a);
+        let _permit = tokio::time::timeout(Duration::from_secs(5), admit).await.expect("admitted").unwrap();
+    }
+}
