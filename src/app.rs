@@ -195,6 +195,8 @@ impl App {
             ("forced_refresh_interval", old.forced_refresh_interval != new.forced_refresh_interval),
             ("shutdown_grace", old.shutdown_grace != new.shutdown_grace),
             ("max_connections", old.inbound.max_connections != new.inbound.max_connections),
+            // The write side is fixed per connection at accept; the read side follows the reload.
+            ("body_idle_timeout (writes to callers)", old.inbound.body_idle_timeout != new.inbound.body_idle_timeout),
             ("replay_budget", old.replay_budget != new.replay_budget),
         ];
         for (name, changed) in restart_only {
