@@ -242,13 +242,15 @@ async fn through_the_proxy_tokens_that_expire_are_replaced_without_a_caller_noti
     let proxy = proxy_for_sandbox(&base, &[]).await;
     let started = std::time::Instant::now();
     let mut calls = 0;
+    let client = client();
     while started.elapsed() < Duration::from_secs(5) {
-        let response = client().get(format!("{}/api/system/info", proxy.url)).send().await.unwrap();
+        let response = client.get(format!("{}/api/system/info", proxy.url)).send().await.unwrap();
         assert_eq!(response.status(), 200, "after {:?}", started.elapsed());
         calls += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(calls > 30);
+    // A call at least every 250 ms on average: every token's end falls between two calls.
+    assert!(calls > 20, "{calls} calls");
     let issued = sandbox.tokens_issued();
     assert!((3..=5).contains(&issued), "a 2 s token is replaced every 1.5 s: {issued} tokens in 5 s");
 }
