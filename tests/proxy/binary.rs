@@ -202,7 +202,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let mut proxy = Running::start(&base_env(&api, &token_url));
     let url = format!("http://{}/slow-headers?ms=1000", proxy.addr());
     let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    upstream.wait_seen(1).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = proxy.terminate();
         (status, proxy.log())

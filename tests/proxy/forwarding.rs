@@ -196,10 +196,10 @@ async fn admin_paths_answer_locally_and_are_never_forwarded() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
-    let (mut proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let (mut proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
     let url = format!("{}/slow-headers?ms=800", proxy.url);
     let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream.wait_seen(1).await;
     proxy.shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let refused = tokio::net::TcpStream::connect(proxy.addr).await;

@@ -267,8 +267,9 @@ async fn through_the_proxy_403_and_429_arrive_as_the_tenant_sent_them() {
     assert_eq!(body["errorCode"], 1001);
 
     let mut limited = None;
+    let client = client();
     for _ in 0..20 {
-        let response = client().get(format!("{}/api/system/info", proxy.url)).send().await.unwrap();
+        let response = client.get(format!("{}/api/system/info", proxy.url)).send().await.unwrap();
         if response.status() == 429 {
             limited = Some(response);
             break;

@@ -115,6 +115,15 @@ impl Upstream {
         format!("http://{addr}")
     }
 
+    /// Waits (at most 10 s) until the API has seen `n` requests: a request is then in flight.
+    pub async fn wait_seen(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.seen.lock().unwrap().len() < n {
+            assert!(std::time::Instant::now() < deadline, "the API saw fewer than {n} requests");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
