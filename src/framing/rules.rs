@@ -307,6 +307,12 @@ fn request_line(line: &[u8]) -> Result<bool, Violation> {
     if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b) || *b >= 0x80) {
         return Err(Violation::malformed("a malformed request target"));
     }
+    // What the parser behind would refuse with a bare answer of its own (`<`, a target that is
+    // neither a path nor a URL) is refused here, answered as every refusal is. A fragment has no
+    // place in a request target, and the parser would drop it in silence, with the query's end.
+    if target.contains(&b'#') || http::Uri::try_from(target).is_err() {
+        return Err(Violation::malformed("a malformed request target"));
+    }
     match version {
         b"HTTP/1.1" => Ok(false),
         b"HTTP/1.0" => Ok(true),
@@ -321,6 +327,9 @@ fn next_state(head: &[u8]) -> Result<State, Violation> {
     let fields = fields(&head[line_end..])?;
     let mut length: Option<u64> = None;
     let mut codings: Option<Vec<&[u8]>> = None;
+    // The parser behind takes a body as chunked only if the last `Transfer-Encoding` field ends
+    // in `chunked`; an empty last element (`chunked,`) it refuses.
+    let mut ends_empty = false;
     let mut hosts = 0;
     for (name, value) in fields {
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -334,6 +343,7 @@ fn next_state(head: &[u8]) -> Result<State, Violation> {
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             codings.get_or_insert_default().extend(value.split(|b| *b == b',').map(trim_ows).filter(|c| !c.is_empty()));
+            ends_empty = value.rsplit(|b| *b == b',').next().is_none_or(|c| trim_ows(c).is_empty());
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
         }
@@ -358,6 +368,9 @@ fn next_state(head: &[u8]) -> Result<State, Violation> {
     }
     if codings.len() != 1 {
         return Err(Violation::malformed("chunked not exactly once"));
+    }
+    if ends_empty {
+        return Err(Violation::malformed("Transfer-Encoding ends in an empty element"));
     }
     Ok(State::ChunkSize { digits: 0, size: 0, past_digits: false })
 }

@@ -1,0 +1,78 @@
+//! Attacks on the inbound guards from a hostile or careless caller, through real sockets: what
+//! the parser behind the framing guard would refuse on its own is refused by the guard, with the
+//! proxy's JSON answer; a method override cannot be moved out of the headers the policy reads.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{Proxy, raw_json};
+
+/// Sends `bytes` in one write and returns all that came back before the proxy closed.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(closed.is_ok(), "the connection was not closed: {text}");
+    text
+}
+
+fn status(response: &str) -> u16 {
+    response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The last response in `text` is the proxy's JSON refusal with this code, and closes.
+fn assert_json_refusal(text: &str, code: &str) {
+    let last = &text[text.rfind("HTTP/1.1 ").expect("a response")..];
+    assert_eq!(status(last), 400, "{text}");
+    let head = last.split_once("\r\n\r\n").expect("a complete response").0.to_ascii_lowercase();
+    assert!(head.contains("content-type: application/json"), "not the proxy's answer: {text}");
+    assert!(head.contains("\r\nconnection: close"), "{text}");
+    let json = raw_json(last);
+    assert_eq!(json["error"], code, "{json}");
+    assert_eq!(json["request_id"].as_str().map(str::len), Some(32), "{json}");
+}
+
+#[tokio::test]
+async fn what_the_parser_would_refuse_bare_the_guard_refuses_with_json_and_nothing_is_forwarded() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    // Request targets the URI parser behind the guard refuses (it would answer a bare 400 with no
+    // body and no request id), and a fragment, which it would drop in silence: `?q=C#` would
+    // reach the API as `?q=C`.
+    let targets = ["/api/a<b>", "/api/a`b", "?x", "http:/api", "/api/x?q=C#", "/api/x#frag", "/api/{a}<"];
+    // A Transfer-Encoding whose last element is empty: the guard would follow a chunked body
+    // that the parser refuses to read.
+    let codings = ["chunked,", "chunked ,", "chunked,\r\nTransfer-Encoding: ,", "chunked\r\nTransfer-Encoding:"];
+    let mut requests: Vec<(String, &str)> = Vec::new();
+    for target in targets {
+        requests.push((format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n"), target));
+    }
+    for coding in codings {
+        let head = format!("POST /api/te HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: {coding}\r\n\r\n0\r\n\r\n");
+        requests.push((head, coding));
+    }
+    for (request, what) in &requests {
+        // Alone, and after a good request on the same connection: answered in turn, then closed.
+        let text = exchange(proxy.addr, request.as_bytes()).await;
+        assert_json_refusal(&text, "malformed_request");
+        let pipelined =
+            format!("GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n{request}GET /smuggled HTTP/1.1\r\n\r\n");
+        let text = exchange(proxy.addr, pipelined.as_bytes()).await;
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{what}: {text}");
+        assert_eq!(status(&text), 200, "{what}: {text}");
+        assert_json_refusal(&text, "malformed_request");
+    }
+    let targets: Vec<String> = upstream.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, vec!["/first".to_owned(); requests.len()]);
+    // What the parser takes stays accepted: an empty element before the coding, and the other
+    // characters of a target that it allows.
+    let fine = "POST /api/te HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: ,chunked\r\nConnection: close\r\n\r\n\
+                3\r\nabc\r\n0\r\n\r\n";
+    assert_eq!(status(&exchange(proxy.addr, fine.as_bytes()).await), 200);
+    let fine = "GET /api/a\"b{c}|d^e?q=[1]&r=%7e HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(status(&exchange(proxy.addr, fine.as_bytes()).await), 200);
+    assert_eq!(upstream.last().target, "/api/a%22b%7Bc%7D%7Cd%5Ee?q=[1]&r=%7e");
+}
