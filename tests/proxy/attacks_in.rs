@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Proxy, raw_json};
+use crate::support::{Proxy, TokenService, Upstream, raw, raw_json};
 
 /// Sends `bytes` in one write and returns all that came back before the proxy closed.
 async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
@@ -75,4 +75,49 @@ async fn what_the_parser_would_refuse_bare_the_guard_refuses_with_json_and_nothi
     let fine = "GET /api/a\"b{c}|d^e?q=[1]&r=%7e HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     assert_eq!(status(&exchange(proxy.addr, fine.as_bytes()).await), 200);
     assert_eq!(upstream.last().target, "/api/a%22b%7Bc%7D%7Cd%5Ee?q=[1]&r=%7e");
+}
+
+async fn with_policy(file: &str) -> (Proxy, Upstream) {
+    let (tokens, upstream) = (TokenService::default(), Upstream::default());
+    let proxy = Proxy::start_with_file(&upstream.start().await, &tokens.start().await, Some(file), &[]).await;
+    (proxy, upstream)
+}
+
+fn post(target: &str, extra: &str) -> String {
+    format!("POST {target} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+}
+
+#[tokio::test]
+async fn a_method_override_in_the_query_or_a_header_spelt_with_underscores_is_decided_on() {
+    let (proxy, upstream) = with_policy("[policy]\ndeny = [\"REST API Devices Delete\"]\n").await;
+    // ASP.NET MVC, which IIS hosts, takes `X-HTTP-Method-Override` from the query as well as the
+    // header; IIS hands header names with `_` to applications as if spelt with `-`.
+    let attempts = [
+        post("/api/mdm/devices/5?X-HTTP-Method-Override=DELETE", ""),
+        post("/api/mdm/devices/5?x-http-method-override=delete", ""),
+        post("/api/mdm/devices/5?a=1&X-HTTP-Method=Delete&b", ""),
+        post("/api/mdm/devices/5?x%2Dhttp%2Dmethod%2Doverride=%44ELETE", ""),
+        post("/api/mdm/devices/5?X-Method-Override=DELETE", ""),
+        post("/api/mdm/devices/5?X-HTTP-Method-Override=GET&X-HTTP-Method-Override=DELETE", ""),
+        post("/api/mdm/devices/5", "X_HTTP_Method_Override: DELETE\r\n"),
+        post("/api/mdm/devices/5", "x_http_method: delete\r\n"),
+    ];
+    for request in &attempts {
+        let response = raw(proxy.addr, request).await;
+        assert_eq!(status(&response), 403, "{request}: {response}");
+        let json = raw_json(&response);
+        assert_eq!(json["error"], "policy_denied", "{request}");
+        assert_eq!(json["permission"], "REST API Devices Delete", "{request}");
+    }
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen().into_iter().map(|s| s.target).collect::<Vec<_>>());
+    // Overrides that pass, and look-alike parameters, reach the API with the query as sent.
+    for target in [
+        "/api/mdm/devices/5?X-HTTP-Method-Override=PUT",
+        "/api/mdm/devices/5?X-HTTP-Method-Overrides=DELETE",
+        "/api/mdm/devices/5?q=X-HTTP-Method-Override%3DDELETE",
+    ] {
+        let response = raw(proxy.addr, &post(target, "")).await;
+        assert_eq!(status(&response), 200, "{target}: {response}");
+        assert_eq!(upstream.last().target, target);
+    }
 }
