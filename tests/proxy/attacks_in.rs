@@ -121,3 +121,27 @@ async fn a_method_override_in_the_query_or_a_header_spelt_with_underscores_is_de
         assert_eq!(upstream.last().target, target);
     }
 }
+
+#[tokio::test]
+async fn a_timeout_too_long_to_add_to_a_clock_is_refused_and_the_longest_accepted_one_serves() {
+    // Added to the clock, this overflowed: hyper and the body guards panicked on every connection
+    // and every caller got a reset.
+    for name in ["UEM_PROXY_HEADER_TIMEOUT", "UEM_PROXY_BODY_IDLE_TIMEOUT", "UEM_PROXY_UPSTREAM_TIMEOUT"] {
+        let error =
+            crate::support::config("http://127.0.0.1:9", "http://127.0.0.1:9/t", None, &[(name, "292277000000y")])
+                .expect_err(name)
+                .to_string();
+        assert!(error.contains(name) && error.contains("at most"), "{error}");
+    }
+    let longest = [
+        ("UEM_PROXY_HEADER_TIMEOUT", "100years"),
+        ("UEM_PROXY_BODY_IDLE_TIMEOUT", "100years"),
+        ("UEM_PROXY_UPSTREAM_TIMEOUT", "100years"),
+        ("UEM_PROXY_CONNECT_TIMEOUT", "100years"),
+    ];
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&longest).await;
+    let request = "POST /api/long HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
+    let response = exchange(proxy.addr, request.as_bytes()).await;
+    assert_eq!(status(&response), 200, "{response}");
+    assert_eq!(upstream.last().body.as_ref(), b"abc");
+}
