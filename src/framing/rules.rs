@@ -53,6 +53,12 @@ const TOO_LARGE: Violation = Violation { kind: Kind::TooLarge, reason: "the requ
 /// The most header fields a head may carry (the HTTP parser's own limit is the same).
 pub const MAX_FIELDS: usize = 100;
 
+/// The parser behind the guard reads at most 16 KiB of chunk extensions in one body and of
+/// trailers, and fails the body beyond (which would reach the caller as the API's failure): the
+/// guard refuses first. Extensions are counted with their `;` and white space, trailers whole.
+const MAX_EXTENSION_BYTES: u64 = 16 * 1024 - 1;
+const MAX_TRAILER_BYTES: usize = 16 * 1024 - 1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
     /// Reading a request head into `head`.
@@ -96,11 +102,13 @@ pub struct Framing {
     /// included; at most `max_head`.
     taken: usize,
     max_head: usize,
+    /// Chunk extension bytes seen in the current body.
+    extensions: u64,
 }
 
 impl Framing {
     pub fn new(max_head: usize) -> Framing {
-        Framing { state: State::Head, head: Vec::new(), taken: 0, max_head }
+        Framing { state: State::Head, head: Vec::new(), taken: 0, max_head, extensions: 0 }
     }
 
     /// True between requests (reading a head), where a refusal can be answered in turn.
@@ -161,12 +169,11 @@ impl Framing {
     /// A byte of a head or of trailers, both lines of fields ending in an empty line. Returns the
     /// section once it is complete and valid.
     fn line_byte(&mut self, b: u8) -> Result<Option<Vec<u8>>, Violation> {
-        if self.taken >= self.max_head {
-            return Err(if self.state == State::Head {
-                TOO_LARGE
-            } else {
-                Violation { kind: Kind::TooLarge, reason: "the trailer section is too large" }
-            });
+        if self.state == State::Head && self.taken >= self.max_head {
+            return Err(TOO_LARGE);
+        }
+        if self.state == State::Trailers && self.taken >= self.max_head.min(MAX_TRAILER_BYTES) {
+            return Err(Violation { kind: Kind::TooLarge, reason: "the trailer section is too large" });
         }
         let prev = self.head.last().copied();
         if b == 0 {
@@ -200,7 +207,10 @@ impl Framing {
                 fields(&head)?;
                 State::Head
             }
-            _ => next_state(&head)?,
+            _ => {
+                self.extensions = 0;
+                next_state(&head)?
+            }
         };
         Ok(Some(head))
     }
@@ -237,6 +247,12 @@ impl Framing {
             0 => return Err(Violation::malformed("NUL byte in a chunk size line")),
             _ if past_digits && (b.is_ascii_graphic() || b >= 0x80) => {}
             _ => return Err(Violation::malformed("malformed chunk size")),
+        }
+        if matches!(self.state, State::ChunkSize { past_digits: true, .. }) && b != b'\r' {
+            self.extensions += 1;
+            if self.extensions > MAX_EXTENSION_BYTES {
+                return Err(Violation::malformed("chunk extensions too long"));
+            }
         }
         Ok(())
     }

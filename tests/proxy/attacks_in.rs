@@ -145,3 +145,36 @@ async fn a_timeout_too_long_to_add_to_a_clock_is_refused_and_the_longest_accepte
     assert_eq!(status(&response), 200, "{response}");
     assert_eq!(upstream.last().body.as_ref(), b"abc");
 }
+
+/// A chunked upload to `/api/up` whose body carries `extension` bytes of chunk extension and a
+/// trailer section of exactly `trailers` bytes (0: none).
+fn chunked_upload(extension: usize, trailers: usize) -> Vec<u8> {
+    let mut out =
+        b"POST /api/up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    out.extend(format!("3;{}\r\nabc\r\n0\r\n", "e".repeat(extension)).bytes());
+    if trailers == 0 {
+        out.extend(b"\r\n");
+    } else {
+        let fixed = "X-T: \r\n\r\n".len();
+        out.extend(format!("X-T: {}\r\n\r\n", "t".repeat(trailers - fixed)).bytes());
+    }
+    out
+}
+
+#[tokio::test]
+async fn chunk_extensions_and_trailers_past_the_parsers_limits_are_the_callers_fault_not_the_apis() {
+    // The parser behind the guard reads at most 16 KiB of chunk extensions per body and of
+    // trailers; past that, its error reached the caller as `502 upstream_error`, blaming the API.
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    for (extension, trailers) in [(20_000, 0), (70_000, 0), (0, 16_384), (0, 40_000)] {
+        let text = exchange(proxy.addr, &chunked_upload(extension, trailers)).await;
+        let json = raw_json(&text[text.rfind("HTTP/1.1 ").unwrap()..]);
+        let expected = if trailers > 0 { (431, "request_header_too_large") } else { (400, "malformed_request") };
+        assert_eq!((status(&text), json["error"].as_str().unwrap()), expected, "{extension} {trailers}: {text}");
+    }
+    // Just below the limits, the upload passes.
+    for (extension, trailers) in [(16_000, 0), (0, 16_383), (100, 16_000)] {
+        let text = exchange(proxy.addr, &chunked_upload(extension, trailers)).await;
+        assert_eq!(status(&text), 200, "{extension} {trailers}: {text}");
+    }
+}
