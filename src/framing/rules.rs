@@ -65,11 +65,13 @@ pub(super) enum State {
     Head,
     /// This many body bytes remain.
     Body(u64),
-    /// A chunk-size line: digits seen, the size so far, past the digits (extension or BWS).
+    /// A chunk-size line: digits seen, the size so far, past the digits (extension or BWS), past
+    /// the `;` that starts the extensions (before it, only BWS may follow the digits).
     ChunkSize {
         digits: u8,
         size: u64,
         past_digits: bool,
+        extension: bool,
     },
     ChunkData(u64),
     /// The CR LF after chunk data: how many of the two bytes are seen.
@@ -142,8 +144,8 @@ impl Framing {
                     i += n as usize;
                     self.state = if remaining == n { State::ChunkEnd(0) } else { State::ChunkData(remaining - n) };
                 }
-                State::ChunkSize { digits, size, past_digits } => {
-                    match self.chunk_size_byte(data[i], digits, size, past_digits) {
+                State::ChunkSize { digits, size, past_digits, extension } => {
+                    match self.chunk_size_byte(data[i], digits, size, past_digits, extension) {
                         Ok(()) => i += 1,
                         Err(_) if i > 0 => break,
                         Err(v) => return Err(v),
@@ -155,7 +157,7 @@ impl Framing {
                         i += 1;
                     }
                     (1, b'\n') => {
-                        self.state = State::ChunkSize { digits: 0, size: 0, past_digits: false };
+                        self.state = State::ChunkSize { digits: 0, size: 0, past_digits: false, extension: false };
                         i += 1;
                     }
                     _ if i > 0 => break,
@@ -215,7 +217,14 @@ impl Framing {
         Ok(Some(head))
     }
 
-    fn chunk_size_byte(&mut self, b: u8, digits: u8, size: u64, past_digits: bool) -> Result<(), Violation> {
+    fn chunk_size_byte(
+        &mut self,
+        b: u8,
+        digits: u8,
+        size: u64,
+        past_digits: bool,
+        extension: bool,
+    ) -> Result<(), Violation> {
         let prev_cr = self.head.last() == Some(&b'\r');
         if prev_cr && b != b'\n' {
             return Err(Violation::malformed("bare CR in a chunk size line"));
@@ -239,13 +248,16 @@ impl Framing {
                     return Err(Violation::malformed("chunk size too large"));
                 }
                 let digit = (b as char).to_digit(16).expect("a hex digit") as u64;
-                self.state = State::ChunkSize { digits: digits + 1, size: size * 16 + digit, past_digits };
+                self.state = State::ChunkSize { digits: digits + 1, size: size * 16 + digit, past_digits, extension };
             }
-            b' ' | b'\t' | b';' if digits > 0 => {
-                self.state = State::ChunkSize { digits, size, past_digits: true };
+            b';' if digits > 0 => {
+                self.state = State::ChunkSize { digits, size, past_digits: true, extension: true };
+            }
+            b' ' | b'\t' if digits > 0 => {
+                self.state = State::ChunkSize { digits, size, past_digits: true, extension };
             }
             0 => return Err(Violation::malformed("NUL byte in a chunk size line")),
-            _ if past_digits && (b.is_ascii_graphic() || b >= 0x80) => {}
+            _ if extension && (b.is_ascii_graphic() || b >= 0x80) => {}
             _ => return Err(Violation::malformed("malformed chunk size")),
         }
         if matches!(self.state, State::ChunkSize { past_digits: true, .. }) && b != b'\r' {
@@ -388,5 +400,5 @@ fn next_state(head: &[u8]) -> Result<State, Violation> {
     if ends_empty {
         return Err(Violation::malformed("Transfer-Encoding ends in an empty element"));
     }
-    Ok(State::ChunkSize { digits: 0, size: 0, past_digits: false })
+    Ok(State::ChunkSize { digits: 0, size: 0, past_digits: false, extension: false })
 }

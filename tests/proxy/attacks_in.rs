@@ -178,3 +178,25 @@ async fn chunk_extensions_and_trailers_past_the_parsers_limits_are_the_callers_f
         assert_eq!(status(&text), 200, "{extension} {trailers}: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_chunk_size_line_the_parser_refuses_is_refused_by_the_guard_first() {
+    // After a chunk size, white space may lead only to `;` or the line's end; `3 x` made the
+    // parser fail the body, and the caller got `502 upstream_error`.
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let upload = |size_line: &str| {
+        format!(
+            "POST /api/up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             {size_line}\r\nabc\r\n0\r\n\r\n"
+        )
+    };
+    for bad in ["3 x", "3\tx", "3 3", "3  x;y"] {
+        let text = exchange(proxy.addr, upload(bad).as_bytes()).await;
+        assert_eq!(status(&text), 400, "{bad:?}: {text}");
+        assert_eq!(raw_json(&text)["error"], "malformed_request", "{bad:?}");
+    }
+    for fine in ["3", "3 ", "3 \t ", "3 ;x", "3\t;x=1", "3;x y", "3;x=\"a b\"", "003"] {
+        let text = exchange(proxy.addr, upload(fine).as_bytes()).await;
+        assert_eq!(status(&text), 200, "{fine:?}: {text}");
+    }
+}
