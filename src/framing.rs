@@ -6,13 +6,16 @@
 //! until the head is complete and valid, so the parser never sees a byte of a bad one, and it
 //! refuses:
 //! - with 400: a NUL byte, a bare CR or a bare LF in a head or chunk framing; obsolete line
-//!   folding, white space before a header's colon, a malformed request line or field;
+//!   folding, white space before a header's colon, a malformed request line or field, a request
+//!   target the URI parser would refuse or that holds a fragment;
 //!   `Transfer-Encoding` with `Content-Length` or on HTTP/1.0, `chunked` more than once; a
 //!   `Content-Length` that is not digits, or several that differ; more than one `Host`; malformed
-//!   chunk sizes or chunk ends;
+//!   chunk sizes or chunk ends, more than 16 KiB of chunk extensions in a body; a
+//!   `Transfer-Encoding` ending in an empty element;
 //! - with 431: a head larger than `max_header_bytes` (every byte from the end of the previous
 //!   request through the empty line that ends the head: empty lines before the request line, the
-//!   request line, the fields, each with its CR LF), or with more than [`MAX_FIELDS`] fields;
+//!   request line, the fields, each with its CR LF), or with more than [`MAX_FIELDS`] fields; a
+//!   trailer section larger than that or than 16 KiB less one byte;
 //! - with 501: any transfer coding but `chunked` (RFC 9112 §6.1).
 //!
 //! Every refusal is answered, then the connection closes. A refused head is answered in its turn:

@@ -210,7 +210,8 @@ pub async fn middleware(State(app): State<Arc<App>>, req: Request, next: Next) -
     if !settings.policy.is_open()
         && !req.uri().path().starts_with("/_proxy/")
         && let Ok(path) = crate::rewrite::canonical_path(req.uri().path())
-        && let Decision::Deny { permission, reason } = settings.policy.decide_overrides(req.headers(), &path)
+        && let Decision::Deny { permission, reason } =
+            settings.policy.decide_overrides(req.headers(), req.uri().query(), &path)
     {
         let refusal = ProxyError::PolicyDenied { permission: permission.map(|p| p.name), reason };
         tracing::debug!(request_id = %id, %refusal, "answered by the proxy");

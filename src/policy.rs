@@ -14,8 +14,8 @@
 //! only if both readings pass, so neither reading can be used to step around a rule.
 //!
 //! A request may also name another method in a header (`X-HTTP-Method-Override: DELETE` on a
-//! `POST`), which some servers honour: it must pass for each method it names as well
-//! ([`Policy::decide_overrides`]).
+//! `POST`, or `X_HTTP_Method_Override`) or a query parameter of the same name, which some servers
+//! honour: it must pass for each method it names as well ([`Policy::decide_overrides`]).
 
 use http::{HeaderMap, Method};
 use serde::Deserialize;
@@ -201,16 +201,32 @@ impl Policy {
 /// as a `DELETE`, for clients that can send only `GET` and `POST`).
 pub const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
+/// The override name `name` stands for, if it is one: compared without regard to case, and with
+/// `_` read as `-` (IIS hands `X_HTTP_Method_Override` to applications as it does the other).
+fn override_name(name: &str) -> Option<&'static str> {
+    let spelt = name.trim().to_ascii_lowercase().replace('_', "-");
+    METHOD_OVERRIDES.into_iter().find(|known| *known == spelt)
+}
+
 impl Policy {
-    /// Decides on each method the request's override headers name, as the server behind may take
-    /// the request as that method: the first refusal, naming the header, or `Allow`.
-    pub fn decide_overrides(&self, headers: &HeaderMap, path: &str) -> Decision {
-        for name in METHOD_OVERRIDES {
-            let named = headers.get_all(name).iter().flat_map(|v| v.as_bytes().split(|&b| b == b','));
-            for method in named.filter_map(|m| Method::from_bytes(m.trim_ascii()).ok()) {
+    /// Decides on each method the request's override headers and query parameters name, as the
+    /// server behind may take the request as that method (ASP.NET MVC reads
+    /// `X-HTTP-Method-Override` from the query too): the first refusal, naming where the
+    /// override was, or `Allow`.
+    pub fn decide_overrides(&self, headers: &HeaderMap, query: Option<&str>, path: &str) -> Decision {
+        let in_headers = headers
+            .iter()
+            .filter(|(name, _)| override_name(name.as_str()).is_some())
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()));
+        let in_query = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .filter(|(name, _)| override_name(name).is_some())
+            .map(|(name, value)| (format!("the query's {name}"), value.into_owned().into_bytes()));
+        for (source, value) in in_headers.chain(in_query) {
+            let named = value.split(|&b| b == b',').filter_map(|m| Method::from_bytes(m.trim_ascii()).ok());
+            for method in named {
                 if let Decision::Deny { permission, reason } = self.decide(&method, path) {
                     let method = rewrite::canonical_method(&method);
-                    let reason = format!("{reason} (the request asks to be taken as {method} in {name})");
+                    let reason = format!("{reason} (the request asks to be taken as {method} in {source})");
                     return Decision::Deny { permission, reason };
                 }
             }

@@ -206,10 +206,17 @@ pub fn listen(s: &str) -> Result<Listen, String> {
         .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:8080 or unix:/path/to.sock"))
 }
 
+/// The longest duration a setting may have.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600 + 25 * 24 * 3600);
+
 pub fn duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}' is not a duration like 30s ({e})"))?;
     if d.is_zero() {
         return Err("must be more than zero".to_owned());
+    }
+    // Timeouts are added to the clock; a sum past its end would panic on every connection.
+    if d > MAX_DURATION {
+        return Err(format!("'{s}' is too long: at most 100 years"));
     }
     Ok(d)
 }

@@ -53,17 +53,25 @@ const TOO_LARGE: Violation = Violation { kind: Kind::TooLarge, reason: "the requ
 /// The most header fields a head may carry (the HTTP parser's own limit is the same).
 pub const MAX_FIELDS: usize = 100;
 
+/// The parser behind the guard reads at most 16 KiB of chunk extensions in one body and of
+/// trailers, and fails the body beyond (which would reach the caller as the API's failure): the
+/// guard refuses first. Extensions are counted with their `;` and white space, trailers whole.
+const MAX_EXTENSION_BYTES: u64 = 16 * 1024 - 1;
+const MAX_TRAILER_BYTES: usize = 16 * 1024 - 1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
     /// Reading a request head into `head`.
     Head,
     /// This many body bytes remain.
     Body(u64),
-    /// A chunk-size line: digits seen, the size so far, past the digits (extension or BWS).
+    /// A chunk-size line: digits seen, the size so far, past the digits (extension or BWS), past
+    /// the `;` that starts the extensions (before it, only BWS may follow the digits).
     ChunkSize {
         digits: u8,
         size: u64,
         past_digits: bool,
+        extension: bool,
     },
     ChunkData(u64),
     /// The CR LF after chunk data: how many of the two bytes are seen.
@@ -96,11 +104,13 @@ pub struct Framing {
     /// included; at most `max_head`.
     taken: usize,
     max_head: usize,
+    /// Chunk extension bytes seen in the current body.
+    extensions: u64,
 }
 
 impl Framing {
     pub fn new(max_head: usize) -> Framing {
-        Framing { state: State::Head, head: Vec::new(), taken: 0, max_head }
+        Framing { state: State::Head, head: Vec::new(), taken: 0, max_head, extensions: 0 }
     }
 
     /// True between requests (reading a head), where a refusal can be answered in turn.
@@ -134,8 +144,8 @@ impl Framing {
                     i += n as usize;
                     self.state = if remaining == n { State::ChunkEnd(0) } else { State::ChunkData(remaining - n) };
                 }
-                State::ChunkSize { digits, size, past_digits } => {
-                    match self.chunk_size_byte(data[i], digits, size, past_digits) {
+                State::ChunkSize { digits, size, past_digits, extension } => {
+                    match self.chunk_size_byte(data[i], digits, size, past_digits, extension) {
                         Ok(()) => i += 1,
                         Err(_) if i > 0 => break,
                         Err(v) => return Err(v),
@@ -147,7 +157,7 @@ impl Framing {
                         i += 1;
                     }
                     (1, b'\n') => {
-                        self.state = State::ChunkSize { digits: 0, size: 0, past_digits: false };
+                        self.state = State::ChunkSize { digits: 0, size: 0, past_digits: false, extension: false };
                         i += 1;
                     }
                     _ if i > 0 => break,
@@ -161,12 +171,11 @@ impl Framing {
     /// A byte of a head or of trailers, both lines of fields ending in an empty line. Returns the
     /// section once it is complete and valid.
     fn line_byte(&mut self, b: u8) -> Result<Option<Vec<u8>>, Violation> {
-        if self.taken >= self.max_head {
-            return Err(if self.state == State::Head {
-                TOO_LARGE
-            } else {
-                Violation { kind: Kind::TooLarge, reason: "the trailer section is too large" }
-            });
+        if self.state == State::Head && self.taken >= self.max_head {
+            return Err(TOO_LARGE);
+        }
+        if self.state == State::Trailers && self.taken >= self.max_head.min(MAX_TRAILER_BYTES) {
+            return Err(Violation { kind: Kind::TooLarge, reason: "the trailer section is too large" });
         }
         let prev = self.head.last().copied();
         if b == 0 {
@@ -200,12 +209,22 @@ impl Framing {
                 fields(&head)?;
                 State::Head
             }
-            _ => next_state(&head)?,
+            _ => {
+                self.extensions = 0;
+                next_state(&head)?
+            }
         };
         Ok(Some(head))
     }
 
-    fn chunk_size_byte(&mut self, b: u8, digits: u8, size: u64, past_digits: bool) -> Result<(), Violation> {
+    fn chunk_size_byte(
+        &mut self,
+        b: u8,
+        digits: u8,
+        size: u64,
+        past_digits: bool,
+        extension: bool,
+    ) -> Result<(), Violation> {
         let prev_cr = self.head.last() == Some(&b'\r');
         if prev_cr && b != b'\n' {
             return Err(Violation::malformed("bare CR in a chunk size line"));
@@ -229,14 +248,23 @@ impl Framing {
                     return Err(Violation::malformed("chunk size too large"));
                 }
                 let digit = (b as char).to_digit(16).expect("a hex digit") as u64;
-                self.state = State::ChunkSize { digits: digits + 1, size: size * 16 + digit, past_digits };
+                self.state = State::ChunkSize { digits: digits + 1, size: size * 16 + digit, past_digits, extension };
             }
-            b' ' | b'\t' | b';' if digits > 0 => {
-                self.state = State::ChunkSize { digits, size, past_digits: true };
+            b';' if digits > 0 => {
+                self.state = State::ChunkSize { digits, size, past_digits: true, extension: true };
+            }
+            b' ' | b'\t' if digits > 0 => {
+                self.state = State::ChunkSize { digits, size, past_digits: true, extension };
             }
             0 => return Err(Violation::malformed("NUL byte in a chunk size line")),
-            _ if past_digits && (b.is_ascii_graphic() || b >= 0x80) => {}
+            _ if extension && (b.is_ascii_graphic() || b >= 0x80) => {}
             _ => return Err(Violation::malformed("malformed chunk size")),
+        }
+        if matches!(self.state, State::ChunkSize { past_digits: true, .. }) && b != b'\r' {
+            self.extensions += 1;
+            if self.extensions > MAX_EXTENSION_BYTES {
+                return Err(Violation::malformed("chunk extensions too long"));
+            }
         }
         Ok(())
     }
@@ -307,6 +335,12 @@ fn request_line(line: &[u8]) -> Result<bool, Violation> {
     if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b) || *b >= 0x80) {
         return Err(Violation::malformed("a malformed request target"));
     }
+    // What the parser behind would refuse with a bare answer of its own (`<`, a target that is
+    // neither a path nor a URL) is refused here, answered as every refusal is. A fragment has no
+    // place in a request target, and the parser would drop it in silence, with the query's end.
+    if target.contains(&b'#') || http::Uri::try_from(target).is_err() {
+        return Err(Violation::malformed("a malformed request target"));
+    }
     match version {
         b"HTTP/1.1" => Ok(false),
         b"HTTP/1.0" => Ok(true),
@@ -321,6 +355,9 @@ fn next_state(head: &[u8]) -> Result<State, Violation> {
     let fields = fields(&head[line_end..])?;
     let mut length: Option<u64> = None;
     let mut codings: Option<Vec<&[u8]>> = None;
+    // The parser behind takes a body as chunked only if the last `Transfer-Encoding` field ends
+    // in `chunked`; an empty last element (`chunked,`) it refuses.
+    let mut ends_empty = false;
     let mut hosts = 0;
     for (name, value) in fields {
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -334,6 +371,7 @@ fn next_state(head: &[u8]) -> Result<State, Violation> {
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             codings.get_or_insert_default().extend(value.split(|b| *b == b',').map(trim_ows).filter(|c| !c.is_empty()));
+            ends_empty = value.rsplit(|b| *b == b',').next().is_none_or(|c| trim_ows(c).is_empty());
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
         }
@@ -359,5 +397,8 @@ fn next_state(head: &[u8]) -> Result<State, Violation> {
     if codings.len() != 1 {
         return Err(Violation::malformed("chunked not exactly once"));
     }
-    Ok(State::ChunkSize { digits: 0, size: 0, past_digits: false })
+    if ends_empty {
+        return Err(Violation::malformed("Transfer-Encoding ends in an empty element"));
+    }
+    Ok(State::ChunkSize { digits: 0, size: 0, past_digits: false, extension: false })
 }

@@ -245,7 +245,8 @@ fn a_method_named_in_an_override_header_must_pass_too() {
         }
         h
     };
-    let denied = |pairs: &[(&str, &str)], path: &str| p.decide_overrides(&headers(pairs), path) != Decision::Allow;
+    let denied =
+        |pairs: &[(&str, &str)], path: &str| p.decide_overrides(&headers(pairs), None, path) != Decision::Allow;
     assert!(denied(&[("X-HTTP-Method-Override", "DELETE")], "/api/mdm/devices/5"));
     assert!(denied(&[("x-http-method", "delete")], "/api/mdm/devices/5"));
     assert!(denied(&[("X-Method-Override", " Delete ")], "/api/mdm/devices/5"));
@@ -256,7 +257,7 @@ fn a_method_named_in_an_override_header_must_pass_too() {
     assert!(!denied(&[("X-HTTP-Method-Override", "DELETE")], "/api/system/users/5"));
     assert!(!denied(&[], "/api/mdm/devices/5"));
     let Decision::Deny { permission, reason } =
-        p.decide_overrides(&headers(&[("x-http-method", "delete")]), "/api/mdm/devices/5")
+        p.decide_overrides(&headers(&[("x-http-method", "delete")]), None, "/api/mdm/devices/5")
     else {
         unreachable!()
     };
