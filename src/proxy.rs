@@ -159,12 +159,18 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
 /// Why an upstream answer cannot be passed on as it is, if it cannot. An answer framed both by
 /// `Content-Length` and `Transfer-Encoding` may be an attempt at response splitting (RFC 9112
 /// §6.3), and its `Content-Length` would cut the decoded body short; a `101` would need a tunnel.
+/// A transfer coding other than `chunked` (`gzip, chunked`) stays in the bytes the client hands
+/// on, while `Transfer-Encoding`, hop-by-hop, is dropped: the caller would take gzip for JSON.
 fn unforwardable(status: StatusCode, headers: &HeaderMap) -> Option<&'static str> {
     if status.is_informational() {
         return Some("it switches protocols, and the proxy does not tunnel");
     }
     if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
         return Some("it is framed both by Content-Length and by Transfer-Encoding");
+    }
+    let codings = headers.get_all(TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    if codings.map(<[u8]>::trim_ascii).any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked")) {
+        return Some("it has a transfer coding other than chunked");
     }
     None
 }

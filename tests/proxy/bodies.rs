@@ -58,7 +58,7 @@ pub async fn raw_upstream(steps: Vec<Step>) -> String {
 }
 
 /// The proxy in front of `steps`, with these settings.
-async fn proxy(steps: Vec<Step>, extra: &[(&str, &str)]) -> Proxy {
+pub async fn proxy(steps: Vec<Step>, extra: &[(&str, &str)]) -> Proxy {
     let api = raw_upstream(steps).await;
     let tokens = TokenService::default().start().await;
     Proxy::start(&api, &tokens, extra).await
@@ -167,7 +167,7 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-fn head(status: &str, pairs: &[(&str, String)]) -> Vec<u8> {
+pub fn head(status: &str, pairs: &[(&str, String)]) -> Vec<u8> {
     let mut text = format!("HTTP/1.1 {status}\r\n");
     for (k, v) in pairs {
         text.push_str(&format!("{k}: {v}\r\n"));
@@ -336,8 +336,8 @@ async fn a_healthy_answer_is_whole_and_keeps_the_connection() {
 // --- The access log's `complete` --------------------------------------------------------------
 
 /// Captures this thread's log events as JSON (the proxy's tasks run on the test's one thread).
-struct Captured {
-    lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+pub struct Captured {
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     _guard: tracing::subscriber::DefaultGuard,
 }
 
@@ -355,7 +355,7 @@ impl std::io::Write for Sink {
 }
 
 impl Captured {
-    fn start() -> Captured {
+    pub fn start() -> Captured {
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = Sink(lines.clone());
         let subscriber = tracing_subscriber::fmt()
@@ -368,7 +368,7 @@ impl Captured {
     }
 
     /// The access event of the request to `path`, once it has been written.
-    async fn access(&self, path: &str) -> serde_json::Value {
+    pub async fn access(&self, path: &str) -> serde_json::Value {
         for _ in 0..500 {
             let text = String::from_utf8(self.lines.lock().unwrap().clone()).unwrap();
             let event = text

@@ -1,0 +1,51 @@
+//! A hostile or broken upstream on raw sockets: answers whose framing would make the proxy pass on
+//! something other than what the upstream meant, or make the access log misreport a delivery.
+
+use crate::bodies::{Step, get, head, proxy, send};
+
+/// Bytes that stand for a gzip-coded body (its magic number and then anything: nothing decodes it).
+const ZIPPED: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03not-really-deflated";
+
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+#[tokio::test]
+async fn an_answer_with_a_transfer_coding_other_than_chunked_is_a_502_never_passed_on_decoded_wrongly() {
+    let zipped = ZIPPED;
+    let mut zipped_chunked = chunk(zipped);
+    zipped_chunked.extend_from_slice(b"0\r\n\r\n");
+    let te =
+        |value: &str| vec![("Content-Type", "application/json".to_owned()), ("Transfer-Encoding", value.to_owned())];
+    let cases: Vec<(&str, Vec<Step>)> = vec![
+        // hyper decodes the chunks and leaves the gzip coding in the bytes; the header that said so
+        // is hop-by-hop and goes: the caller would get gzip as plain JSON.
+        ("gzip, chunked", vec![send(head("200 OK", &te("gzip, chunked"))), send(&zipped_chunked)]),
+        ("GZIP, Chunked", vec![send(head("200 OK", &te("GZIP, Chunked"))), send(&zipped_chunked)]),
+        ("two fields", {
+            let mut h = te("gzip");
+            h.push(("Transfer-Encoding", "chunked".to_owned()));
+            vec![send(head("200 OK", &h)), send(&zipped_chunked)]
+        }),
+        // Read to the end of the connection, still gzip.
+        ("gzip alone", vec![send(head("200 OK", &te("gzip"))), send(zipped)]),
+        ("deflate alone", vec![send(head("200 OK", &te("deflate"))), send(zipped)]),
+    ];
+    for (name, steps) in cases {
+        let proxy = proxy(steps, &[]).await;
+        let got = get(proxy.addr, "/api/mdm/devices/search").await;
+        assert_eq!(got.status, 502, "{name}: {got:?}");
+        assert_eq!(got.json()["error"], "upstream_error", "{name}");
+    }
+    // Chunked alone, in any letter case, is decoded and passed on.
+    let body = br#"{"devices":[]}"#;
+    let mut chunked = chunk(body);
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let proxy = proxy(vec![send(head("200 OK", &te("Chunked"))), send(&chunked)], &[]).await;
+    let got = get(proxy.addr, "/api/mdm/devices/search").await;
+    assert_eq!((got.status, got.complete), (200, true), "{got:?}");
+    assert_eq!(got.body, body);
+}
