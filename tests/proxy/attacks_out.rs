@@ -1,7 +1,7 @@
 //! A hostile or broken upstream on raw sockets: answers whose framing would make the proxy pass on
 //! something other than what the upstream meant, or make the access log misreport a delivery.
 
-use crate::bodies::{Step, get, head, proxy, send};
+use crate::bodies::{Captured, Step, get, head, proxy, send};
 
 /// Bytes that stand for a gzip-coded body (its magic number and then anything: nothing decodes it).
 const ZIPPED: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03not-really-deflated";
@@ -48,4 +48,26 @@ async fn an_answer_with_a_transfer_coding_other_than_chunked_is_a_502_never_pass
     let got = get(proxy.addr, "/api/mdm/devices/search").await;
     assert_eq!((got.status, got.complete), (200, true), "{got:?}");
     assert_eq!(got.body, body);
+}
+
+#[tokio::test]
+async fn complete_is_true_when_the_upstream_ends_its_body_with_trailers() {
+    let log = Captured::start();
+    let answer = head(
+        "200 OK",
+        &[
+            ("Content-Type", "application/octet-stream".to_owned()),
+            ("Transfer-Encoding", "chunked".to_owned()),
+            ("Trailer", "X-Checksum".to_owned()),
+        ],
+    );
+    let mut body = chunk(b"hello");
+    body.extend_from_slice(b"0\r\nX-Checksum: 5\r\n\r\n");
+    let proxy = proxy(vec![send(answer), send(body), Step::Stall], &[]).await;
+    let got = get(proxy.addr, "/api/blob").await;
+    assert_eq!((got.status, got.complete, got.closed), (200, true, false), "{got:?}");
+    assert_eq!(got.body, b"hello");
+    let event = log.access("/api/blob").await;
+    assert_eq!(event["complete"], true, "the whole body reached the caller: {event}");
+    assert_eq!(event["bytes_out"], 5, "{event}");
 }

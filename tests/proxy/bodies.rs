@@ -336,17 +336,25 @@ async fn a_healthy_answer_is_whole_and_keeps_the_connection() {
 // --- The access log's `complete` --------------------------------------------------------------
 
 /// Captures this thread's log events as JSON (the proxy's tasks run on the test's one thread).
+///
+/// One global subscriber writes each thread's events to that thread's capture, if it has one. A
+/// subscriber set per thread instead would race with other tests' threads: a callsite first
+/// reached on a thread without one may cache "never" and lose this thread's events.
 pub struct Captured {
     pub lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
 }
 
-#[derive(Clone)]
-struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Writes to the current thread's capture; drops the bytes when it has none.
+struct Sink;
 
 impl std::io::Write for Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURE.with(|c| c.borrow().as_ref().map(|lines| lines.lock().unwrap().extend_from_slice(buf)));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -356,15 +364,19 @@ impl std::io::Write for Sink {
 
 impl Captured {
     pub fn start() -> Captured {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(|| Sink)
+                .json()
+                .flatten_event(true)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        });
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = Sink(lines.clone());
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || sink.clone())
-            .json()
-            .flatten_event(true)
-            .finish();
-        Captured { lines, _guard: tracing::subscriber::set_default(subscriber) }
+        CAPTURE.with(|c| *c.borrow_mut() = Some(lines.clone()));
+        Captured { lines }
     }
 
     /// The access event of the request to `path`, once it has been written.
