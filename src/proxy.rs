@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{RequestId, UpstreamLatency};
 use crate::app::{App, Settings};
-use crate::body::{IdleTimeout, Paused, ReplayBudget, Side, TooLarge, Upload};
+use crate::body::{IdleTimeout, Paused, Primed, ReplayBudget, Side, TooLarge, Upload};
 use crate::body_rewrite::{Replacer, Rewritten, is_rewritable};
 use crate::error::ProxyError;
 use crate::pacer::Refusal;
@@ -153,7 +153,25 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     } else {
         response
     };
-    with_activity_id(response).await
+    first_piece(with_activity_id(response).await?).await
+}
+
+/// Waits for a streamed body's first piece before the status goes out, so that a body that
+/// breaks (a malformed first chunk) or pauses too long before its first byte is answered
+/// 502/504 instead of by a connection closed without any answer.
+async fn first_piece(response: Response) -> Result<Response, ProxyError> {
+    if response.body().is_end_stream() {
+        return Ok(response);
+    }
+    let (parts, mut body) = response.into_parts();
+    match body.frame().await {
+        None => Ok(Response::from_parts(parts, Body::empty())),
+        Some(Ok(first)) => Ok(Response::from_parts(parts, Body::new(Primed::new(first, body)))),
+        Some(Err(error)) => {
+            tracing::debug!(%error, "the upstream's body failed before its first byte");
+            Err(ProxyError::from_body(&error))
+        }
+    }
 }
 
 /// Why an upstream answer cannot be passed on as it is, if it cannot. An answer framed both by

@@ -71,3 +71,39 @@ async fn complete_is_true_when_the_upstream_ends_its_body_with_trailers() {
     assert_eq!(event["complete"], true, "the whole body reached the caller: {event}");
     assert_eq!(event["bytes_out"], 5, "{event}");
 }
+
+#[tokio::test]
+async fn a_body_that_fails_at_its_first_read_is_a_502_not_a_connection_closed_without_an_answer() {
+    let log = Captured::start();
+    let binary = |te: &str| {
+        head("200 OK", &[("Content-Type", "application/octet-stream".to_owned()), ("Transfer-Encoding", te.to_owned())])
+    };
+    for (name, steps) in [
+        (
+            "a chunk size that overflows",
+            vec![send(binary("chunked")), send("ffffffffffffffffff1\r\nhello\r\n0\r\n\r\n")],
+        ),
+        ("a chunk size that is not hex", vec![send(binary("chunked")), send("zz\r\nhello\r\n0\r\n\r\n")]),
+        (
+            "cut before the first byte",
+            vec![send(head(
+                "200 OK",
+                &[("Content-Type", "application/octet-stream".to_owned()), ("Content-Length", "100".to_owned())],
+            ))],
+        ),
+    ] {
+        let proxy = proxy(steps, &[]).await;
+        let got = get(proxy.addr, "/api/blob").await;
+        assert_eq!(got.status, 502, "{name}: nothing was sent yet, so the caller gets an answer: {got:?}");
+        assert_eq!(got.json()["error"], "upstream_error", "{name}");
+        let event = log.access("/api/blob").await;
+        assert_eq!((event["status"].as_u64(), event["complete"].as_bool()), (Some(502), Some(true)), "{name}: {event}");
+        log.lines.lock().unwrap().clear();
+    }
+    // Stalled before the first byte: a 504, after the pause limit.
+    let steps = vec![send(binary("chunked")), Step::Stall];
+    let proxy = proxy(steps, &[("UEM_PROXY_UPSTREAM_TIMEOUT", "300ms")]).await;
+    let got = get(proxy.addr, "/api/blob").await;
+    assert_eq!(got.status, 504, "{got:?}");
+    assert_eq!(got.json()["error"], "upstream_timeout");
+}
