@@ -1,7 +1,10 @@
 //! A hostile or broken upstream on raw sockets: answers whose framing would make the proxy pass on
 //! something other than what the upstream meant, or make the access log misreport a delivery.
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::bodies::{Captured, Step, get, head, proxy, send};
+use crate::support::{Proxy, TokenService};
 
 /// Bytes that stand for a gzip-coded body (its magic number and then anything: nothing decodes it).
 const ZIPPED: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03not-really-deflated";
@@ -106,4 +109,41 @@ async fn a_body_that_fails_at_its_first_read_is_a_502_not_a_connection_closed_wi
     let got = get(proxy.addr, "/api/blob").await;
     assert_eq!(got.status, 504, "{got:?}");
     assert_eq!(got.json()["error"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn a_body_coded_in_a_second_content_encoding_field_is_never_rewritten() {
+    for encodings in [["identity", "gzip"], ["gzip", "identity"]] {
+        // The upstream's own base inside bytes that stand for a compressed body: rewriting them
+        // would corrupt it (and a real one can hold them by chance).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let mut body = ZIPPED.to_vec();
+        body.extend_from_slice(base.as_bytes());
+        let pairs = [
+            ("Content-Type", "application/json".to_owned()),
+            ("Content-Encoding", encodings[0].to_owned()),
+            ("Content-Encoding", encodings[1].to_owned()),
+            ("Content-Length", body.len().to_string()),
+        ];
+        let mut answer = head("200 OK", &pairs);
+        answer.extend_from_slice(&body);
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request head arrives");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(&answer).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let tokens = TokenService::default().start().await;
+        let proxy = Proxy::start(&base, &tokens, &[]).await;
+        let got = get(proxy.addr, "/api/mdm/devices/search").await;
+        assert_eq!((got.status, got.complete), (200, true), "{encodings:?}: {got:?}");
+        assert_eq!(got.body, body, "{encodings:?}: a coded body passes byte for byte");
+    }
 }
