@@ -40,6 +40,9 @@ pub enum FetchError {
     NotJson { status: u16, content_type: String },
     #[error("token response unusable: {0}")]
     BadResponse(&'static str),
+    /// A failed answer that repeats the client secret: none of its text is shown.
+    #[error("token service answered HTTP {status}, repeating the client secret (not shown)")]
+    Echoed { status: u16 },
 }
 
 /// The largest token response read; a real one is well under 4 KiB.
@@ -141,7 +144,21 @@ async fn grant(
         }
         body.extend_from_slice(&chunk);
     }
-    parse_response(status, &content_type, &body)
+    let secret = credentials.client_secret.expose_secret();
+    match parse_response(status, &content_type, &body) {
+        // What is shown of a failed answer (its error code, its content type) could be the secret.
+        Err(_) if echoes(secret, &body) || echoes(secret, content_type.as_bytes()) => {
+            Err(FetchError::Echoed { status: status.as_u16() })
+        }
+        other => other,
+    }
+}
+
+/// Whether `text` holds `secret`, as it is or form-encoded as it was sent.
+fn echoes(secret: &str, text: &[u8]) -> bool {
+    let contains = |needle: &[u8]| !needle.is_empty() && text.windows(needle.len()).any(|w| w == needle);
+    let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    contains(secret.as_bytes()) || contains(encoded.as_bytes())
 }
 
 fn classify(e: reqwest::Error) -> FetchError {

@@ -4,7 +4,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bodies::{Captured, Step, get, head, proxy, send};
-use crate::support::{Proxy, TokenService};
+use crate::support::{Proxy, Reply, SECRET, TokenService};
 
 /// Bytes that stand for a gzip-coded body (its magic number and then anything: nothing decodes it).
 const ZIPPED: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03not-really-deflated";
@@ -145,5 +145,35 @@ async fn a_body_coded_in_a_second_content_encoding_field_is_never_rewritten() {
         let got = get(proxy.addr, "/api/mdm/devices/search").await;
         assert_eq!((got.status, got.complete), (200, true), "{encodings:?}: {got:?}");
         assert_eq!(got.body, body, "{encodings:?}: a coded body passes byte for byte");
+    }
+}
+
+#[tokio::test]
+async fn a_token_service_that_echoes_the_secret_never_gets_it_shown() {
+    // Into the error code (shown in the 503 message, /_proxy/status and the log) and into the
+    // content type (shown when the answer is not JSON), raw and as the form sent it.
+    let form_encoded = url::form_urlencoded::byte_serialize(SECRET.as_bytes()).collect::<String>();
+    let replies = [
+        Reply::Raw(401, "application/json", format!(r#"{{"error":"{SECRET}"}}"#)),
+        Reply::Raw(400, "application/json", format!(r#"{{"error":"bad client_secret={form_encoded}"}}"#)),
+        Reply::Raw(400, "application/json", format!(r#"{{"error":"{}{SECRET}"}}"#, "x".repeat(60))),
+    ];
+    for reply in replies {
+        let tokens = TokenService { after_script: Some(reply), ..Default::default() };
+        let upstream = crate::support::Upstream::default();
+        let proxy =
+            Proxy::start(&upstream.start().await, &tokens.start().await, &[("UEM_PROXY_TOKEN_WAIT", "1s")]).await;
+        let client = crate::support::client();
+        let answer = client.get(format!("{}/api/system/info", proxy.url)).send().await.unwrap();
+        assert_eq!(answer.status(), 503);
+        let body = answer.text().await.unwrap();
+        assert!(body.contains("token service"), "the reason is still given: {body}");
+        let status = client.get(format!("{}/_proxy/status", proxy.url)).send().await.unwrap().text().await.unwrap();
+        assert!(status.contains("token service"), "{status}");
+        for text in [&body, &status] {
+            for (i, _) in SECRET.char_indices().skip(6) {
+                assert!(!text.contains(&SECRET[..i]), "not even a part of the secret: {text}");
+            }
+        }
     }
 }
