@@ -114,11 +114,13 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         other => other?,
     };
 
+    let mut sent_with = token.header().clone();
     if response.status() == StatusCode::UNAUTHORIZED {
         match replay {
             Some(bytes) => {
                 if let Some(fresh) = app.tokens.replace_rejected(&token, settings.token_wait).await {
                     tracing::debug!(generation = fresh.generation(), "replaying a request rejected with 401");
+                    sent_with = fresh.header().clone();
                     response = attempt.send(&fresh, Either::Left(Full::new(bytes)), None).await?;
                 }
             }
@@ -140,6 +142,13 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let proxy_base = if needs_base { proxy_base() } else { String::new() };
     let location = LocationRewrite { upstream_base: &settings.upstream_base, proxy_base: &proxy_base };
     rewrite::response_headers(response.headers_mut(), &location);
+    let credential = sent_with.as_bytes();
+    // `Bearer <token>`, `Basic <user:password>`: the part after the scheme is the secret.
+    let credential = credential.iter().position(|b| *b == b' ').map_or(credential, |i| &credential[i + 1..]);
+    rewrite::drop_echoed_token(response.headers_mut(), credential);
+    if let Some(code) = settings.tenant_code.as_ref() {
+        rewrite::drop_echoed_token(response.headers_mut(), code.as_bytes());
+    }
     if response.status() == StatusCode::FORBIDDEN
         && let Some(needed) = mapping::required(&parts.method, &path)
     {
