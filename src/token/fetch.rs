@@ -144,14 +144,23 @@ async fn grant(
         }
         body.extend_from_slice(&chunk);
     }
+    let result = parse_response(status, &content_type, &body);
+    // What is shown of a failed answer (its error code, its content type) could be the secret.
     let secret = credentials.client_secret.expose_secret();
-    match parse_response(status, &content_type, &body) {
-        // What is shown of a failed answer (its error code, its content type) could be the secret.
-        Err(_) if echoes(secret, &body) || echoes(secret, content_type.as_bytes()) => {
-            Err(FetchError::Echoed { status: status.as_u16() })
-        }
-        other => other,
+    let shown_echoes = match &result {
+        Err(FetchError::Refused { .. }) => error_code(&body).is_some_and(|code| echoes(secret, code.as_bytes())),
+        Err(FetchError::NotJson { .. }) => echoes(secret, content_type.as_bytes()),
+        _ => false,
+    };
+    if shown_echoes {
+        return Err(FetchError::Echoed { status: status.as_u16() });
     }
+    result
+}
+
+/// The `error` member of a token service's JSON answer, whole (before it is cut for showing).
+fn error_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body).ok()?.get("error")?.as_str().map(str::to_owned)
 }
 
 /// Whether `text` holds `secret`, as it is or form-encoded as it was sent.

@@ -157,6 +157,7 @@ async fn a_token_service_that_echoes_the_secret_never_gets_it_shown() {
         Reply::Raw(401, "application/json", format!(r#"{{"error":"{SECRET}"}}"#)),
         Reply::Raw(400, "application/json", format!(r#"{{"error":"bad client_secret={form_encoded}"}}"#)),
         Reply::Raw(400, "application/json", format!(r#"{{"error":"{}{SECRET}"}}"#, "x".repeat(60))),
+        Reply::Raw(200, format!("text/html; echo={SECRET}").leak(), "<html>maintenance</html>".to_owned()),
     ];
     for reply in replies {
         let tokens = TokenService { after_script: Some(reply), ..Default::default() };
