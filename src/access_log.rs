@@ -202,7 +202,10 @@ impl http_body::Body for Logged {
         match &frame {
             Some(Ok(f)) => {
                 this.record.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64);
-                this.record.complete = this.expected == Some(this.record.bytes_out) || this.inner.is_end_stream();
+                // Trailers are a body's last frame: hyper asks for nothing after them.
+                let ended = f.is_trailers() && this.expected.is_none_or(|n| n == this.record.bytes_out);
+                this.record.complete =
+                    ended || this.expected == Some(this.record.bytes_out) || this.inner.is_end_stream();
             }
             None => this.record.complete = this.expected.is_none_or(|n| n == this.record.bytes_out),
             Some(Err(_)) => this.record.complete = false,

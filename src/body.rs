@@ -213,6 +213,46 @@ where
     }
 }
 
+/// A body whose first frame has already been read (to learn whether it breaks before anything is
+/// sent), put back in front of the rest.
+pub struct Primed<B> {
+    first: Option<Frame<Bytes>>,
+    rest: B,
+}
+
+impl<B> Primed<B> {
+    pub fn new(first: Frame<Bytes>, rest: B) -> Self {
+        Primed { first: Some(first), rest }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Primed<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held = self.first.as_ref().and_then(Frame::data_ref).map_or(0, |d| d.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + held);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
+    }
+}
+
 /// The bytes of request bodies held for replay, shared by all requests, so that the memory kept
 /// for replays stays bounded however many callers there are and however slowly they send.
 pub struct ReplayBudget {

@@ -15,7 +15,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Whether a response body is text the API may have put its own URLs in: JSON, XML or `text/*`,
 /// not compressed.
 pub fn is_rewritable(headers: &HeaderMap) -> bool {
-    if headers.get(CONTENT_ENCODING).is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity")) {
+    // Every field: `identity` in the first and `gzip` in a second is still gzip.
+    let codings = headers.get_all(CONTENT_ENCODING).iter().flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    if codings.map(<[u8]>::trim_ascii).any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity")) {
         return false;
     }
     let Some(media) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{RequestId, UpstreamLatency};
 use crate::app::{App, Settings};
-use crate::body::{IdleTimeout, Paused, ReplayBudget, Side, TooLarge, Upload};
+use crate::body::{IdleTimeout, Paused, Primed, ReplayBudget, Side, TooLarge, Upload};
 use crate::body_rewrite::{Replacer, Rewritten, is_rewritable};
 use crate::error::ProxyError;
 use crate::pacer::Refusal;
@@ -114,11 +114,13 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         other => other?,
     };
 
+    let mut sent_with = token.header().clone();
     if response.status() == StatusCode::UNAUTHORIZED {
         match replay {
             Some(bytes) => {
                 if let Some(fresh) = app.tokens.replace_rejected(&token, settings.token_wait).await {
                     tracing::debug!(generation = fresh.generation(), "replaying a request rejected with 401");
+                    sent_with = fresh.header().clone();
                     response = attempt.send(&fresh, Either::Left(Full::new(bytes)), None).await?;
                 }
             }
@@ -140,6 +142,13 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     let proxy_base = if needs_base { proxy_base() } else { String::new() };
     let location = LocationRewrite { upstream_base: &settings.upstream_base, proxy_base: &proxy_base };
     rewrite::response_headers(response.headers_mut(), &location);
+    let credential = sent_with.as_bytes();
+    // `Bearer <token>`, `Basic <user:password>`: the part after the scheme is the secret.
+    let credential = credential.iter().position(|b| *b == b' ').map_or(credential, |i| &credential[i + 1..]);
+    rewrite::drop_echoed_token(response.headers_mut(), credential);
+    if let Some(code) = settings.tenant_code.as_ref() {
+        rewrite::drop_echoed_token(response.headers_mut(), code.as_bytes());
+    }
     if response.status() == StatusCode::FORBIDDEN
         && let Some(needed) = mapping::required(&parts.method, &path)
     {
@@ -153,18 +162,42 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
     } else {
         response
     };
-    with_activity_id(response).await
+    first_piece(with_activity_id(response).await?).await
+}
+
+/// Waits for a streamed body's first piece before the status goes out, so that a body that
+/// breaks (a malformed first chunk) or pauses too long before its first byte is answered
+/// 502/504 instead of by a connection closed without any answer.
+async fn first_piece(response: Response) -> Result<Response, ProxyError> {
+    if response.body().is_end_stream() {
+        return Ok(response);
+    }
+    let (parts, mut body) = response.into_parts();
+    match body.frame().await {
+        None => Ok(Response::from_parts(parts, Body::empty())),
+        Some(Ok(first)) => Ok(Response::from_parts(parts, Body::new(Primed::new(first, body)))),
+        Some(Err(error)) => {
+            tracing::debug!(%error, "the upstream's body failed before its first byte");
+            Err(ProxyError::from_body(&error))
+        }
+    }
 }
 
 /// Why an upstream answer cannot be passed on as it is, if it cannot. An answer framed both by
 /// `Content-Length` and `Transfer-Encoding` may be an attempt at response splitting (RFC 9112
 /// §6.3), and its `Content-Length` would cut the decoded body short; a `101` would need a tunnel.
+/// A transfer coding other than `chunked` (`gzip, chunked`) stays in the bytes the client hands
+/// on, while `Transfer-Encoding`, hop-by-hop, is dropped: the caller would take gzip for JSON.
 fn unforwardable(status: StatusCode, headers: &HeaderMap) -> Option<&'static str> {
     if status.is_informational() {
         return Some("it switches protocols, and the proxy does not tunnel");
     }
     if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
         return Some("it is framed both by Content-Length and by Transfer-Encoding");
+    }
+    let codings = headers.get_all(TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    if codings.map(<[u8]>::trim_ascii).any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked")) {
+        return Some("it has a transfer coding other than chunked");
     }
     None
 }

@@ -173,6 +173,24 @@ pub fn response_headers(headers: &mut HeaderMap, rewrite: &LocationRewrite<'_>) 
     }
 }
 
+/// Drops every response header value that holds `token` (the credential the request was sent
+/// with): an upstream that echoes request headers under other names, or sets the token as a
+/// cookie, must not hand it to the caller. Other values of the same field stay.
+pub fn drop_echoed_token(headers: &mut HeaderMap, token: &[u8]) {
+    if token.is_empty() {
+        return;
+    }
+    let holds = |v: &HeaderValue| v.as_bytes().windows(token.len()).any(|w| w == token);
+    let names: Vec<HeaderName> = headers.iter().filter(|(_, v)| holds(v)).map(|(n, _)| n.clone()).collect();
+    for name in names {
+        let kept: Vec<HeaderValue> = headers.get_all(&name).iter().filter(|v| !holds(v)).cloned().collect();
+        headers.remove(&name);
+        for value in kept {
+            headers.append(name.clone(), value);
+        }
+    }
+}
+
 /// The rewritten `Location`, or `None` when it points elsewhere and is left as it is.
 pub fn rewrite_location(location: &str, rewrite: &LocationRewrite<'_>) -> Option<String> {
     let base = rewrite.upstream_base;

@@ -40,6 +40,9 @@ pub enum FetchError {
     NotJson { status: u16, content_type: String },
     #[error("token response unusable: {0}")]
     BadResponse(&'static str),
+    /// A failed answer that repeats the client secret: none of its text is shown.
+    #[error("token service answered HTTP {status}, repeating the client secret (not shown)")]
+    Echoed { status: u16 },
 }
 
 /// The largest token response read; a real one is well under 4 KiB.
@@ -141,7 +144,30 @@ async fn grant(
         }
         body.extend_from_slice(&chunk);
     }
-    parse_response(status, &content_type, &body)
+    let result = parse_response(status, &content_type, &body);
+    // What is shown of a failed answer (its error code, its content type) could be the secret.
+    let secret = credentials.client_secret.expose_secret();
+    let shown_echoes = match &result {
+        Err(FetchError::Refused { .. }) => error_code(&body).is_some_and(|code| echoes(secret, code.as_bytes())),
+        Err(FetchError::NotJson { .. }) => echoes(secret, content_type.as_bytes()),
+        _ => false,
+    };
+    if shown_echoes {
+        return Err(FetchError::Echoed { status: status.as_u16() });
+    }
+    result
+}
+
+/// The `error` member of a token service's JSON answer, whole (before it is cut for showing).
+fn error_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body).ok()?.get("error")?.as_str().map(str::to_owned)
+}
+
+/// Whether `text` holds `secret`, as it is or form-encoded as it was sent.
+fn echoes(secret: &str, text: &[u8]) -> bool {
+    let contains = |needle: &[u8]| !needle.is_empty() && text.windows(needle.len()).any(|w| w == needle);
+    let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    contains(secret.as_bytes()) || contains(encoded.as_bytes())
 }
 
 fn classify(e: reqwest::Error) -> FetchError {

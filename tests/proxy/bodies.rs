@@ -58,7 +58,7 @@ pub async fn raw_upstream(steps: Vec<Step>) -> String {
 }
 
 /// The proxy in front of `steps`, with these settings.
-async fn proxy(steps: Vec<Step>, extra: &[(&str, &str)]) -> Proxy {
+pub async fn proxy(steps: Vec<Step>, extra: &[(&str, &str)]) -> Proxy {
     let api = raw_upstream(steps).await;
     let tokens = TokenService::default().start().await;
     Proxy::start(&api, &tokens, extra).await
@@ -167,7 +167,7 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-fn head(status: &str, pairs: &[(&str, String)]) -> Vec<u8> {
+pub fn head(status: &str, pairs: &[(&str, String)]) -> Vec<u8> {
     let mut text = format!("HTTP/1.1 {status}\r\n");
     for (k, v) in pairs {
         text.push_str(&format!("{k}: {v}\r\n"));
@@ -336,17 +336,25 @@ async fn a_healthy_answer_is_whole_and_keeps_the_connection() {
 // --- The access log's `complete` --------------------------------------------------------------
 
 /// Captures this thread's log events as JSON (the proxy's tasks run on the test's one thread).
-struct Captured {
-    lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
+///
+/// One global subscriber writes each thread's events to that thread's capture, if it has one. A
+/// subscriber set per thread instead would race with other tests' threads: a callsite first
+/// reached on a thread without one may cache "never" and lose this thread's events.
+pub struct Captured {
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
-#[derive(Clone)]
-struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Writes to the current thread's capture; drops the bytes when it has none.
+struct Sink;
 
 impl std::io::Write for Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURE.with(|c| c.borrow().as_ref().map(|lines| lines.lock().unwrap().extend_from_slice(buf)));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -355,20 +363,24 @@ impl std::io::Write for Sink {
 }
 
 impl Captured {
-    fn start() -> Captured {
+    pub fn start() -> Captured {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(|| Sink)
+                .json()
+                .flatten_event(true)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        });
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = Sink(lines.clone());
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || sink.clone())
-            .json()
-            .flatten_event(true)
-            .finish();
-        Captured { lines, _guard: tracing::subscriber::set_default(subscriber) }
+        CAPTURE.with(|c| *c.borrow_mut() = Some(lines.clone()));
+        Captured { lines }
     }
 
     /// The access event of the request to `path`, once it has been written.
-    async fn access(&self, path: &str) -> serde_json::Value {
+    pub async fn access(&self, path: &str) -> serde_json::Value {
         for _ in 0..500 {
             let text = String::from_utf8(self.lines.lock().unwrap().clone()).unwrap();
             let event = text

@@ -2,6 +2,7 @@
 //! and the real binary for what only a process shows (exit codes, signals, logs).
 
 mod attacks_in;
+mod attacks_out;
 mod binary;
 mod bodies;
 mod check_route;
