@@ -30,6 +30,10 @@ pub enum ProxyError {
     Timeout,
     #[error("the upstream API connection failed")]
     Broken,
+    /// The API closed the connection after the request was written and before any answer: on a
+    /// pooled connection, the API's idle timeout meeting its reuse.
+    #[error("the upstream API closed the connection before answering")]
+    ClosedBeforeAnswer,
     #[error("the upstream API's answer cannot be forwarded: {0}")]
     BadUpstreamAnswer(&'static str),
     #[error("the request body paused longer than {0:?}; see UEM_PROXY_BODY_IDLE_TIMEOUT")]
@@ -77,7 +81,9 @@ impl ProxyError {
             ProxyError::NoToken { .. } => (StatusCode::SERVICE_UNAVAILABLE, "token_unavailable"),
             ProxyError::Unreachable => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            ProxyError::Broken | ProxyError::BadUpstreamAnswer(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            ProxyError::Broken | ProxyError::ClosedBeforeAnswer | ProxyError::BadUpstreamAnswer(_) => {
+                (StatusCode::BAD_GATEWAY, "upstream_error")
+            }
             ProxyError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ProxyError::CallerNotAllowed => (StatusCode::FORBIDDEN, "caller_not_allowed"),
             ProxyError::HostNotAllowed(_) => (StatusCode::FORBIDDEN, "host_not_allowed"),
@@ -104,6 +110,10 @@ impl ProxyError {
             ProxyError::Timeout
         } else if e.is_connect() {
             ProxyError::Unreachable
+        } else if std::iter::successors(std::error::Error::source(e), |s| s.source())
+            .any(|s| s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message))
+        {
+            ProxyError::ClosedBeforeAnswer
         } else {
             ProxyError::Broken
         }

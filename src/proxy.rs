@@ -111,6 +111,15 @@ async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
         Err(_) if caller_paused.load(Ordering::Relaxed) => {
             return Err(ProxyError::RequestTimeout(settings.body_idle_timeout));
         }
+        // A pooled connection the API closed as it was reused: a read is sent once more, on a
+        // new connection (as HTTP clients do for idempotent requests); anything else is not.
+        Err(ProxyError::ClosedBeforeAnswer)
+            if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+                && let Some(bytes) = &replay =>
+        {
+            tracing::debug!("the API closed a connection before answering; sending the read again");
+            attempt.send(&token, Either::Left(Full::new(bytes.clone())), None).await?
+        }
         other => other?,
     };
 
