@@ -43,7 +43,12 @@ impl Running {
     }
 
     pub fn start_with(env: &[(&str, &str)], args: &[&str]) -> Running {
-        let mut child = command(env).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        Running::spawn(command(env).args(args))
+    }
+
+    /// Starts `cmd`, a command that runs the proxy, and waits until its log says where it listens.
+    pub fn spawn(cmd: &mut Command) -> Running {
+        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -74,6 +79,21 @@ impl Running {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// The log events whose message is `message`, as they are now.
+    pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
+        let lines = self.log.lock().unwrap();
+        let events = lines.iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        events.filter(|e| e["message"] == message).collect()
+    }
+}
+
+/// A test that fails midway leaves no proxy running behind it.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -3,10 +3,8 @@
 //! binary keeps answering its health check with more idle connections than it may open files.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -18,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::support::{Proxy, SECRET, TokenService, client, pattern, spawn};
+use crate::binary::{BIN, Running, base_env};
+use crate::support::{Proxy, TokenService, client, localhost_certificate, pattern, spawn};
 
 /// An API whose `/big` download says when the proxy let go of it, and whose `/hold` answers
 /// only when released.
@@ -217,91 +216,40 @@ async fn a_busy_connection_is_not_shed_and_a_new_caller_waits_for_room() {
 }
 
 /// The real binary, its open-file limit set to `open_files` (soft and hard) by the shell.
-struct Limited {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Limited {
-    fn start(open_files: u32, api: &str, token_url: &str, extra: &[(&str, &str)]) -> Limited {
-        let mut child = Command::new("bash")
-            .args(["-c", &format!("ulimit -n {open_files} && exec \"$0\""), env!("CARGO_BIN_EXE_uem-proxy")])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs([
-                ("UEM_API_URL", api),
-                ("UEM_TOKEN_URL", token_url),
-                ("UEM_CLIENT_ID", "test-client"),
-                ("UEM_CLIENT_SECRET", SECRET),
-                ("UEM_PROXY_LISTEN", "127.0.0.1:0"),
-                ("UEM_PROXY_LOG_FORMAT", "json"),
-                ("RUST_LOG", "uem_proxy=debug,info"),
-            ])
-            .envs(extra.iter().copied())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-                    && event["message"] == "listening"
-                {
-                    let _ = tx.send(event["listen"].as_str().unwrap().parse::<SocketAddr>().unwrap());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the proxy logs where it listens");
-        Limited { child, addr, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// The log events whose message is `message`, as they are now.
-    fn events(&self, message: &str) -> Vec<serde_json::Value> {
-        let lines = self.log.lock().unwrap();
-        let events = lines.iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
-        events.filter(|e| e["message"] == message).collect()
-    }
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn limited(open_files: u32, api: &str, token_url: &str, extra: &[(&str, &str)]) -> Running {
+    let mut env = base_env(api, token_url);
+    env.push(("RUST_LOG", "uem_proxy=debug,info"));
+    env.extend_from_slice(extra);
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &format!("ulimit -n {open_files} && exec \"$0\""), BIN])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env);
+    Running::spawn(&mut cmd)
 }
 
 #[tokio::test]
 async fn health_checks_are_answered_with_more_idle_connections_than_open_files() {
     let tokens = TokenService::default();
     let api = Api::default();
-    let proxy = Limited::start(256, &api.start().await, &tokens.start().await, &[]);
+    let proxy = limited(256, &api.start().await, &tokens.start().await, &[]);
     // More idle connections than the process may open files: without a cap, accept fails for
     // want of descriptors until idle ones time out.
     let mut idle = Vec::new();
     for _ in 0..300 {
-        idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+        idle.push(TcpStream::connect(proxy.addr()).await.unwrap());
     }
     let started = Instant::now();
     let health = tokio::time::timeout(
         Duration::from_secs(5),
-        client().get(format!("http://{}/_proxy/healthz", proxy.addr)).send(),
+        client().get(format!("http://{}/_proxy/healthz", proxy.addr())).send(),
     )
     .await
     .expect("the health check is answered in time")
     .unwrap();
     assert_eq!(health.status(), 200);
     assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
-    let metrics = client().get(format!("http://{}/_proxy/metrics", proxy.addr)).send().await.unwrap();
+    let metrics = client().get(format!("http://{}/_proxy/metrics", proxy.addr())).send().await.unwrap();
     let metrics = metrics.text().await.unwrap();
     assert!(metrics.contains("\nuem_proxy_connections_max 192\n"), "{metrics}");
     let log = proxy.log();
@@ -316,10 +264,10 @@ async fn accept_failures_are_logged_once_a_second_with_a_count_and_do_not_spin()
     let api = Api::default();
     // A cap above the open-file limit, so that accepting runs out of descriptors.
     let extra = [("UEM_PROXY_MAX_CONNECTIONS", "1000")];
-    let proxy = Limited::start(64, &api.start().await, &tokens.start().await, &extra);
+    let proxy = limited(64, &api.start().await, &tokens.start().await, &extra);
     let mut idle = Vec::new();
     for _ in 0..100 {
-        idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+        idle.push(TcpStream::connect(proxy.addr()).await.unwrap());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut first_seen = None;
@@ -347,17 +295,10 @@ async fn accept_failures_are_logged_once_a_second_with_a_count_and_do_not_spin()
 
 #[tokio::test]
 async fn a_caller_that_stops_reading_over_https_loses_its_connection_too() {
-    let dir = std::env::temp_dir().join(format!("uem-proxy-stall-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_path, key_path) = (dir.join("localhost.crt"), dir.join("localhost.key"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    let (cert_path, key_path) = localhost_certificate();
     let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let tls_listen = format!("127.0.0.1:{tls_port}");
     let api = Api::default();
-    let (cert_path, key_path) = (cert_path.display().to_string(), key_path.display().to_string());
     let extra = [
         ("UEM_PROXY_TLS_CERT", cert_path.as_str()),
         ("UEM_PROXY_TLS_KEY", key_path.as_str()),
@@ -368,7 +309,7 @@ async fn a_caller_that_stops_reading_over_https_loses_its_connection_too() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let https = reqwest::Client::builder()
         .no_proxy()
-        .tls_certs_only([reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap()])
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&cert_path).unwrap()).unwrap()])
         .build()
         .unwrap();
     let url = format!("https://localhost:{tls_port}/big?bytes=67108864");
@@ -395,5 +336,5 @@ async fn a_caller_that_stops_reading_over_https_loses_its_connection_too() {
     .await
     .expect("the connection is closed");
     assert!(rest < 64 << 20, "the whole body arrived");
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(std::path::Path::new(&cert_path).parent().unwrap()).unwrap();
 }

@@ -466,3 +466,15 @@ pub async fn spawn_tls(app: Router, cert: &str, key: &str) -> SocketAddr {
     });
     addr
 }
+
+/// A self-signed certificate for `localhost`: (certificate file, key file).
+pub fn localhost_certificate() -> (String, String) {
+    let dir = std::env::temp_dir().join(format!("uem-proxy-cert-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("localhost.crt"), dir.join("localhost.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    (cert_path.display().to_string(), key_path.display().to_string())
+}

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{Proxy, TokenService, client, raw, raw_json};
+use crate::support::{Proxy, TokenService, client, localhost_certificate, raw, raw_json};
 
 /// What a raw-socket API received: each request head exactly as its bytes arrived.
 #[derive(Clone, Default)]
@@ -188,18 +188,6 @@ async fn the_connect_timeout_covers_a_tls_handshake_or_a_tunnel_that_never_ends(
         assert_eq!(body["error"], "upstream_timeout");
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
-}
-
-/// A self-signed certificate for `localhost`: (certificate file, key file).
-fn localhost_certificate() -> (String, String) {
-    let dir = std::env::temp_dir().join(format!("uem-proxy-transport-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_path, key_path) = (dir.join("localhost.crt"), dir.join("localhost.key"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
-    (cert_path.display().to_string(), key_path.display().to_string())
 }
 
 /// A token service and an API in one: a grant at `/connect/token`; anywhere else, the target and
