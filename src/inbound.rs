@@ -100,8 +100,13 @@ impl Checks {
         if !health && !self.peer_allowed(req.extensions().get::<Peer>()) {
             return Some(ProxyError::CallerNotAllowed);
         }
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        // URLs in `Location` and in bodies are built from the Host: it must be a plain host.
+        // URLs in `Location` and in bodies are built from the Host: it must be a plain host. One
+        // with bytes outside ASCII is no host name, and never reads as an empty one.
+        let host = match req.headers().get(header::HOST).map(|h| h.to_str()) {
+            None => "",
+            Some(Ok(host)) => host,
+            Some(Err(_)) => return Some(ProxyError::BadHost("(not ASCII)".to_owned())),
+        };
         if !host_well_formed(host) {
             return Some(ProxyError::BadHost(host.to_owned()));
         }

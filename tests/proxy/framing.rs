@@ -200,6 +200,16 @@ async fn a_host_with_user_information_is_refused_with_400() {
         assert_eq!(statuses(&text), [400], "{host}: {text}");
         assert!(text.contains("\"error\":\"bad_host\""), "{text}");
     }
+    // Bytes outside ASCII make no host name, on the health endpoints too.
+    for path in ["/api/x", "/_proxy/healthz"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\u{e9}\r\nConnection: close\r\n\r\n");
+        let mut request = request.into_bytes();
+        let at = request.windows(2).position(|w| w == "\u{e9}".as_bytes()).unwrap();
+        request.splice(at..at + 2, [0xe9]);
+        let text = exchange(proxy.addr, &request).await;
+        assert_eq!(statuses(&text), [400], "{path}: {text}");
+        assert!(text.contains("\"error\":\"bad_host\""), "{text}");
+    }
     for target in ["http://user@localhost/api/x", "http://[::1]@evil.example/api/x"] {
         let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let text = exchange(proxy.addr, request.as_bytes()).await;
