@@ -206,6 +206,12 @@ async fn a_method_override_header_cannot_carry_a_denied_method() {
         assert_eq!(status(&response), 403, "{header}: {response}");
         assert_eq!(raw_json(&response)["permission"], "REST API Devices Delete", "{header}");
     }
+    // The override check skips the proxy's own paths; one that climbs out of them is still
+    // the proxy's (404), never forwarded.
+    for path in ["/_proxy/../api/mdm/devices/5", "/_proxy/%2e%2e/api/mdm/devices/5"] {
+        let response = raw(proxy.addr, &request("POST", path, "X-HTTP-Method-Override: DELETE\r\n")).await;
+        assert_eq!(status(&response), 404, "{path}: {response}");
+    }
     assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
     let fine = raw(proxy.addr, &request("POST", "/api/mdm/devices/5", "X-HTTP-Method-Override: PATCH\r\n")).await;
     assert_eq!(status(&fine), 200, "{fine}");
