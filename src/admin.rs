@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing::get};
 use http::header::CONTENT_TYPE;
 
-use crate::access_log::RequestId;
 use crate::app::App;
 use crate::error::ProxyError;
+use crate::record::RequestId;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()

@@ -10,12 +10,12 @@ use serde_json::json;
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::body::ReplayBudget;
 use crate::config::{Auth, Config, Listen};
-use crate::inbound::Checks;
-use crate::metrics::Metrics;
-use crate::pacer::Pacer;
-use crate::policy::Policy;
+use crate::forward::body::ReplayBudget;
+use crate::forward::pacer::Pacer;
+use crate::gate::Checks;
+use crate::gate::policy::Policy;
+use crate::record::metrics::Metrics;
 use crate::token::{Credentials, TokenClient, Tokens};
 
 /// What a request needs from the configuration. Replaced whole on reload; a request keeps the
@@ -71,7 +71,7 @@ pub struct App {
     /// For the token service.
     pub client: reqwest::Client,
     /// For API requests.
-    pub upstream: crate::upstream::UpstreamClient,
+    pub upstream: crate::forward::upstream::UpstreamClient,
     /// Request bodies held for replay, all requests together (restart-only).
     pub replay_budget: ReplayBudget,
     pub tokens: Tokens,
@@ -115,9 +115,9 @@ fn warn_about_policy(policy: &Policy) {
 impl App {
     /// Builds the state and starts the token refresher, whose handle the caller owns.
     pub fn new(config: Config, local: Listen) -> std::io::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
-        let tls = crate::upstream::tls_config(&config).map_err(std::io::Error::other)?;
+        let tls = crate::forward::upstream::tls_config(&config).map_err(std::io::Error::other)?;
         let client = crate::token_client(&config, tls.clone()).map_err(std::io::Error::other)?;
-        let upstream = crate::upstream::UpstreamClient::new(&config, tls).map_err(std::io::Error::other)?;
+        let upstream = crate::forward::upstream::UpstreamClient::new(&config, tls).map_err(std::io::Error::other)?;
         let (tokens, refresher, credentials) = match &config.auth {
             Auth::OAuth(oauth) => {
                 let credentials = Arc::new(ArcSwap::from_pointee(oauth.credentials()));

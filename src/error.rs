@@ -6,8 +6,8 @@ use http::StatusCode;
 use http::header::{CONNECTION, HeaderValue, RETRY_AFTER};
 use std::io::ErrorKind::TimedOut;
 
-use crate::body::{Paused, Side};
-use crate::upstream::ConnectTimeout;
+use crate::forward::body::{Paused, Side};
+use crate::forward::upstream::ConnectTimeout;
 
 /// An answer made by the proxy rather than the upstream. Each has a stable machine-readable
 /// `code` that scripts may match on; the message is for people.
@@ -60,7 +60,7 @@ pub enum ProxyError {
     RateLimited { retry_after_s: u64 },
     /// Refused by the framing guard before the request was parsed; the connection closes.
     #[error("the request cannot be read safely: {0}")]
-    Framing(crate::framing::Violation),
+    Framing(crate::listen::framing::Violation),
     #[error("the Host '{0}' is malformed (user information, or characters a host name cannot hold)")]
     BadHost(String),
 }

@@ -39,31 +39,22 @@
 //! - Redirects are never followed; the upstream URL is the configured base plus the caller's
 //!   path and query, so no request can be sent to another host.
 
-pub mod access_log;
 pub mod admin;
 pub mod app;
-pub mod body;
-pub mod body_rewrite;
 pub mod check;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod framing;
+pub mod forward;
+pub mod gate;
 pub mod healthcheck;
-pub mod inbound;
-pub mod metrics;
-pub mod pacer;
-pub mod policy;
-pub mod proxy;
+pub mod listen;
+pub mod record;
 pub mod reload;
-pub mod rewrite;
 pub mod sandbox;
-pub mod server;
 pub mod telemetry;
-pub mod tls;
 pub mod token;
 pub mod uem;
-pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -78,7 +69,7 @@ pub use config::Config;
 /// The HTTP client for the token service: rustls, no redirects ever followed (a redirect must not
 /// carry the secret anywhere), keep-alive pooling. API requests go through [`upstream`] instead.
 pub fn http_client(config: &Config) -> Result<reqwest::Client, String> {
-    token_client(config, upstream::tls_config(config)?)
+    token_client(config, forward::upstream::tls_config(config)?)
 }
 
 /// The same, over a TLS configuration already built (and shared with the forwarding client).
@@ -104,15 +95,15 @@ pub fn token_client(config: &Config, tls: rustls::ClientConfig) -> Result<reqwes
 /// The whole application as one router, used by `run` and by tests alike.
 pub fn router(app: Arc<App>) -> Router {
     let routes = admin::routes()
-        .fallback(proxy::handle)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), inbound::middleware))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), access_log::middleware))
+        .fallback(forward::handle)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), gate::middleware))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), record::middleware))
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
         .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
         .with_state(app);
     // Around the whole router, not its routes: the method is made canonical before anything,
     // routing included, looks at it.
-    Router::new().fallback_service(routes).layer(axum::middleware::map_request(inbound::canonical_method))
+    Router::new().fallback_service(routes).layer(axum::middleware::map_request(gate::canonical_method))
 }
 
 /// The application for `config`, serving callers who reach it at `local`, and the token
@@ -127,16 +118,16 @@ pub fn app(config: &Config, local: &config::Listen) -> std::io::Result<(Router, 
 /// configuration file, reload the configuration.
 pub async fn run(
     config: Config,
-    listener: impl Into<server::Listener>,
+    listener: impl Into<listen::Listener>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let listener = listener.into();
     let local = listener.local()?;
-    let limits = server::Limits {
+    let limits = listen::Limits {
         header_timeout: config.inbound.header_timeout,
         max_header_bytes: config.inbound.max_header_bytes,
         write_idle_timeout: config.inbound.body_idle_timeout,
-        max_connections: server::Limits::max_connections(config.inbound.max_connections),
+        max_connections: listen::Limits::max_connections(config.inbound.max_connections),
     };
     let grace = config.shutdown_grace;
     for warning in &config.warnings {
@@ -152,19 +143,19 @@ pub async fn run(
         read_only = config.policy.read_only,
         "listening"
     );
-    let mut bound = vec![server::Bound::from(listener)];
+    let mut bound = vec![listen::Bound::from(listener)];
     if let Some(tls) = &config.tls {
         let listener = tokio::net::TcpListener::bind(tls.listen)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for HTTPS on {}: {e}", tls.listen)))?;
         tracing::info!(tls_listen = %listener.local_addr()?, "listening for HTTPS");
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-        bound.push(server::Bound { listener: listener.into(), tls: Some(acceptor) });
+        bound.push(listen::Bound { listener: listener.into(), tls: Some(acceptor) });
     }
     let (app, refresher) = App::new(config, local)?;
     let reloader = tokio::spawn(reload::watch(app.clone()));
     let counts = app.metrics.connections.clone();
-    server::serve(bound, router(app), limits, counts, shutdown, grace).await;
+    listen::serve(bound, router(app), limits, counts, shutdown, grace).await;
     reloader.abort();
     refresher.abort();
     Ok(())

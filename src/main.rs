@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use uem_proxy::config::LogFormat;
 use uem_proxy::sandbox::{self, Role};
-use uem_proxy::{Config, demo, healthcheck, server, telemetry};
+use uem_proxy::{Config, demo, healthcheck, listen, telemetry};
 
 /// A credential-injecting proxy for the Workspace ONE UEM REST API.
 #[derive(Parser)]
@@ -134,12 +134,12 @@ fn main() -> ExitCode {
         Command::Run(file) => match load(&file) {
             Ok(config) => {
                 telemetry::init(config.log_format);
-                server::conns::raise_open_file_limit();
+                listen::conns::raise_open_file_limit();
                 block_on(async move {
-                    let listener = server::Listener::bind(&config.listen)
+                    let listener = listen::Listener::bind(&config.listen)
                         .await
                         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-                    uem_proxy::run(config, listener, server::signal()).await.map_err(|e| e.to_string())
+                    uem_proxy::run(config, listener, listen::signal()).await.map_err(|e| e.to_string())
                 })
             }
             Err(_) => ExitCode::from(2),
@@ -201,7 +201,7 @@ fn main() -> ExitCode {
                     secrecy::ExposeSecret::expose_secret(&options.client_secret)
                 );
                 println!("Press Ctrl-C to stop.");
-                sandbox::serve(listener, options, server::signal()).await.map_err(|e| e.to_string())
+                sandbox::serve(listener, options, listen::signal()).await.map_err(|e| e.to_string())
             })
         }
         Command::Demo { listen, sandbox_listen, tenant } => {
@@ -211,7 +211,7 @@ fn main() -> ExitCode {
                 let proxy = bind(listen).await?;
                 let sandbox = bind(sandbox_listen).await?;
                 let mut stdout = std::io::stdout();
-                demo::run(proxy, sandbox, options, server::signal(), &mut stdout).await.map_err(|e| e.to_string())
+                demo::run(proxy, sandbox, options, listen::signal(), &mut stdout).await.map_err(|e| e.to_string())
             })
         }
     }

@@ -10,9 +10,9 @@ use http::Method;
 use http_body::{Body, Frame};
 use proptest::prelude::*;
 use proptest::sample::select;
-use uem_proxy::body_rewrite::{Replacer, Rewritten};
-use uem_proxy::policy::{Policy, PolicyFile};
-use uem_proxy::rewrite::{canonical_method, canonical_path};
+use uem_proxy::forward::body_rewrite::{Replacer, Rewritten};
+use uem_proxy::forward::rewrite::{canonical_method, canonical_path};
+use uem_proxy::gate::policy::{Policy, PolicyFile};
 use uem_proxy::uem::mapping;
 
 // --- The canonical path ----------------------------------------------------------------------

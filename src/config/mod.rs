@@ -21,8 +21,8 @@ use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use crate::pacer::PacerSettings;
-use crate::policy::{Policy, PolicyFile};
+use crate::forward::pacer::PacerSettings;
+use crate::gate::policy::{Policy, PolicyFile};
 pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
 use source::{RawMap, read_file};
@@ -434,7 +434,7 @@ fn tls(p: &mut parse::Parser<'_>) -> Option<Option<Tls>> {
     match (cert, key) {
         (None, None) => Some(None),
         (Some(cert), Some(key)) => {
-            let server = match crate::tls::server_config(&cert, &key) {
+            let server = match crate::listen::tls::server_config(&cert, &key) {
                 Ok(server) => server,
                 Err(e) => {
                     let (nc, nk) = (p.name("tls_cert"), p.name("tls_key"));

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::policy::PolicyFile;
+use crate::gate::policy::PolicyFile;
 
 /// Each setting: its TOML key and its environment variable. The order is the documentation's.
 pub const SETTINGS: &[(&str, &str)] = &[

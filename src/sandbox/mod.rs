@@ -124,14 +124,14 @@ async fn token(State(sb): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) 
 /// Serves a sandbox on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, options: Options, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let sandbox = Sandbox::new(options)?;
-    let limits = crate::server::Limits {
+    let limits = crate::listen::Limits {
         header_timeout: Duration::from_secs(30),
         max_header_bytes: 65536,
         write_idle_timeout: Duration::from_secs(30),
-        max_connections: crate::server::Limits::max_connections(None),
+        max_connections: crate::listen::Limits::max_connections(None),
     };
-    let bound = vec![crate::server::Listener::from(listener).into()];
+    let bound = vec![crate::listen::Listener::from(listener).into()];
     let counts = Default::default();
-    crate::server::serve(bound, router(sandbox), limits, counts, shutdown, Duration::from_secs(5)).await;
+    crate::listen::serve(bound, router(sandbox), limits, counts, shutdown, Duration::from_secs(5)).await;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 use uem_proxy::config::Listen;
-use uem_proxy::server::Peer;
+use uem_proxy::listen::Peer;
 
 use crate::support::{
     Proxy, TokenService, Upstream, client, config, proxy_for_sandbox, raw, raw_json, sandbox_options, start_sandbox,
@@ -125,7 +125,7 @@ async fn a_unix_socket_listener_is_owner_only() {
     let path = dir.join("proxy.sock");
     let listen = format!("unix:{}", path.display());
     let config = config(&api, &token_url, None, &[("UEM_PROXY_LISTEN", &listen)]).unwrap();
-    let listener = uem_proxy::server::Listener::bind(&config.listen).await.unwrap();
+    let listener = uem_proxy::listen::Listener::bind(&config.listen).await.unwrap();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);

@@ -445,7 +445,7 @@ pub async fn proxy_for_sandbox(base: &str, extra: &[(&str, &str)]) -> Proxy {
 
 /// Serves `app` over HTTPS on port 0 with the given PEM certificate and key.
 pub async fn spawn_tls(app: Router, cert: &str, key: &str) -> SocketAddr {
-    let config = uem_proxy::tls::server_config(std::path::Path::new(cert), std::path::Path::new(key)).unwrap();
+    let config = uem_proxy::listen::tls::server_config(std::path::Path::new(cert), std::path::Path::new(key)).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -311,7 +311,7 @@ async fn a_plain_http_api_is_reached_through_the_egress_proxy_in_absolute_form_w
 #[tokio::test]
 async fn an_api_that_offers_http2_is_spoken_to_in_http2() {
     let (cert, key) = localhost_certificate();
-    let mut tls = uem_proxy::tls::server_config(cert.as_ref(), key.as_ref()).unwrap();
+    let mut tls = uem_proxy::listen::tls::server_config(cert.as_ref(), key.as_ref()).unwrap();
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

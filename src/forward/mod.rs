@@ -1,4 +1,12 @@
+//! Forwarding: the upstream pool, header/URL rewriting, bodies, pacing.
+//!
 //! The forwarding handler: a caller's request in, the upstream's response out, both streamed.
+
+pub mod body;
+pub mod body_rewrite;
+pub mod pacer;
+pub mod rewrite;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,18 +27,18 @@ use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
-use crate::access_log::{RequestId, UpstreamLatency};
 use crate::app::{App, Settings};
-use crate::body::{IdleTimeout, Paused, Primed, ReplayBudget, Side, TooLarge, Upload};
-use crate::body_rewrite::{Replacer, Rewritten, is_rewritable};
 use crate::error::ProxyError;
-use crate::pacer::Refusal;
-use crate::policy::Decision;
-use crate::rewrite::{self, LocationRewrite};
-use crate::server::Https;
+use crate::forward::body::{IdleTimeout, Paused, Primed, ReplayBudget, Side, TooLarge, Upload};
+use crate::forward::body_rewrite::{Replacer, Rewritten, is_rewritable};
+use crate::forward::pacer::Refusal;
+use crate::forward::upstream::{Outbound, UpstreamClient};
+use crate::gate::policy::Decision;
+use crate::listen::Https;
+use crate::record::{RequestId, UpstreamLatency};
 use crate::token::Token;
 use crate::uem::mapping;
-use crate::upstream::{Outbound, UpstreamClient};
+use rewrite::LocationRewrite;
 
 /// Added to an upstream 403: the catalogue permission the request needs, so an administrator
 /// knows what the OAuth client's role lacks.

@@ -4,7 +4,9 @@
 //! accepting and drains in-flight requests for a bounded time.
 
 pub mod conns;
+pub mod framing;
 pub mod idle;
+pub mod tls;
 
 use std::fmt;
 use std::future::Future;
@@ -24,7 +26,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::config::Listen;
-use crate::framing::Guarded;
+use crate::listen::framing::Guarded;
 pub use conns::{Connections, Counts};
 use conns::{LogThrottle, Slot, Tracked};
 use idle::WriteIdle;
@@ -150,7 +152,7 @@ impl Limits {
 }
 
 /// The most header fields a request may carry; more are answered 431 (by the framing guard).
-pub const MAX_HEADERS: usize = crate::framing::MAX_FIELDS;
+pub const MAX_HEADERS: usize = crate::listen::framing::MAX_FIELDS;
 
 /// Marks requests that arrived over the HTTPS listener (for `Location` and body rewrites).
 #[derive(Clone, Copy, Debug)]
@@ -300,7 +302,8 @@ impl Conn {
         let service_slot = slot.clone();
         let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
             let busy = service_slot.busy();
-            let refused = refusals.next_request().map(|violation| crate::framing::refused(violation, &service_peer));
+            let refused =
+                refusals.next_request().map(|violation| crate::listen::framing::refused(violation, &service_peer));
             req.extensions_mut().insert(service_peer.clone());
             if https {
                 req.extensions_mut().insert(Https);
@@ -333,7 +336,7 @@ impl Conn {
             if let Err(error) = result {
                 let io = std::error::Error::source(&error).and_then(|e| e.downcast_ref::<io::Error>());
                 let cause = io.and_then(|e| e.get_ref());
-                if let Some(violation) = cause.and_then(|e| e.downcast_ref::<crate::framing::Violation>()) {
+                if let Some(violation) = cause.and_then(|e| e.downcast_ref::<crate::listen::framing::Violation>()) {
                     tracing::warn!(%peer, %violation, "connection refused");
                 } else if let Some(stalled) = cause.and_then(|e| e.downcast_ref::<idle::Stalled>()) {
                     tracing::info!(%peer, error = %stalled, "caller stopped reading: connection closed");

@@ -22,8 +22,8 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::ServiceExt;
 
-use crate::body::Upload;
 use crate::config::{Config, Egress};
+use crate::forward::body::Upload;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -1,6 +1,8 @@
 //! Request ids and the access log: one structured event per request, written when the response
 //! body is finished (or abandoned), so it can report the bytes that really went out.
 
+pub mod metrics;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +20,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::body::Counted;
-use crate::inbound::Caller;
-use crate::metrics::RequestLabels;
-use crate::proxy::ActivityId;
-use crate::rewrite::X_REQUEST_ID;
-use crate::server::Peer;
+use crate::forward::ActivityId;
+use crate::forward::body::Counted;
+use crate::forward::rewrite::X_REQUEST_ID;
+use crate::gate::Caller;
+use crate::listen::Peer;
+use crate::record::metrics::RequestLabels;
 use crate::uem::mapping;
 
 /// The id of the request being served, as an extension for handlers that answer with errors.

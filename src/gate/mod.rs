@@ -15,6 +15,8 @@
 //!
 //! Before any of these, [`canonical_method`] spells a standard method in upper case.
 
+pub mod policy;
+
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -24,12 +26,12 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use ipnet::IpNet;
 
-use crate::access_log::RequestId;
 use crate::app::App;
 use crate::config::{Inbound, Listen};
 use crate::error::ProxyError;
-use crate::policy::Decision;
-use crate::server::Peer;
+use crate::gate::policy::Decision;
+use crate::listen::Peer;
+use crate::record::RequestId;
 
 /// The checks, built once from the configuration.
 pub struct Checks {
@@ -181,7 +183,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// one spelling. IIS, which serves the API, ignores the case; a check that did not would be spelt
 /// around. Other methods are left as they are.
 pub async fn canonical_method(mut req: Request) -> Request {
-    let method = crate::rewrite::canonical_method(req.method());
+    let method = crate::forward::rewrite::canonical_method(req.method());
     if method != req.method() {
         *req.method_mut() = method;
     }
@@ -214,7 +216,7 @@ pub async fn middleware(State(app): State<Arc<App>>, req: Request, next: Next) -
     // server behind to take it as. A target that is not canonical is refused there.
     if !settings.policy.is_open()
         && !req.uri().path().starts_with("/_proxy/")
-        && let Ok(path) = crate::rewrite::canonical_path(req.uri().path())
+        && let Ok(path) = crate::forward::rewrite::canonical_path(req.uri().path())
         && let Decision::Deny { permission, reason } =
             settings.policy.decide_overrides(req.headers(), req.uri().query(), &path)
     {

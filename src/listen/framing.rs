@@ -101,7 +101,7 @@ fn answer(violation: Violation, request_id: &str) -> Response {
     let headers = response.headers_mut();
     headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(crate::rewrite::X_REQUEST_ID.clone(), id);
+        headers.insert(crate::forward::rewrite::X_REQUEST_ID.clone(), id);
     }
     response.map(Body::new)
 }

@@ -14,8 +14,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::pacer::Pacer;
-use crate::server::Counts;
+use crate::forward::pacer::Pacer;
+use crate::listen::Counts;
 use crate::token::Tokens;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

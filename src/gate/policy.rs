@@ -20,7 +20,7 @@
 use http::{HeaderMap, Method};
 use serde::Deserialize;
 
-use crate::rewrite;
+use crate::forward::rewrite;
 use crate::uem::mapping::{self, Kind};
 use crate::uem::permissions::{self, Permission};
 
