@@ -36,8 +36,8 @@ async fn readyz(State(app): State<Arc<App>>, Extension(id): Extension<RequestId>
             Json(serde_json::json!({ "status": "ready", "token_valid_for_s": valid_for.as_secs() })).into_response()
         }
         None => {
-            let retry_after_s = app.settings.load().token_wait.as_secs().max(1);
-            app.no_token(retry_after_s).into_response(id.as_str())
+            let retry_after_s = app.settings.load().route.token_wait.as_secs().max(1);
+            app.forwarder.no_token(retry_after_s).into_response(id.as_str())
         }
     }
 }

@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{Auth, Config, Listen};
 use crate::forward::body::ReplayBudget;
 use crate::forward::pacer::Pacer;
+use crate::forward::{Forwarder, Route, tenant_header};
 use crate::gate::Checks;
 use crate::gate::policy::Policy;
 use crate::record::metrics::Metrics;
@@ -21,40 +22,17 @@ use crate::token::{Credentials, TokenClient, Tokens};
 /// What a request needs from the configuration. Replaced whole on reload; a request keeps the
 /// one it started with.
 pub struct Settings {
-    /// The API base without a trailing slash; canonical request paths are appended to it.
-    pub upstream_base: String,
-    /// The same, parsed once.
-    pub upstream: url::Url,
-    /// The base's path prefix without a trailing slash (`""` for none).
-    pub upstream_path: String,
-    pub policy: Policy,
     pub checks: Checks,
-    pub upstream_timeout: std::time::Duration,
-    pub token_wait: std::time::Duration,
-    pub replay_body_limit: u64,
-    pub rewrite_bodies: bool,
-    pub max_body_bytes: Option<u64>,
-    /// The longest pause allowed while reading a caller's request body.
-    pub body_idle_timeout: std::time::Duration,
-    /// Sent as `aw-tenant-code`, in place of any a caller sends.
-    pub tenant_code: Option<HeaderValue>,
+    pub policy: Policy,
+    pub route: Route,
 }
 
 impl Settings {
     fn new(config: &Config, local: &Listen) -> Settings {
         Settings {
-            upstream_base: config.api_url.as_str().trim_end_matches('/').to_owned(),
-            upstream: config.api_url.clone(),
-            upstream_path: config.api_url.path().trim_end_matches('/').to_owned(),
-            policy: config.policy.clone(),
             checks: Checks::new(&config.inbound, local),
-            upstream_timeout: config.upstream_timeout,
-            token_wait: config.token_wait,
-            replay_body_limit: config.replay_body_limit,
-            rewrite_bodies: config.rewrite_bodies,
-            max_body_bytes: config.inbound.max_body_bytes,
-            body_idle_timeout: config.inbound.body_idle_timeout,
-            tenant_code: tenant_header(config),
+            policy: config.policy.clone(),
+            route: Route::new(config),
         }
     }
 }
@@ -71,20 +49,16 @@ pub struct App {
     /// For the token service.
     pub client: reqwest::Client,
     /// For API requests.
-    pub upstream: crate::forward::upstream::UpstreamClient,
-    /// Request bodies held for replay, all requests together (restart-only).
-    pub replay_budget: ReplayBudget,
+    pub forwarder: Forwarder,
     pub tokens: Tokens,
     /// The OAuth client's credentials, which a reload may replace; `None` in basic mode.
     credentials: Option<Arc<ArcSwap<Credentials>>>,
     pub settings: ArcSwap<Settings>,
     pub pacer: Arc<ArcSwap<Pacer>>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub config: ArcSwap<Config>,
     /// Where callers reach the proxy.
     pub local: Listen,
-    /// The proxy's own `host:port` for `Location` rewrites when a caller sends no `Host`.
-    pub listen_host: String,
     pub started: SystemTime,
     pub last_reload: Mutex<ReloadStatus>,
 }
@@ -96,12 +70,6 @@ pub fn basic_header(username: &str, password: &SecretString) -> HeaderValue {
     let mut header = HeaderValue::try_from(format!("Basic {encoded}")).expect("base64 is a valid header value");
     header.set_sensitive(true);
     header
-}
-
-fn tenant_header(config: &Config) -> Option<HeaderValue> {
-    let mut header = HeaderValue::try_from(config.tenant_code.as_ref()?.expose_secret()).ok()?;
-    header.set_sensitive(true);
-    Some(header)
 }
 
 /// Logs the policy's entries that allow or deny nothing, at start and on every reload, so that an
@@ -133,15 +101,21 @@ impl App {
         };
         warn_about_policy(&config.policy);
         let pacer = Arc::new(ArcSwap::from_pointee(Pacer::new(config.pacer)));
-        let metrics = Metrics::new(tokens.clone(), pacer.clone());
+        let metrics = Arc::new(Metrics::new(tokens.clone(), pacer.clone()));
         let listen_host = match &local {
             Listen::Tcp(addr) => addr.to_string(),
             Listen::Unix(_) => "localhost".to_owned(),
         };
-        let app = App {
-            client,
+        let forwarder = Forwarder {
             upstream,
             replay_budget: ReplayBudget::new(config.replay_budget),
+            tokens: tokens.clone(),
+            pacer: pacer.clone(),
+            listen_host,
+        };
+        let app = App {
+            client,
+            forwarder,
             tokens,
             credentials,
             settings: ArcSwap::from_pointee(Settings::new(&config, &local)),
@@ -149,7 +123,6 @@ impl App {
             metrics,
             config: ArcSwap::from_pointee(config),
             local,
-            listen_host,
             started: SystemTime::now(),
             last_reload: Mutex::new(ReloadStatus::default()),
         };
@@ -226,11 +199,6 @@ impl App {
         Ok(changes)
     }
 
-    /// The answer when no token may be had, saying why (the last token error, if any).
-    pub fn no_token(&self, retry_after_s: u64) -> crate::error::ProxyError {
-        crate::error::ProxyError::NoToken { retry_after_s, reason: self.tokens.failure() }
-    }
-
     /// Loads the configuration again and applies it; a failure keeps the running one.
     pub async fn reload(&self, trigger: &str) {
         let result = match self.config.load().reload() {
@@ -296,8 +264,8 @@ impl App {
                 "held_after_429_s": pacer.held_for().as_secs_f64(),
             },
             "replay_buffers": {
-                "held_bytes": self.replay_budget.held(),
-                "budget_bytes": self.replay_budget.total(),
+                "held_bytes": self.forwarder.replay_budget.held(),
+                "budget_bytes": self.forwarder.replay_budget.total(),
             },
             "policy": if config.policy.is_open() { "open" } else { "restricted" },
             "read_only": config.policy.read_only,

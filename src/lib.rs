@@ -52,19 +52,16 @@ pub mod listen;
 pub mod record;
 pub mod reload;
 pub mod sandbox;
+pub mod service;
 pub mod telemetry;
 pub mod token;
 pub mod uem;
 
 use std::future::Future;
-use std::sync::Arc;
-
-use axum::Router;
-use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
-use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
 
 use app::App;
 pub use config::Config;
+pub use service::Service;
 
 /// The HTTP client for the token service: rustls, no redirects ever followed (a redirect must not
 /// carry the secret anywhere), keep-alive pooling. API requests go through [`upstream`] instead.
@@ -92,25 +89,11 @@ pub fn token_client(config: &Config, tls: rustls::ClientConfig) -> Result<reqwes
     builder.build().map_err(|e| e.to_string())
 }
 
-/// The whole application as one router, used by `run` and by tests alike.
-pub fn router(app: Arc<App>) -> Router {
-    let routes = admin::routes()
-        .fallback(forward::handle)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), gate::middleware))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), record::middleware))
-        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
-        .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
-        .with_state(app);
-    // Around the whole router, not its routes: the method is made canonical before anything,
-    // routing included, looks at it.
-    Router::new().fallback_service(routes).layer(axum::middleware::map_request(gate::canonical_method))
-}
-
 /// The application for `config`, serving callers who reach it at `local`, and the token
 /// refresher it owns (the caller aborts it when done serving).
-pub fn app(config: &Config, local: &config::Listen) -> std::io::Result<(Router, tokio::task::JoinHandle<()>)> {
+pub fn service(config: &Config, local: &config::Listen) -> std::io::Result<(Service, tokio::task::JoinHandle<()>)> {
     let (app, refresher) = App::new(config.clone(), local.clone())?;
-    Ok((router(app), refresher))
+    Ok((Service::new(app), refresher))
 }
 
 /// Runs the proxy on an already bound listener until `shutdown` completes and in-flight
@@ -155,7 +138,7 @@ pub async fn run(
     let (app, refresher) = App::new(config, local)?;
     let reloader = tokio::spawn(reload::watch(app.clone()));
     let counts = app.metrics.connections.clone();
-    listen::serve(bound, router(app), limits, counts, shutdown, grace).await;
+    listen::serve(bound, Service::new(app), limits, counts, shutdown, grace).await;
     reloader.abort();
     refresher.abort();
     Ok(())

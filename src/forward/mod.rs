@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
 use http::header::{
@@ -24,32 +24,87 @@ use http::{HeaderMap, Method, StatusCode, Uri, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use secrecy::ExposeSecret;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
-use crate::app::{App, Settings};
+use crate::config::Config;
 use crate::error::ProxyError;
-use crate::forward::body::{IdleTimeout, Paused, Primed, ReplayBudget, Side, TooLarge, Upload};
-use crate::forward::body_rewrite::{Replacer, Rewritten, is_rewritable};
-use crate::forward::pacer::Refusal;
-use crate::forward::upstream::{Outbound, UpstreamClient};
-use crate::gate::policy::Decision;
-use crate::listen::Https;
-use crate::record::{RequestId, UpstreamLatency};
-use crate::token::Token;
-use crate::uem::mapping;
+use crate::token::{Token, Tokens};
+use crate::uem::mapping::Required;
+use body::{IdleTimeout, Paused, Primed, ReplayBudget, Side, TooLarge, Upload};
+use body_rewrite::{Replacer, Rewritten, is_rewritable};
+use pacer::{Pacer, Refusal};
 use rewrite::LocationRewrite;
+use upstream::{Outbound, UpstreamClient};
 
 /// Added to an upstream 403: the catalogue permission the request needs, so an administrator
 /// knows what the OAuth client's role lacks.
 pub static X_UEM_PROXY_PERMISSION: HeaderName = HeaderName::from_static("x-uem-proxy-permission");
 
-/// UEM's id for an API call that failed, from the error body, for the access log's audit trail.
-#[derive(Clone, Debug)]
-pub struct ActivityId(pub String);
-
 /// Error bodies up to this size are read to find UEM's `activityId`; larger ones stream on.
 const ERROR_BODY_PEEK: u64 = 64 * 1024;
+
+/// What forwarding needs from the configuration. Replaced whole on reload; a request keeps the
+/// one it started with.
+pub struct Route {
+    /// The API base without a trailing slash; canonical request paths are appended to it.
+    pub upstream_base: String,
+    /// The base's path prefix without a trailing slash (`""` for none).
+    pub upstream_path: String,
+    pub upstream_timeout: Duration,
+    pub token_wait: Duration,
+    pub replay_body_limit: u64,
+    pub rewrite_bodies: bool,
+    pub max_body_bytes: Option<u64>,
+    /// The longest pause allowed while reading a caller's request body.
+    pub body_idle_timeout: Duration,
+    /// Sent as `aw-tenant-code`, in place of any a caller sends.
+    pub tenant_code: Option<HeaderValue>,
+}
+
+impl Route {
+    pub fn new(config: &Config) -> Route {
+        Route {
+            upstream_base: config.api_url.as_str().trim_end_matches('/').to_owned(),
+            upstream_path: config.api_url.path().trim_end_matches('/').to_owned(),
+            upstream_timeout: config.upstream_timeout,
+            token_wait: config.token_wait,
+            replay_body_limit: config.replay_body_limit,
+            rewrite_bodies: config.rewrite_bodies,
+            max_body_bytes: config.inbound.max_body_bytes,
+            body_idle_timeout: config.inbound.body_idle_timeout,
+            tenant_code: tenant_header(config),
+        }
+    }
+}
+
+/// The configured tenant code as a header value, marked sensitive.
+pub fn tenant_header(config: &Config) -> Option<HeaderValue> {
+    let mut header = HeaderValue::try_from(config.tenant_code.as_ref()?.expose_secret()).ok()?;
+    header.set_sensitive(true);
+    Some(header)
+}
+
+/// What forwarding shares between requests: the client, the replay budget, the token, the pacer.
+pub struct Forwarder {
+    pub upstream: UpstreamClient,
+    /// Request bodies held for replay, all requests together (restart-only).
+    pub replay_budget: ReplayBudget,
+    pub tokens: Tokens,
+    pub pacer: Arc<ArcSwap<Pacer>>,
+    /// The proxy's own `host:port` for `Location` rewrites when a caller sends no `Host`.
+    pub listen_host: String,
+}
+
+/// The upstream's answer, and what was learnt while getting it.
+pub struct Forwarded {
+    pub response: Response,
+    /// How long the upstream took to send response headers.
+    pub upstream: Duration,
+    /// UEM's id of a failed API call, from its error body.
+    pub activity_id: Option<Box<str>>,
+}
 
 /// A request body in a form that can be sent, and for small ones sent again: those hold their
 /// share of the replay budget (none when empty) for as long as the request is served.
@@ -58,128 +113,125 @@ enum Outgoing {
     Streamed(Body),
 }
 
-/// The axum handler for every path that is not the proxy's own.
-pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
-    let id = req.extensions().get::<RequestId>().cloned();
-    let id = id.as_ref().map_or("", RequestId::as_str).to_owned();
-    match forward(&app, req).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::debug!(request_id = %id, %error, "answered by the proxy");
-            error.into_response(&id)
-        }
+impl Forwarder {
+    /// The answer when no token may be had, saying why (the last token error, if any).
+    pub fn no_token(&self, retry_after_s: u64) -> ProxyError {
+        ProxyError::NoToken { retry_after_s, reason: self.tokens.failure() }
     }
-}
 
-async fn forward(app: &App, req: Request) -> Result<Response, ProxyError> {
-    let settings = app.settings.load_full();
-    let (mut parts, body) = req.into_parts();
-    let (uri, path) = upstream_uri(&settings, &parts)?;
-    if !settings.policy.is_open()
-        && let Decision::Deny { permission, reason } = settings.policy.decide(&parts.method, &path)
-    {
-        return Err(ProxyError::PolicyDenied { permission: permission.map(|p| p.name), reason });
-    }
-    let https = parts.extensions.get::<Https>().is_some();
-    let proxy_base = response_base(&parts.headers, &app.listen_host, https);
-    rewrite::request_headers(&mut parts.headers);
-    let caller_paused = Arc::new(AtomicBool::new(false));
-    let body = paced(body, settings.body_idle_timeout, caller_paused.clone());
-    let outgoing = prepare_body(body, settings.replay_body_limit, &app.replay_budget).await?;
+    /// Forwards a request to its canonical `path`, which needs `required`, and returns the
+    /// upstream's answer. `https`: the caller came over the HTTPS listener.
+    pub async fn forward(
+        &self,
+        route: &Route,
+        mut parts: Parts,
+        body: Body,
+        path: &str,
+        required: Option<Required>,
+        https: bool,
+    ) -> Result<Forwarded, ProxyError> {
+        let uri = upstream_uri(route, &parts, path)?;
+        let proxy_base = response_base(&parts.headers, &self.listen_host, https);
+        rewrite::request_headers(&mut parts.headers);
+        let caller_paused = Arc::new(AtomicBool::new(false));
+        let body = paced(body, route.body_idle_timeout, caller_paused.clone());
+        let outgoing = prepare_body(body, route.replay_body_limit, &self.replay_budget).await?;
 
-    let retry_after_s = settings.token_wait.as_secs().max(1);
-    let token = app.tokens.wait_usable(settings.token_wait).await.ok_or_else(|| app.no_token(retry_after_s))?;
-    let pacer = app.pacer.load_full();
-    let pass = pacer.admit().await.map_err(|refusal| match refusal {
-        Refusal::Busy => ProxyError::UpstreamBusy,
-        Refusal::RateLimited { retry_after_s } => ProxyError::RateLimited { retry_after_s },
-    })?;
-    // The replay budget's share stays taken until the request has been answered.
-    let mut _replay_share = None;
-    let (body, sent, replay) = match outgoing {
-        Outgoing::Replayable(bytes, share) => {
-            _replay_share = share;
-            (Either::Left(Full::new(bytes.clone())), None, Some(bytes))
-        }
-        Outgoing::Streamed(stream) => {
-            let (upload, sent) = Upload::new(stream, settings.max_body_bytes);
-            (Either::Right(upload), Some(sent), None)
-        }
-    };
-    let started = Instant::now();
-    let attempt = Attempt {
-        client: &app.upstream,
-        parts: &parts,
-        uri: &uri,
-        timeout: settings.upstream_timeout,
-        tenant_code: settings.tenant_code.as_ref(),
-    };
-    let mut response = match attempt.send(&token, body, sent).await {
-        // The upload failed because the caller stopped sending: the caller's fault, not the API's.
-        Err(_) if caller_paused.load(Ordering::Relaxed) => {
-            return Err(ProxyError::RequestTimeout(settings.body_idle_timeout));
-        }
-        // A pooled connection the API closed as it was reused: a read is sent once more, on a
-        // new connection (as HTTP clients do for idempotent requests); anything else is not.
-        Err(ProxyError::ClosedBeforeAnswer)
-            if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
-                && let Some(bytes) = &replay =>
-        {
-            tracing::debug!("the API closed a connection before answering; sending the read again");
-            attempt.send(&token, Either::Left(Full::new(bytes.clone())), None).await?
-        }
-        other => other?,
-    };
-
-    let mut sent_with = token.header().clone();
-    if response.status() == StatusCode::UNAUTHORIZED {
-        match replay {
-            Some(bytes) => {
-                if let Some(fresh) = app.tokens.replace_rejected(&token, settings.token_wait).await {
-                    tracing::debug!(generation = fresh.generation(), "replaying a request rejected with 401");
-                    sent_with = fresh.header().clone();
-                    response = attempt.send(&fresh, Either::Left(Full::new(bytes)), None).await?;
-                }
+        let retry_after_s = route.token_wait.as_secs().max(1);
+        let token = self.tokens.wait_usable(route.token_wait).await.ok_or_else(|| self.no_token(retry_after_s))?;
+        let pacer = self.pacer.load_full();
+        let pass = pacer.admit().await.map_err(|refusal| match refusal {
+            Refusal::Busy => ProxyError::UpstreamBusy,
+            Refusal::RateLimited { retry_after_s } => ProxyError::RateLimited { retry_after_s },
+        })?;
+        // The replay budget's share stays taken until the request has been answered.
+        let mut _replay_share = None;
+        let (body, sent, replay) = match outgoing {
+            Outgoing::Replayable(bytes, share) => {
+                _replay_share = share;
+                (Either::Left(Full::new(bytes.clone())), None, Some(bytes))
             }
-            // Not replayable: the caller gets this 401, the next request a fresh token.
-            None => app.tokens.report_rejected(&token),
-        }
-    }
-    let upstream_latency = started.elapsed();
-    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-        app.metrics.throttled();
-        pacer.saw_429(response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()));
-    }
+            Outgoing::Streamed(stream) => {
+                let (upload, sent) = Upload::new(stream, route.max_body_bytes);
+                (Either::Right(upload), Some(sent), None)
+            }
+        };
+        let started = Instant::now();
+        let attempt = Attempt {
+            client: &self.upstream,
+            parts: &parts,
+            uri: &uri,
+            timeout: route.upstream_timeout,
+            tenant_code: route.tenant_code.as_ref(),
+        };
+        let mut response = match attempt.send(&token, body, sent).await {
+            // The upload failed because the caller stopped sending: the caller's fault, not the API's.
+            Err(_) if caller_paused.load(Ordering::Relaxed) => {
+                return Err(ProxyError::RequestTimeout(route.body_idle_timeout));
+            }
+            // A pooled connection the API closed as it was reused: a read is sent once more, on a
+            // new connection (as HTTP clients do for idempotent requests); anything else is not.
+            Err(ProxyError::ClosedBeforeAnswer)
+                if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+                    && let Some(bytes) = &replay =>
+            {
+                tracing::debug!("the API closed a connection before answering; sending the read again");
+                attempt.send(&token, Either::Left(Full::new(bytes.clone())), None).await?
+            }
+            other => other?,
+        };
 
-    if let Some(why) = unforwardable(response.status(), response.headers()) {
-        return Err(ProxyError::BadUpstreamAnswer(why));
+        let mut sent_with = token.header().clone();
+        if response.status() == StatusCode::UNAUTHORIZED {
+            match replay {
+                Some(bytes) => {
+                    if let Some(fresh) = self.tokens.replace_rejected(&token, route.token_wait).await {
+                        tracing::debug!(generation = fresh.generation(), "replaying a request rejected with 401");
+                        sent_with = fresh.header().clone();
+                        response = attempt.send(&fresh, Either::Left(Full::new(bytes)), None).await?;
+                    }
+                }
+                // Not replayable: the caller gets this 401, the next request a fresh token.
+                None => self.tokens.report_rejected(&token),
+            }
+        }
+        let upstream_latency = started.elapsed();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            pacer.saw_429(response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()));
+        }
+
+        if let Some(why) = unforwardable(response.status(), response.headers()) {
+            return Err(ProxyError::BadUpstreamAnswer(why));
+        }
+        let rewrite_body = route.rewrite_bodies && parts.method != Method::HEAD && is_rewritable(response.headers());
+        let needs_base = rewrite_body || response.headers().contains_key(LOCATION);
+        let proxy_base = if needs_base { proxy_base() } else { String::new() };
+        let location = LocationRewrite { upstream_base: &route.upstream_base, proxy_base: &proxy_base };
+        rewrite::response_headers(response.headers_mut(), &location);
+        let credential = sent_with.as_bytes();
+        // `Bearer <token>`, `Basic <user:password>`: the part after the scheme is the secret.
+        let credential = credential.iter().position(|b| *b == b' ').map_or(credential, |i| &credential[i + 1..]);
+        rewrite::drop_echoed_token(response.headers_mut(), credential);
+        if let Some(code) = route.tenant_code.as_ref() {
+            rewrite::drop_echoed_token(response.headers_mut(), code.as_bytes());
+        }
+        if response.status() == StatusCode::FORBIDDEN
+            && let Some(needed) = required
+        {
+            response
+                .headers_mut()
+                .insert(X_UEM_PROXY_PERMISSION.clone(), HeaderValue::from_static(needed.permission.name));
+        }
+        let response = response.map(|b| Body::new(IdleTimeout::new(b, route.upstream_timeout, pass)));
+        let response = if rewrite_body {
+            let replacer = Replacer::new(&route.upstream_base, &proxy_base);
+            rewrite_urls(response, replacer).await?
+        } else {
+            response
+        };
+        let (response, activity_id) = with_activity_id(response).await?;
+        Ok(Forwarded { response: first_piece(response).await?, upstream: upstream_latency, activity_id })
     }
-    let rewrite_body = settings.rewrite_bodies && parts.method != Method::HEAD && is_rewritable(response.headers());
-    let needs_base = rewrite_body || response.headers().contains_key(LOCATION);
-    let proxy_base = if needs_base { proxy_base() } else { String::new() };
-    let location = LocationRewrite { upstream_base: &settings.upstream_base, proxy_base: &proxy_base };
-    rewrite::response_headers(response.headers_mut(), &location);
-    let credential = sent_with.as_bytes();
-    // `Bearer <token>`, `Basic <user:password>`: the part after the scheme is the secret.
-    let credential = credential.iter().position(|b| *b == b' ').map_or(credential, |i| &credential[i + 1..]);
-    rewrite::drop_echoed_token(response.headers_mut(), credential);
-    if let Some(code) = settings.tenant_code.as_ref() {
-        rewrite::drop_echoed_token(response.headers_mut(), code.as_bytes());
-    }
-    if response.status() == StatusCode::FORBIDDEN
-        && let Some(needed) = mapping::required(&parts.method, &path)
-    {
-        response.headers_mut().insert(X_UEM_PROXY_PERMISSION.clone(), HeaderValue::from_static(needed.permission.name));
-    }
-    response.extensions_mut().insert(UpstreamLatency(upstream_latency));
-    let response = response.map(|b| Body::new(IdleTimeout::new(b, settings.upstream_timeout, pass)));
-    let response = if rewrite_body {
-        let replacer = Replacer::new(&settings.upstream_base, &proxy_base);
-        rewrite_urls(response, replacer).await?
-    } else {
-        response
-    };
-    first_piece(with_activity_id(response).await?).await
 }
 
 /// Waits for a streamed body's first piece before the status goes out, so that a body that
@@ -250,7 +302,7 @@ async fn read_whole(body: Body) -> Result<Bytes, ProxyError> {
 
 /// For a small JSON error answer, reads the body to note UEM's `activityId` for the access log
 /// and passes the same bytes on. Success bodies and large bodies are not touched.
-async fn with_activity_id(response: Response) -> Result<Response, ProxyError> {
+async fn with_activity_id(response: Response) -> Result<(Response, Option<Box<str>>), ProxyError> {
     let is_json = response
         .headers()
         .get(CONTENT_TYPE)
@@ -258,33 +310,32 @@ async fn with_activity_id(response: Response) -> Result<Response, ProxyError> {
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
     let small = response.body().size_hint().exact().is_some_and(|n| n <= ERROR_BODY_PEEK);
     if !(response.status().as_u16() >= 400 && is_json && small) {
-        return Ok(response);
+        return Ok((response, None));
     }
-    let (mut parts, body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     let bytes = read_whole(body).await?;
+    let mut activity_id = None;
     if let Ok(error) = serde_json::from_slice::<serde_json::Value>(&bytes)
         && let Some(activity) = error.get("activityId").and_then(|a| a.as_str())
     {
         let printable: String = activity.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
-        parts.extensions.insert(ActivityId(printable));
+        activity_id = Some(printable.into_boxed_str());
     }
-    Ok(Response::from_parts(parts, Body::from(bytes)))
+    Ok((Response::from_parts(parts, Body::from(bytes)), activity_id))
 }
 
 /// The upstream URI: the configured base (scheme, authority, path prefix), the caller's canonical
-/// path, and the caller's query byte for byte; and that canonical path, which is what policy
-/// decides on. Built by appending, never `Url::join`, which would let `//other.host/` name another
-/// host, and never through a URL type that re-encodes the query.
-fn upstream_uri(settings: &Settings, parts: &Parts) -> Result<(Uri, String), ProxyError> {
+/// `path`, and the caller's query byte for byte. Built by appending, never `Url::join`, which
+/// would let `//other.host/` name another host, and never through a URL type that re-encodes the
+/// query.
+fn upstream_uri(route: &Route, parts: &Parts, path: &str) -> Result<Uri, ProxyError> {
     if parts.method == Method::CONNECT {
         return Err(ProxyError::BadTarget("CONNECT is not supported"));
     }
-    let target = parts.uri.path_and_query().ok_or(ProxyError::BadTarget("no path"))?;
-    let path = rewrite::canonical_path(target.path()).map_err(ProxyError::BadTarget)?;
-    let query = target.query();
-    let mut uri = String::with_capacity(settings.upstream_base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
-    uri.push_str(&settings.upstream_base);
-    uri.push_str(&path);
+    let query = parts.uri.query();
+    let mut uri = String::with_capacity(route.upstream_base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    uri.push_str(&route.upstream_base);
+    uri.push_str(path);
     if let Some(query) = query {
         uri.push('?');
         uri.push_str(query);
@@ -292,10 +343,10 @@ fn upstream_uri(settings: &Settings, parts: &Parts) -> Result<(Uri, String), Pro
     let unchanged = || ProxyError::BadTarget("the request target cannot be forwarded unchanged");
     let uri = Uri::try_from(uri).map_err(|_| unchanged())?;
     // What is decided on is what is sent.
-    if uri.path().strip_prefix(settings.upstream_path.as_str()) != Some(path.as_str()) || uri.query() != query {
+    if uri.path().strip_prefix(route.upstream_path.as_str()) != Some(path) || uri.query() != query {
         return Err(unchanged());
     }
-    Ok((uri, path))
+    Ok(uri)
 }
 
 /// The proxy's own base URL as the caller addressed it, for `Location` rewrites; built only

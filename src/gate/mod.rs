@@ -13,25 +13,24 @@
 //! - `TRACE` (it would echo the injected token), over-long targets, and bodies declared larger
 //!   than the limit.
 //!
-//! Before any of these, [`canonical_method`] spells a standard method in upper case.
+//! Then what they may do: the [`policy`] decides on the request's [`target`].
 
 pub mod policy;
+pub mod target;
 
-use std::sync::Arc;
+use std::fmt;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use ipnet::IpNet;
 
-use crate::app::App;
 use crate::config::{Inbound, Listen};
 use crate::error::ProxyError;
-use crate::gate::policy::Decision;
 use crate::listen::Peer;
-use crate::record::RequestId;
+use policy::{Decision, Policy};
+use target::Target;
 
 /// The checks, built once from the configuration.
 pub struct Checks {
@@ -62,23 +61,23 @@ impl Checks {
         }
     }
 
+    #[cfg(test)]
     fn peer_allowed(&self, peer: Option<&Peer>) -> bool {
-        self.caller(peer).is_some()
+        peer.and_then(|peer| self.caller(peer)).is_some()
     }
 
-    /// Why a caller is let in, for the audit trail: `loopback`, `uid=N` for a Unix-socket peer,
-    /// or the allow-list entry its address matched. `None`: it is not let in.
-    fn caller(&self, peer: Option<&Peer>) -> Option<String> {
-        match peer? {
+    /// Why a caller is let in, for the audit trail. `None`: it is not let in.
+    pub fn caller(&self, peer: &Peer) -> Option<Caller> {
+        match peer {
             Peer::Tcp(addr) => {
                 let ip = addr.ip().to_canonical();
                 if ip.is_loopback() {
-                    return Some("loopback".to_owned());
+                    return Some(Caller::Loopback);
                 }
-                self.allow_cidrs.iter().find(|net| net.contains(&ip)).map(ToString::to_string)
+                self.allow_cidrs.iter().find(|net| net.contains(&ip)).map(|net| Caller::Listed(*net))
             }
-            Peer::Unix(Some(uid)) => Some(format!("uid={uid}")),
-            Peer::Unix(None) => Some("unix".to_owned()),
+            Peer::Unix(Some(uid)) => Some(Caller::Uid(*uid)),
+            Peer::Unix(None) => Some(Caller::Unix),
         }
     }
 
@@ -94,17 +93,18 @@ impl Checks {
         self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin.trim_end_matches('/')))
     }
 
-    /// The first refusal that applies, if any.
-    fn refusal(&self, req: &Request) -> Option<ProxyError> {
+    /// The first refusal that applies to a request from `caller` (`None`: a peer not let in),
+    /// if any.
+    pub fn refusal(&self, req: &Parts, caller: Option<&Caller>) -> Option<ProxyError> {
         // Probes (a kubelet, a load balancer) reach the health endpoints from anywhere and by any
         // name; those endpoints forward nothing and tell nothing but "alive" and "has a token".
-        let health = matches!(req.uri().path(), "/_proxy/healthz" | "/_proxy/readyz");
-        if !health && !self.peer_allowed(req.extensions().get::<Peer>()) {
+        let health = matches!(req.uri.path(), "/_proxy/healthz" | "/_proxy/readyz");
+        if !health && caller.is_none() {
             return Some(ProxyError::CallerNotAllowed);
         }
         // URLs in `Location` and in bodies are built from the Host: it must be a plain host. One
         // with bytes outside ASCII is no host name, and never reads as an empty one.
-        let host = match req.headers().get(header::HOST).map(|h| h.to_str()) {
+        let host = match req.headers.get(header::HOST).map(|h| h.to_str()) {
             None => "",
             Some(Ok(host)) => host,
             Some(Err(_)) => return Some(ProxyError::BadHost("(not ASCII)".to_owned())),
@@ -112,7 +112,7 @@ impl Checks {
         if !host_well_formed(host) {
             return Some(ProxyError::BadHost(host.to_owned()));
         }
-        if let Some(authority) = req.uri().authority()
+        if let Some(authority) = req.uri.authority()
             && !host_well_formed(authority.as_str())
         {
             return Some(ProxyError::BadHost(authority.as_str().to_owned()));
@@ -120,22 +120,22 @@ impl Checks {
         if !health && !self.host_allowed(host) {
             return Some(ProxyError::HostNotAllowed(host.to_owned()));
         }
-        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         if target_len > self.max_url_bytes {
             return Some(ProxyError::UriTooLong(self.max_url_bytes));
         }
-        if req.method() == Method::TRACE {
+        if req.method == Method::TRACE {
             return Some(ProxyError::MethodNotAllowed(Method::TRACE));
         }
-        match req.headers().get(header::ORIGIN).map(|o| o.to_str().unwrap_or("?")) {
+        match req.headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("?")) {
             Some(origin) if !self.origin_allowed(origin) => {
                 return Some(ProxyError::OriginNotAllowed(origin.to_owned()));
             }
             Some(_) => {}
-            None if is_cross_site(req.headers()) => return Some(ProxyError::CrossSite),
+            None if is_cross_site(&req.headers) => return Some(ProxyError::CrossSite),
             None => {}
         }
-        if let (Some(limit), Some(length)) = (self.max_body_bytes, content_length(req.headers()))
+        if let (Some(limit), Some(length)) = (self.max_body_bytes, content_length(&req.headers))
             && length > limit
         {
             return Some(ProxyError::BodyTooLarge(limit));
@@ -178,67 +178,64 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// The first thing done with every request: a standard method in another letter case (`delete`,
-/// `Get`) becomes upper case, so that every check after it, the access log and the upstream see
-/// one spelling. IIS, which serves the API, ignores the case; a check that did not would be spelt
-/// around. Other methods are left as they are.
-pub async fn canonical_method(mut req: Request) -> Request {
-    let method = crate::forward::rewrite::canonical_method(req.method());
-    if method != req.method() {
-        *req.method_mut() = method;
-    }
-    req
+/// Why a caller is let in, for the audit trail.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Loopback,
+    /// A Unix-socket peer and its user id.
+    Uid(u32),
+    /// A Unix-socket peer whose user id the system did not tell.
+    Unix,
+    /// The allow-list entry the peer's address matched.
+    Listed(IpNet),
 }
 
-/// Who a request's caller is, for the access log's audit field.
-#[derive(Clone, Debug)]
-pub struct Caller(pub String);
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Loopback => f.write_str("loopback"),
+            Caller::Uid(uid) => write!(f, "uid={uid}"),
+            Caller::Unix => f.write_str("unix"),
+            Caller::Listed(net) => net.fmt(f),
+        }
+    }
+}
 
-/// The middleware. Runs inside the access log, so refusals carry a request id and are logged.
-pub async fn middleware(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let settings = app.settings.load_full();
-    let checks = &settings.checks;
-    let id = req.extensions().get::<RequestId>().map(|id| id.as_str().to_owned()).unwrap_or_default();
-    let caller = checks.caller(req.extensions().get::<Peer>()).map(Caller);
-    if let Some(refusal) = checks.refusal(&req) {
-        let peer = req.extensions().get::<Peer>().map(ToString::to_string).unwrap_or_default();
-        tracing::warn!(request_id = %id, %peer, reason = %refusal, "request refused");
-        return refusal.into_response(&id);
+/// The answer to a CORS preflight from an allowed origin, which is never forwarded; `None` when
+/// the request is not one.
+pub fn preflight(req: &Parts) -> Option<Response> {
+    let origin = req.headers.get(header::ORIGIN)?;
+    (req.method == Method::OPTIONS && req.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD))
+        .then(|| preflight_answer(origin, &req.headers))
+}
+
+/// Lets the page at `origin` (already allowed) read the answer.
+pub fn allow_origin(headers: &mut HeaderMap, origin: HeaderValue) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("x-request-id"));
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+/// What the policy says of a request to `target`: first the methods it asks the server behind to
+/// take it as (override headers and query parameters), then its own method.
+pub fn decide(policy: &Policy, req: &Parts, target: &Target) -> Result<(), ProxyError> {
+    if policy.is_open() {
+        return Ok(());
     }
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    if let Some(origin) = &origin
-        && req.method() == Method::OPTIONS
-        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-    {
-        return preflight(origin, req.headers());
+    let decision = match policy.decide_overrides(&req.headers, req.uri.query(), &target.path) {
+        Decision::Allow => policy.decide(&req.method, &target.path),
+        deny => deny,
+    };
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny { permission, reason } => {
+            Err(ProxyError::PolicyDenied { permission: permission.map(|p| p.name), reason })
+        }
     }
-    // The request itself is decided on where it is forwarded; here, the methods it asks the
-    // server behind to take it as. A target that is not canonical is refused there.
-    if !settings.policy.is_open()
-        && !req.uri().path().starts_with("/_proxy/")
-        && let Ok(path) = crate::forward::rewrite::canonical_path(req.uri().path())
-        && let Decision::Deny { permission, reason } =
-            settings.policy.decide_overrides(req.headers(), req.uri().query(), &path)
-    {
-        let refusal = ProxyError::PolicyDenied { permission: permission.map(|p| p.name), reason };
-        tracing::debug!(request_id = %id, %refusal, "answered by the proxy");
-        return refusal.into_response(&id);
-    }
-    let mut response = next.run(req).await;
-    if let Some(caller) = caller {
-        response.extensions_mut().insert(caller);
-    }
-    if let Some(origin) = origin {
-        let headers = response.headers_mut();
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("x-request-id"));
-        headers.append(header::VARY, HeaderValue::from_static("Origin"));
-    }
-    response
 }
 
 /// Answers a CORS preflight from an allowed origin without forwarding it.
-fn preflight(origin: &HeaderValue, request: &HeaderMap) -> Response {
+fn preflight_answer(origin: &HeaderValue, request: &HeaderMap) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());

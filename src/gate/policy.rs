@@ -20,7 +20,7 @@
 use http::{HeaderMap, Method};
 use serde::Deserialize;
 
-use crate::forward::rewrite;
+use crate::gate::target::canonical_method;
 use crate::uem::mapping::{self, Kind};
 use crate::uem::permissions::{self, Permission};
 
@@ -156,7 +156,7 @@ impl Policy {
 
     /// Decides on `method` and the canonical `path`.
     pub fn decide(&self, method: &Method, path: &str) -> Decision {
-        let method = rewrite::canonical_method(method);
+        let method = canonical_method(method);
         let decision = self.decide_one(&method, path);
         match (&decision, split_reading(path)) {
             (Decision::Allow, Some(split)) => match self.decide_one(&method, &split) {
@@ -225,7 +225,7 @@ impl Policy {
             let named = value.split(|&b| b == b',').filter_map(|m| Method::from_bytes(m.trim_ascii()).ok());
             for method in named {
                 if let Decision::Deny { permission, reason } = self.decide(&method, path) {
-                    let method = rewrite::canonical_method(&method);
+                    let method = canonical_method(&method);
                     let reason = format!("{reason} (the request asks to be taken as {method} in {source})");
                     return Decision::Deny { permission, reason };
                 }

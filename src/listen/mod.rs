@@ -16,19 +16,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
+use axum::response::Response;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use crate::config::Listen;
-use crate::listen::framing::Guarded;
 pub use conns::{Connections, Counts};
 use conns::{LogThrottle, Slot, Tracked};
+use framing::Guarded;
 use idle::WriteIdle;
 
 /// Who is calling, as the access log names them.
@@ -152,11 +152,36 @@ impl Limits {
 }
 
 /// The most header fields a request may carry; more are answered 431 (by the framing guard).
-pub const MAX_HEADERS: usize = crate::listen::framing::MAX_FIELDS;
+pub const MAX_HEADERS: usize = framing::MAX_FIELDS;
 
-/// Marks requests that arrived over the HTTPS listener (for `Location` and body rewrites).
-#[derive(Clone, Copy, Debug)]
-pub struct Https;
+/// What answers the requests of every connection: called once per request with the caller's
+/// address and whether it came over the HTTPS listener.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn call(
+        self,
+        req: http::Request<Incoming>,
+        peer: Peer,
+        https: bool,
+    ) -> impl Future<Output = Response> + Send + 'static;
+}
+
+/// A plain router (the sandbox's) learns the caller from the request's extensions.
+impl Handler for axum::Router {
+    fn call(
+        self,
+        mut req: http::Request<Incoming>,
+        peer: Peer,
+        _https: bool,
+    ) -> impl Future<Output = Response> + Send + 'static {
+        req.extensions_mut().insert(peer);
+        async move {
+            match tower::ServiceExt::oneshot(self, req.map(Body::new)).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    }
+}
 
 /// A listener and, for the HTTPS listener, its TLS acceptor.
 pub struct Bound {
@@ -174,7 +199,7 @@ impl From<Listener> for Bound {
 /// `counts` receives the connection figures for the metrics.
 pub async fn serve(
     bound: Vec<Bound>,
-    app: Router,
+    app: impl Handler,
     limits: Limits,
     counts: Arc<Counts>,
     shutdown: impl Future<Output = ()>,
@@ -278,16 +303,16 @@ async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
 }
 
 /// What serving one admitted connection needs.
-struct Conn {
+struct Conn<H> {
     http: hyper::server::conn::http1::Builder,
     /// Becomes `true` when the proxy shuts down.
     stopped: watch::Receiver<bool>,
     slot: Arc<Slot>,
-    app: Router,
+    app: H,
     limits: Limits,
 }
 
-impl Conn {
+impl<H: Handler> Conn<H> {
     /// Serves the connection in a task of its own. It closes, once between requests, when the
     /// proxy shuts down or the connection cap needs its place; and at once when a write to the
     /// caller stalls. A request the framing guard refused is answered here, in its turn.
@@ -300,20 +325,14 @@ impl Conn {
         let (guarded, refusals) = Guarded::new(stream, limits.max_header_bytes);
         let service_peer = peer.clone();
         let service_slot = slot.clone();
-        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let busy = service_slot.busy();
-            let refused =
-                refusals.next_request().map(|violation| crate::listen::framing::refused(violation, &service_peer));
-            req.extensions_mut().insert(service_peer.clone());
-            if https {
-                req.extensions_mut().insert(Https);
-            }
-            let app = app.clone();
+            let answer = match refusals.next_request() {
+                Some(violation) => Either::Left(std::future::ready(framing::refused(violation, &service_peer))),
+                None => Either::Right(app.clone().call(req, service_peer.clone(), https)),
+            };
             async move {
-                let response = match refused {
-                    Some(answer) => answer,
-                    None => app.oneshot(req.map(Body::new)).await?,
-                };
+                let response = answer.await;
                 Ok::<_, std::convert::Infallible>(response.map(|body| Body::new(Tracked::new(body, busy))))
             }
         });
@@ -336,7 +355,7 @@ impl Conn {
             if let Err(error) = result {
                 let io = std::error::Error::source(&error).and_then(|e| e.downcast_ref::<io::Error>());
                 let cause = io.and_then(|e| e.get_ref());
-                if let Some(violation) = cause.and_then(|e| e.downcast_ref::<crate::listen::framing::Violation>()) {
+                if let Some(violation) = cause.and_then(|e| e.downcast_ref::<framing::Violation>()) {
                     tracing::warn!(%peer, %violation, "connection refused");
                 } else if let Some(stalled) = cause.and_then(|e| e.downcast_ref::<idle::Stalled>()) {
                     tracing::info!(%peer, error = %stalled, "caller stopped reading: connection closed");

@@ -1,5 +1,6 @@
-//! Request ids and the access log: one structured event per request, written when the response
-//! body is finished (or abandoned), so it can report the bytes that really went out.
+//! The record of a request: one value per request, filled on its way through the gate and the
+//! forwarder, written once when the response body is finished (or abandoned), so it can report
+//! the bytes that really went out: one access-log event and the request's metrics.
 
 pub mod metrics;
 
@@ -10,25 +11,20 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::Instant;
-use tracing::Instrument;
 
-use crate::app::App;
-use crate::forward::ActivityId;
-use crate::forward::body::Counted;
-use crate::forward::rewrite::X_REQUEST_ID;
 use crate::gate::Caller;
 use crate::listen::Peer;
-use crate::record::metrics::RequestLabels;
-use crate::uem::mapping;
+use metrics::{Metrics, RequestLabels};
 
-/// The id of the request being served, as an extension for handlers that answer with errors.
+/// The request id header, the caller's or ours, sent upstream and returned to the caller.
+pub use crate::forward::rewrite::X_REQUEST_ID;
+
+/// The id of the request being served, for the proxy's own endpoints that answer with errors.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub HeaderValue);
 
@@ -38,67 +34,91 @@ impl RequestId {
     }
 }
 
-/// Set by the forwarding handler: how long the upstream took to send response headers.
-#[derive(Clone, Copy, Debug)]
-pub struct UpstreamLatency(pub Duration);
-
 /// The caller's `x-request-id` when it is a sane token (1 to 128 visible ASCII characters),
 /// otherwise a new random one. The id goes upstream and comes back on the response.
-fn request_id(req: &Request) -> HeaderValue {
-    if let Some(v) = req.headers().get(&X_REQUEST_ID)
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID)
         && (1..=128).contains(&v.len())
         && v.as_bytes().iter().all(u8::is_ascii_graphic)
     {
         return v.clone();
     }
-    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::try_from(id).expect("hex is a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    for (i, byte) in fastrand::u128(..).to_be_bytes().into_iter().enumerate() {
+        id[2 * i] = HEX[usize::from(byte >> 4)];
+        id[2 * i + 1] = HEX[usize::from(byte & 15)];
+    }
+    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
-/// The middleware: assigns the id, counts bytes both ways, and arranges the log event and the
-/// request's metrics.
-pub async fn middleware(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    app.metrics.started();
-    let id = request_id(&req);
-    req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let peer = req.extensions().get::<Peer>().cloned();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let req = req.map(|b| Body::new(Counted::new(b, bytes_in.clone())));
+/// The status recorded for a request whose caller left before it was answered.
+pub const CALLER_LEFT: u16 = 499;
 
-    // Debug lines written while serving the request carry its id through this span.
-    let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or(""));
-    let mut response = next.run(req).instrument(span).await;
-    response.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-    let upstream = response.extensions().get::<UpstreamLatency>().map(|u| u.0);
-    let caller = response.extensions().get::<Caller>().map(|c| c.0.clone());
-    let activity_id = response.extensions().get::<ActivityId>().map(|a| a.0.clone());
-    let status = response.status().as_u16();
-    let expected = expected_length(&response);
-    // hyper sends no body for these, and may never poll an empty one: complete as they stand.
-    let bodiless = method == Method::HEAD || matches!(status, 100..=199 | 204 | 304);
-    response.map(|inner| {
-        let complete = bodiless || inner.is_end_stream() || expected == Some(0);
-        let record = Record {
-            app,
+/// What is known of one request, filled as it is served.
+pub struct Record {
+    metrics: Arc<Metrics>,
+    pub id: HeaderValue,
+    pub peer: Peer,
+    /// Why the caller was let in (audit); `None` when it was not.
+    pub caller: Option<Caller>,
+    /// UEM's id of a failed API call, from its error body.
+    pub activity_id: Option<Box<str>>,
+    pub method: Method,
+    /// The target as the caller sent it; only its path is logged.
+    pub uri: Uri,
+    /// The permission category, for the metrics.
+    pub category: &'static str,
+    pub status: u16,
+    /// How long the upstream took to send response headers.
+    pub upstream: Option<Duration>,
+    pub started: Instant,
+    /// The request body's bytes, counted as the body is read (`None`: it had none).
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    pub bytes_out: u64,
+    pub complete: bool,
+}
+
+impl Record {
+    /// Starts the record of a request that arrived at `started`; counts it in flight.
+    pub fn start(
+        metrics: Arc<Metrics>,
+        id: HeaderValue,
+        peer: Peer,
+        method: Method,
+        uri: Uri,
+        started: Instant,
+    ) -> Record {
+        metrics.started();
+        Record {
+            metrics,
             id,
             peer,
-            caller,
-            activity_id,
+            caller: None,
+            activity_id: None,
             method,
-            path,
-            status,
-            upstream,
+            uri,
+            category: "unknown",
+            status: 0,
+            upstream: None,
             started,
-            bytes_in,
+            bytes_in: None,
             bytes_out: 0,
-            complete,
-        };
-        Body::new(Logged { inner, record, expected })
-    })
+            complete: false,
+        }
+    }
+
+    /// Hands the record to the response's body, which writes it when it is finished or dropped.
+    pub fn finish(mut self, response: Response) -> Response {
+        self.status = response.status().as_u16();
+        let expected = expected_length(&response);
+        // hyper sends no body for these, and may never poll an empty one: complete as they stand.
+        let bodiless = self.method == Method::HEAD || matches!(self.status, 100..=199 | 204 | 304);
+        response.map(|inner| {
+            self.complete = bodiless || inner.is_end_stream() || expected == Some(0);
+            Body::new(Logged { inner, record: self, expected })
+        })
+    }
 }
 
 /// The body length the caller was promised, when there is one: hyper stops polling a body once it
@@ -108,51 +128,38 @@ fn expected_length(response: &Response) -> Option<u64> {
     header.or(response.body().size_hint().exact())
 }
 
-struct Record {
-    app: Arc<App>,
-    id: HeaderValue,
-    peer: Option<Peer>,
-    /// Why the caller was let in (audit): `loopback`, `uid=N`, or the allow-list entry.
-    caller: Option<String>,
-    /// UEM's id of a failed API call, from its error body.
-    activity_id: Option<String>,
-    method: Method,
-    path: String,
-    status: u16,
-    upstream: Option<Duration>,
-    started: Instant,
-    bytes_in: Arc<AtomicU64>,
-    bytes_out: u64,
-    complete: bool,
-}
-
 impl Drop for Record {
     fn drop(&mut self) {
         // Milliseconds to the microsecond: precise enough, and short in text logs.
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let total = self.started.elapsed();
+        let bytes_in = self.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed));
+        if self.status == 0 {
+            // The caller left before the answer was ready (nginx's 499).
+            self.status = CALLER_LEFT;
+        }
         tracing::info!(
             target: "uem_proxy::access",
             request_id = self.id.to_str().unwrap_or(""),
-            peer = self.peer.as_ref().map(tracing::field::display),
-            caller = self.caller.as_deref(),
+            peer = %self.peer,
+            caller = self.caller.as_ref().map(tracing::field::display),
             activity_id = self.activity_id.as_deref(),
             method = %self.method,
-            path = %self.path,
+            path = %self.uri.path(),
             status = self.status,
             upstream_ms = self.upstream.map(ms),
-            total_ms = ms(self.started.elapsed()),
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            total_ms = ms(total),
+            bytes_in,
             bytes_out = self.bytes_out,
             complete = self.complete,
             "request"
         );
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         let labels = RequestLabels {
             method: method_label(&self.method),
-            category: category(&self.method, &self.path),
+            category: self.category,
             status_class: status_class(self.status),
         };
-        self.app.metrics.finished(labels, self.started.elapsed(), self.upstream, (bytes_in, self.bytes_out));
+        self.metrics.finished(labels, total, self.upstream, (bytes_in, self.bytes_out));
     }
 }
 
@@ -169,13 +176,6 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-fn category(method: &Method, path: &str) -> &'static str {
-    if path.starts_with("/_proxy") {
-        return "proxy";
-    }
-    mapping::required(method, path).map_or("unknown", |r| r.permission.category)
-}
-
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -186,8 +186,8 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// The response body, counted; its drop writes the access-log event. The body is complete when
-/// it ended (or reached its promised length) without an error; dropped before that, it is not.
+/// The response body, counted; its drop writes the record. The body is complete when it ended
+/// (or reached its promised length) without an error; dropped before that, it is not.
 struct Logged {
     inner: Body,
     record: Record,

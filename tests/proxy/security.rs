@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower::ServiceExt;
 use uem_proxy::config::Listen;
 use uem_proxy::listen::Peer;
 
@@ -27,31 +26,26 @@ async fn callers_outside_the_allow_list_get_403_and_nothing_is_forwarded() {
     let (tokens, upstream) = (TokenService::default(), Upstream::default());
     let (api, token_url) = (upstream.start().await, tokens.start().await);
     let config = config(&api, &token_url, None, &[("UEM_PROXY_ALLOW_CIDRS", "10.20.0.0/16")]).unwrap();
-    let (app, _refresher) = uem_proxy::app(&config, &Listen::Tcp("0.0.0.0:8080".parse().unwrap())).unwrap();
-    // A network peer cannot be had on loopback, so the peer the listener would record is set here.
-    let request = |peer: &str| {
-        let mut req = http::Request::get("/api/x").header("host", "localhost").body(axum::body::Body::empty()).unwrap();
-        req.extensions_mut().insert(Peer::Tcp(peer.parse().unwrap()));
-        req
+    let (service, _refresher) = uem_proxy::service(&config, &Listen::Tcp("0.0.0.0:8080".parse().unwrap())).unwrap();
+    // A network peer cannot be had on loopback, so the peer the listener would record is given here.
+    let call = |path: &str, host: &str, peer: &str| {
+        let req = http::Request::get(path).header("host", host).body(axum::body::Body::empty()).unwrap();
+        service.clone().serve(req, Peer::Tcp(peer.parse().unwrap()), false)
     };
-    let refused = app.clone().oneshot(request("10.21.0.9:4000")).await.unwrap();
+    let refused = call("/api/x", "localhost", "10.21.0.9:4000").await;
     assert_eq!(refused.status(), 403);
     let body = axum::body::to_bytes(refused.into_body(), 4096).await.unwrap();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["error"], "caller_not_allowed");
     assert!(upstream.seen().is_empty());
-    let allowed = app.clone().oneshot(request("10.20.7.7:4000")).await.unwrap();
+    let allowed = call("/api/x", "localhost", "10.20.7.7:4000").await;
     assert_eq!(allowed.status(), 200);
     assert_eq!(upstream.seen().len(), 1);
     // Probes reach the health endpoints from anywhere; nothing else of the proxy's own.
-    let probe = |path: &str| {
-        let mut req = http::Request::get(path).header("host", "10.0.0.1").body(axum::body::Body::empty()).unwrap();
-        req.extensions_mut().insert(Peer::Tcp("10.99.0.1:4000".parse().unwrap()));
-        req
-    };
-    assert_eq!(app.clone().oneshot(probe("/_proxy/healthz")).await.unwrap().status(), 200);
-    assert_eq!(app.clone().oneshot(probe("/_proxy/status")).await.unwrap().status(), 403);
-    assert_eq!(app.oneshot(probe("/_proxy/metrics")).await.unwrap().status(), 403);
+    let probe = |path: &str| call(path, "10.0.0.1", "10.99.0.1:4000");
+    assert_eq!(probe("/_proxy/healthz").await.status(), 200);
+    assert_eq!(probe("/_proxy/status").await.status(), 403);
+    assert_eq!(probe("/_proxy/metrics").await.status(), 403);
 }
 
 #[test]

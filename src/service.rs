@@ -1,0 +1,187 @@
+//! The one service every request goes through, as plain function calls: the method made
+//! canonical, an id and a [`Record`] given, then the gate (who may call), then either the proxy's
+//! own endpoints (`/_proxy/…`, by a prefix test) or the policy and the forwarder; the record is
+//! written when the answer's body is done.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, COOKIE, HeaderName, ORIGIN, PROXY_AUTHORIZATION, SET_COOKIE};
+use http::request::Parts;
+use http::{HeaderMap, Request, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use crate::app::{App, Settings};
+use crate::error::ProxyError;
+use crate::forward::body::Counted;
+use crate::gate::target::{Target, canonical_method};
+use crate::gate::{self};
+use crate::listen::{Handler, Peer};
+use crate::record::{self, Record, RequestId, X_REQUEST_ID};
+use crate::uem::mapping;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The application: what answers each request. Cloning is cheap.
+#[derive(Clone)]
+pub struct Service {
+    app: Arc<App>,
+    /// The proxy's own endpoints.
+    admin: Router,
+}
+
+/// Paths the proxy answers itself and never forwards.
+fn is_own(path: &str) -> bool {
+    path.strip_prefix("/_proxy").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+impl Service {
+    pub fn new(app: Arc<App>) -> Service {
+        Service { admin: crate::admin::routes().with_state(app.clone()), app }
+    }
+
+    /// Serves one request from `peer`; `https`: it came over the HTTPS listener.
+    pub async fn serve<B>(self, req: Request<B>, peer: Peer, https: bool) -> Response
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        // Before anything looks at it: IIS, which serves the API, ignores the method's case.
+        let method = canonical_method(&parts.method);
+        if method != parts.method {
+            parts.method = method;
+        }
+        let id = record::request_id(&parts.headers);
+        parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
+        mark_sensitive(&mut parts.headers, &[AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]);
+        let settings = self.app.settings.load_full();
+        let mut record =
+            Record::start(self.app.metrics.clone(), id.clone(), peer, parts.method.clone(), parts.uri.clone(), started);
+        record.caller = settings.checks.caller(&record.peer);
+        let body = if body.is_end_stream() {
+            Body::empty()
+        } else {
+            let count = Arc::default();
+            record.bytes_in = Some(Arc::clone(&count));
+            Body::new(Counted::new(body, count))
+        };
+        // Debug lines written while serving the request carry its id through this span.
+        let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or(""));
+        let mut response = self.answer(&settings, parts, body, &mut record, https).instrument(span).await;
+        let headers = response.headers_mut();
+        headers.insert(X_REQUEST_ID.clone(), id);
+        mark_sensitive(headers, &[SET_COOKIE]);
+        record.finish(response)
+    }
+
+    async fn answer(
+        &self,
+        settings: &Settings,
+        mut parts: Parts,
+        body: Body,
+        record: &mut Record,
+        https: bool,
+    ) -> Response {
+        let id = record.id.clone();
+        let id = id.to_str().unwrap_or("");
+        let own = is_own(parts.uri.path());
+        if own {
+            record.category = "proxy";
+        }
+        if let Some(refusal) = settings.checks.refusal(&parts, record.caller.as_ref()) {
+            if !own {
+                record.category =
+                    mapping::required(&parts.method, parts.uri.path()).map_or("unknown", |r| r.permission.category);
+            }
+            tracing::warn!(request_id = %id, peer = %record.peer, reason = %refusal, "request refused");
+            return refusal.into_response(id);
+        }
+        if let Some(answer) = gate::preflight(&parts) {
+            return answer;
+        }
+        let origin = parts.headers.get(ORIGIN).cloned();
+        let mut response = if own {
+            parts.extensions.insert(RequestId(record.id.clone()));
+            let request = Request::from_parts(parts, body);
+            match self.admin.clone().oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        } else {
+            match self.forward(settings, parts, body, record, https).await {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::debug!(request_id = %id, %error, "answered by the proxy");
+                    error.into_response(id)
+                }
+            }
+        };
+        if let Some(origin) = origin {
+            gate::allow_origin(response.headers_mut(), origin);
+        }
+        response
+    }
+
+    /// The policy's decision, then the forwarder.
+    async fn forward(
+        &self,
+        settings: &Settings,
+        parts: Parts,
+        body: Body,
+        record: &mut Record,
+        https: bool,
+    ) -> Result<Response, ProxyError> {
+        let uri = parts.uri.clone();
+        let target = Target::of(&parts.method, uri.path()).map_err(ProxyError::BadTarget)?;
+        record.category = target.category();
+        gate::decide(&settings.policy, &parts, &target)?;
+        let forwarded =
+            self.app.forwarder.forward(&settings.route, parts, body, &target.path, target.required, https).await?;
+        record.upstream = Some(forwarded.upstream);
+        record.activity_id = forwarded.activity_id;
+        if forwarded.response.status() == StatusCode::TOO_MANY_REQUESTS {
+            self.app.metrics.throttled();
+        }
+        Ok(forwarded.response)
+    }
+}
+
+impl Handler for Service {
+    fn call(self, req: Request<Incoming>, peer: Peer, https: bool) -> impl Future<Output = Response> + Send + 'static {
+        self.serve(req, peer, https)
+    }
+}
+
+/// Marks credential-bearing headers so that no debug output of them shows their values.
+fn mark_sensitive(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for name in names {
+        if let http::header::Entry::Occupied(mut entry) = headers.entry(name) {
+            for value in entry.iter_mut() {
+                value.set_sensitive(true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_paths_are_the_prefix_and_what_is_under_it() {
+        for own in ["/_proxy", "/_proxy/", "/_proxy/status", "/_proxy/../api/x"] {
+            assert!(is_own(own), "{own}");
+        }
+        for forwarded in ["/_proxyx", "/api/_proxy/status", "/", "/_prox"] {
+            assert!(!is_own(forwarded), "{forwarded}");
+        }
+    }
+}
