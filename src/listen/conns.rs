@@ -55,7 +55,7 @@ pub struct Connections {
     permits: Arc<Semaphore>,
     cap: usize,
     /// Idle connections by when they became idle (a sequence number), oldest first.
-    idle: Mutex<BTreeMap<u64, Weak<Slot>>>,
+    idle: Mutex<BTreeMap<u64, (Instant, Weak<Slot>)>>,
     next: AtomicU64,
     /// Woken when a connection becomes idle, for an accept waiting on a full house.
     became_idle: Notify,
@@ -107,7 +107,7 @@ impl Connections {
     fn shed_one(&self) -> bool {
         let oldest = {
             let mut idle = self.idle.lock().expect("not poisoned");
-            std::iter::from_fn(|| idle.pop_first()).find_map(|(_, slot)| slot.upgrade())
+            std::iter::from_fn(|| idle.pop_first()).find_map(|(_, (_, slot))| slot.upgrade())
         };
         match oldest {
             Some(slot) => {
@@ -126,11 +126,43 @@ impl Connections {
         let slot = Arc::new(Slot {
             connections: self.clone(),
             shed: Notify::new(),
+            expired: Notify::new(),
             state: Mutex::new(SlotState { requests: 0, idle_since: None }),
             _permit: permit,
         });
         slot.set_idle();
         slot
+    }
+
+    /// Closes connections idle for longer than `header_timeout` (between two requests, or never
+    /// having completed one), checking every quarter of it. One coarse sweep for all connections
+    /// costs less than a timer armed and disarmed on every request; a connection is closed
+    /// between `header_timeout` and a quarter more after its last answer.
+    pub async fn sweep(self: Arc<Self>, header_timeout: Duration) {
+        let every = (header_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            for slot in self.expired(Instant::now(), header_timeout) {
+                slot.expired.notify_one();
+            }
+        }
+    }
+
+    /// Takes the connections idle since before `now - timeout` out of the idle set.
+    fn expired(&self, now: Instant, timeout: Duration) -> Vec<Arc<Slot>> {
+        let mut idle = self.idle.lock().expect("not poisoned");
+        let mut expired = Vec::new();
+        // Keys grow with time, so the expired ones come first.
+        while let Some(entry) = idle.first_entry() {
+            if now.saturating_duration_since(entry.get().0) < timeout {
+                break;
+            }
+            let (_, slot) = entry.remove();
+            expired.extend(slot.upgrade());
+        }
+        expired
     }
 
     /// Waits until every connection has closed.
@@ -144,6 +176,9 @@ pub struct Slot {
     connections: Arc<Connections>,
     /// Notified when the connection should close as soon as it is between requests.
     pub shed: Notify,
+    /// Notified when the connection has been idle, or its request head incomplete, for longer
+    /// than the header timeout: it closes at once.
+    pub expired: Notify,
     state: Mutex<SlotState>,
     _permit: OwnedSemaphorePermit,
 }
@@ -169,7 +204,8 @@ impl Slot {
     fn set_idle(self: &Arc<Self>) {
         let key = self.connections.next.fetch_add(1, Ordering::Relaxed);
         self.state.lock().expect("not poisoned").idle_since = Some(key);
-        self.connections.idle.lock().expect("not poisoned").insert(key, Arc::downgrade(self));
+        let entry = (Instant::now(), Arc::downgrade(self));
+        self.connections.idle.lock().expect("not poisoned").insert(key, entry);
         self.connections.became_idle.notify_waiters();
     }
 }
@@ -278,6 +314,26 @@ mod tests {
         assert_eq!(throttle.allow(start), Some(0));
         let allowed: Vec<_> = (1..=25).filter_map(|i| throttle.allow(start + Duration::from_millis(i * 100))).collect();
         assert_eq!(allowed, vec![9, 9]);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_past_the_header_timeout_expire_and_busy_ones_never() {
+        let connections = Connections::new(8, Arc::default());
+        let a = connections.open(connections.admit().await);
+        let b = connections.open(connections.admit().await);
+        let _busy_b = b.busy();
+        let timeout = Duration::from_secs(30);
+        let opened = Instant::now();
+        assert!(connections.expired(opened, timeout).is_empty(), "nothing expires before its time");
+        let later = opened + Duration::from_secs(31);
+        let expired = connections.expired(later, timeout);
+        assert_eq!(expired.len(), 1);
+        assert!(Arc::ptr_eq(&expired[0], &a), "the idle one, not the busy one");
+        assert!(connections.expired(later, timeout).is_empty(), "each expires once");
+        // Idle again after an answer: its time counts from then.
+        drop(_busy_b);
+        assert!(connections.expired(Instant::now(), timeout).is_empty());
+        assert_eq!(connections.expired(Instant::now() + Duration::from_secs(31), timeout).len(), 1);
     }
 
     #[tokio::test]

@@ -208,12 +208,14 @@ pub async fn serve(
     let connections = Connections::new(limits.max_connections, counts);
     tracing::debug!(max_connections = limits.max_connections, "connection cap");
     let mut http = hyper::server::conn::http1::Builder::new();
+    // The header timeout is kept by the connections' sweep, not by a timer per request.
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(None)
         // The framing guard enforces `max_header_bytes`; the parser's own limit is set well above
         // it so that it never refuses what the guard let through.
         .max_buf_size(limits.max_header_bytes.saturating_add(64 * 1024))
         .max_headers(MAX_HEADERS);
+    let sweep = tokio::spawn(connections.clone().sweep(limits.header_timeout));
     let (stop, stopped) = watch::channel(false);
     let accept_errors = Arc::new(std::sync::Mutex::new(LogThrottle::new(Duration::from_secs(1))));
     let loops: Vec<_> = bound
@@ -284,6 +286,7 @@ pub async fn serve(
         () = connections.closed() => tracing::info!("drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
+    sweep.abort();
 }
 
 enum Stream {
@@ -341,6 +344,10 @@ impl<H: Handler> Conn<H> {
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
+                () = slot.expired.notified() => {
+                    tracing::debug!(%peer, "no complete request head within the header timeout: connection closed");
+                    Ok(())
+                }
                 () = async {
                     tokio::select! {
                         () = slot.shed.notified() => {},
