@@ -118,7 +118,8 @@ pub struct IdleTimeout<B, K = ()> {
     inner: B,
     idle: Duration,
     side: Side,
-    deadline: Pin<Box<Sleep>>,
+    /// Made at the first pause only: most bodies never pause, and a timer costs.
+    deadline: Option<Pin<Box<Sleep>>>,
     /// Whether `deadline` counts the current pause.
     armed: bool,
     _keep: K,
@@ -140,8 +141,7 @@ impl<B, K> IdleTimeout<B, K> {
     }
 
     pub fn watching(side: Side, inner: B, idle: Duration, keep: K) -> Self {
-        let deadline = Box::pin(tokio::time::sleep(idle));
-        IdleTimeout { inner, idle, side, deadline, armed: false, _keep: keep }
+        IdleTimeout { inner, idle, side, deadline: None, armed: false, _keep: keep }
     }
 }
 
@@ -194,11 +194,13 @@ where
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
+                let deadline = Instant::now() + this.idle;
+                let sleep = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !this.armed {
-                    this.deadline.as_mut().reset(Instant::now() + this.idle);
+                    sleep.as_mut().reset(deadline);
                     this.armed = true;
                 }
-                ready!(this.deadline.as_mut().poll(cx));
+                ready!(sleep.as_mut().poll(cx));
                 Poll::Ready(Some(Err(Box::new(Paused { side: this.side, idle: this.idle }))))
             }
         }

@@ -134,8 +134,12 @@ impl Forwarder {
         let proxy_base = response_base(&parts.headers, &self.listen_host, https);
         rewrite::request_headers(&mut parts.headers);
         let caller_paused = Arc::new(AtomicBool::new(false));
-        let body = paced(body, route.body_idle_timeout, caller_paused.clone());
-        let outgoing = prepare_body(body, route.replay_body_limit, &self.replay_budget).await?;
+        let outgoing = if body.is_end_stream() {
+            Outgoing::Replayable(Bytes::new(), None)
+        } else {
+            let body = paced(body, route.body_idle_timeout, caller_paused.clone());
+            prepare_body(body, route.replay_body_limit, &self.replay_budget).await?
+        };
 
         let retry_after_s = route.token_wait.as_secs().max(1);
         let token = self.tokens.wait_usable(route.token_wait).await.ok_or_else(|| self.no_token(retry_after_s))?;
