@@ -15,6 +15,7 @@
 //! An encoded `/` or `\` (`%2F`, `%5C`) is decoded inside its segment and never splits it:
 //! `/api/mdm/devices%2F5` is not `/api/mdm/devices/5`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use http::Method;
@@ -101,8 +102,18 @@ pub struct Required {
     pub permission: &'static Permission,
 }
 
-/// The permission a collection and kind need, from the catalogue.
+/// The permission a collection and kind need, from the catalogue (looked up once, then kept).
 pub fn permission_for(collection: Collection, kind: Kind) -> &'static Permission {
+    static TABLE: std::sync::OnceLock<Vec<&'static Permission>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let kinds = [Kind::Read, Kind::Write, Kind::Execute, Kind::Delete];
+        Collection::ALL.iter().flat_map(|&c| kinds.map(|k| lookup(c, k))).collect()
+    });
+    let c = Collection::ALL.iter().position(|&c| c == collection).expect("every collection is in ALL");
+    table[c * 4 + kind as usize]
+}
+
+fn lookup(collection: Collection, kind: Kind) -> &'static Permission {
     let name = format!("REST API {} {kind}", collection.permission_stem());
     permissions::find(&name).unwrap_or_else(|| panic!("the catalogue lacks {name}"))
 }
@@ -117,8 +128,13 @@ pub fn mapped_permissions() -> Vec<&'static Permission> {
 /// A path's segments as decisions see them: lower-case and percent-decoded, empty and `.`
 /// segments dropped, `..` resolved, and a `vN` version segment just after `api` dropped.
 pub fn segments(path: &str) -> Vec<String> {
+    decided_segments(path).into_iter().map(Cow::into_owned).collect()
+}
+
+/// The same, borrowing the segments that need no change (most of them).
+fn decided_segments(path: &str) -> Vec<Cow<'_, str>> {
     let path = path.split(['?', '#']).next().unwrap_or("");
-    let mut segments: Vec<String> = Vec::new();
+    let mut segments: Vec<Cow<'_, str>> = Vec::new();
     for raw in path.split('/') {
         if raw.is_empty() || raw == "." {
             continue;
@@ -127,8 +143,14 @@ pub fn segments(path: &str) -> Vec<String> {
             segments.pop();
             continue;
         }
-        let segment = if raw.contains('%') { percent_decode(raw).to_lowercase() } else { raw.to_ascii_lowercase() };
-        match segment.as_str() {
+        let segment = if raw.contains('%') {
+            Cow::Owned(percent_decode(raw).to_lowercase())
+        } else if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(raw.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(raw)
+        };
+        match &*segment {
             "" | "." => {}
             ".." => {
                 segments.pop();
@@ -136,7 +158,7 @@ pub fn segments(path: &str) -> Vec<String> {
             _ => segments.push(segment),
         }
     }
-    if segments.first().map(String::as_str) == Some("api") {
+    if segments.first().map(|s| &**s) == Some("api") {
         // `/api/v1/mdm/…` and `/api/mdm/v2/…`: the version is not part of the resource.
         if let Some(i) = segments.iter().skip(1).take(2).position(|s| is_version(s)) {
             segments.remove(i + 1);
@@ -147,8 +169,12 @@ pub fn segments(path: &str) -> Vec<String> {
 
 /// The segments after `/api` (see [`segments`]); `None` when the path is not under `/api`.
 pub fn api_segments(path: &str) -> Option<Vec<String>> {
-    let mut segments = segments(path);
-    if segments.first().map(String::as_str) != Some("api") {
+    Some(decided_api_segments(path)?.into_iter().map(Cow::into_owned).collect())
+}
+
+fn decided_api_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
+    let mut segments = decided_segments(path);
+    if segments.first().map(|s| &**s) != Some("api") {
         return None;
     }
     segments.remove(0);
@@ -205,8 +231,8 @@ const ACTIONS: &[&str] = &[
 
 /// The collection a path belongs to. Sub-resources of a device belong to their own collection
 /// (`/mdm/devices/{id}/apps` is Apps, `/mdm/devices/{id}/profiles` is Profiles).
-fn collection(segments: &[String]) -> Option<Collection> {
-    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+fn collection(segments: &[Cow<'_, str>]) -> Option<Collection> {
+    let s: Vec<&str> = segments.iter().map(|s| &**s).collect();
     Some(match s.as_slice() {
         ["system", "admins", ..] => Collection::Admins,
         ["system", "groups", ..] => Collection::Groups,
@@ -241,7 +267,7 @@ fn collection(segments: &[String]) -> Option<Collection> {
 
 /// The access kind. The method's letter case does not matter (the API's server ignores it). A
 /// method that is not a standard one is never a read: only `POST` makes a `…/search` a read.
-fn kind(method: &Method, segments: &[String]) -> Kind {
+fn kind(method: &Method, segments: &[Cow<'_, str>]) -> Kind {
     let is = |name: &str| method.as_str().eq_ignore_ascii_case(name);
     if is("GET") || is("HEAD") || is("OPTIONS") {
         Kind::Read
@@ -249,7 +275,7 @@ fn kind(method: &Method, segments: &[String]) -> Kind {
         Kind::Delete
     } else if is("POST") && segments.last().is_some_and(|s| s == "search") {
         Kind::Read
-    } else if segments.iter().skip(2).any(|s| ACTIONS.contains(&s.as_str())) {
+    } else if segments.iter().skip(2).any(|s| ACTIONS.contains(&&**s)) {
         Kind::Execute
     } else {
         Kind::Write
@@ -259,7 +285,7 @@ fn kind(method: &Method, segments: &[String]) -> Kind {
 /// The permission `method path` needs, or `None` when the path is outside the mapped families
 /// (`/api/system/info` needs none; families the table gives no name for are unknown).
 pub fn required(method: &Method, path: &str) -> Option<Required> {
-    let segments = api_segments(path)?;
+    let segments = decided_api_segments(path)?;
     let collection = collection(&segments)?;
     let kind = kind(method, &segments);
     Some(Required { collection, kind, permission: permission_for(collection, kind) })

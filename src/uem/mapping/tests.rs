@@ -136,3 +136,12 @@ fn an_encoded_slash_never_splits_a_segment() {
     assert_eq!(needs("GET", "/api/mdm/devices/..%2f..%2fsystem/users"), Some("REST API Devices Read"), "no climb");
     assert_eq!(api_segments("/api/mdm/.%2F/devices").unwrap(), ["mdm", "./", "devices"]);
 }
+
+#[test]
+fn the_kept_table_gives_what_the_catalogue_says() {
+    for collection in Collection::ALL {
+        for kind in [Kind::Read, Kind::Write, Kind::Execute, Kind::Delete] {
+            assert_eq!(permission_for(collection, kind), lookup(collection, kind), "{collection:?} {kind}");
+        }
+    }
+}
