@@ -2,6 +2,7 @@
 //! forwarder, written once when the response body is finished (or abandoned), so it can report
 //! the bytes that really went out: one access-log event and the request's metrics.
 
+pub mod line;
 pub mod metrics;
 
 use std::pin::Pin;
@@ -139,7 +140,7 @@ impl Drop for Record {
             self.status = CALLER_LEFT;
         }
         tracing::info!(
-            target: "uem_proxy::access",
+            target: line::TARGET,
             request_id = self.id.to_str().unwrap_or(""),
             peer = %self.peer,
             caller = self.caller.as_ref().map(tracing::field::display),

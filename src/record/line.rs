@@ -1,0 +1,337 @@
+//! The access line: the record's event written by hand into a reused buffer, in exactly the
+//! text or JSON shape the other log lines have, because the general formatter (field visitors,
+//! `Debug` for every value, a timestamp formatted through `fmt`) is a noticeable part of a small
+//! request's cost. The event still goes through `tracing`, so `RUST_LOG` filters it like any
+//! other and a test's subscriber sees it.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+/// The target of the access events.
+pub const TARGET: &str = "uem_proxy::access";
+
+/// Writes access events to standard error; every other event is left to the general formatter.
+pub struct AccessLines {
+    pub json: bool,
+}
+
+thread_local! {
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+}
+
+impl<S: Subscriber> Layer<S> for AccessLines {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if event.metadata().target() != TARGET {
+            return;
+        }
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else { return };
+            line.clear();
+            format(&mut line, event, self.json, SystemTime::now());
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        });
+    }
+}
+
+/// One line for `event`: as tracing-subscriber's text format (without ANSI colours) or its JSON
+/// format with the event's fields flattened.
+pub fn format(out: &mut String, event: &Event<'_>, json: bool, now: SystemTime) {
+    let level = event.metadata().level();
+    if json {
+        out.push_str("{\"timestamp\":\"");
+        timestamp(out, now);
+        let _ = write!(out, "\",\"level\":\"{level}\"");
+        event.record(&mut JsonFields { out });
+        out.push_str(",\"target\":");
+        json_string(out, event.metadata().target());
+        out.push_str("}\n");
+    } else {
+        timestamp(out, now);
+        let _ = write!(out, " {level:>5} {}: ", event.metadata().target());
+        let mut fields = TextFields { out, first: true };
+        event.record(&mut fields);
+        out.push('\n');
+    }
+}
+
+struct TextFields<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl TextFields<'_> {
+    fn name(&mut self, field: &Field) {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(' ');
+        }
+        self.out.push_str(field.name());
+        self.out.push('=');
+    }
+}
+
+impl Visit for TextFields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            if !std::mem::take(&mut self.first) {
+                self.out.push(' ');
+            }
+        } else {
+            self.name(field);
+        }
+        let _ = write!(self.out, "{value:?}");
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.name(field);
+        let _ = write!(self.out, "{value:?}");
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.name(field);
+        push_u64(self.out, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.name(field);
+        self.out.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.name(field);
+        let _ = write!(self.out, "{value:?}");
+    }
+}
+
+struct JsonFields<'a> {
+    out: &'a mut String,
+}
+
+impl JsonFields<'_> {
+    fn name(&mut self, field: &Field) {
+        self.out.push(',');
+        json_string(self.out, field.name());
+        self.out.push(':');
+    }
+}
+
+impl Visit for JsonFields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.name(field);
+        json_string(self.out, &format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.name(field);
+        json_string(self.out, value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.name(field);
+        push_u64(self.out, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.name(field);
+        self.out.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.name(field);
+        if value.is_finite() {
+            // The shortest form that reads back the same, as serde_json writes it: `1e+21`.
+            let start = self.out.len();
+            let _ = write!(self.out, "{value:?}");
+            if let Some(e) = self.out[start..].find('e')
+                && !self.out[start + e + 1..].starts_with('-')
+            {
+                self.out.insert(start + e + 1, '+');
+            }
+        } else {
+            self.out.push_str("null");
+        }
+    }
+}
+
+fn push_u64(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).expect("digits are ASCII"));
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn json_string(out: &mut String, value: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in value.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&value[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&value[start..]);
+    out.push('"');
+}
+
+/// `2026-11-29T07:51:06.475186Z`, as tracing-subscriber writes it.
+fn timestamp(out: &mut String, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_micros()
+    );
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Keeps what a layer writes.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Ours, formatted from the same event.
+    struct Ours {
+        json: bool,
+        out: Arc<Mutex<String>>,
+    }
+
+    impl<S: Subscriber> Layer<S> for Ours {
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            let mut out = self.out.lock().unwrap();
+            format(&mut out, event, self.json, SystemTime::now());
+        }
+    }
+
+    fn emit(caller: Option<&str>, activity: Option<&str>, upstream: Option<f64>) {
+        tracing::info!(
+            target: "uem_proxy::access",
+            request_id = "ab\"c\\d",
+            peer = %"127.0.0.1:5000",
+            caller = caller.map(tracing::field::display),
+            activity_id = activity,
+            method = %"GET",
+            path = %"/api/mdm/devices/1",
+            status = 200u16,
+            upstream_ms = upstream,
+            total_ms = 7.0,
+            bytes_in = 0u64,
+            bytes_out = 18_446_744_073_709_551_615u64,
+            complete = true,
+            "request"
+        );
+    }
+
+    /// Both lines without their timestamps, which differ by the time between the two writes.
+    fn both(json: bool, emit: impl Fn()) -> (String, String) {
+        let theirs = Sink::default();
+        let ours = Arc::new(Mutex::new(String::new()));
+        let writer = theirs.clone();
+        let general = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(move || writer.clone());
+        let subscriber = tracing_subscriber::registry().with(Ours { json, out: ours.clone() });
+        if json {
+            let subscriber = subscriber.with(general.json().flatten_event(true));
+            tracing::subscriber::with_default(subscriber, &emit);
+        } else {
+            tracing::subscriber::with_default(subscriber.with(general), &emit);
+        }
+        let theirs = String::from_utf8(theirs.0.lock().unwrap().clone()).unwrap();
+        let ours = ours.lock().unwrap().clone();
+        let strip = |s: &str| {
+            let at = if json { s.find("\",\"level\"").unwrap() } else { s.find(' ').unwrap() };
+            s[at..].to_owned()
+        };
+        (strip(&theirs), strip(&ours))
+    }
+
+    #[test]
+    fn lines_are_those_of_the_general_formatter() {
+        for json in [false, true] {
+            for (caller, activity, upstream) in [
+                (None, None, None),
+                (Some("10.0.0.0/8"), Some("a\u{1}\"b"), Some(0.001)),
+                (Some("loopback"), None, Some(1e21)),
+                (None, None, Some(1e16)),
+                (None, None, Some(1.5e-7)),
+                (None, None, Some(123456.789)),
+            ] {
+                let (theirs, ours) = both(json, || emit(caller, activity, upstream));
+                assert_eq!(ours, theirs, "json: {json}");
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_are_those_of_the_general_formatter() {
+        for secs in [0u64, 951_782_400, 1_795_000_000, 4_102_444_799, 253_402_300_799] {
+            let at = UNIX_EPOCH + Duration::new(secs, 123_456_789);
+            let mut ours = String::new();
+            timestamp(&mut ours, at);
+            let theirs = format!("{}", humantime::format_rfc3339_micros(at));
+            assert_eq!(ours, theirs);
+        }
+    }
+}
