@@ -6,7 +6,6 @@ use http::StatusCode;
 use http::header::{CONNECTION, HeaderValue, RETRY_AFTER};
 use std::io::ErrorKind::TimedOut;
 
-use crate::forward::body::{Paused, Side};
 use crate::forward::upstream::ConnectTimeout;
 
 /// An answer made by the proxy rather than the upstream. Each has a stable machine-readable
@@ -59,8 +58,8 @@ pub enum ProxyError {
     #[error("the API asked for a pause; retry after {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
     /// Refused by the framing guard before the request was parsed; the connection closes.
-    #[error("the request cannot be read safely: {0}")]
-    Framing(crate::listen::framing::Violation),
+    #[error("the request cannot be read safely: {reason}")]
+    Framing { status: StatusCode, code: &'static str, reason: String },
     #[error("the Host '{0}' is malformed (user information, or characters a host name cannot hold)")]
     BadHost(String),
 }
@@ -95,7 +94,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ProxyError::UpstreamBusy => (StatusCode::SERVICE_UNAVAILABLE, "upstream_busy"),
             ProxyError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "upstream_rate_limited"),
-            ProxyError::Framing(violation) => (violation.status(), violation.code()),
+            ProxyError::Framing { status, code, .. } => (*status, code),
             ProxyError::BadHost(_) => (StatusCode::BAD_REQUEST, "bad_host"),
         }
     }
@@ -116,17 +115,6 @@ impl ProxyError {
             ProxyError::ClosedBeforeAnswer
         } else {
             ProxyError::Broken
-        }
-    }
-
-    /// Classifies a body that failed while the proxy read it: a pause of the upstream is a
-    /// timeout (504), a pause of the caller a request timeout (408), anything else a broken
-    /// upstream (502).
-    pub fn from_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
-        match Paused::find(e) {
-            Some(Paused { side: Side::Upstream, .. }) => ProxyError::Timeout,
-            Some(Paused { side: Side::Caller, idle }) => ProxyError::RequestTimeout(*idle),
-            None => ProxyError::Broken,
         }
     }
 

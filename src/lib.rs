@@ -51,6 +51,7 @@ pub mod healthcheck;
 pub mod listen;
 pub mod record;
 pub mod reload;
+pub mod request_id;
 pub mod sandbox;
 pub mod service;
 pub mod telemetry;

@@ -23,7 +23,8 @@ use crate::forward::body::Counted;
 use crate::gate::target::{Target, canonical_method};
 use crate::gate::{self};
 use crate::listen::{Handler, Peer};
-use crate::record::{self, Record, RequestId, X_REQUEST_ID};
+use crate::record::{Record, RequestId};
+use crate::request_id::{self, X_REQUEST_ID};
 use crate::uem::mapping;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -59,7 +60,7 @@ impl Service {
         if method != parts.method {
             parts.method = method;
         }
-        let id = record::request_id(&parts.headers);
+        let id = request_id::of(&parts.headers);
         parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
         mark_sensitive(&mut parts.headers, &[AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]);
         let settings = self.app.settings.load_full();

@@ -251,7 +251,7 @@ async fn first_piece(response: Response) -> Result<Response, ProxyError> {
         Some(Ok(first)) => Ok(Response::from_parts(parts, Body::new(Primed::new(first, body)))),
         Some(Err(error)) => {
             tracing::debug!(%error, "the upstream's body failed before its first byte");
-            Err(ProxyError::from_body(&error))
+            Err(from_body(&error))
         }
     }
 }
@@ -299,7 +299,7 @@ async fn read_whole(body: Body) -> Result<Bytes, ProxyError> {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) => {
             tracing::debug!(%error, "the upstream's body failed while read whole");
-            Err(ProxyError::from_body(&error))
+            Err(from_body(&error))
         }
     }
 }
@@ -439,6 +439,16 @@ impl Attempt<'_> {
             }),
             () = deadline => Err(ProxyError::Timeout),
         }
+    }
+}
+
+/// Classifies a body that failed while the proxy read it: a pause of the upstream is a timeout
+/// (504), a pause of the caller a request timeout (408), anything else a broken upstream (502).
+fn from_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+    match Paused::find(e) {
+        Some(Paused { side: Side::Upstream, .. }) => ProxyError::Timeout,
+        Some(Paused { side: Side::Caller, idle }) => ProxyError::RequestTimeout(*idle),
+        None => ProxyError::Broken,
     }
 }
 

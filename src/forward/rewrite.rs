@@ -19,9 +19,6 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// UEM's API key header. A caller's is dropped; the proxy sends the configured one, if any.
 pub const AW_TENANT_CODE: HeaderName = HeaderName::from_static("aw-tenant-code");
 
-/// The request id header, the caller's or ours, sent upstream and returned to the caller.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

@@ -84,24 +84,26 @@ impl Refusals {
 }
 
 /// A new request id, as the access log makes them.
-fn request_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+/// The proxy's error for a refusal.
+fn framing_error(violation: Violation) -> ProxyError {
+    ProxyError::Framing { status: violation.status(), code: violation.code(), reason: violation.to_string() }
 }
 
 /// The answer to the stand-in for a refused head, logged as the refusal.
 pub fn refused(violation: Violation, peer: &impl std::fmt::Display) -> Response {
-    let id = request_id();
+    let id = crate::request_id::new();
+    let id = id.to_str().unwrap_or("");
     tracing::warn!(request_id = %id, %peer, reason = %violation, status = violation.status().as_u16(), "request refused");
-    answer(violation, &id)
+    answer(violation, id)
 }
 
 /// The answer to a refused request: the proxy's JSON error, and `Connection: close`.
 fn answer(violation: Violation, request_id: &str) -> Response {
-    let mut response = ProxyError::Framing(violation).into_response(request_id);
+    let mut response = framing_error(violation).into_response(request_id);
     let headers = response.headers_mut();
     headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(crate::forward::rewrite::X_REQUEST_ID.clone(), id);
+        headers.insert(crate::request_id::X_REQUEST_ID.clone(), id);
     }
     response.map(Body::new)
 }
@@ -109,7 +111,7 @@ fn answer(violation: Violation, request_id: &str) -> Response {
 /// The same answer as bytes on the wire, for a refusal the parser cannot be asked to answer.
 fn answer_bytes(violation: Violation, request_id: &str) -> Vec<u8> {
     let status = violation.status();
-    let body = ProxyError::Framing(violation).body(request_id).to_string();
+    let body = framing_error(violation).body(request_id).to_string();
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\
          x-request-id: {request_id}\r\n\r\n",
@@ -269,9 +271,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
 
     fn start_cut(&mut self, violation: Violation) {
         let quiet = self.written == self.written_at_head && !self.write_pending;
-        let id = request_id();
+        let id = crate::request_id::new();
+        let id = id.to_str().unwrap_or("");
         tracing::warn!(request_id = %id, reason = %violation, answered = quiet, "request refused in its body; connection cut");
-        let cut = if quiet { Cut::Answering(answer_bytes(violation, &id), 0) } else { Cut::ShuttingDown };
+        let cut = if quiet { Cut::Answering(answer_bytes(violation, id), 0) } else { Cut::ShuttingDown };
         self.cut = Some((violation, cut));
     }
 

@@ -14,16 +14,13 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::{HeaderValue, Method, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::gate::Caller;
 use crate::listen::Peer;
 use metrics::{Metrics, RequestLabels};
-
-/// The request id header, the caller's or ours, sent upstream and returned to the caller.
-pub use crate::forward::rewrite::X_REQUEST_ID;
 
 /// The id of the request being served, for the proxy's own endpoints that answer with errors.
 #[derive(Clone, Debug)]
@@ -33,24 +30,6 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         self.0.to_str().unwrap_or("")
     }
-}
-
-/// The caller's `x-request-id` when it is a sane token (1 to 128 visible ASCII characters),
-/// otherwise a new random one. The id goes upstream and comes back on the response.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID)
-        && (1..=128).contains(&v.len())
-        && v.as_bytes().iter().all(u8::is_ascii_graphic)
-    {
-        return v.clone();
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = [0u8; 32];
-    for (i, byte) in fastrand::u128(..).to_be_bytes().into_iter().enumerate() {
-        id[2 * i] = HEX[usize::from(byte >> 4)];
-        id[2 * i + 1] = HEX[usize::from(byte & 15)];
-    }
-    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
 /// The status recorded for a request whose caller left before it was answered.
