@@ -15,34 +15,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::forward::pacer::PacerSettings;
+pub use crate::gate::Inbound;
 use crate::gate::policy::{Policy, PolicyFile};
+pub use crate::listen::Listen;
 pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
 use source::{RawMap, read_file};
-
-/// Where the proxy accepts callers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
-    Tcp(SocketAddr),
-    /// A Unix socket, created owner-only (for sidecars sharing a volume).
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Listen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Listen::Tcp(addr) => addr.fmt(f),
-            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
 
 /// The route of outbound calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,27 +45,6 @@ pub struct Tls {
     pub listen: SocketAddr,
     pub server: Arc<rustls::ServerConfig>,
     pub cert_file: PathBuf,
-}
-
-/// Who may call and what a request may look like.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inbound {
-    /// Networks whose callers are served besides loopback (and Unix-socket peers).
-    pub allow_cidrs: Vec<IpNet>,
-    /// Host names callers may use besides localhost and the loopback addresses.
-    pub allowed_hosts: Vec<String>,
-    /// Web origins whose pages may call (CORS); any other `Origin` is refused.
-    pub allowed_origins: Vec<String>,
-    pub header_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_url_bytes: usize,
-    /// `None`: no limit.
-    pub max_body_bytes: Option<u64>,
-    /// The longest a caller may pause while sending a request body or while receiving a
-    /// response body; then the connection is closed and what it held is freed.
-    pub body_idle_timeout: Duration,
-    /// The most caller connections at once; `None`: derived from the open-file limit.
-    pub max_connections: Option<usize>,
 }
 
 /// The validated settings the proxy runs with. There is deliberately no `Default`: a proxy that

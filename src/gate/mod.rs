@@ -19,6 +19,7 @@ pub mod policy;
 pub mod target;
 
 use std::fmt;
+use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderValue};
@@ -26,11 +27,31 @@ use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use ipnet::IpNet;
 
-use crate::config::{Inbound, Listen};
 use crate::error::ProxyError;
-use crate::listen::Peer;
+use crate::listen::{Listen, Peer};
 use policy::{Decision, Policy};
 use target::Target;
+
+/// Who may call and what a request may look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Networks whose callers are served besides loopback (and Unix-socket peers).
+    pub allow_cidrs: Vec<IpNet>,
+    /// Host names callers may use besides localhost and the loopback addresses.
+    pub allowed_hosts: Vec<String>,
+    /// Web origins whose pages may call (CORS); any other `Origin` is refused.
+    pub allowed_origins: Vec<String>,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_url_bytes: usize,
+    /// `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+    /// The longest a caller may pause while sending a request body or while receiving a
+    /// response body; then the connection is closed and what it held is freed.
+    pub body_idle_timeout: Duration,
+    /// The most caller connections at once; `None`: derived from the open-file limit.
+    pub max_connections: Option<usize>,
+}
 
 /// The checks, built once from the configuration.
 pub struct Checks {

@@ -25,11 +25,27 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
-use crate::config::Listen;
 pub use conns::{Connections, Counts};
 use conns::{LogThrottle, Slot, Tracked};
 use framing::Guarded;
 use idle::WriteIdle;
+
+/// Where the proxy accepts callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    /// A Unix socket, created owner-only (for sidecars sharing a volume).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(addr) => addr.fmt(f),
+            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
 
 /// Who is calling, as the access log names them.
 #[derive(Clone, Debug)]
