@@ -2,25 +2,29 @@
 //! use the tenant's REST API without any credential of their own.
 //!
 //! # Layout
+//! A request travels four stages, each a folder; a stage imports only the stages before it, and
+//! [`service`](mod@service) calls them in turn, carrying the request's state as values:
+//! - [`listen`]: bytes in. TCP, Unix and HTTPS listeners, the connection cap and the
+//!   header-timeout sweep, stalled writes, and the strict request-framing guard.
+//! - [`gate`]: who may call (address, `Host`, web origin, limits), what the request targets (the
+//!   canonical method and path, and the permission it needs), and what the [`gate::policy`] lets
+//!   callers do.
+//! - [`forward`]: the upstream client and its own connection pool (TLS, egress proxy), header and
+//!   `Location` rewriting, streaming body wrappers, the API's URLs in text bodies, pacing.
+//! - [`record`]: one record per request, filled on the way and written once when the answer's
+//!   body is done: the access line and the metrics.
+//!
+//! Beside the path:
 //! - [`config`]: TOML file and environment to a typed [`Config`]; every problem reported at once.
-//! - [`uem`]: UEM domain knowledge: the region table, the console-to-API host rule, the
-//!   permission catalogue and the request-to-permission map.
 //! - [`token`]: token fetch (with the other domain as fallback), the pure refresh schedule, the
 //!   refresher task, the lock-free store; also the fixed credential of basic mode.
-//! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file changes).
-//! - [`proxy`]: the forwarding handler; [`upstream`]: the client it forwards with (pool, TLS,
-//!   egress proxy); [`rewrite`]: pure header, path and `Location` rules;
-//!   [`body`]: streaming body wrappers; [`body_rewrite`]: the API's URLs inside text bodies.
-//! - [`access_log`]: request ids and the one log event per request; [`metrics`]: Prometheus;
-//!   [`admin`]: `/_proxy/*`.
-//! - [`error`]: the proxy's own errors and their single status mapping.
-//! - [`inbound`]: who may call (address, `Host`, web origin) and request limits; [`policy`]: what
-//!   they may do, in the permission catalogue's terms; [`framing`]: the strict request-framing guard.
-//! - [`pacer`]: concurrency, rate and 429 pacing of upstream requests.
-//! - [`server`]: TCP, Unix and HTTPS ([`tls`]) listeners, header limits, the connection cap,
-//!   stalled-write timeouts, graceful shutdown;
+//! - [`uem`]: UEM domain knowledge: the region table, the console-to-API host rule, the
+//!   permission catalogue and the request-to-permission map.
+//! - [`error`]: the proxy's own errors and their single status mapping; [`request_id`]: ids.
+//! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file
+//!   changes); [`admin`]: `/_proxy/*`.
+//! - [`check`]: the `check` command; [`healthcheck`]: the `healthcheck` command;
 //!   [`telemetry`]: logging.
-//! - [`check`]: the `check` command; [`healthcheck`]: the `healthcheck` command.
 //! - [`sandbox`]: an offline simulated UEM tenant; [`demo`]: the sandbox and the proxy together.
 //!
 //! # Invariants
@@ -65,7 +69,7 @@ pub use config::Config;
 pub use service::Service;
 
 /// The HTTP client for the token service: rustls, no redirects ever followed (a redirect must not
-/// carry the secret anywhere), keep-alive pooling. API requests go through [`upstream`] instead.
+/// carry the secret anywhere), keep-alive pooling. API requests go through [`forward::upstream`] instead.
 pub fn http_client(config: &Config) -> Result<reqwest::Client, String> {
     token_client(config, forward::upstream::tls_config(config)?)
 }
