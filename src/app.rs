@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{Auth, Config, Listen};
 use crate::forward::body::ReplayBudget;
 use crate::forward::pacer::Pacer;
-use crate::forward::{Forwarder, Route, tenant_header};
+use crate::forward::{Forwarder, Route};
 use crate::gate::Checks;
 use crate::gate::policy::Policy;
 use crate::record::metrics::Metrics;
@@ -29,12 +29,26 @@ pub struct Settings {
 
 impl Settings {
     fn new(config: &Config, local: &Listen) -> Settings {
-        Settings {
-            checks: Checks::new(&config.inbound, local),
-            policy: config.policy.clone(),
-            route: Route::new(config),
-        }
+        let route = Route {
+            upstream_base: config.api_url.as_str().trim_end_matches('/').to_owned(),
+            upstream_path: config.api_url.path().trim_end_matches('/').to_owned(),
+            upstream_timeout: config.upstream_timeout,
+            token_wait: config.token_wait,
+            replay_body_limit: config.replay_body_limit,
+            rewrite_bodies: config.rewrite_bodies,
+            max_body_bytes: config.inbound.max_body_bytes,
+            body_idle_timeout: config.inbound.body_idle_timeout,
+            tenant_code: tenant_header(config),
+        };
+        Settings { checks: Checks::new(&config.inbound, local), policy: config.policy.clone(), route }
     }
+}
+
+/// The configured tenant code as a header value, marked sensitive.
+fn tenant_header(config: &Config) -> Option<HeaderValue> {
+    let mut header = HeaderValue::try_from(config.tenant_code.as_ref()?.expose_secret()).ok()?;
+    header.set_sensitive(true);
+    Some(header)
 }
 
 /// The last reload, for `/_proxy/status`.

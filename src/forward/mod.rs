@@ -24,11 +24,9 @@ use http::{HeaderMap, Method, StatusCode, Uri, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use secrecy::ExposeSecret;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
-use crate::config::Config;
 use crate::error::ProxyError;
 use crate::token::{Token, Tokens};
 use crate::uem::mapping::Required;
@@ -61,29 +59,6 @@ pub struct Route {
     pub body_idle_timeout: Duration,
     /// Sent as `aw-tenant-code`, in place of any a caller sends.
     pub tenant_code: Option<HeaderValue>,
-}
-
-impl Route {
-    pub fn new(config: &Config) -> Route {
-        Route {
-            upstream_base: config.api_url.as_str().trim_end_matches('/').to_owned(),
-            upstream_path: config.api_url.path().trim_end_matches('/').to_owned(),
-            upstream_timeout: config.upstream_timeout,
-            token_wait: config.token_wait,
-            replay_body_limit: config.replay_body_limit,
-            rewrite_bodies: config.rewrite_bodies,
-            max_body_bytes: config.inbound.max_body_bytes,
-            body_idle_timeout: config.inbound.body_idle_timeout,
-            tenant_code: tenant_header(config),
-        }
-    }
-}
-
-/// The configured tenant code as a header value, marked sensitive.
-pub fn tenant_header(config: &Config) -> Option<HeaderValue> {
-    let mut header = HeaderValue::try_from(config.tenant_code.as_ref()?.expose_secret()).ok()?;
-    header.set_sensitive(true);
-    Some(header)
 }
 
 /// What forwarding shares between requests: the client, the replay budget, the token, the pacer.
