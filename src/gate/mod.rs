@@ -103,10 +103,16 @@ impl Checks {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
-        let name = host_name(host).to_ascii_lowercase();
+        let name = host_name(host).as_bytes();
         self.hosts.iter().any(|allowed| match allowed.strip_prefix("*.") {
-            Some(parent) => name.strip_suffix(parent).is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
-            None => *allowed == name,
+            // A subdomain: at least one character and a dot before the parent.
+            Some(parent) => {
+                let parent = parent.as_bytes();
+                name.len() >= parent.len() + 2
+                    && name[name.len() - parent.len()..].eq_ignore_ascii_case(parent)
+                    && name[name.len() - parent.len() - 1] == b'.'
+            }
+            None => allowed.as_bytes().eq_ignore_ascii_case(name),
         })
     }
 
@@ -300,6 +306,9 @@ mod tests {
             assert!(c.host_allowed(ok), "{ok}");
         }
         assert!(c.host_allowed("proxy.ns.svc.cluster.local:8080"));
+        assert!(c.host_allowed("PROXY.ns.SVC.cluster.local"));
+        assert!(!c.host_allowed("evilsvc.cluster.local"), "a suffix without its dot is no subdomain");
+        assert!(!c.host_allowed(".svc.cluster.local"));
         for bad in ["evil.example", "localhost.evil.example", "svc.cluster.local", "127.0.0.2", "", "10.1.2.4"] {
             assert!(!c.host_allowed(bad), "{bad}");
         }
