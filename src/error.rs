@@ -102,17 +102,16 @@ impl ProxyError {
 
     /// Classifies a failure to get response headers from the upstream. Timeouts first: a connect
     /// timeout is a timeout (504), as in nginx; other connect failures are unreachable (502).
-    pub fn from_upstream(e: &hyper_util::client::legacy::Error) -> ProxyError {
-        let timed_out = std::iter::successors(std::error::Error::source(e), |s| s.source()).any(|s| {
+    pub fn from_upstream(e: &crate::upstream::Error) -> ProxyError {
+        let chain = || std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| s.source());
+        let timed_out = chain().any(|s| {
             s.is::<ConnectTimeout>() || s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == TimedOut)
         });
         if timed_out {
             ProxyError::Timeout
         } else if e.is_connect() {
             ProxyError::Unreachable
-        } else if std::iter::successors(std::error::Error::source(e), |s| s.source())
-            .any(|s| s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message))
-        {
+        } else if chain().any(|s| s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)) {
             ProxyError::ClosedBeforeAnswer
         } else {
             ProxyError::Broken

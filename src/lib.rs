@@ -54,6 +54,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod pacer;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod rewrite;

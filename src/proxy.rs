@@ -15,7 +15,6 @@ use http::header::{
 use http::{HeaderMap, Method, StatusCode, Uri, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
@@ -30,7 +29,7 @@ use crate::rewrite::{self, LocationRewrite};
 use crate::server::Https;
 use crate::token::Token;
 use crate::uem::mapping;
-use crate::upstream::{Outbound, UpstreamClient};
+use crate::upstream::{Outbound, ResponseBody, UpstreamClient};
 
 /// Added to an upstream 403: the catalogue permission the request needs, so an administrator
 /// knows what the OAuth client's role lacks.
@@ -349,7 +348,7 @@ impl Attempt<'_> {
         token: &Token,
         body: Outbound,
         sent: Option<oneshot::Receiver<()>>,
-    ) -> Result<http::Response<Incoming>, ProxyError> {
+    ) -> Result<http::Response<ResponseBody>, ProxyError> {
         let mut request = http::Request::new(body);
         *request.method_mut() = self.parts.method.clone();
         *request.uri_mut() = self.uri.clone();
@@ -380,7 +379,7 @@ impl Attempt<'_> {
 }
 
 /// The body limit, when that is why sending failed.
-fn too_large(e: &hyper_util::client::legacy::Error) -> Option<u64> {
+fn too_large(e: &crate::upstream::Error) -> Option<u64> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(TooLarge(limit)) = s.downcast_ref::<TooLarge>() {
