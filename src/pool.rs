@@ -250,7 +250,8 @@ where
         T: Read + Write + Send + Unpin + 'static,
     {
         if http2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new()).timer(TokioTimer::new()).handshake(io).await?;
+            let (sender, conn) =
+                http2::Builder::new(TokioExecutor::new()).timer(TokioTimer::new()).handshake(io).await?;
             tokio::spawn(async move {
                 if let Err(error) = conn.await {
                     tracing::debug!(%error, "an HTTP/2 connection to the API failed");
@@ -289,7 +290,8 @@ where
                     let response = sender.try_send_request(request).await?;
                     let pool = keeps_alive(response.version(), response.headers()).then_some(shared);
                     let (parts, body) = response.into_parts();
-                    let mut body = ResponseBody { inner: body, ended: false, giveback: Some(Giveback { pool, index, sender }) };
+                    let mut body =
+                        ResponseBody { inner: body, ended: false, giveback: Some(Giveback { pool, index, sender }) };
                     if body.inner.is_end_stream() {
                         // HEAD, 204, 304, `Content-Length: 0`: nothing more will be read.
                         body.finish();

@@ -17,7 +17,7 @@ use http_body_util::{Either, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use tower::ServiceExt;
 
 use crate::body::Upload;
@@ -86,7 +86,11 @@ impl UpstreamClient {
     }
 
     /// The same, with connections kept as `pool` says.
-    pub fn with_pool(config: &Config, tls: rustls::ClientConfig, pool: pool::Settings) -> Result<UpstreamClient, String> {
+    pub fn with_pool(
+        config: &Config,
+        tls: rustls::ClientConfig,
+        pool: pool::Settings,
+    ) -> Result<UpstreamClient, String> {
         // An HTTPS egress proxy is spoken to in HTTP/1.1 (for CONNECT); the API in either.
         let mut tls_proxy = tls.clone();
         tls_proxy.alpn_protocols.clear();
@@ -154,28 +158,10 @@ impl UpstreamClient {
         self.pool.send(&dest, conn, request).await.map_err(|e| Error::Send(e.into_error()))
     }
 
-    /// The constants of requests to `uri`'s destination. A plain-HTTP request goes to the egress
-    /// proxy in absolute form and carries its credentials; an HTTPS one is tunnelled, and the
-    /// credentials go on the `CONNECT` instead.
+    /// The constants of requests to `uri`'s destination; see [`route`].
     fn route(&self, uri: &Uri) -> Route {
-        let mut origin = http::uri::Parts::default();
-        origin.scheme = uri.scheme().cloned();
-        origin.authority = uri.authority().cloned();
-        origin.path_and_query = Some(PathAndQuery::from_static("/"));
-        let origin = Uri::from_parts(origin).expect("scheme and authority make a URI");
-        let host = uri.host().unwrap_or_default();
-        let host = match uri.port_u16().filter(|port| Some(*port) != default_port(uri.scheme())) {
-            Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
-            None => HeaderValue::try_from(host),
-        }
-        .expect("a URI's host is a header value");
         let via = if uri.scheme() == Some(&Scheme::HTTP) { self.connector.egress.intercept(uri) } else { None };
-        Route {
-            origin,
-            host,
-            absolute_form: via.is_some(),
-            proxy_authorization: via.as_ref().and_then(|p| p.basic_auth().cloned()),
-        }
+        route(uri, via.as_ref())
     }
 
     /// Opens a connection to `dest` and starts HTTP on it: HTTP/2 if TLS chose it.
@@ -184,6 +170,24 @@ impl UpstreamClient {
         let http2 = conn.connected().is_negotiated_h2();
         self.pool.handshake(dest, conn, http2).await.map_err(|e| Error::Connect(e.into()))
     }
+}
+
+/// The constants of requests to `uri`'s destination, `via` the egress proxy for plain HTTP. Such
+/// a request goes to the proxy in absolute form and carries its credentials; an HTTPS one is
+/// tunnelled, and the credentials go on the `CONNECT` instead.
+fn route(uri: &Uri, via: Option<&Intercept>) -> Route {
+    let mut origin = http::uri::Parts::default();
+    origin.scheme = uri.scheme().cloned();
+    origin.authority = uri.authority().cloned();
+    origin.path_and_query = Some(PathAndQuery::from_static("/"));
+    let origin = Uri::from_parts(origin).expect("scheme and authority make a URI");
+    let host = uri.host().unwrap_or_default();
+    let host = match uri.port_u16().filter(|port| Some(*port) != default_port(uri.scheme())) {
+        Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
+        None => HeaderValue::try_from(host),
+    }
+    .expect("a URI's host is a header value");
+    Route { origin, host, absolute_form: via.is_some(), proxy_authorization: via.and_then(|p| p.basic_auth().cloned()) }
 }
 
 fn default_port(scheme: Option<&Scheme>) -> Option<u16> {
@@ -354,5 +358,67 @@ impl hyper::rt::Write for Conn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str) -> Request<Outbound> {
+        let mut request = Request::new(Either::Left(Full::new(Bytes::new())));
+        *request.uri_mut() = Uri::try_from(uri).unwrap();
+        request
+    }
+
+    fn host(request: &Request<Outbound>) -> Option<&str> {
+        request.headers().get(HOST).map(|h| h.to_str().unwrap())
+    }
+
+    #[test]
+    fn host_names_the_port_only_when_it_is_not_the_schemes_own() {
+        for (uri, expected) in [
+            ("https://as1.awmdm.com/api", "as1.awmdm.com"),
+            ("https://as1.awmdm.com:443/api", "as1.awmdm.com"),
+            ("https://as1.awmdm.com:8443/api", "as1.awmdm.com:8443"),
+            ("http://127.0.0.1:80/api", "127.0.0.1"),
+            ("http://127.0.0.1:443/api", "127.0.0.1:443"),
+            ("http://[::1]:8080/api", "[::1]:8080"),
+        ] {
+            let route = route(&Uri::try_from(uri).unwrap(), None);
+            assert_eq!(route.host, expected, "{uri}");
+            assert!(!route.absolute_form && route.proxy_authorization.is_none());
+        }
+    }
+
+    #[test]
+    fn http1_gets_the_origin_form_and_host_http2_the_absolute_form_without_host() {
+        let direct = route(&Uri::from_static("https://api.example:8443/prefix"), None);
+        let mut sent = request("https://api.example:8443/prefix/api/x?q=%7e&b=O'Brien");
+        address(&mut sent, &direct, false);
+        assert_eq!(sent.uri(), "/prefix/api/x?q=%7e&b=O'Brien");
+        assert_eq!(host(&sent), Some("api.example:8443"));
+        // Sent again on a connection that turned out HTTP/2, and back.
+        address(&mut sent, &direct, true);
+        assert_eq!(sent.uri(), "https://api.example:8443/prefix/api/x?q=%7e&b=O'Brien");
+        assert_eq!(host(&sent), None);
+        address(&mut sent, &direct, false);
+        assert_eq!(sent.uri(), "/prefix/api/x?q=%7e&b=O'Brien");
+        assert_eq!(host(&sent), Some("api.example:8443"));
+    }
+
+    #[test]
+    fn plain_http_through_the_egress_proxy_keeps_the_absolute_form_and_carries_its_credentials() {
+        let egress = Matcher::builder().all("http://corp%5Cuser:p%40ss@127.0.0.1:3128").build();
+        let api = Uri::from_static("http://api.example/x");
+        let via = route(&api, egress.intercept(&api).as_ref());
+        assert!(via.absolute_form);
+        let expected =
+            format!("Basic {}", base64::Engine::encode(&base64::prelude::BASE64_STANDARD, "corp\\user:p@ss"));
+        assert_eq!(via.proxy_authorization.as_ref().unwrap(), expected.as_str());
+        let mut sent = request("http://api.example/x?y=1");
+        address(&mut sent, &via, false);
+        assert_eq!(sent.uri(), "http://api.example/x?y=1");
+        assert_eq!(host(&sent), Some("api.example"));
     }
 }
