@@ -8,9 +8,10 @@
 //! - [`token`]: token fetch (with the other domain as fallback), the pure refresh schedule, the
 //!   refresher task, the lock-free store; also the fixed credential of basic mode.
 //! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file changes).
-//! - [`proxy`]: the forwarding handler; [`upstream`]: the client it forwards with (pool, TLS,
-//!   egress proxy); [`rewrite`]: pure header, path and `Location` rules;
-//!   [`body`]: streaming body wrappers; [`body_rewrite`]: the API's URLs inside text bodies.
+//! - [`proxy`]: the forwarding handler; [`upstream`]: the client it forwards with (TLS, HTTP/2,
+//!   egress proxy) over [`pool`]'s kept-alive connections; [`rewrite`]: pure header, path and
+//!   `Location` rules; [`body`]: streaming body wrappers; [`body_rewrite`]: the API's URLs inside
+//!   text bodies.
 //! - [`access_log`]: request ids and the one log event per request; [`metrics`]: Prometheus;
 //!   [`admin`]: `/_proxy/*`.
 //! - [`error`]: the proxy's own errors and their single status mapping.

@@ -107,7 +107,7 @@ impl<B> Sender<B> {
     }
 }
 
-/// The closes expired connections; aborted when the pool goes.
+/// The sweep task that closes expired connections; aborted when the pool goes.
 struct Sweep(Option<tokio::task::AbortHandle>);
 
 impl Drop for Sweep {
