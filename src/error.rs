@@ -4,9 +4,6 @@ use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::{CONNECTION, HeaderValue, RETRY_AFTER};
-use std::io::ErrorKind::TimedOut;
-
-use crate::forward::upstream::ConnectTimeout;
 
 /// An answer made by the proxy rather than the upstream. Each has a stable machine-readable
 /// `code` that scripts may match on; the message is for people.
@@ -96,25 +93,6 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "upstream_rate_limited"),
             ProxyError::Framing { status, code, .. } => (*status, code),
             ProxyError::BadHost(_) => (StatusCode::BAD_REQUEST, "bad_host"),
-        }
-    }
-
-    /// Classifies a failure to get response headers from the upstream. Timeouts first: a connect
-    /// timeout is a timeout (504), as in nginx; other connect failures are unreachable (502).
-    pub fn from_upstream(e: &hyper_util::client::legacy::Error) -> ProxyError {
-        let timed_out = std::iter::successors(std::error::Error::source(e), |s| s.source()).any(|s| {
-            s.is::<ConnectTimeout>() || s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == TimedOut)
-        });
-        if timed_out {
-            ProxyError::Timeout
-        } else if e.is_connect() {
-            ProxyError::Unreachable
-        } else if std::iter::successors(std::error::Error::source(e), |s| s.source())
-            .any(|s| s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message))
-        {
-            ProxyError::ClosedBeforeAnswer
-        } else {
-            ProxyError::Broken
         }
     }
 

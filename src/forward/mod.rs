@@ -5,6 +5,7 @@
 pub mod body;
 pub mod body_rewrite;
 pub mod pacer;
+pub mod pool;
 pub mod rewrite;
 pub mod upstream;
 
@@ -23,7 +24,6 @@ use http::header::{
 use http::{HeaderMap, Method, StatusCode, Uri, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
@@ -34,7 +34,7 @@ use body::{IdleTimeout, Paused, Primed, ReplayBudget, Side, TooLarge, Upload};
 use body_rewrite::{Replacer, Rewritten, is_rewritable};
 use pacer::{Pacer, Refusal};
 use rewrite::LocationRewrite;
-use upstream::{Outbound, UpstreamClient};
+use upstream::{Outbound, ResponseBody, UpstreamClient};
 
 /// Added to an upstream 403: the catalogue permission the request needs, so an administrator
 /// knows what the OAuth client's role lacks.
@@ -387,7 +387,7 @@ impl Attempt<'_> {
         token: &Token,
         body: Outbound,
         sent: Option<oneshot::Receiver<()>>,
-    ) -> Result<http::Response<Incoming>, ProxyError> {
+    ) -> Result<http::Response<ResponseBody>, ProxyError> {
         let mut request = http::Request::new(body);
         *request.method_mut() = self.parts.method.clone();
         *request.uri_mut() = self.uri.clone();
@@ -409,11 +409,30 @@ impl Attempt<'_> {
                 tracing::debug!(error = %ErrorChain(&e), "upstream request failed");
                 match too_large(&e) {
                     Some(limit) => ProxyError::BodyTooLarge(limit),
-                    None => ProxyError::from_upstream(&e),
+                    None => from_upstream(&e),
                 }
             }),
             () = deadline => Err(ProxyError::Timeout),
         }
+    }
+}
+
+/// Classifies a failure to get response headers from the upstream. Timeouts first: a connect
+/// timeout is a timeout (504), as in nginx; other connect failures are unreachable (502).
+fn from_upstream(e: &upstream::Error) -> ProxyError {
+    let chain = || std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| s.source());
+    let timed_out = chain().any(|s| {
+        s.is::<upstream::ConnectTimeout>()
+            || s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    });
+    if timed_out {
+        ProxyError::Timeout
+    } else if e.is_connect() {
+        ProxyError::Unreachable
+    } else if chain().any(|s| s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)) {
+        ProxyError::ClosedBeforeAnswer
+    } else {
+        ProxyError::Broken
     }
 }
 
@@ -428,7 +447,7 @@ fn from_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
 }
 
 /// The body limit, when that is why sending failed.
-fn too_large(e: &hyper_util::client::legacy::Error) -> Option<u64> {
+fn too_large(e: &upstream::Error) -> Option<u64> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(TooLarge(limit)) = s.downcast_ref::<TooLarge>() {

@@ -1,5 +1,6 @@
-//! The client that forwards API requests: hyper's pooled client over rustls, through the egress
-//! proxy where one applies. It sends the request target exactly as it is given, byte for byte.
+//! The client that forwards API requests: HTTP/1.1, or HTTP/2 where the API offers it by ALPN,
+//! over rustls, through the egress proxy where one applies, on connections kept in a [`Pool`]. It
+//! sends the request target exactly as it is given, byte for byte.
 
 use std::future::Future;
 use std::io;
@@ -9,19 +10,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, PROXY_AUTHORIZATION, USER_AGENT};
-use http::uri::Scheme;
+use http::header::{HOST, HeaderValue, PROXY_AUTHORIZATION, USER_AGENT};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use tower::ServiceExt;
 
+use super::pool::{self, Destination, Pool, Sender};
 use crate::config::{Config, Egress};
 use crate::forward::body::Upload;
 
@@ -30,17 +29,29 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body on its way upstream: held whole (and replayable), or streamed from the caller.
 pub type Outbound = Either<Full<Bytes>, Upload<axum::body::Body>>;
 
+/// A response body from the API; its connection goes back to the pool at its clean end.
+pub type ResponseBody = pool::ResponseBody<Outbound, Route>;
+
 /// Sent when the caller sent no `User-Agent`, and on `CONNECT` to an egress proxy.
 const USER_AGENT_VALUE: HeaderValue = HeaderValue::from_static(concat!("uem-proxy/", env!("CARGO_PKG_VERSION")));
-
-/// Keep-alive connections to the API idle longer than this are closed.
-const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// The forwarding client. Cloning is cheap and shares the pool.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<Connector, Outbound>,
-    egress: Arc<Matcher>,
+    pool: Pool<Outbound, Route>,
+    connector: Connector,
+}
+
+/// What every request to one destination carries, built on the first request to it.
+pub struct Route {
+    /// The destination as the connector takes it: scheme and authority.
+    origin: Uri,
+    /// `Host` for HTTP/1: the host, and the port unless it is the scheme's default.
+    host: HeaderValue,
+    /// Plain HTTP through the egress proxy: the request line holds the whole URL.
+    absolute_form: bool,
+    /// The egress proxy's credentials, sent along on absolute-form requests.
+    proxy_authorization: Option<HeaderValue>,
 }
 
 /// Connecting to the API (TCP, egress proxy and TLS together) took longer than `connect_timeout`.
@@ -48,10 +59,38 @@ pub struct UpstreamClient {
 #[error("connecting took longer than {0:?}")]
 pub struct ConnectTimeout(Duration);
 
+/// Why a request got no answer from the API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection could be opened (TCP, egress proxy, TLS, HTTP/2 preface), or it took longer
+    /// than the connect timeout ([`ConnectTimeout`] in the source).
+    #[error("cannot connect to the API")]
+    Connect(#[source] BoxError),
+    /// The connection failed, or the request body did, before the response head was read.
+    #[error("the API connection failed")]
+    Send(#[source] hyper::Error),
+}
+
+impl Error {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Error::Connect(_))
+    }
+}
+
 impl UpstreamClient {
     /// A client for `config`'s egress route and connect timeout, trusting what `tls` trusts (see
-    /// [`tls_config`]). Redirects are never followed: hyper's client has no such feature.
+    /// [`tls_config`]), keeping idle connections as [`pool::Settings::default`] says. Redirects
+    /// are never followed: the client has no such feature.
     pub fn new(config: &Config, tls: rustls::ClientConfig) -> Result<UpstreamClient, String> {
+        UpstreamClient::with_pool(config, tls, pool::Settings::default())
+    }
+
+    /// The same, with connections kept as `pool` says.
+    pub fn with_pool(
+        config: &Config,
+        tls: rustls::ClientConfig,
+        pool: pool::Settings,
+    ) -> Result<UpstreamClient, String> {
         // An HTTPS egress proxy is spoken to in HTTP/1.1 (for CONNECT); the API in either.
         let mut tls_proxy = tls.clone();
         tls_proxy.alpn_protocols.clear();
@@ -77,35 +116,108 @@ impl UpstreamClient {
             http,
             tls: Arc::new(tls),
             tls_proxy: Arc::new(tls_proxy),
-            egress: egress.clone(),
+            egress,
             timeout: config.connect_timeout,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(connector);
-        Ok(UpstreamClient { client, egress })
+        Ok(UpstreamClient { pool: Pool::new(pool), connector })
     }
 
-    /// Sends `request` as it is, adding only what the client adds itself: `Host`, a `User-Agent`
-    /// when there is none, and the egress proxy's credentials for a plain-HTTP API.
-    pub fn send(
-        &self,
-        mut request: Request<Outbound>,
-    ) -> impl Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>> + use<> {
+    /// Sends `request` (its URI absolute) as it is, adding only what the client adds itself:
+    /// `Host`, a `User-Agent` when there is none, and the egress proxy's credentials for a
+    /// plain-HTTP API. A request on a reused connection that the API closed before the request
+    /// was written goes out again on a new connection, whatever its method; one that may have
+    /// been written is never sent twice here.
+    pub async fn send(&self, mut request: Request<Outbound>) -> Result<Response<ResponseBody>, Error> {
+        let (dest, pooled) = self
+            .pool
+            .checkout(request.uri(), || self.route(request.uri()))
+            .ok_or_else(|| Error::Connect("the request has no absolute URI".into()))?;
+        let reused = pooled.is_some();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => self.connect(&dest).await?,
+        };
         let headers = request.headers_mut();
         if !headers.contains_key(USER_AGENT) {
             headers.insert(USER_AGENT, USER_AGENT_VALUE);
         }
-        // A plain-HTTP request goes to the proxy in absolute form and carries its credentials;
-        // an HTTPS one is tunnelled, and the credentials go on the CONNECT instead.
-        if request.uri().scheme() == Some(&Scheme::HTTP)
-            && let Some(auth) = self.egress.intercept(request.uri()).as_ref().and_then(|p| p.basic_auth().cloned())
-        {
-            request.headers_mut().insert(PROXY_AUTHORIZATION, auth);
+        if let Some(auth) = &dest.route.proxy_authorization {
+            headers.insert(PROXY_AUTHORIZATION, auth.clone());
         }
-        self.client.request(request)
+        address(&mut request, &dest.route, conn.is_http2());
+        let mut unsent = match self.pool.send(&dest, conn, request).await {
+            Ok(response) => return Ok(response),
+            Err(e) => e,
+        };
+        let Some(mut request) = unsent.take_message().filter(|_| reused) else {
+            return Err(Error::Send(unsent.into_error()));
+        };
+        tracing::debug!("the API closed a kept-alive connection before the request went out; sending it on a new one");
+        let conn = self.connect(&dest).await?;
+        address(&mut request, &dest.route, conn.is_http2());
+        self.pool.send(&dest, conn, request).await.map_err(|e| Error::Send(e.into_error()))
+    }
+
+    /// The constants of requests to `uri`'s destination; see [`route`].
+    fn route(&self, uri: &Uri) -> Route {
+        let via = if uri.scheme() == Some(&Scheme::HTTP) { self.connector.egress.intercept(uri) } else { None };
+        route(uri, via.as_ref())
+    }
+
+    /// Opens a connection to `dest` and starts HTTP on it: HTTP/2 if TLS chose it.
+    async fn connect(&self, dest: &Destination<Route>) -> Result<Sender<Outbound>, Error> {
+        let conn = self.connector.clone().oneshot(dest.route.origin.clone()).await.map_err(Error::Connect)?;
+        let http2 = conn.connected().is_negotiated_h2();
+        self.pool.handshake(dest, conn, http2).await.map_err(|e| Error::Connect(e.into()))
+    }
+}
+
+/// The constants of requests to `uri`'s destination, `via` the egress proxy for plain HTTP. Such
+/// a request goes to the proxy in absolute form and carries its credentials; an HTTPS one is
+/// tunnelled, and the credentials go on the `CONNECT` instead.
+fn route(uri: &Uri, via: Option<&Intercept>) -> Route {
+    let mut origin = http::uri::Parts::default();
+    origin.scheme = uri.scheme().cloned();
+    origin.authority = uri.authority().cloned();
+    origin.path_and_query = Some(PathAndQuery::from_static("/"));
+    let origin = Uri::from_parts(origin).expect("scheme and authority make a URI");
+    let host = uri.host().unwrap_or_default();
+    let host = match uri.port_u16().filter(|port| Some(*port) != default_port(uri.scheme())) {
+        Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
+        None => HeaderValue::try_from(host),
+    }
+    .expect("a URI's host is a header value");
+    Route { origin, host, absolute_form: via.is_some(), proxy_authorization: via.and_then(|p| p.basic_auth().cloned()) }
+}
+
+fn default_port(scheme: Option<&Scheme>) -> Option<u16> {
+    match scheme {
+        Some(s) if *s == Scheme::HTTPS => Some(443),
+        Some(s) if *s == Scheme::HTTP => Some(80),
+        _ => None,
+    }
+}
+
+/// Puts `request`'s target in the form its connection takes. HTTP/1: origin form (`/path?query`)
+/// with `Host`, or absolute form to an egress proxy. HTTP/2: absolute, the authority going in
+/// its own field and no `Host`.
+fn address(request: &mut Request<Outbound>, route: &Route, http2: bool) {
+    let to_origin_form = !http2 && !route.absolute_form && request.uri().scheme().is_some();
+    let to_absolute_form = (http2 || route.absolute_form) && request.uri().scheme().is_none();
+    if to_origin_form || to_absolute_form {
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        if to_origin_form {
+            (parts.scheme, parts.authority) = (None, None);
+            parts.path_and_query.get_or_insert(PathAndQuery::from_static("/"));
+        } else {
+            (parts.scheme, parts.authority) = (route.origin.scheme().cloned(), route.origin.authority().cloned());
+        }
+        *request.uri_mut() = Uri::from_parts(parts).expect("a URI in another form is still one");
+    }
+    if http2 {
+        request.headers_mut().remove(HOST);
+    } else {
+        request.headers_mut().insert(HOST, route.host.clone());
     }
 }
 
@@ -246,5 +358,67 @@ impl hyper::rt::Write for Conn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str) -> Request<Outbound> {
+        let mut request = Request::new(Either::Left(Full::new(Bytes::new())));
+        *request.uri_mut() = Uri::try_from(uri).unwrap();
+        request
+    }
+
+    fn host(request: &Request<Outbound>) -> Option<&str> {
+        request.headers().get(HOST).map(|h| h.to_str().unwrap())
+    }
+
+    #[test]
+    fn host_names_the_port_only_when_it_is_not_the_schemes_own() {
+        for (uri, expected) in [
+            ("https://as1.awmdm.com/api", "as1.awmdm.com"),
+            ("https://as1.awmdm.com:443/api", "as1.awmdm.com"),
+            ("https://as1.awmdm.com:8443/api", "as1.awmdm.com:8443"),
+            ("http://127.0.0.1:80/api", "127.0.0.1"),
+            ("http://127.0.0.1:443/api", "127.0.0.1:443"),
+            ("http://[::1]:8080/api", "[::1]:8080"),
+        ] {
+            let route = route(&Uri::try_from(uri).unwrap(), None);
+            assert_eq!(route.host, expected, "{uri}");
+            assert!(!route.absolute_form && route.proxy_authorization.is_none());
+        }
+    }
+
+    #[test]
+    fn http1_gets_the_origin_form_and_host_http2_the_absolute_form_without_host() {
+        let direct = route(&Uri::from_static("https://api.example:8443/prefix"), None);
+        let mut sent = request("https://api.example:8443/prefix/api/x?q=%7e&b=O'Brien");
+        address(&mut sent, &direct, false);
+        assert_eq!(sent.uri(), "/prefix/api/x?q=%7e&b=O'Brien");
+        assert_eq!(host(&sent), Some("api.example:8443"));
+        // Sent again on a connection that turned out HTTP/2, and back.
+        address(&mut sent, &direct, true);
+        assert_eq!(sent.uri(), "https://api.example:8443/prefix/api/x?q=%7e&b=O'Brien");
+        assert_eq!(host(&sent), None);
+        address(&mut sent, &direct, false);
+        assert_eq!(sent.uri(), "/prefix/api/x?q=%7e&b=O'Brien");
+        assert_eq!(host(&sent), Some("api.example:8443"));
+    }
+
+    #[test]
+    fn plain_http_through_the_egress_proxy_keeps_the_absolute_form_and_carries_its_credentials() {
+        let egress = Matcher::builder().all("http://corp%5Cuser:p%40ss@127.0.0.1:3128").build();
+        let api = Uri::from_static("http://api.example/x");
+        let via = route(&api, egress.intercept(&api).as_ref());
+        assert!(via.absolute_form);
+        let expected =
+            format!("Basic {}", base64::Engine::encode(&base64::prelude::BASE64_STANDARD, "corp\\user:p@ss"));
+        assert_eq!(via.proxy_authorization.as_ref().unwrap(), expected.as_str());
+        let mut sent = request("http://api.example/x?y=1");
+        address(&mut sent, &via, false);
+        assert_eq!(sent.uri(), "http://api.example/x?y=1");
+        assert_eq!(host(&sent), Some("api.example"));
     }
 }

@@ -14,6 +14,7 @@ mod legacy;
 mod mistakes;
 mod operations;
 mod policy;
+mod pool;
 mod sandbox;
 mod security;
 mod streaming;
