@@ -16,6 +16,7 @@ mod operations;
 mod policy;
 mod sandbox;
 mod security;
+mod service;
 mod streaming;
 mod support;
 mod tokens;

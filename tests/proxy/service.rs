@@ -1,0 +1,78 @@
+//! The one service every request goes through, against what it replaced: the access line as
+//! the log has always written it, the metrics' labels, and the header timeout's clock.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use crate::binary::{base_env, command};
+use crate::support::{Proxy, TokenService, Upstream, client, raw};
+
+/// The proxy binary writing text lines; its address (from its `listening` line) and its log.
+struct TextRunning {
+    child: std::process::Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TextRunning {
+    fn start(api: &str, token_url: &str) -> TextRunning {
+        let mut env = base_env(api, token_url);
+        env.retain(|(k, _)| *k != "UEM_PROXY_LOG_FORMAT");
+        env.push(("UEM_PROXY_LOG_FORMAT", "text"));
+        let mut child = command(&env).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(" listening ") || line.ends_with(": listening") || line.contains(": listening ") {
+                    let listen = line.split(' ').find_map(|f| f.strip_prefix("listen=")).map(str::to_owned);
+                    if let Some(listen) = listen {
+                        let _ = tx.send(listen);
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let listen = rx.recv_timeout(Duration::from_secs(20)).expect("the proxy logs where it listens");
+        TextRunning { child, addr: listen.parse().unwrap(), log }
+    }
+
+    /// The access line of the request to `path`, once it is written.
+    async fn access(&self, path: &str) -> String {
+        for _ in 0..500 {
+            let found = self.log.lock().unwrap().iter().find(|l| l.contains(&format!(" path={path} "))).cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no access line for {path}: {:?}", self.log.lock().unwrap());
+    }
+}
+
+impl Drop for TextRunning {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_text_access_line_quotes_the_caller_as_it_always_has() {
+    // `caller="loopback"`: the field is a string, and scripts that read the text log match it
+    // with its quotes. Written as a displayed value instead, it lost them.
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let proxy = TextRunning::start(&api, &token_url);
+    let response = client().get(format!("http://{}/api/mdm/devices/1", proxy.addr)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let line = proxy.access("/api/mdm/devices/1").await;
+    assert!(line.contains(" uem_proxy::access: request request_id=\""), "{line}");
+    assert!(line.contains(" caller=\"loopback\" method=GET "), "{line}");
+}
