@@ -103,6 +103,8 @@ impl Service {
                     mapping::required(&parts.method, parts.uri.path()).map_or("unknown", |r| r.permission.category);
             }
             tracing::warn!(request_id = %id, peer = %record.peer, reason = %refusal, "request refused");
+            // `caller` says why a caller was let in; this one was not.
+            record.caller = None;
             return refusal.into_response(id);
         }
         if let Some(answer) = gate::preflight(&parts) {

@@ -76,3 +76,23 @@ async fn the_text_access_line_quotes_the_caller_as_it_always_has() {
     assert!(line.contains(" uem_proxy::access: request request_id=\""), "{line}");
     assert!(line.contains(" caller=\"loopback\" method=GET "), "{line}");
 }
+
+#[tokio::test]
+async fn a_refused_request_is_logged_without_a_caller_and_a_served_one_with_it() {
+    // `caller` says why a caller was let in, for audits; a request refused at the gate was not
+    // let in, and its access event has always had no such field.
+    let log = crate::bodies::Captured::start();
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let refused = raw(proxy.addr, "GET /api/refused HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n").await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let event = log.access("/api/refused").await;
+    assert_eq!(event["status"], 403, "{event}");
+    assert!(event.get("caller").is_none(), "{event}");
+    let traced = raw(proxy.addr, "TRACE /api/traced HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert!(traced.starts_with("HTTP/1.1 405"), "{traced}");
+    assert!(log.access("/api/traced").await.get("caller").is_none());
+    let served = raw(proxy.addr, "GET /api/served HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    assert_eq!(log.access("/api/served").await["caller"], "loopback");
+    assert_eq!(upstream.seen().len(), 1, "only the served one went upstream");
+}
