@@ -96,3 +96,30 @@ async fn a_refused_request_is_logged_without_a_caller_and_a_served_one_with_it()
     assert_eq!(log.access("/api/served").await["caller"], "loopback");
     assert_eq!(upstream.seen().len(), 1, "only the served one went upstream");
 }
+
+#[tokio::test]
+async fn preflights_and_unforwardable_targets_are_counted_under_the_permission_category_of_their_path() {
+    // The metrics' category is the permission family the path belongs to, whatever the answer;
+    // a preflight answered at the gate and a target refused as unforwardable were counted as
+    // `unknown` once the category was taken from the forwarder alone.
+    let (proxy, upstream, _tokens) =
+        Proxy::with_defaults(&[("UEM_PROXY_ALLOWED_ORIGINS", "http://localhost:3000")]).await;
+    let preflight = raw(
+        proxy.addr,
+        "OPTIONS /api/mdm/devices/5 HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:3000\r\n\
+         Access-Control-Request-Method: DELETE\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(preflight.starts_with("HTTP/1.1 204"), "{preflight}");
+    let connect = raw(proxy.addr, "CONNECT /api/mdm/devices/5 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert!(connect.starts_with("HTTP/1.1 400"), "{connect}");
+    let metrics = client().get(format!("{}/_proxy/metrics", proxy.url)).send().await.unwrap().text().await.unwrap();
+    for counted in [
+        r#"uem_proxy_requests_total{method="OPTIONS",category="Devices",status_class="2xx"} 1"#,
+        r#"uem_proxy_requests_total{method="other",category="Devices",status_class="4xx"} 1"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted}\n{metrics}");
+    }
+    assert!(!metrics.contains(r#"category="unknown""#), "{metrics}");
+    assert!(upstream.seen().is_empty());
+}
