@@ -123,3 +123,47 @@ async fn preflights_and_unforwardable_targets_are_counted_under_the_permission_c
     assert!(!metrics.contains(r#"category="unknown""#), "{metrics}");
     assert!(upstream.seen().is_empty());
 }
+
+#[tokio::test]
+async fn the_header_timeout_counts_from_the_end_of_a_tls_handshake() {
+    // The handshake has a time limit of its own (the header timeout); the request head then has
+    // the whole header timeout too, as it had before the timeout was kept by a sweep. Counted
+    // from the accept, a slow handshake left the head almost no time.
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (cert_path, key_path) = crate::support::localhost_certificate();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let (_proxy, _upstream, _tokens) = Proxy::with_defaults(&[
+        ("UEM_PROXY_TLS_CERT", cert_path.as_str()),
+        ("UEM_PROXY_TLS_KEY", key_path.as_str()),
+        ("UEM_PROXY_TLS_LISTEN", tls_listen.as_str()),
+        ("UEM_PROXY_HEADER_TIMEOUT", "1s"),
+    ])
+    .await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(&cert_path).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tcp = None;
+    for _ in 0..100 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(&tls_listen).await {
+            tcp = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tcp = tcp.expect("the HTTPS listener accepts");
+    // A slow handshake, within its limit: the stall is what is tested.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("the handshake completes within its limit");
+    // A head well within the header timeout of the handshake's end, but not of the accept.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    tls.write_all(b"GET /_proxy/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}
