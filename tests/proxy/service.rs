@@ -167,3 +167,20 @@ async fn the_header_timeout_counts_from_the_end_of_a_tls_handshake() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 }
+
+#[tokio::test]
+async fn cookies_the_api_sets_leave_the_service_marked_sensitive() {
+    // Marked, no `Debug` of the answer's headers (a log line at trace level) shows their values.
+    let (tokens, upstream) = (TokenService::default(), Upstream::default());
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let config = crate::support::config(&api, &token_url, None, &[]).unwrap();
+    let local = uem_proxy::config::Listen::Tcp("127.0.0.1:8080".parse().unwrap());
+    let (service, _refresher) = uem_proxy::service(&config, &local).unwrap();
+    let request = http::Request::get("/hop").header("host", "localhost").body(axum::body::Body::empty()).unwrap();
+    let response = service.serve(request, uem_proxy::listen::Peer::Tcp("127.0.0.1:4000".parse().unwrap()), false).await;
+    assert_eq!(response.status(), 200);
+    let cookies: Vec<_> = response.headers().get_all(http::header::SET_COOKIE).iter().collect();
+    assert_eq!(cookies.len(), 2, "{:?}", response.headers());
+    assert!(cookies.iter().all(|c| c.is_sensitive()), "{cookies:?}");
+    assert!(!format!("{:?}", response.headers()).contains("a=1"));
+}
