@@ -184,3 +184,26 @@ async fn cookies_the_api_sets_leave_the_service_marked_sensitive() {
     assert!(cookies.iter().all(|c| c.is_sensitive()), "{cookies:?}");
     assert!(!format!("{:?}", response.headers()).contains("a=1"));
 }
+
+#[tokio::test]
+async fn a_caller_who_leaves_before_the_answer_is_recorded_once_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let log = crate::bodies::Captured::start();
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let mut caller = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    caller.write_all(b"GET /slow-headers?ms=700 HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    upstream.wait_seen(1).await;
+    drop(caller);
+    let event = log.access("/slow-headers").await;
+    assert_eq!((event["status"].as_u64(), event["complete"].as_bool()), (Some(499), Some(false)), "{event}");
+    // Past the moment the API answers: nothing more is written for it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let text = String::from_utf8(log.lines.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.lines().filter(|l| l.contains("\"path\":\"/slow-headers\"")).count(), 1, "{text}");
+    let metrics = client().get(format!("{}/_proxy/metrics", proxy.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("\nuem_proxy_requests_in_flight 1\n"), "only the scrape: {metrics}");
+    assert!(
+        metrics.contains(r#"uem_proxy_requests_total{method="GET",category="unknown",status_class="4xx"} 1"#),
+        "{metrics}"
+    );
+}
