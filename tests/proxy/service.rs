@@ -207,3 +207,25 @@ async fn a_caller_who_leaves_before_the_answer_is_recorded_once_as_499() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn the_header_timeout_never_cuts_a_connection_busy_with_a_request() {
+    // The timeout is kept by a sweep over idle connections; one sending a body, or waiting for
+    // the API, is busy, whatever the time.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_HEADER_TIMEOUT", "300ms")]).await;
+    let mut caller = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    caller.write_all(b"POST /api/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 8\r\n\r\n").await.unwrap();
+    for piece in [b"up", b"lo", b"ad", b"ed"] {
+        // Pauses within the body's own limit, adding up to well past the header timeout.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        caller.write_all(piece).await.unwrap();
+    }
+    let mut head = [0u8; 12];
+    caller.read_exact(&mut head).await.expect("answered, not cut");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert_eq!(upstream.last().body, "uploaded");
+    let slow = client().get(format!("{}/slow-headers?ms=900", proxy.url)).send().await.unwrap();
+    assert_eq!(slow.status(), 200);
+    assert_eq!(slow.text().await.unwrap(), "slow");
+}
