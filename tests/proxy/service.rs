@@ -29,7 +29,7 @@ impl TextRunning {
         let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(" listening ") || line.ends_with(": listening") || line.contains(": listening ") {
+                if line.contains(": listening listen=") {
                     let listen = line.split(' ').find_map(|f| f.strip_prefix("listen=")).map(str::to_owned);
                     if let Some(listen) = listen {
                         let _ = tx.send(listen);
@@ -111,7 +111,8 @@ async fn preflights_and_unforwardable_targets_are_counted_under_the_permission_c
     )
     .await;
     assert!(preflight.starts_with("HTTP/1.1 204"), "{preflight}");
-    let connect = raw(proxy.addr, "CONNECT /api/mdm/devices/5 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    let connect =
+        raw(proxy.addr, "CONNECT /api/mdm/devices/5 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
     assert!(connect.starts_with("HTTP/1.1 400"), "{connect}");
     let metrics = client().get(format!("{}/_proxy/metrics", proxy.url)).send().await.unwrap().text().await.unwrap();
     for counted in [
