@@ -99,13 +99,17 @@ impl Service {
         }
         if let Some(refusal) = settings.checks.refusal(&parts, record.caller.as_ref()) {
             if !own {
-                record.category =
-                    mapping::required(&parts.method, parts.uri.path()).map_or("unknown", |r| r.permission.category);
+                record.category = category(&parts);
             }
             tracing::warn!(request_id = %id, peer = %record.peer, reason = %refusal, "request refused");
+            // `caller` says why a caller was let in; this one was not.
+            record.caller = None;
             return refusal.into_response(id);
         }
         if let Some(answer) = gate::preflight(&parts) {
+            if !own {
+                record.category = category(&parts);
+            }
             return answer;
         }
         let origin = parts.headers.get(ORIGIN).cloned();
@@ -141,7 +145,13 @@ impl Service {
         https: bool,
     ) -> Result<Response, ProxyError> {
         let uri = parts.uri.clone();
-        let target = Target::of(&parts.method, uri.path()).map_err(ProxyError::BadTarget)?;
+        let target = match Target::of(&parts.method, uri.path()) {
+            Ok(target) => target,
+            Err(why) => {
+                record.category = category(&parts);
+                return Err(ProxyError::BadTarget(why));
+            }
+        };
         record.category = target.category();
         gate::decide(&settings.policy, &parts, &target)?;
         let forwarded =
@@ -159,6 +169,12 @@ impl Handler for Service {
     fn call(self, req: Request<Incoming>, peer: Peer, https: bool) -> impl Future<Output = Response> + Send + 'static {
         self.serve(req, peer, https)
     }
+}
+
+/// The permission category of a request answered before it has a [`Target`] (refused, a
+/// preflight, a target that cannot be forwarded), for the metrics: from the path as sent.
+fn category(parts: &Parts) -> &'static str {
+    mapping::required(&parts.method, parts.uri.path()).map_or("unknown", |r| r.permission.category)
 }
 
 /// Marks credential-bearing headers so that no debug output of them shows their values.

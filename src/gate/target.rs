@@ -247,5 +247,17 @@ mod tests {
                 proptest::prop_assert_eq!(rebuilt.as_deref(), Ok(path.as_str()));
             }
         }
+
+        /// The same over every printable ASCII byte, encoded dots and slashes, and a byte
+        /// outside ASCII, in segments that are often empty or dots.
+        #[test]
+        fn no_printable_path_is_borrowed_that_rebuilding_would_change(
+            path in "(/([ -~]|é|\\.|\\.\\.|%2[eEfF]|%5[cC]|%41){0,5}){0,6}/?"
+        ) {
+            if is_canonical(&path) {
+                let rebuilt = rebuilt(&path);
+                proptest::prop_assert_eq!(rebuilt.as_deref(), Ok(path.as_str()));
+            }
+        }
     }
 }

@@ -269,7 +269,12 @@ pub async fn serve(
                                     tokio::spawn(async move {
                                         match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
                                         {
-                                            Ok(Ok(tls)) => conn.spawn(tls, peer, true),
+                                            Ok(Ok(tls)) => {
+                                                // The handshake had a limit of its own: the
+                                                // head's time counts from its end.
+                                                drop(conn.slot.busy());
+                                                conn.spawn(tls, peer, true);
+                                            }
                                             Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                                         }

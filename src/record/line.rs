@@ -271,7 +271,7 @@ mod tests {
             target: "uem_proxy::access",
             request_id = "ab\"c\\d",
             peer = %"127.0.0.1:5000",
-            caller = caller.map(tracing::field::display),
+            caller,
             activity_id = activity,
             method = %"GET",
             path = %"/api/mdm/devices/1",

@@ -5,6 +5,7 @@
 pub mod line;
 pub mod metrics;
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,7 +123,7 @@ impl Drop for Record {
             target: line::TARGET,
             request_id = self.id.to_str().unwrap_or(""),
             peer = %self.peer,
-            caller = self.caller.as_ref().map(tracing::field::display),
+            caller = self.caller.as_ref().map(caller_text).as_deref(),
             activity_id = self.activity_id.as_deref(),
             method = %self.method,
             path = %self.uri.path(),
@@ -140,6 +141,16 @@ impl Drop for Record {
             status_class: status_class(self.status),
         };
         self.metrics.finished(labels, total, self.upstream, (bytes_in, self.bytes_out));
+    }
+}
+
+/// The caller as a string, so that the text log quotes it as it always has (`caller="loopback"`);
+/// only an allow-list entry or a user id is formatted.
+fn caller_text(caller: &Caller) -> Cow<'static, str> {
+    match caller {
+        Caller::Loopback => Cow::Borrowed("loopback"),
+        Caller::Unix => Cow::Borrowed("unix"),
+        other => Cow::Owned(other.to_string()),
     }
 }
 

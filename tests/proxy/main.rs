@@ -17,6 +17,7 @@ mod policy;
 mod pool;
 mod sandbox;
 mod security;
+mod service;
 mod streaming;
 mod support;
 mod tokens;
