@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{Auth, Config, Listen};
 use crate::forward::body::ReplayBudget;
 use crate::forward::pacer::Pacer;
+use crate::forward::upstream::{Reach, UpstreamClient};
 use crate::forward::{Forwarder, Route};
 use crate::gate::Checks;
 use crate::gate::policy::Policy;
@@ -97,9 +98,11 @@ fn warn_about_policy(policy: &Policy) {
 impl App {
     /// Builds the state and starts the token refresher, whose handle the caller owns.
     pub fn new(config: Config, local: Listen) -> std::io::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
-        let tls = crate::forward::upstream::tls_config(&config).map_err(std::io::Error::other)?;
+        let tls = crate::forward::upstream::tls_config(config.ca_bundle.as_deref().map(Vec::as_slice))
+            .map_err(std::io::Error::other)?;
         let client = crate::token_client(&config, tls.clone()).map_err(std::io::Error::other)?;
-        let upstream = crate::forward::upstream::UpstreamClient::new(&config, tls).map_err(std::io::Error::other)?;
+        let reach = Reach { api_url: &config.api_url, egress: &config.egress, connect_timeout: config.connect_timeout };
+        let upstream = UpstreamClient::new(reach, tls).map_err(std::io::Error::other)?;
         let (tokens, refresher, credentials) = match &config.auth {
             Auth::OAuth(oauth) => {
                 let credentials = Arc::new(ArcSwap::from_pointee(oauth.credentials()));

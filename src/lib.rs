@@ -71,7 +71,7 @@ pub use service::Service;
 /// The HTTP client for the token service: rustls, no redirects ever followed (a redirect must not
 /// carry the secret anywhere), keep-alive pooling. API requests go through [`forward::upstream`] instead.
 pub fn http_client(config: &Config) -> Result<reqwest::Client, String> {
-    token_client(config, forward::upstream::tls_config(config)?)
+    token_client(config, forward::upstream::tls_config(config.ca_bundle.as_deref().map(Vec::as_slice))?)
 }
 
 /// The same, over a TLS configuration already built (and shared with the forwarding client).

@@ -21,23 +21,13 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::forward::pacer::PacerSettings;
+pub use crate::forward::upstream::Egress;
 pub use crate::gate::Inbound;
 use crate::gate::policy::{Policy, PolicyFile};
 pub use crate::listen::Listen;
 pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
 use source::{RawMap, read_file};
-
-/// The route of outbound calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Egress {
-    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` from the environment, if set.
-    FromEnvironment,
-    /// Straight to the hosts, whatever the environment says.
-    Direct,
-    /// Through this proxy (`http://proxy.corp:3128`), except hosts in `NO_PROXY`.
-    Via(Url),
-}
 
 /// The HTTPS listener: where, and the certificate it presents.
 #[derive(Clone)]

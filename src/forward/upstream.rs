@@ -21,8 +21,9 @@ use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use tower::ServiceExt;
 
 use super::pool::{self, Destination, Pool, Sender};
-use crate::config::{Config, Egress};
 use crate::forward::body::Upload;
+use rustls::pki_types::CertificateDer;
+use url::Url;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -77,17 +78,25 @@ impl Error {
     }
 }
 
+/// What the client needs to know of the configuration: the API, the egress route and the time
+/// a connection may take.
+pub struct Reach<'a> {
+    pub api_url: &'a Url,
+    pub egress: &'a Egress,
+    pub connect_timeout: Duration,
+}
+
 impl UpstreamClient {
-    /// A client for `config`'s egress route and connect timeout, trusting what `tls` trusts (see
+    /// A client for `reach`'s egress route and connect timeout, trusting what `tls` trusts (see
     /// [`tls_config`]), keeping idle connections as [`pool::Settings::default`] says. Redirects
     /// are never followed: the client has no such feature.
-    pub fn new(config: &Config, tls: rustls::ClientConfig) -> Result<UpstreamClient, String> {
-        UpstreamClient::with_pool(config, tls, pool::Settings::default())
+    pub fn new(reach: Reach<'_>, tls: rustls::ClientConfig) -> Result<UpstreamClient, String> {
+        UpstreamClient::with_pool(reach, tls, pool::Settings::default())
     }
 
     /// The same, with connections kept as `pool` says.
     pub fn with_pool(
-        config: &Config,
+        reach: Reach<'_>,
         tls: rustls::ClientConfig,
         pool: pool::Settings,
     ) -> Result<UpstreamClient, String> {
@@ -102,8 +111,8 @@ impl UpstreamClient {
         http.set_keepalive_interval(Some(Duration::from_secs(15)));
         http.set_keepalive_retries(Some(3));
 
-        let egress = Arc::new(egress_matcher(&config.egress));
-        let api = Uri::try_from(config.api_url.as_str()).map_err(|e| e.to_string())?;
+        let egress = Arc::new(egress_matcher(reach.egress));
+        let api = Uri::try_from(reach.api_url.as_str()).map_err(|e| e.to_string())?;
         if let Some(proxy) = egress.intercept(&api)
             && !matches!(proxy.uri().scheme_str(), Some("http" | "https"))
         {
@@ -117,7 +126,7 @@ impl UpstreamClient {
             tls: Arc::new(tls),
             tls_proxy: Arc::new(tls_proxy),
             egress,
-            timeout: config.connect_timeout,
+            timeout: reach.connect_timeout,
         };
         Ok(UpstreamClient { pool: Pool::new(pool), connector })
     }
@@ -225,9 +234,9 @@ fn address(request: &mut Request<Outbound>, route: &Route, http2: bool) {
 /// as reqwest uses it) plus `UEM_CA_BUNDLE`'s certificates, ring as the one crypto provider, ALPN
 /// offering HTTP/2 and HTTP/1.1. Built once and shared by the token client and the forwarding
 /// client, because reading the system's store takes a noticeable part of start-up.
-pub fn tls_config(config: &Config) -> Result<rustls::ClientConfig, String> {
+pub fn tls_config(ca_bundle: Option<&[CertificateDer<'static>]>) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let extra_roots = config.ca_bundle.as_ref().map(|c| c.to_vec()).unwrap_or_default();
+    let extra_roots = ca_bundle.map(<[_]>::to_vec).unwrap_or_default();
     let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
         .map_err(|e| format!("cannot load the system's trust store: {e}"))?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -238,6 +247,17 @@ pub fn tls_config(config: &Config) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tls)
+}
+
+/// The route of outbound calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Egress {
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` from the environment, if set.
+    FromEnvironment,
+    /// Straight to the hosts, whatever the environment says.
+    Direct,
+    /// Through this proxy (`http://proxy.corp:3128`), except hosts in `NO_PROXY`.
+    Via(Url),
 }
 
 /// The egress route as hyper-util's matcher: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and

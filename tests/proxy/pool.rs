@@ -145,8 +145,13 @@ impl Api {
 /// The forwarding client alone, for `api`, keeping connections as `settings` says.
 fn upstream_client(api: SocketAddr, settings: Settings) -> UpstreamClient {
     let config = crate::support::config(&format!("http://{api}"), "http://127.0.0.1:9/token", None, &[]).unwrap();
-    let tls = uem_proxy::forward::upstream::tls_config(&config).unwrap();
-    UpstreamClient::with_pool(&config, tls, settings).unwrap()
+    let tls = uem_proxy::forward::upstream::tls_config(None).unwrap();
+    let reach = uem_proxy::forward::upstream::Reach {
+        api_url: &config.api_url,
+        egress: &config.egress,
+        connect_timeout: config.connect_timeout,
+    };
+    UpstreamClient::with_pool(reach, tls, settings).unwrap()
 }
 
 fn request(method: &str, api: SocketAddr, path: &str, body: &'static str) -> http::Request<Outbound> {
