@@ -76,7 +76,10 @@ impl Service {
         };
         // Debug lines written while serving the request carry its id through this span.
         let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or(""));
-        let mut response = self.answer(&settings, parts, body, &mut record, https).instrument(span).await;
+        // Boxed: answering takes several KiB of state, and hyper keeps room for a request's future
+        // beside every connection, busy or idle.
+        let answer = Box::pin(self.answer(&settings, parts, body, &mut record, https).instrument(span));
+        let mut response = answer.await;
         let headers = response.headers_mut();
         headers.insert(X_REQUEST_ID.clone(), id);
         mark_sensitive(headers, &[SET_COOKIE]);
@@ -191,6 +194,24 @@ fn mark_sensitive(headers: &mut HeaderMap, names: &[HeaderName]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// hyper keeps room for a request's future beside every connection, idle ones included: a
+    /// thousand idle callers cost a thousand times its size.
+    #[tokio::test]
+    async fn the_future_kept_beside_each_connection_stays_small() {
+        let env = |k: &str| match k {
+            "UEM_API_URL" => Some("http://127.0.0.1:9".to_owned()),
+            "UEM_TOKEN_URL" => Some("http://127.0.0.1:9/token".to_owned()),
+            "UEM_CLIENT_ID" => Some("client".to_owned()),
+            "UEM_CLIENT_SECRET" => Some("secret".to_owned()),
+            _ => None,
+        };
+        let config = crate::config::Config::load(None, &env).unwrap();
+        let (service, refresher) = crate::service(&config, &config.listen).unwrap();
+        let serving = service.serve(Request::new(Body::empty()), Peer::Unix(None), false);
+        assert!(std::mem::size_of_val(&serving) <= 1024, "{} bytes", std::mem::size_of_val(&serving));
+        refresher.abort();
+    }
 
     #[test]
     fn own_paths_are_the_prefix_and_what_is_under_it() {
