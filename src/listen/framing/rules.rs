@@ -123,10 +123,21 @@ impl Framing {
     pub fn step(&mut self, data: &[u8]) -> Result<Step, Violation> {
         if matches!(self.state, State::Head | State::Trailers) {
             let trailers = self.state == State::Trailers;
-            for (i, &b) in data.iter().enumerate() {
-                if let Some(section) = self.line_byte(b)? {
+            let mut i = 0;
+            while i < data.len() {
+                // Bytes that are neither CR, LF nor NUL, after anything but a CR, need no rule
+                // but the size limit: taken as a run, not one by one.
+                let plain = self.plain_run(&data[i..]);
+                if plain > 0 {
+                    self.head.extend_from_slice(&data[i..i + plain]);
+                    self.taken += plain;
+                    i += plain;
+                    continue;
+                }
+                if let Some(section) = self.line_byte(data[i])? {
                     return Ok(if trailers { Step::Trailers(i + 1, section) } else { Step::Head(i + 1, section) });
                 }
+                i += 1;
             }
             return Ok(Step::Hold(data.len()));
         }
@@ -166,6 +177,25 @@ impl Framing {
             }
         }
         Ok(Step::Pass(i))
+    }
+
+    /// How many bytes at the start of `data` [`Framing::line_byte`] would take without a check
+    /// failing or a line ending: none after a CR (the next byte must be LF), none past the size
+    /// limit, and none of CR, LF or NUL.
+    fn plain_run(&mut self, data: &[u8]) -> usize {
+        if self.head.last() == Some(&b'\r') {
+            return 0;
+        }
+        let limit = match self.state {
+            State::Trailers => self.max_head.min(MAX_TRAILER_BYTES),
+            _ => self.max_head,
+        };
+        let room = limit.saturating_sub(self.taken);
+        let run = data.iter().take(room).position(|&b| matches!(b, 0 | b'\r' | b'\n')).unwrap_or(data.len().min(room));
+        if run > 0 && self.head.capacity() == 0 {
+            self.head.reserve(256);
+        }
+        run
     }
 
     /// A byte of a head or of trailers, both lines of fields ending in an empty line. Returns the
