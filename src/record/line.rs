@@ -202,18 +202,36 @@ fn json_string(out: &mut String, value: &str) {
 
 /// `2026-11-29T07:51:06.475186Z`, as tracing-subscriber writes it.
 fn timestamp(out: &mut String, now: SystemTime) {
+    thread_local! {
+        /// The last second written, and its text up to the fraction: lines come many a second.
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since.subsec_micros()
-    );
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != secs {
+            let (days, rest) = (secs / 86_400, secs % 86_400);
+            let (year, month, day) = civil_from_days(days as i64);
+            second.1.clear();
+            let _ = write!(
+                second.1,
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
+                rest / 3600,
+                rest % 3600 / 60,
+                rest % 60
+            );
+            second.0 = secs;
+        }
+        out.push_str(&second.1);
+    });
+    let micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    for (i, digit) in digits.iter_mut().rev().enumerate() {
+        *digit = b'0' + (micros / 10u32.pow(i as u32) % 10) as u8;
+    }
+    out.push_str(std::str::from_utf8(&digits).expect("digits are ASCII"));
+    out.push('Z');
 }
 
 /// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's algorithm).
@@ -326,8 +344,9 @@ mod tests {
 
     #[test]
     fn timestamps_are_those_of_the_general_formatter() {
-        for secs in [0u64, 951_782_400, 1_795_000_000, 4_102_444_799, 253_402_300_799] {
-            let at = UNIX_EPOCH + Duration::new(secs, 123_456_789);
+        let cases = [0u64, 951_782_400, 1_795_000_000, 1_795_000_000, 1_795_000_001, 4_102_444_799, 253_402_300_799];
+        for (i, secs) in cases.into_iter().enumerate() {
+            let at = UNIX_EPOCH + Duration::new(secs, [123_456_789, 7_000, 999_999_999][i % 3]);
             let mut ours = String::new();
             timestamp(&mut ours, at);
             let theirs = format!("{}", humantime::format_rfc3339_micros(at));
