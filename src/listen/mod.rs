@@ -357,7 +357,7 @@ impl<H: Handler> Conn<H> {
             };
             async move {
                 let response = answer.await;
-                Ok::<_, std::convert::Infallible>(response.map(|body| Body::new(Tracked::new(body, busy))))
+                Ok::<_, std::convert::Infallible>(response.map(|body| Tracked::new(body, busy)))
             }
         });
         let conn = http.serve_connection(TokioIo::new(guarded), service);
