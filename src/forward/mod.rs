@@ -108,11 +108,14 @@ impl Forwarder {
         let uri = upstream_uri(route, &parts, path)?;
         let proxy_base = response_base(&parts.headers, &self.listen_host, https);
         rewrite::request_headers(&mut parts.headers);
-        let caller_paused = Arc::new(AtomicBool::new(false));
+        // Set when the caller paused too long inside its body; there is none without a body.
+        let mut caller_paused = None;
         let outgoing = if body.is_end_stream() {
             Outgoing::Replayable(Bytes::new(), None)
         } else {
-            let body = paced(body, route.body_idle_timeout, caller_paused.clone());
+            let paused = Arc::new(AtomicBool::new(false));
+            let body = paced(body, route.body_idle_timeout, paused.clone());
+            caller_paused = Some(paused);
             prepare_body(body, route.replay_body_limit, &self.replay_budget).await?
         };
 
@@ -145,7 +148,7 @@ impl Forwarder {
         };
         let mut response = match attempt.send(&token, body, sent).await {
             // The upload failed because the caller stopped sending: the caller's fault, not the API's.
-            Err(_) if caller_paused.load(Ordering::Relaxed) => {
+            Err(_) if caller_paused.as_ref().is_some_and(|p| p.load(Ordering::Relaxed)) => {
                 return Err(ProxyError::RequestTimeout(route.body_idle_timeout));
             }
             // A pooled connection the API closed as it was reused: a read is sent once more, on a
