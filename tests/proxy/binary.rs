@@ -55,10 +55,8 @@ impl Running {
         let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-                    && event["message"] == "listening"
-                {
-                    let _ = tx.send(event["listen"].as_str().unwrap().to_owned());
+                if let Some(listen) = listening(&line) {
+                    let _ = tx.send(listen);
                 }
                 lines.lock().unwrap().push(line);
             }
@@ -87,6 +85,15 @@ impl Running {
         let events = lines.iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
         events.filter(|e| e["message"] == message).collect()
     }
+}
+
+/// Where the proxy listens, from its `listening` line in either log format.
+fn listening(line: &str) -> Option<String> {
+    if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
+        return (event["message"] == "listening").then(|| event["listen"].as_str().unwrap().to_owned());
+    }
+    let fields = line.split_once(": listening ")?.1;
+    fields.split(' ').find_map(|f| f.strip_prefix("listen=")).map(str::to_owned)
 }
 
 /// A test that fails midway leaves no proxy running behind it.

@@ -1,65 +1,22 @@
 //! The one service every request goes through, against what it replaced: the access line as
 //! the log has always written it, the metrics' labels, and the header timeout's clock.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::binary::{base_env, command};
+use crate::binary::{Running, base_env};
 use crate::support::{Proxy, TokenService, Upstream, client, raw};
 
-/// The proxy binary writing text lines; its address (from its `listening` line) and its log.
-struct TextRunning {
-    child: std::process::Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl TextRunning {
-    fn start(api: &str, token_url: &str) -> TextRunning {
-        let mut env = base_env(api, token_url);
-        env.retain(|(k, _)| *k != "UEM_PROXY_LOG_FORMAT");
-        env.push(("UEM_PROXY_LOG_FORMAT", "text"));
-        let mut child = command(&env).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(": listening listen=") {
-                    let listen = line.split(' ').find_map(|f| f.strip_prefix("listen=")).map(str::to_owned);
-                    if let Some(listen) = listen {
-                        let _ = tx.send(listen);
-                    }
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let listen = rx.recv_timeout(Duration::from_secs(20)).expect("the proxy logs where it listens");
-        TextRunning { child, addr: listen.parse().unwrap(), log }
-    }
-
-    /// The access line of the request to `path`, once it is written.
-    async fn access(&self, path: &str) -> String {
-        for _ in 0..500 {
-            let found = self.log.lock().unwrap().iter().find(|l| l.contains(&format!(" path={path} "))).cloned();
-            if let Some(line) = found {
-                return line;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+/// The access line of the request to `path` in a text log, once it is written.
+async fn text_access(proxy: &Running, path: &str) -> String {
+    for _ in 0..500 {
+        let log = proxy.log();
+        if let Some(line) = log.lines().find(|l| l.contains(&format!(" path={path} "))) {
+            return line.to_owned();
         }
-        panic!("no access line for {path}: {:?}", self.log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-impl Drop for TextRunning {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    panic!("no access line for {path}: {}", proxy.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,10 +26,13 @@ async fn the_text_access_line_quotes_the_caller_as_it_always_has() {
     let tokens = TokenService::default();
     let upstream = Upstream::default();
     let (api, token_url) = (upstream.start().await, tokens.start().await);
-    let proxy = TextRunning::start(&api, &token_url);
-    let response = client().get(format!("http://{}/api/mdm/devices/1", proxy.addr)).send().await.unwrap();
+    let mut env = base_env(&api, &token_url);
+    env.retain(|(k, _)| *k != "UEM_PROXY_LOG_FORMAT");
+    env.push(("UEM_PROXY_LOG_FORMAT", "text"));
+    let proxy = Running::start_with(&env, &[]);
+    let response = client().get(format!("http://{}/api/mdm/devices/1", proxy.addr())).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let line = proxy.access("/api/mdm/devices/1").await;
+    let line = text_access(&proxy, "/api/mdm/devices/1").await;
     assert!(line.contains(" uem_proxy::access: request request_id=\""), "{line}");
     assert!(line.contains(" caller=\"loopback\" method=GET "), "{line}");
 }
