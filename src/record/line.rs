@@ -47,93 +47,81 @@ pub fn format(out: &mut String, event: &Event<'_>, json: bool, now: SystemTime) 
         out.push_str("{\"timestamp\":\"");
         timestamp(out, now);
         let _ = write!(out, "\",\"level\":\"{level}\"");
-        event.record(&mut JsonFields { out });
-        out.push_str(",\"target\":");
-        json_string(out, event.metadata().target());
-        out.push_str("}\n");
     } else {
         timestamp(out, now);
         let _ = write!(out, " {level:>5} {}: ", event.metadata().target());
-        let mut fields = TextFields { out, first: true };
-        event.record(&mut fields);
-        out.push('\n');
     }
+    event.record(&mut Fields { out, json, first: true });
+    if json {
+        out.push_str(",\"target\":");
+        json_string(out, event.metadata().target());
+        out.push('}');
+    }
+    out.push('\n');
 }
 
-struct TextFields<'a> {
+/// The event's fields, each as the general formatter writes it in one format or the other.
+struct Fields<'a> {
     out: &'a mut String,
+    json: bool,
     first: bool,
 }
 
-impl TextFields<'_> {
+impl Fields<'_> {
+    /// What comes before a value: ` name=` in text, `,"name":` in JSON. The text format writes
+    /// the message without its name.
     fn name(&mut self, field: &Field) {
+        if self.json {
+            self.out.push(',');
+            json_string(self.out, field.name());
+            self.out.push(':');
+            return;
+        }
         if !std::mem::take(&mut self.first) {
             self.out.push(' ');
         }
-        self.out.push_str(field.name());
-        self.out.push('=');
-    }
-}
-
-impl Visit for TextFields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            if !std::mem::take(&mut self.first) {
-                self.out.push(' ');
-            }
-        } else {
-            self.name(field);
+        if field.name() != "message" {
+            self.out.push_str(field.name());
+            self.out.push('=');
         }
-        let _ = write!(self.out, "{value:?}");
     }
 
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.name(field);
-        let _ = write!(self.out, "{value:?}");
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
-        push_u64(self.out, value);
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.name(field);
-        self.out.push_str(if value { "true" } else { "false" });
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.name(field);
-        let _ = write!(self.out, "{value:?}");
+    /// A string value: quoted as `Debug` quotes it in text, escaped as serde_json does in JSON.
+    fn string(&mut self, value: &str) {
+        if self.json {
+            json_string(self.out, value);
+        } else {
+            let _ = write!(self.out, "{value:?}");
+        }
     }
 }
 
-struct JsonFields<'a> {
-    out: &'a mut String,
-}
-
-impl JsonFields<'_> {
-    fn name(&mut self, field: &Field) {
-        self.out.push(',');
-        json_string(self.out, field.name());
-        self.out.push(':');
-    }
-}
-
-impl Visit for JsonFields<'_> {
+impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.name(field);
-        json_string(self.out, &format!("{value:?}"));
+        if self.json {
+            json_string(self.out, &format!("{value:?}"));
+        } else {
+            let _ = write!(self.out, "{value:?}");
+        }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
         self.name(field);
-        json_string(self.out, value);
+        self.string(value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.name(field);
         push_u64(self.out, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.name(field);
+        if value < 0 {
+            self.out.push('-');
+        }
+        push_u64(self.out, value.unsigned_abs());
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -143,7 +131,9 @@ impl Visit for JsonFields<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.name(field);
-        if value.is_finite() {
+        if !self.json {
+            let _ = write!(self.out, "{value:?}");
+        } else if value.is_finite() {
             // The shortest form that reads back the same, as serde_json writes it: `1e+21`.
             let start = self.out.len();
             let _ = write!(self.out, "{value:?}");
@@ -299,6 +289,8 @@ mod tests {
             bytes_in = 0u64,
             bytes_out = 18_446_744_073_709_551_615u64,
             complete = true,
+            skew = -42i64,
+            least = i64::MIN,
             "request"
         );
     }
