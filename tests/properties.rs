@@ -128,7 +128,11 @@ proptest! {
         if let Ok(canonical) = canonical_path(&path) {
             let _ = mapping::required(&method, &canonical);
             let file: PolicyFile = toml::from_str("deny = [\"REST API Devices Delete\"]").unwrap();
-            let _ = Policy::new(file, Some(true)).unwrap().decide(&method, &canonical);
+            let policy = Policy::new(file, Some(true)).unwrap();
+            // A target mapped once decides as the policy mapping it again would.
+            let upper = canonical_method(&method);
+            let mapped = policy.decide_mapped(&upper, &canonical, mapping::required(&upper, &canonical));
+            prop_assert_eq!(policy.decide(&method, &canonical), mapped);
         }
     }
 }

@@ -250,7 +250,7 @@ pub fn decide(policy: &Policy, req: &Parts, target: &Target) -> Result<(), Proxy
         return Ok(());
     }
     let decision = match policy.decide_overrides(&req.headers, req.uri.query(), &target.path) {
-        Decision::Allow => policy.decide(&req.method, &target.path),
+        Decision::Allow => policy.decide_mapped(&req.method, &target.path, target.required),
         deny => deny,
     };
     match decision {

@@ -21,7 +21,7 @@ use http::{HeaderMap, Method};
 use serde::Deserialize;
 
 use crate::gate::target::canonical_method;
-use crate::uem::mapping::{self, Kind};
+use crate::uem::mapping::{self, Kind, Required};
 use crate::uem::permissions::{self, Permission};
 
 /// The `[policy]` table of the configuration file.
@@ -157,21 +157,29 @@ impl Policy {
     /// Decides on `method` and the canonical `path`.
     pub fn decide(&self, method: &Method, path: &str) -> Decision {
         let method = canonical_method(method);
-        let decision = self.decide_one(&method, path);
+        let required = mapping::required(&method, path);
+        self.decide_mapped(&method, path, required)
+    }
+
+    /// The same, for a canonical method and path whose permission is already known (`required`,
+    /// as [`mapping::required`] gives it): a request's target is mapped once.
+    pub fn decide_mapped(&self, method: &Method, path: &str, required: Option<Required>) -> Decision {
+        let decision = self.decide_one(method, path, required);
         match (&decision, split_reading(path)) {
-            (Decision::Allow, Some(split)) => match self.decide_one(&method, &split) {
-                Decision::Deny { permission, reason } => Decision::Deny {
-                    permission,
-                    reason: format!("{reason} (reading the encoded slash as a separator: {split})"),
-                },
-                Decision::Allow => Decision::Allow,
-            },
+            (Decision::Allow, Some(split)) => {
+                match self.decide_one(method, &split, mapping::required(method, &split)) {
+                    Decision::Deny { permission, reason } => Decision::Deny {
+                        permission,
+                        reason: format!("{reason} (reading the encoded slash as a separator: {split})"),
+                    },
+                    Decision::Allow => Decision::Allow,
+                }
+            }
             _ => decision,
         }
     }
 
-    fn decide_one(&self, method: &Method, path: &str) -> Decision {
-        let required = mapping::required(method, path);
+    fn decide_one(&self, method: &Method, path: &str, required: Option<Required>) -> Decision {
         let permission = required.map(|r| r.permission);
         let deny = |reason: String| Decision::Deny { permission, reason };
         let is_read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)

@@ -201,6 +201,12 @@ impl Slot {
         Busy(self.clone())
     }
 
+    /// Starts the connection's idle time again from now: after a TLS handshake, which had a limit
+    /// of its own, the request head gets the whole header timeout.
+    pub fn idle_from_now(self: &Arc<Self>) {
+        drop(self.busy());
+    }
+
     fn set_idle(self: &Arc<Self>) {
         let key = self.connections.next.fetch_add(1, Ordering::Relaxed);
         self.state.lock().expect("not poisoned").idle_since = Some(key);

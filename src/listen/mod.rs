@@ -270,9 +270,7 @@ pub async fn serve(
                                         match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
                                         {
                                             Ok(Ok(tls)) => {
-                                                // The handshake had a limit of its own: the
-                                                // head's time counts from its end.
-                                                drop(conn.slot.busy());
+                                                conn.slot.idle_from_now();
                                                 conn.spawn(tls, peer, true);
                                             }
                                             Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
