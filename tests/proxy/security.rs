@@ -313,6 +313,31 @@ async fn oversized_heads_targets_and_bodies_are_refused() {
 }
 
 #[tokio::test]
+async fn a_connection_that_keeps_asking_within_the_header_timeout_is_never_cut() {
+    // The sweep counts idle time from each answer, not from the connection's start: eight
+    // requests 250 ms apart on one connection outlive a 400 ms timeout several times over.
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_HEADER_TIMEOUT", "400ms")]).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    for i in 0..8 {
+        stream
+            .write_all(get("localhost", &format!("/api/x?n={i}"), "").replace("Connection: close\r\n", "").as_bytes())
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        let length = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().parse().unwrap();
+        stream.read_exact(&mut vec![0u8; length]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
 async fn slow_and_idle_connections_are_closed() {
     let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_HEADER_TIMEOUT", "400ms")]).await;
     let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
