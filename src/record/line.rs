@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -201,16 +201,10 @@ fn timestamp(out: &mut String, now: SystemTime) {
     SECOND.with(|second| {
         let mut second = second.borrow_mut();
         if second.0 != secs {
-            let (days, rest) = (secs / 86_400, secs % 86_400);
-            let (year, month, day) = civil_from_days(days as i64);
+            // Up to the fraction: `2026-11-29T07:51:06.`
+            let whole = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
             second.1.clear();
-            let _ = write!(
-                second.1,
-                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
-                rest / 3600,
-                rest % 3600 / 60,
-                rest % 60
-            );
+            second.1.push_str(&whole[..whole.len() - "000000Z".len()]);
             second.0 = secs;
         }
         out.push_str(&second.1);
@@ -222,20 +216,6 @@ fn timestamp(out: &mut String, now: SystemTime) {
     }
     out.push_str(std::str::from_utf8(&digits).expect("digits are ASCII"));
     out.push('Z');
-}
-
-/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
