@@ -30,7 +30,7 @@ async fn healthz() -> Response {
 
 /// Ready: a token is held that may be injected now.
 async fn readyz(State(app): State<Arc<App>>, Extension(id): Extension<RequestId>) -> Response {
-    match app.tokens.usable() {
+    match app.forwarder.tokens.usable() {
         Some(token) => {
             let valid_for = token.usable_until().saturating_duration_since(tokio::time::Instant::now());
             Json(serde_json::json!({ "status": "ready", "token_valid_for_s": valid_for.as_secs() })).into_response()

@@ -65,11 +65,9 @@ pub struct App {
     pub client: reqwest::Client,
     /// For API requests.
     pub forwarder: Forwarder,
-    pub tokens: Tokens,
     /// The OAuth client's credentials, which a reload may replace; `None` in basic mode.
     credentials: Option<Arc<ArcSwap<Credentials>>>,
     pub settings: ArcSwap<Settings>,
-    pub pacer: Arc<ArcSwap<Pacer>>,
     pub metrics: Arc<Metrics>,
     pub config: ArcSwap<Config>,
     /// Where callers reach the proxy.
@@ -123,20 +121,13 @@ impl App {
             Listen::Tcp(addr) => addr.to_string(),
             Listen::Unix(_) => "localhost".to_owned(),
         };
-        let forwarder = Forwarder {
-            upstream,
-            replay_budget: ReplayBudget::new(config.replay_budget),
-            tokens: tokens.clone(),
-            pacer: pacer.clone(),
-            listen_host,
-        };
+        let forwarder =
+            Forwarder { upstream, replay_budget: ReplayBudget::new(config.replay_budget), tokens, pacer, listen_host };
         let app = App {
             client,
             forwarder,
-            tokens,
             credentials,
             settings: ArcSwap::from_pointee(Settings::new(&config, &local)),
-            pacer,
             metrics,
             config: ArcSwap::from_pointee(config),
             local,
@@ -158,7 +149,7 @@ impl App {
                     let grant = crate::token::request(&self.client, &new_credentials, new.upstream_timeout)
                         .await
                         .map_err(|e| format!("the new credentials did not obtain a token ({e})"))?;
-                    if !self.tokens.install(&grant) {
+                    if !self.forwarder.tokens.install(&grant) {
                         return Err("the token obtained with the new credentials cannot be used".to_owned());
                     }
                     current.store(Arc::new(new_credentials));
@@ -167,8 +158,8 @@ impl App {
             }
             (Auth::Basic { username, password }, None) => {
                 let header = basic_header(username, password);
-                if self.tokens.current().is_none_or(|t| t.header() != header) {
-                    self.tokens.set_fixed(header);
+                if self.forwarder.tokens.current().is_none_or(|t| t.header() != header) {
+                    self.forwarder.tokens.set_fixed(header);
                     changes.push("credentials".to_owned());
                 }
             }
@@ -195,8 +186,8 @@ impl App {
             }
         }
         if old.pacer != new.pacer {
-            let pacer = self.pacer.load().with_settings(new.pacer);
-            self.pacer.store(Arc::new(pacer));
+            let pacer = self.forwarder.pacer.load().with_settings(new.pacer);
+            self.forwarder.pacer.store(Arc::new(pacer));
             changes.push("pacing".to_owned());
         }
         let reloadable = [
@@ -243,9 +234,9 @@ impl App {
     /// The proxy's state for people and scripts: never the token or the secret.
     pub fn status(&self) -> serde_json::Value {
         let config = self.config.load();
-        let stats = self.tokens.stats();
+        let stats = self.forwarder.tokens.stats();
         let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
-        let token = self.tokens.current().map(|t| {
+        let token = self.forwarder.tokens.current().map(|t| {
             let left = t.usable_until().saturating_duration_since(tokio::time::Instant::now());
             json!({
                 "generation": t.generation(),
@@ -254,7 +245,7 @@ impl App {
                 "usable_until": time(Some(SystemTime::now() + left)),
             })
         });
-        let pacer = self.pacer.load();
+        let pacer = self.forwarder.pacer.load();
         let settings = pacer.settings();
         let reload = self.last_reload.lock().expect("not poisoned").clone();
         json!({
