@@ -20,12 +20,11 @@ use tracing::Instrument;
 use crate::app::{App, Settings};
 use crate::error::ProxyError;
 use crate::forward::body::Counted;
-use crate::gate::target::{Target, canonical_method};
+use crate::gate::target::{Target, canonical_method, is_own};
 use crate::gate::{self};
 use crate::listen::{Handler, Peer};
 use crate::record::{Record, RequestId};
 use crate::request_id::{self, X_REQUEST_ID};
-use crate::uem::mapping;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -35,11 +34,6 @@ pub struct Service {
     app: Arc<App>,
     /// The proxy's own endpoints.
     admin: Router,
-}
-
-/// Paths the proxy answers itself and never forwards.
-fn is_own(path: &str) -> bool {
-    path.strip_prefix("/_proxy").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl Service {
@@ -96,27 +90,17 @@ impl Service {
     ) -> Response {
         let id = record.id.clone();
         let id = id.to_str().unwrap_or("");
-        let own = is_own(parts.uri.path());
-        if own {
-            record.category = "proxy";
-        }
         if let Some(refusal) = settings.checks.refusal(&parts, record.caller.as_ref()) {
-            if !own {
-                record.category = category(&parts);
-            }
             tracing::warn!(request_id = %id, peer = %record.peer, reason = %refusal, "request refused");
             // `caller` says why a caller was let in; this one was not.
             record.caller = None;
             return refusal.into_response(id);
         }
         if let Some(answer) = gate::preflight(&parts) {
-            if !own {
-                record.category = category(&parts);
-            }
             return answer;
         }
         let origin = parts.headers.get(ORIGIN).cloned();
-        let mut response = if own {
+        let mut response = if is_own(parts.uri.path()) {
             parts.extensions.insert(RequestId(record.id.clone()));
             let request = Request::from_parts(parts, body);
             match self.admin.clone().oneshot(request).await {
@@ -148,14 +132,8 @@ impl Service {
         https: bool,
     ) -> Result<Response, ProxyError> {
         let uri = parts.uri.clone();
-        let target = match Target::of(&parts.method, uri.path()) {
-            Ok(target) => target,
-            Err(why) => {
-                record.category = category(&parts);
-                return Err(ProxyError::BadTarget(why));
-            }
-        };
-        record.category = target.category();
+        let target = Target::of(&parts.method, uri.path()).map_err(ProxyError::BadTarget)?;
+        record.category = Some(target.category());
         gate::decide(&settings.policy, &parts, &target)?;
         let forwarded =
             self.app.forwarder.forward(&settings.route, parts, body, &target.path, target.required, https).await?;
@@ -172,12 +150,6 @@ impl Handler for Service {
     fn call(self, req: Request<Incoming>, peer: Peer, https: bool) -> impl Future<Output = Response> + Send + 'static {
         self.serve(req, peer, https)
     }
-}
-
-/// The permission category of a request answered before it has a [`Target`] (refused, a
-/// preflight, a target that cannot be forwarded), for the metrics: from the path as sent.
-fn category(parts: &Parts) -> &'static str {
-    mapping::required(&parts.method, parts.uri.path()).map_or("unknown", |r| r.permission.category)
 }
 
 /// Marks credential-bearing headers so that no debug output of them shows their values.

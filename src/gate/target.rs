@@ -8,6 +8,11 @@ use http::Method;
 
 use crate::uem::mapping::{self, Required};
 
+/// Paths the proxy answers itself and never forwards.
+pub fn is_own(path: &str) -> bool {
+    path.strip_prefix("/_proxy").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// A request's target, decided on and forwarded as it is here.
 #[derive(Debug)]
 pub struct Target<'a> {

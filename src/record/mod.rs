@@ -20,7 +20,9 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::gate::Caller;
+use crate::gate::target::is_own;
 use crate::listen::Peer;
+use crate::uem::mapping;
 use metrics::{Metrics, RequestLabels};
 
 /// The id of the request being served, for the proxy's own endpoints that answer with errors.
@@ -48,8 +50,9 @@ pub struct Record {
     pub method: Method,
     /// The target as the caller sent it; only its path is logged.
     pub uri: Uri,
-    /// The permission category, for the metrics.
-    pub category: &'static str,
+    /// The permission category, for the metrics, when the forwarder mapped the target; the
+    /// others are worked out from the path when the record is written.
+    pub category: Option<&'static str>,
     pub status: u16,
     /// How long the upstream took to send response headers.
     pub upstream: Option<Duration>,
@@ -79,7 +82,7 @@ impl Record {
             activity_id: None,
             method,
             uri,
-            category: "unknown",
+            category: None,
             status: 0,
             upstream: None,
             started,
@@ -137,7 +140,7 @@ impl Drop for Record {
         );
         let labels = RequestLabels {
             method: method_label(&self.method),
-            category: self.category,
+            category: self.category.unwrap_or_else(|| category(&self.method, self.uri.path())),
             status_class: status_class(self.status),
         };
         self.metrics.finished(labels, total, self.upstream, (bytes_in, self.bytes_out));
@@ -152,6 +155,15 @@ fn caller_text(caller: &Caller) -> Cow<'static, str> {
         Caller::Unix => Cow::Borrowed("unix"),
         other => Cow::Owned(other.to_string()),
     }
+}
+
+/// The category of a request the forwarder did not map: `proxy` for the proxy's own endpoints,
+/// otherwise the permission family of its path as sent.
+fn category(method: &Method, path: &str) -> &'static str {
+    if is_own(path) {
+        return "proxy";
+    }
+    mapping::required(method, path).map_or("unknown", |r| r.permission.category)
 }
 
 fn method_label(method: &Method) -> &'static str {
