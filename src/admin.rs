@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing::get};
 use http::header::CONTENT_TYPE;
@@ -28,18 +28,58 @@ async fn healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
-/// Ready: a token is held that may be injected now.
-async fn readyz(State(app): State<Arc<App>>, Extension(id): Extension<RequestId>) -> Response {
-    match app.forwarder.tokens.usable() {
-        Some(token) => {
-            let valid_for = token.usable_until().saturating_duration_since(tokio::time::Instant::now());
-            Json(serde_json::json!({ "status": "ready", "token_valid_for_s": valid_for.as_secs() })).into_response()
-        }
-        None => {
-            let retry_after_s = app.settings.load().route.token_wait.as_secs().max(1);
-            app.forwarder.no_token(retry_after_s).into_response(id.as_str())
+/// Ready: every tenant (or the one `?tenant=NAME` names) holds a token that may be injected now.
+async fn readyz(
+    State(app): State<Arc<App>>,
+    Extension(id): Extension<RequestId>,
+    Query(query): Query<ReadyQuery>,
+) -> Response {
+    let tenants = app.tenants.load();
+    let asked: Vec<&Arc<crate::tenants::Tenant>> = match &query.tenant {
+        Some(name) => match tenants.get(name) {
+            Some(tenant) => vec![tenant],
+            None => return ProxyError::UnknownTenant(tenants.names()).into_response(id.as_str()),
+        },
+        None => tenants.list.iter().collect(),
+    };
+    let now = tokio::time::Instant::now();
+    let mut valid_for = u64::MAX;
+    let mut each = serde_json::Map::new();
+    let mut first_unready = None;
+    for tenant in asked {
+        let usable =
+            tenant.forwarder.tokens.usable().map(|t| t.usable_until().saturating_duration_since(now).as_secs());
+        each.insert(
+            tenant.name.to_string(),
+            serde_json::json!({ "ready": usable.is_some(), "token_valid_for_s": usable }),
+        );
+        match usable {
+            Some(s) => valid_for = valid_for.min(s),
+            None => first_unready = first_unready.or(Some(tenant)),
         }
     }
+    match first_unready {
+        None if tenants.prefixed => {
+            Json(serde_json::json!({ "status": "ready", "token_valid_for_s": valid_for, "tenants": each }))
+                .into_response()
+        }
+        None => Json(serde_json::json!({ "status": "ready", "token_valid_for_s": valid_for })).into_response(),
+        Some(tenant) => {
+            let retry_after_s = app.config.load().token_wait.as_secs().max(1);
+            let mut response = tenant.forwarder.no_token(retry_after_s).into_response(id.as_str());
+            if tenants.prefixed
+                && let Ok(value) = http::HeaderValue::try_from(&*tenant.name)
+            {
+                response.headers_mut().insert("x-uem-proxy-tenant", value);
+            }
+            response
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ReadyQuery {
+    tenant: Option<String>,
 }
 
 async fn status(State(app): State<Arc<App>>) -> Response {

@@ -1,55 +1,26 @@
 //! The running proxy's shared state: what every request reads (lock-free), and how a reload
 //! replaces it without disturbing requests in flight.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use serde_json::json;
+use tokio::sync::Semaphore;
 
-use http::HeaderValue;
-use secrecy::{ExposeSecret, SecretString};
-
-use crate::config::{Auth, Config, Listen};
+use crate::config::{Config, Listen};
 use crate::forward::body::ReplayBudget;
-use crate::forward::pacer::Pacer;
-use crate::forward::upstream::{Reach, UpstreamClient};
-use crate::forward::{Forwarder, Route};
 use crate::gate::Checks;
-use crate::gate::policy::Policy;
-use crate::record::metrics::Metrics;
-use crate::token::{Credentials, TokenClient, Tokens};
+use crate::record::metrics::{Metrics, TenantGauges};
+use crate::tenants::{Shared, Tenant, Tenants};
 
-/// What a request needs from the configuration. Replaced whole on reload; a request keeps the
-/// one it started with.
+pub use crate::tenants::basic_header;
+
+/// What every request needs from the configuration besides its tenant's settings. Replaced
+/// whole on reload; a request keeps the one it started with.
 pub struct Settings {
     pub checks: Checks,
-    pub policy: Policy,
-    pub route: Route,
-}
-
-impl Settings {
-    fn new(config: &Config, local: &Listen) -> Settings {
-        let route = Route {
-            upstream_base: config.api_url.as_str().trim_end_matches('/').to_owned(),
-            upstream_path: config.api_url.path().trim_end_matches('/').to_owned(),
-            upstream_timeout: config.upstream_timeout,
-            token_wait: config.token_wait,
-            replay_body_limit: config.replay_body_limit,
-            rewrite_bodies: config.rewrite_bodies,
-            max_body_bytes: config.inbound.max_body_bytes,
-            body_idle_timeout: config.inbound.body_idle_timeout,
-            tenant_code: tenant_header(config),
-        };
-        Settings { checks: Checks::new(&config.inbound, local), policy: config.policy.clone(), route }
-    }
-}
-
-/// The configured tenant code as a header value, marked sensitive.
-fn tenant_header(config: &Config) -> Option<HeaderValue> {
-    let mut header = HeaderValue::try_from(config.tenant_code.as_ref()?.expose_secret()).ok()?;
-    header.set_sensitive(true);
-    Some(header)
 }
 
 /// The last reload, for `/_proxy/status`.
@@ -61,12 +32,9 @@ pub struct ReloadStatus {
 }
 
 pub struct App {
-    /// For the token service.
-    pub client: reqwest::Client,
-    /// For API requests.
-    pub forwarder: Forwarder,
-    /// The OAuth client's credentials, which a reload may replace; `None` in basic mode.
-    credentials: Option<Arc<ArcSwap<Credentials>>>,
+    /// What the tenants share: the token service's client, TLS, the replay budget.
+    shared: Shared,
+    pub tenants: ArcSwap<Tenants>,
     pub settings: ArcSwap<Settings>,
     pub metrics: Arc<Metrics>,
     pub config: ArcSwap<Config>,
@@ -74,96 +42,106 @@ pub struct App {
     pub local: Listen,
     pub started: SystemTime,
     pub last_reload: Mutex<ReloadStatus>,
+    /// Reloads one at a time, so that two cannot start the same new tenant twice.
+    reloading: tokio::sync::Mutex<()>,
 }
 
-/// `Authorization: Basic …` for an on-premises administrator account.
-pub fn basic_header(username: &str, password: &SecretString) -> HeaderValue {
-    use base64::Engine;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose_secret()));
-    let mut header = HeaderValue::try_from(format!("Basic {encoded}")).expect("base64 is a valid header value");
-    header.set_sensitive(true);
-    header
-}
-
-/// Logs the policy's entries that allow or deny nothing, at start and on every reload, so that an
-/// administrator does not believe something is denied that is not.
-fn warn_about_policy(policy: &Policy) {
-    for warning in policy.warnings() {
-        tracing::warn!(%warning, "policy entry has no effect");
-    }
+/// Where in the refresh window tenant `index` of `count` refreshes: evenly spaced.
+fn spread(index: usize, count: usize) -> f64 {
+    if count <= 1 { 0.0 } else { index as f64 / count as f64 }
 }
 
 impl App {
-    /// Builds the state and starts the token refresher, whose handle the caller owns.
-    pub fn new(config: Config, local: Listen) -> std::io::Result<(Arc<App>, tokio::task::JoinHandle<()>)> {
+    /// Builds the state and starts every tenant's token refresher; they stop when the app is
+    /// dropped.
+    pub fn new(config: Config, local: Listen) -> std::io::Result<Arc<App>> {
         let tls = crate::forward::upstream::tls_config(config.ca_bundle.as_deref().map(Vec::as_slice))
             .map_err(std::io::Error::other)?;
         let client = crate::token_client(&config, tls.clone()).map_err(std::io::Error::other)?;
-        let reach = Reach { api_url: &config.api_url, egress: &config.egress, connect_timeout: config.connect_timeout };
-        let upstream = UpstreamClient::new(reach, tls).map_err(std::io::Error::other)?;
-        let (tokens, refresher, credentials) = match &config.auth {
-            Auth::OAuth(oauth) => {
-                let credentials = Arc::new(ArcSwap::from_pointee(oauth.credentials()));
-                let timeout = config.upstream_timeout;
-                let source = TokenClient { http: client.clone(), credentials: credentials.clone(), timeout };
-                let (tokens, refresher) = Tokens::start(source, config.forced_refresh_interval);
-                (tokens, refresher, Some(credentials))
-            }
-            Auth::Basic { username, password } => {
-                let tokens = Tokens::fixed(basic_header(username, password));
-                (tokens, tokio::spawn(async {}), None)
-            }
-        };
-        warn_about_policy(&config.policy);
-        let pacer = Arc::new(ArcSwap::from_pointee(Pacer::new(config.pacer)));
-        let metrics = Arc::new(Metrics::new(tokens.clone(), pacer.clone()));
-        let listen_host = match &local {
-            Listen::Tcp(addr) => addr.to_string(),
-            Listen::Unix(_) => "localhost".to_owned(),
-        };
-        let forwarder =
-            Forwarder { upstream, replay_budget: ReplayBudget::new(config.replay_budget), tokens, pacer, listen_host };
-        let app = App {
+        let shared = Shared {
             client,
-            forwarder,
-            credentials,
-            settings: ArcSwap::from_pointee(Settings::new(&config, &local)),
+            tls,
+            replay_budget: ReplayBudget::new(config.replay_budget),
+            token_permits: Arc::new(Semaphore::new(crate::tenants::TOKEN_REQUESTS_AT_ONCE)),
+        };
+        let count = config.tenants.len();
+        let mut list = Vec::with_capacity(count);
+        for (i, tenant) in config.tenants.iter().enumerate() {
+            list.push(Arc::new(Tenant::start(&config, tenant, &shared, spread(i, count))?));
+        }
+        let tenants = tenants(list, &config);
+        let metrics = Arc::new(Metrics::new(gauges(&tenants)));
+        let app = App {
+            shared,
+            tenants: ArcSwap::from_pointee(tenants),
+            settings: ArcSwap::from_pointee(Settings { checks: Checks::new(&config.inbound, &local) }),
             metrics,
             config: ArcSwap::from_pointee(config),
             local,
             started: SystemTime::now(),
             last_reload: Mutex::new(ReloadStatus::default()),
+            reloading: tokio::sync::Mutex::new(()),
         };
-        Ok((Arc::new(app), refresher))
+        Ok(Arc::new(app))
     }
 
-    /// Applies a newly loaded configuration. New credentials must first win a token, which then
-    /// replaces the old one; if they do not, nothing changes. Returns what changed.
+    /// Applies a newly loaded configuration: tenants are added, changed and removed, each on its
+    /// own, so that requests to the others are not disturbed. A tenant whose new credentials do
+    /// not obtain a token keeps its old ones, and the reload is reported as failed. Returns what
+    /// changed.
     pub async fn apply(&self, new: Config) -> Result<Vec<String>, String> {
+        let _one_at_a_time = self.reloading.lock().await;
         let old = self.config.load_full();
+        if old.prefixed != new.prefixed {
+            return Err("adding or removing the [tenants] table needs a restart".to_owned());
+        }
         let mut changes = Vec::new();
-        match (&new.auth, &self.credentials) {
-            (Auth::OAuth(oauth), Some(current)) => {
-                let new_credentials = oauth.credentials();
-                if !new_credentials.same_as(&current.load()) {
-                    let grant = crate::token::request(&self.client, &new_credentials, new.upstream_timeout)
-                        .await
-                        .map_err(|e| format!("the new credentials did not obtain a token ({e})"))?;
-                    if !self.forwarder.tokens.install(&grant) {
-                        return Err("the token obtained with the new credentials cannot be used".to_owned());
+        let mut errors = Vec::new();
+        let current = self.tenants.load_full();
+        let count = new.tenants.len();
+        let mut list = Vec::with_capacity(count);
+        for (i, tenant) in new.tenants.iter().enumerate() {
+            let name = &tenant.name;
+            let label = |change: &str| if new.prefixed { format!("{name}: {change}") } else { change.to_owned() };
+            match current.get(name) {
+                Some(running) if running.can_take(tenant) => {
+                    match running.apply(&new, tenant, &self.shared).await {
+                        Ok(changed) => changes.extend(changed.iter().map(|c| label(c))),
+                        Err(error) => errors.push(label(&error)),
                     }
-                    current.store(Arc::new(new_credentials));
-                    changes.push("credentials (a new token is in use)".to_owned());
+                    list.push(running.clone());
                 }
-            }
-            (Auth::Basic { username, password }, None) => {
-                let header = basic_header(username, password);
-                if self.forwarder.tokens.current().is_none_or(|t| t.header() != header) {
-                    self.forwarder.tokens.set_fixed(header);
-                    changes.push("credentials".to_owned());
+                Some(running) if !new.prefixed => {
+                    errors.push("changing UEM_AUTH_MODE needs a restart".to_owned());
+                    list.push(running.clone());
                 }
+                // Another authentication mode: a tenant of its own, started anew; the old one
+                // finishes the requests it has.
+                Some(running) => match Tenant::start(&new, tenant, &self.shared, spread(i, count)) {
+                    Ok(started) => {
+                        changes.push(label("restarted (authentication mode changed)"));
+                        list.push(Arc::new(started));
+                    }
+                    Err(error) => {
+                        errors.push(label(&error.to_string()));
+                        list.push(running.clone());
+                    }
+                },
+                None => match Tenant::start(&new, tenant, &self.shared, spread(i, count)) {
+                    Ok(started) => {
+                        changes.push(format!("{name}: added"));
+                        list.push(Arc::new(started));
+                    }
+                    Err(error) => errors.push(format!("{name}: {error}")),
+                },
             }
-            _ => return Err("changing UEM_AUTH_MODE needs a restart".to_owned()),
+        }
+        if !new.prefixed && !errors.is_empty() {
+            // One tenant: nothing changes unless everything does, as before tenants existed.
+            return Err(errors.join("; "));
+        }
+        for gone in current.list.iter().filter(|t| !new.tenants.iter().any(|n| *n.name == *t.name)) {
+            changes.push(format!("{}: removed", gone.name));
         }
         let restart_only = [
             ("listen", old.listen != new.listen),
@@ -185,26 +163,21 @@ impl App {
                 tracing::warn!(setting = name, "changed, but takes effect only after a restart");
             }
         }
-        if old.pacer != new.pacer {
-            let pacer = self.forwarder.pacer.load().with_settings(new.pacer);
-            self.forwarder.pacer.store(Arc::new(pacer));
-            changes.push("pacing".to_owned());
-        }
         let reloadable = [
-            ("api_url", old.api_url != new.api_url),
-            ("tenant_code", tenant_header(&old) != tenant_header(&new)),
-            ("policy", old.policy != new.policy),
             ("callers and limits", old.inbound != new.inbound),
             ("upstream_timeout", old.upstream_timeout != new.upstream_timeout),
             ("token_wait", old.token_wait != new.token_wait),
             ("replay_body_limit", old.replay_body_limit != new.replay_body_limit),
             ("rewrite_bodies", old.rewrite_bodies != new.rewrite_bodies),
+            ("default_tenant", old.default_tenant != new.default_tenant),
         ];
         changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
-        warn_about_policy(&new.policy);
-        self.settings.store(Arc::new(Settings::new(&new, &self.local)));
+        let tenants = tenants(list, &new);
+        self.metrics.set_tenants(gauges(&tenants));
+        self.tenants.store(Arc::new(tenants));
+        self.settings.store(Arc::new(Settings { checks: Checks::new(&new.inbound, &self.local) }));
         self.config.store(Arc::new(new));
-        Ok(changes)
+        if errors.is_empty() { Ok(changes) } else { Err(errors.join("; ")) }
     }
 
     /// Loads the configuration again and applies it; a failure keeps the running one.
@@ -234,53 +207,97 @@ impl App {
     /// The proxy's state for people and scripts: never the token or the secret.
     pub fn status(&self) -> serde_json::Value {
         let config = self.config.load();
-        let stats = self.forwarder.tokens.stats();
+        let tenants = self.tenants.load();
         let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
-        let token = self.forwarder.tokens.current().map(|t| {
-            let left = t.usable_until().saturating_duration_since(tokio::time::Instant::now());
-            json!({
-                "generation": t.generation(),
-                "usable": t.is_usable(),
-                "usable_for_s": left.as_secs(),
-                "usable_until": time(Some(SystemTime::now() + left)),
-            })
-        });
-        let pacer = self.forwarder.pacer.load();
-        let settings = pacer.settings();
         let reload = self.last_reload.lock().expect("not poisoned").clone();
-        json!({
+        let each: BTreeMap<&str, serde_json::Value> =
+            tenants.list.iter().map(|t| (&*t.name, tenant_status(t))).collect();
+        let mut status = json!({
             "version": env!("CARGO_PKG_VERSION"),
             "started": time(Some(self.started)),
             "listen": self.local.to_string(),
-            "upstream": config.api_url.as_str().trim_end_matches('/'),
-            "auth_mode": config.auth.mode(),
-            "token_url": config.auth.oauth().map(|o| o.token_url.as_str()),
-            "principal": config.auth.principal(),
-            "token": {
-                "current": token,
-                "last_refresh": time(stats.last_refresh),
-                "refreshes": stats.refreshed,
-                "failures": stats.failed,
-                "consecutive_failures": stats.consecutive_failures,
-                "last_error": stats.last_error.as_ref().map(|(at, e)| json!({ "at": time(Some(*at)), "error": e })),
-            },
-            "pacer": {
-                "max_concurrent": settings.max_concurrent,
-                "rate_per_s": settings.rate,
-                "max_wait_s": settings.max_wait.as_secs_f64(),
-                "waiting": pacer.waiting(),
-                "held_after_429_s": pacer.held_for().as_secs_f64(),
-            },
+            "default_tenant": tenants.default.as_ref().map(|t| &*t.name),
+            "tenants": each,
             "replay_buffers": {
-                "held_bytes": self.forwarder.replay_budget.held(),
-                "budget_bytes": self.forwarder.replay_budget.total(),
+                "held_bytes": self.shared.replay_budget.held(),
+                "budget_bytes": self.shared.replay_budget.total(),
             },
-            "policy": if config.policy.is_open() { "open" } else { "restricted" },
-            "read_only": config.policy.read_only,
             "config": {
                 "file": config.config_file.as_ref().map(|p| p.display().to_string()),
                 "last_reload": reload.at.map(|at| json!({ "at": time(Some(at)), "ok": reload.ok, "message": reload.message })),
             },
-        })
+        });
+        // The primary tenant's fields at the top too, where scripts written for one tenant read them.
+        let primary = tenants.default.as_ref().or(tenants.list.first());
+        if let (Some(primary), Some(fields)) = (primary, status.as_object_mut())
+            && let serde_json::Value::Object(own) = tenant_status(primary)
+        {
+            for (key, value) in own {
+                fields.entry(key).or_insert(value);
+            }
+        }
+        status
     }
+}
+
+/// The tenants in order, with the default one found.
+fn tenants(mut list: Vec<Arc<Tenant>>, config: &Config) -> Tenants {
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let default = config.default_tenant.as_deref().and_then(|d| list.iter().find(|t| &*t.name == d).cloned());
+    Tenants { list, default, prefixed: config.prefixed }
+}
+
+fn gauges(tenants: &Tenants) -> Vec<TenantGauges> {
+    tenants
+        .list
+        .iter()
+        .map(|t| TenantGauges {
+            name: tenants.prefixed.then(|| t.name.clone()),
+            tokens: t.forwarder.tokens.clone(),
+            pacer: t.forwarder.pacer.clone(),
+        })
+        .collect()
+}
+
+/// One tenant's upstream, token and pacer, for `/_proxy/status`.
+fn tenant_status(tenant: &Tenant) -> serde_json::Value {
+    let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let own = tenant.config.load();
+    let tokens = &tenant.forwarder.tokens;
+    let stats = tokens.stats();
+    let token = tokens.current().map(|t| {
+        let left = t.usable_until().saturating_duration_since(tokio::time::Instant::now());
+        json!({
+            "generation": t.generation(),
+            "usable": t.is_usable(),
+            "usable_for_s": left.as_secs(),
+            "usable_until": time(Some(SystemTime::now() + left)),
+        })
+    });
+    let pacer = tenant.forwarder.pacer.load();
+    let settings = pacer.settings();
+    json!({
+        "upstream": own.api_url.as_str().trim_end_matches('/'),
+        "auth_mode": own.auth.mode(),
+        "token_url": own.auth.oauth().map(|o| o.token_url.as_str()),
+        "principal": own.auth.principal(),
+        "tenant_listen": own.listen.map(|l| l.to_string()),
+        "token": {
+            "current": token,
+            "last_refresh": time(stats.last_refresh),
+            "refreshes": stats.refreshed,
+            "failures": stats.failed,
+            "consecutive_failures": stats.consecutive_failures,
+            "last_error": stats.last_error.as_ref().map(|(at, e)| json!({ "at": time(Some(*at)), "error": e })),
+        },
+        "pacer": {
+            "max_concurrent": settings.max_concurrent,
+            "rate_per_s": settings.rate,
+            "max_wait_s": settings.max_wait.as_secs_f64(),
+            "waiting": pacer.waiting(),
+            "held_after_429_s": pacer.held_for().as_secs_f64(),
+        },
+        "policy": if own.policy.is_open() { "open" } else { "restricted" },
+        "read_only": own.policy.read_only,
+    })
 }

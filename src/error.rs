@@ -5,6 +5,11 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::{CONNECTION, HeaderValue, RETRY_AFTER};
 
+/// The message for a path that names no tenant; `names` lists the tenants there are.
+fn unknown_tenant(names: &str) -> String {
+    format!("the path names no tenant of this proxy: start it with /t/NAME/, where NAME is one of {names}")
+}
+
 /// An answer made by the proxy rather than the upstream. Each has a stable machine-readable
 /// `code` that scripts may match on; the message is for people.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +18,9 @@ pub enum ProxyError {
     BadTarget(&'static str),
     #[error("no such proxy endpoint")]
     NotFound,
+    /// The path names no tenant (`/t/NAME/…` with an unknown NAME, or no prefix and no default).
+    #[error("{}", unknown_tenant(.0))]
+    UnknownTenant(String),
     #[error("no valid API token is available yet ({}); retry shortly", no_token_reason(reason.as_deref()))]
     NoToken {
         retry_after_s: u64,
@@ -74,6 +82,7 @@ impl ProxyError {
         match self {
             ProxyError::BadTarget(_) => (StatusCode::BAD_REQUEST, "bad_request_target"),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ProxyError::UnknownTenant(_) => (StatusCode::NOT_FOUND, "unknown_tenant"),
             ProxyError::NoToken { .. } => (StatusCode::SERVICE_UNAVAILABLE, "token_unavailable"),
             ProxyError::Unreachable => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),

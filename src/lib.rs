@@ -59,6 +59,7 @@ pub mod request_id;
 pub mod sandbox;
 pub mod service;
 pub mod telemetry;
+pub mod tenants;
 pub mod token;
 pub mod uem;
 
@@ -94,11 +95,10 @@ pub fn token_client(config: &Config, tls: rustls::ClientConfig) -> Result<reqwes
     builder.build().map_err(|e| e.to_string())
 }
 
-/// The application for `config`, serving callers who reach it at `local`, and the token
-/// refresher it owns (the caller aborts it when done serving).
-pub fn service(config: &Config, local: &config::Listen) -> std::io::Result<(Service, tokio::task::JoinHandle<()>)> {
-    let (app, refresher) = App::new(config.clone(), local.clone())?;
-    Ok((Service::new(app), refresher))
+/// The application for `config`, serving callers who reach it at `local`. The tenants' token
+/// refreshers stop when the last clone of it is dropped.
+pub fn service(config: &Config, local: &config::Listen) -> std::io::Result<Service> {
+    Ok(Service::new(App::new(config.clone(), local.clone())?))
 }
 
 /// Runs the proxy on an already bound listener until `shutdown` completes and in-flight
@@ -121,30 +121,52 @@ pub async fn run(
     for warning in &config.warnings {
         tracing::warn!(%warning, "configuration");
     }
-    tracing::info!(
-        listen = %local,
-        api_url = %config::mask_userinfo(config.api_url.as_str().trim_end_matches('/')),
-        auth = config.auth.mode(),
-        token_url = config.auth.oauth().map(|o| config::mask_userinfo(o.token_url.as_str())),
-        principal = %config.auth.principal(),
-        policy = if config.policy.is_open() { "open" } else { "restricted" },
-        read_only = config.policy.read_only,
-        "listening"
-    );
-    let mut bound = vec![listen::Bound::from(listener)];
+    tracing::info!(listen = %local, "listening");
+    for tenant in &config.tenants {
+        tracing::info!(
+            tenant = config.prefixed.then_some(tenant.name.as_str()),
+            api_url = %config::mask_userinfo(tenant.api_url.as_str().trim_end_matches('/')),
+            auth = tenant.auth.mode(),
+            token_url = tenant.auth.oauth().map(|o| config::mask_userinfo(o.token_url.as_str())),
+            principal = %tenant.auth.principal(),
+            policy = if tenant.policy.is_open() { "open" } else { "restricted" },
+            read_only = tenant.policy.read_only,
+            "serving"
+        );
+    }
+    let mut bound = vec![(listen::Bound::from(listener), None)];
     if let Some(tls) = &config.tls {
         let listener = tokio::net::TcpListener::bind(tls.listen)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for HTTPS on {}: {e}", tls.listen)))?;
         tracing::info!(tls_listen = %listener.local_addr()?, "listening for HTTPS");
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-        bound.push(listen::Bound { listener: listener.into(), tls: Some(acceptor) });
+        bound.push((listen::Bound { listener: listener.into(), tls: Some(acceptor) }, None));
     }
-    let (app, refresher) = App::new(config, local)?;
+    for tenant in &config.tenants {
+        let Some(addr) = tenant.listen else { continue };
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen for tenant {} on {addr}: {e}", tenant.name))
+        })?;
+        let local = listener.local_addr()?;
+        tracing::info!(tenant = %tenant.name, listen = %local, "listening for one tenant");
+        bound.push((listen::Bound::from(listen::Listener::from(listener)), Some((tenant.name.clone(), local))));
+    }
+    let app = App::new(config, local)?;
     let reloader = tokio::spawn(reload::watch(app.clone()));
     let counts = app.metrics.connections.clone();
-    listen::serve(bound, Service::new(app), limits, counts, shutdown, grace).await;
+    let bound = bound
+        .into_iter()
+        .map(|(bound, tenant)| {
+            let service = match tenant {
+                None => Service::new(app.clone()),
+                Some((name, local)) => Service::for_tenant(app.clone(), &name, local),
+            };
+            (bound, service)
+        })
+        .collect();
+    drop(app);
+    listen::serve(bound, limits, counts, shutdown, grace).await;
     reloader.abort();
-    refresher.abort();
     Ok(())
 }

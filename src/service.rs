@@ -19,12 +19,14 @@ use tracing::Instrument;
 
 use crate::app::{App, Settings};
 use crate::error::ProxyError;
+use crate::forward::Reached;
 use crate::forward::body::Counted;
 use crate::gate::target::{Target, canonical_method, is_own};
 use crate::gate::{self};
 use crate::listen::{Handler, Peer};
 use crate::record::{Record, RequestId};
 use crate::request_id::{self, X_REQUEST_ID};
+use crate::tenants::Picked;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -34,11 +36,25 @@ pub struct Service {
     app: Arc<App>,
     /// The proxy's own endpoints.
     admin: Router,
+    /// On a tenant's own listener, the tenant every path goes to.
+    pinned: Option<Arc<str>>,
+    /// The listener's `host:port`, for URLs in answers to callers that send no `Host`.
+    listen_host: Arc<str>,
 }
 
 impl Service {
+    /// The service of the shared listener.
     pub fn new(app: Arc<App>) -> Service {
-        Service { admin: crate::admin::routes().with_state(app.clone()), app }
+        let listen_host = match &app.local {
+            crate::config::Listen::Tcp(addr) => Arc::from(addr.to_string()),
+            crate::config::Listen::Unix(_) => Arc::from("localhost"),
+        };
+        Service { admin: crate::admin::routes().with_state(app.clone()), app, pinned: None, listen_host }
+    }
+
+    /// The service of tenant `name`'s own listener, bound at `local`.
+    pub fn for_tenant(app: Arc<App>, name: &str, local: std::net::SocketAddr) -> Service {
+        Service { pinned: Some(Arc::from(name)), listen_host: Arc::from(local.to_string()), ..Service::new(app) }
     }
 
     /// Serves one request from `peer`; `https`: it came over the HTTPS listener.
@@ -108,7 +124,7 @@ impl Service {
                 Err(never) => match never {},
             }
         } else {
-            match self.forward(settings, parts, body, record, https).await {
+            match self.forward(parts, body, record, https).await {
                 Ok(response) => response,
                 Err(error) => {
                     tracing::debug!(request_id = %id, %error, "answered by the proxy");
@@ -122,21 +138,32 @@ impl Service {
         response
     }
 
-    /// The policy's decision, then the forwarder.
+    /// The tenant, the policy's decision, then the tenant's forwarder.
     async fn forward(
         &self,
-        settings: &Settings,
         parts: Parts,
         body: Body,
         record: &mut Record,
         https: bool,
     ) -> Result<Response, ProxyError> {
+        let tenants = self.app.tenants.load_full();
         let uri = parts.uri.clone();
-        let target = Target::of(&parts.method, uri.path()).map_err(ProxyError::BadTarget)?;
+        let picked = match &self.pinned {
+            Some(name) => tenants.get(name).map(|tenant| Picked { tenant, path: uri.path(), prefix: "" }),
+            None => tenants.pick(uri.path()),
+        };
+        let picked = picked.ok_or_else(|| ProxyError::UnknownTenant(tenants.names()))?;
+        let tenant = picked.tenant;
+        if tenants.prefixed {
+            record.tenant = Some(tenant.name.clone());
+        }
+        let settings = tenant.settings.load_full();
+        let target = Target::of(&parts.method, picked.path).map_err(ProxyError::BadTarget)?;
         record.category = Some(target.category());
         gate::decide(&settings.policy, &parts, &target)?;
+        let reached = Reached { https, listen_host: &self.listen_host, prefix: picked.prefix };
         let forwarded =
-            self.app.forwarder.forward(&settings.route, parts, body, &target.path, target.required, https).await?;
+            tenant.forwarder.forward(&settings.route, parts, body, &target.path, target.required, reached).await?;
         record.upstream = Some(forwarded.upstream);
         record.activity_id = forwarded.activity_id;
         if forwarded.response.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -179,10 +206,9 @@ mod tests {
             _ => None,
         };
         let config = crate::config::Config::load(None, &env).unwrap();
-        let (service, refresher) = crate::service(&config, &config.listen).unwrap();
+        let service = crate::service(&config, &config.listen).unwrap();
         let serving = service.serve(Request::new(Body::empty()), Peer::Unix(None), false);
         assert!(std::mem::size_of_val(&serving) <= 1024, "{} bytes", std::mem::size_of_val(&serving));
-        refresher.abort();
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn unknown_variables<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<St
 /// The problem for a key of the configuration file that no setting has.
 pub fn unknown_key(key: &str) -> String {
     let shown: String = key.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
-    match nearest(key, SETTINGS.iter().map(|(k, _)| *k).chain(["policy"])) {
+    match nearest(key, SETTINGS.iter().map(|(k, _)| *k).chain(["policy", "tenants"])) {
         Some(near) => format!("unknown setting '{shown}': did you mean {near}?"),
         None => format!("unknown setting '{shown}'"),
     }

@@ -7,6 +7,7 @@
 mod hints;
 mod parse;
 mod source;
+pub mod tenants;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,7 +28,8 @@ use crate::gate::policy::{Policy, PolicyFile};
 pub use crate::listen::Listen;
 pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
-use source::{RawMap, read_file};
+use source::{RawMap, Tables, read_file};
+pub use tenants::TenantConfig;
 
 /// The HTTPS listener: where, and the certificate it presents.
 #[derive(Clone)]
@@ -41,7 +43,16 @@ pub struct Tls {
 /// holds an admin credential must not start from guessed values.
 #[derive(Clone)]
 pub struct Config {
-    /// The API base: scheme, host, optional port and an optional path prefix without a trailing
+    /// Every UEM environment served, by name; never empty. Without `[tenants]` the one tenant is
+    /// the top level's, named `default`, and reached without a prefix.
+    pub tenants: Vec<TenantConfig>,
+    /// Whether the tenants came from `[tenants]`: their paths then start with `/t/NAME/`.
+    pub prefixed: bool,
+    /// The tenant that serves paths without a `/t/NAME/` prefix, if any.
+    pub default_tenant: Option<String>,
+    /// The primary tenant's (the default one, else the first by name) API base: scheme, host,
+    /// optional port and an optional path prefix without a trailing slash. Request paths are
+    /// appended to it. `auth`, `tenant_code`, `policy` and `pacer` are the same tenant's.: scheme, host, optional port and an optional path prefix without a trailing
     /// slash. Request paths are appended to it.
     pub api_url: Url,
     /// How requests are authorised upstream.
@@ -183,11 +194,11 @@ impl Config {
     pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut raw = RawMap::new();
-        let policy = file.map(|path| read_file(path, &mut raw, &mut problems)).unwrap_or_default();
+        let tables = file.map(|path| read_file(path, &mut raw, &mut problems)).unwrap_or_default();
         source::overlay_env(env, &mut raw);
         let environment: BTreeMap<String, String> =
             SETTINGS.iter().filter_map(|(_, var)| env(var).map(|v| (var.to_string(), v))).collect();
-        let config = Self::from_raw(&raw, policy, file, &mut problems)
+        let config = Self::from_raw(&raw, tables, file, &mut problems)
             .map(|config| Config { environment: Arc::new(environment), ..config });
         match config {
             Some(config) if problems.is_empty() => Ok(config),
@@ -201,34 +212,70 @@ impl Config {
         Config::load(self.config_file.as_deref(), &|name| env.get(name).cloned())
     }
 
-    fn from_raw(raw: &RawMap, policy: PolicyFile, file: Option<&Path>, problems: &mut Vec<String>) -> Option<Config> {
+    fn from_raw(raw: &RawMap, tables: Tables, file: Option<&Path>, problems: &mut Vec<String>) -> Option<Config> {
         let mut warnings = Vec::new();
+        let pacer_max_wait = {
+            let mut p = parse::Parser { raw, problems, warnings: &mut warnings };
+            p.optional("pacer_max_wait", "10s", parse::duration)
+        };
+        let prefixed = !tables.tenants.is_empty();
+        let tenants = if prefixed {
+            let mut all = Vec::new();
+            for tenant in tables.tenants {
+                let merged = tenants::overlay(raw, &tenant.raw);
+                let (mut own_problems, mut own_warnings) = (Vec::new(), Vec::new());
+                let mut p = parse::Parser { raw: &merged, problems: &mut own_problems, warnings: &mut own_warnings };
+                let policy = tenant.policy.unwrap_or_else(|| tables.policy.clone());
+                let parsed = upstream(&mut p, &tenant.name, policy, file, pacer_max_wait);
+                let name = &tenant.name;
+                let label = format!("tenants.{name}");
+                let qualify = |m: String| if m.contains(&label) { m } else { format!("{label}: {m}") };
+                problems.extend(own_problems.into_iter().map(qualify));
+                warnings.extend(own_warnings.into_iter().map(qualify));
+                all.extend(parsed);
+            }
+            all
+        } else {
+            let mut p = parse::Parser { raw, problems, warnings: &mut warnings };
+            upstream(&mut p, tenants::SINGLE, tables.policy, file, pacer_max_wait).into_iter().collect()
+        };
         let mut p = parse::Parser { raw, problems, warnings: &mut warnings };
-        let api_url = p.api_url();
-        let auth = auth(&mut p);
-        let tenant_code = match p.parse("tenant_code", |s| Ok(s.trim().to_owned())) {
-            Some(code) if !code.is_empty() => Some(SecretString::from(code)),
-            _ => None,
+        let default_tenant = match p.parse("default_tenant", |s| Ok(s.trim().to_owned())) {
+            Some(name) if !prefixed => {
+                let shown = p.name("default_tenant");
+                p.problem(format!("{shown}: names a tenant ('{name}'), but there is no [tenants] table"));
+                None
+            }
+            Some(name) if !tenants.iter().any(|t| t.name == name) => {
+                let shown = p.name("default_tenant");
+                let names: Vec<&str> = tenants.iter().map(|t| t.name.as_str()).collect();
+                let name: String = name.chars().filter(|c| c.is_ascii_graphic()).take(40).collect();
+                p.problem(format!("{shown}: no tenant is named '{name}' (tenants: {})", names.join(", ")));
+                None
+            }
+            Some(name) => Some(name),
+            // One tenant serves every path whichever way it was configured.
+            None if tenants.len() == 1 => tenants.first().map(|t| t.name.clone()),
+            None => None,
         };
 
         let listen = p.optional("listen", "127.0.0.1:8080", parse::listen);
         let tls = tls(&mut p);
         let inbound = inbound(&mut p);
-        let read_only = p.parse("read_only", parse::boolean);
-        let policy = match Policy::new(policy, read_only) {
-            Ok(policy) => Some(policy),
-            Err(errors) => {
-                let file = file.map(|f| f.display().to_string()).unwrap_or_default();
-                errors.into_iter().for_each(|e| p.problem(format!("{file}: {e}")));
-                None
-            }
-        };
         let tls_addr = tls.as_ref().and_then(|t| t.as_ref().map(|t| (t.listen, p.name("tls_listen"))));
         let tcp_addr = match &listen {
             Some(Listen::Tcp(addr)) => Some((*addr, p.name("listen"))),
             _ => None,
         };
-        for (addr, name) in tcp_addr.into_iter().chain(tls_addr) {
+        let tenant_addrs: Vec<(SocketAddr, String)> =
+            tenants.iter().filter_map(|t| Some((t.listen?, format!("tenants.{}: listen", t.name)))).collect();
+        let addrs: Vec<(SocketAddr, String)> = tcp_addr.into_iter().chain(tls_addr).chain(tenant_addrs).collect();
+        for (i, (addr, name)) in addrs.iter().enumerate() {
+            if let Some((_, other)) = addrs[..i].iter().find(|(a, _)| a == addr && addr.port() != 0) {
+                p.problem(format!("{name}: {addr} is also {other}: each listener needs an address of its own"));
+            }
+        }
+        for (addr, name) in addrs {
             let Some(inbound) = &inbound else { break };
             if addr.ip().is_loopback() || !inbound.allow_cidrs.is_empty() {
                 continue;
@@ -272,25 +319,18 @@ impl Config {
         let replay_body_limit = p.optional("replay_body_limit", "65536", parse::bytes);
         let replay_budget = p.optional("replay_budget", "33554432", parse::bytes);
         let rewrite_bodies = p.optional("rewrite_bodies", "true", parse::boolean);
-        let max_concurrent =
-            p.optional("max_concurrent", "0", |s| parse::bytes(s).map(|n| (n > 0).then_some(n as usize)));
-        let rate_limit = p.optional("rate_limit", "0", |s| {
-            s.trim()
-                .parse::<u32>()
-                .map(|n| (n > 0).then_some(n))
-                .map_err(|_| format!("'{s}' is not a whole number of requests a second"))
-        });
-        let pacer_max_wait = p.optional("pacer_max_wait", "10s", parse::duration);
         let shutdown_grace = p.optional("shutdown_grace", "30s", parse::duration);
         let log_format = p.optional("log_format", "text", parse::log_format);
+        let primary = default_tenant.as_ref().and_then(|d| tenants.iter().find(|t| &t.name == d)).or(tenants.first());
+        let primary = primary.cloned()?;
         Some(Config {
-            api_url: api_url?,
-            auth: auth?,
-            tenant_code,
+            api_url: primary.api_url,
+            auth: primary.auth,
+            tenant_code: primary.tenant_code,
             listen: listen?,
             tls: tls?,
             inbound: inbound?,
-            policy: policy?,
+            policy: primary.policy,
             upstream_timeout: upstream_timeout?,
             connect_timeout: connect_timeout?,
             egress: egress?,
@@ -300,7 +340,10 @@ impl Config {
             replay_body_limit: replay_body_limit?,
             replay_budget: replay_budget?,
             rewrite_bodies: rewrite_bodies?,
-            pacer: PacerSettings { max_concurrent: max_concurrent?, rate: rate_limit?, max_wait: pacer_max_wait? },
+            pacer: primary.pacer,
+            tenants,
+            prefixed,
+            default_tenant,
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
             config_file: file.map(Path::to_path_buf),
@@ -375,6 +418,56 @@ pub fn listen_in_file(path: &Path) -> Result<Option<Listen>, String> {
         Some(toml::Value::String(s)) => parse::listen(s).map(Some).map_err(|e| format!("{shown}: listen: {e}")),
         Some(other) => Err(format!("{shown}: listen: expected a string, found {}", other.type_str())),
     }
+}
+
+/// One tenant's upstream, credentials, policy and pacing, from the settings `p` reads.
+fn upstream(
+    p: &mut parse::Parser<'_>,
+    name: &str,
+    policy: PolicyFile,
+    file: Option<&Path>,
+    max_wait: Option<Duration>,
+) -> Option<TenantConfig> {
+    let api_url = p.api_url();
+    let auth = auth(p);
+    let tenant_code = match p.parse("tenant_code", |s| Ok(s.trim().to_owned())) {
+        Some(code) if !code.is_empty() => Some(SecretString::from(code)),
+        _ => None,
+    };
+    let read_only = p.parse("read_only", parse::boolean);
+    let policy = match Policy::new(policy, read_only) {
+        Ok(policy) => Some(policy),
+        Err(errors) => {
+            let file = file.map(|f| f.display().to_string()).unwrap_or_default();
+            errors.into_iter().for_each(|e| p.problem(format!("{file}: {e}")));
+            None
+        }
+    };
+    let max_concurrent = p.optional("max_concurrent", "0", |s| parse::bytes(s).map(|n| (n > 0).then_some(n as usize)));
+    let rate_limit = p.optional("rate_limit", "0", |s| {
+        s.trim()
+            .parse::<u32>()
+            .map(|n| (n > 0).then_some(n))
+            .map_err(|_| format!("'{s}' is not a whole number of requests a second"))
+    });
+    // Without `[tenants]`, `listen` is the shared listener's.
+    let listen = match name != tenants::SINGLE && p.raw.contains_key("listen") {
+        false => Some(None),
+        true => p
+            .parse("listen", |s| {
+                s.trim().parse::<SocketAddr>().map_err(|_| format!("'{s}' is not an address like 127.0.0.1:8081"))
+            })
+            .map(Some),
+    };
+    Some(TenantConfig {
+        name: name.to_owned(),
+        api_url: api_url?,
+        auth: auth?,
+        tenant_code,
+        policy: policy?,
+        pacer: PacerSettings { max_concurrent: max_concurrent?, rate: rate_limit?, max_wait: max_wait? },
+        listen: listen?,
+    })
 }
 
 /// The HTTPS listener, when a certificate and key are given (both, or neither).

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::tenants::RawTenant;
 use crate::gate::policy::PolicyFile;
 
 /// Each setting: its TOML key and its environment variable. The order is the documentation's.
@@ -49,11 +50,12 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("rewrite_bodies", "UEM_PROXY_REWRITE_BODIES"),
     ("shutdown_grace", "UEM_PROXY_SHUTDOWN_GRACE"),
     ("log_format", "UEM_PROXY_LOG_FORMAT"),
+    ("default_tenant", "UEM_PROXY_DEFAULT_TENANT"),
 ];
 
 /// Pairs of settings of which one is used. When the environment sets either, the file's pair is
 /// ignored, so `UEM_CONSOLE_URL` can override a file's `api_url` without a conflict.
-const ALTERNATIVES: &[(&str, &str)] = &[
+pub(super) const ALTERNATIVES: &[(&str, &str)] = &[
     ("api_url", "console_url"),
     ("token_url", "region"),
     ("client_secret", "client_secret_file"),
@@ -63,10 +65,10 @@ const ALTERNATIVES: &[(&str, &str)] = &[
 /// Settings that name files. A relative path in the configuration file is taken relative to the
 /// file's folder (the file and its secrets are usually shipped together); in the environment it
 /// stays relative to the working directory.
-const PATHS: &[&str] = &["client_secret_file", "password_file", "ca_bundle", "tls_cert", "tls_key"];
+pub(super) const PATHS: &[&str] = &["client_secret_file", "password_file", "ca_bundle", "tls_cert", "tls_key"];
 
 /// `value` as a path relative to the folder of the configuration file at `file`.
-fn beside(file: &Path, value: String) -> String {
+pub(super) fn beside(file: &Path, value: String) -> String {
     let trimmed = value.trim();
     match file.parent() {
         Some(folder) if !trimmed.is_empty() && Path::new(trimmed).is_relative() => {
@@ -83,6 +85,7 @@ pub enum Origin {
     Env(&'static str),
 }
 
+#[derive(Clone)]
 pub struct Raw {
     pub value: String,
     pub origin: Origin,
@@ -104,14 +107,34 @@ pub fn env_name(key: &str) -> &'static str {
     SETTINGS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).unwrap_or("?")
 }
 
-/// Reads the file's settings into `raw` and returns its `[policy]` table.
-pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> PolicyFile {
+/// The tables of the configuration file that are not settings.
+#[derive(Default)]
+pub struct Tables {
+    pub policy: PolicyFile,
+    pub tenants: Vec<RawTenant>,
+}
+
+/// A setting's value from the file as the environment would give it: lists comma-separated.
+pub(super) fn scalar(value: toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => {
+            Some(items.iter().filter_map(toml::Value::as_str).collect::<Vec<_>>().join(","))
+        }
+        _ => None,
+    }
+}
+
+/// Reads the file's settings into `raw` and returns its `[policy]` and `[tenants]` tables.
+pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> Tables {
     let shown = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {
             problems.push(format!("{shown}: cannot read the config file: {e}"));
-            return PolicyFile::default();
+            return Tables::default();
         }
     };
     let mut table: toml::Table = match text.parse() {
@@ -119,7 +142,7 @@ pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> P
         Err(e) => {
             // Never `e.to_string()`: it quotes the line, which may hold a secret.
             problems.push(format!("{shown}: not valid TOML: {}", super::hints::toml_error(&text, &e)));
-            return PolicyFile::default();
+            return Tables::default();
         }
     };
     let policy = match table.remove("policy") {
@@ -129,27 +152,21 @@ pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> P
             PolicyFile::default()
         }),
     };
+    let tenants = table.remove("tenants").map(|t| super::tenants::read(&shown, path, t, problems)).unwrap_or_default();
     for (key, value) in table {
         let Some(&(known, _)) = SETTINGS.iter().find(|(k, _)| *k == key) else {
             problems.push(format!("{shown}: {}", super::hints::unknown_key(&key)));
             continue;
         };
-        let value = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => {
-                items.iter().filter_map(toml::Value::as_str).collect::<Vec<_>>().join(",")
-            }
-            other => {
-                problems.push(format!("{shown}: {key}: expected a string, found {}", other.type_str()));
-                continue;
-            }
+        let type_str = value.type_str();
+        let Some(value) = scalar(value) else {
+            problems.push(format!("{shown}: {key}: expected a string, found {type_str}"));
+            continue;
         };
         let value = if PATHS.contains(&known) { beside(path, value) } else { value };
         raw.insert(known, Raw { value, origin: Origin::File(shown.clone()) });
     }
-    policy
+    Tables { policy, tenants }
 }
 
 /// Overlays the environment's settings; an empty variable counts as unset.

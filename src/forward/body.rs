@@ -257,6 +257,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Primed<B> {
 
 /// The bytes of request bodies held for replay, shared by all requests, so that the memory kept
 /// for replays stays bounded however many callers there are and however slowly they send.
+#[derive(Clone)]
 pub struct ReplayBudget {
     bytes: Arc<Semaphore>,
     total: u64,

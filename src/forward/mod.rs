@@ -68,8 +68,18 @@ pub struct Forwarder {
     pub replay_budget: ReplayBudget,
     pub tokens: Tokens,
     pub pacer: Arc<ArcSwap<Pacer>>,
-    /// The proxy's own `host:port` for `Location` rewrites when a caller sends no `Host`.
-    pub listen_host: String,
+}
+
+/// How the caller reached the proxy, so that URLs in answers (`Location`, links in bodies) lead
+/// back the same way.
+#[derive(Clone, Copy)]
+pub struct Reached<'a> {
+    /// Over the HTTPS listener.
+    pub https: bool,
+    /// The listener's own `host:port`, for callers that send no `Host`.
+    pub listen_host: &'a str,
+    /// The tenant prefix the caller used (`/t/uat`), or `""`.
+    pub prefix: &'a str,
 }
 
 /// The upstream's answer, and what was learnt while getting it.
@@ -95,7 +105,7 @@ impl Forwarder {
     }
 
     /// Forwards a request to its canonical `path`, which needs `required`, and returns the
-    /// upstream's answer. `https`: the caller came over the HTTPS listener.
+    /// upstream's answer.
     pub async fn forward(
         &self,
         route: &Route,
@@ -103,10 +113,10 @@ impl Forwarder {
         body: Body,
         path: &str,
         required: Option<Required>,
-        https: bool,
+        reached: Reached<'_>,
     ) -> Result<Forwarded, ProxyError> {
         let uri = upstream_uri(route, &parts, path)?;
-        let proxy_base = response_base(&parts.headers, &self.listen_host, https);
+        let proxy_base = response_base(&parts.headers, reached);
         rewrite::request_headers(&mut parts.headers);
         // Set when the caller paused too long inside its body; there is none without a body.
         let mut caller_paused = None;
@@ -188,7 +198,12 @@ impl Forwarder {
         let rewrite_body = route.rewrite_bodies && parts.method != Method::HEAD && is_rewritable(response.headers());
         let needs_base = rewrite_body || response.headers().contains_key(LOCATION);
         let proxy_base = if needs_base { proxy_base() } else { String::new() };
-        let location = LocationRewrite { upstream_base: &route.upstream_base, proxy_base: &proxy_base };
+        let location = LocationRewrite {
+            upstream_base: &route.upstream_base,
+            proxy_base: &proxy_base,
+            prefix: reached.prefix,
+            upstream_path: &route.upstream_path,
+        };
         rewrite::response_headers(response.headers_mut(), &location);
         let credential = sent_with.as_bytes();
         // `Bearer <token>`, `Basic <user:password>`: the part after the scheme is the secret.
@@ -333,9 +348,10 @@ fn upstream_uri(route: &Route, parts: &Parts, path: &str) -> Result<Uri, ProxyEr
 
 /// The proxy's own base URL as the caller addressed it, for `Location` rewrites; built only
 /// when a response has a `Location`.
-fn response_base(headers: &HeaderMap, listen_host: &str, https: bool) -> impl FnOnce() -> String + use<> {
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or(listen_host).to_owned();
-    move || format!("{}://{host}", if https { "https" } else { "http" })
+fn response_base(headers: &HeaderMap, reached: Reached<'_>) -> impl FnOnce() -> String + use<> {
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or(reached.listen_host).to_owned();
+    let (scheme, prefix) = (if reached.https { "https" } else { "http" }, reached.prefix.to_owned());
+    move || format!("{scheme}://{host}{prefix}")
 }
 
 /// The caller's request body with its pauses bounded by `idle`, so a caller that stops sending

@@ -59,8 +59,14 @@ pub fn request_headers(headers: &mut HeaderMap) {
 pub struct LocationRewrite<'a> {
     /// The API base URL as configured, without a trailing slash (`https://as1.awmdm.com`).
     pub upstream_base: &'a str,
-    /// The proxy's own base as the caller addressed it (`http://127.0.0.1:8080`).
+    /// The proxy's own base as the caller addressed it (`http://127.0.0.1:8080`, or with the
+    /// tenant prefix the caller used, `http://127.0.0.1:8080/t/uat`).
     pub proxy_base: &'a str,
+    /// The tenant prefix alone (`/t/uat`), or `""`: a path-absolute `Location` gets it, so that
+    /// a redirect from one tenant's API never leads to another tenant.
+    pub prefix: &'a str,
+    /// The API base's path (`/uem`), or `""`.
+    pub upstream_path: &'a str,
 }
 
 /// Turns an upstream response's headers into the caller's: hop-by-hop headers go, repeated headers
@@ -100,6 +106,12 @@ pub fn drop_echoed_token(headers: &mut HeaderMap, token: &[u8]) {
 
 /// The rewritten `Location`, or `None` when it points elsewhere and is left as it is.
 pub fn rewrite_location(location: &str, rewrite: &LocationRewrite<'_>) -> Option<String> {
+    if !rewrite.prefix.is_empty() && location.starts_with('/') && !location.starts_with("//") {
+        let rest = strip_prefix_ignore_case(location, rewrite.upstream_path)
+            .filter(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
+            .unwrap_or(location);
+        return Some(format!("{}{rest}", rewrite.prefix));
+    }
     let base = rewrite.upstream_base;
     let head = location.get(..base.len())?;
     if !head.eq_ignore_ascii_case(base) {
@@ -111,6 +123,11 @@ pub fn rewrite_location(location: &str, rewrite: &LocationRewrite<'_>) -> Option
         return None;
     }
     Some(format!("{}{rest}", rewrite.proxy_base))
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
 #[cfg(test)]
@@ -162,7 +179,12 @@ mod tests {
     #[test]
     fn an_authorization_header_from_upstream_never_reaches_the_caller() {
         let mut h = map(&[("authorization", "Bearer tok-1"), ("x-kept", "1")]);
-        let rw = LocationRewrite { upstream_base: "https://as1.awmdm.com", proxy_base: "http://localhost:8080" };
+        let rw = LocationRewrite {
+            upstream_base: "https://as1.awmdm.com",
+            proxy_base: "http://localhost:8080",
+            prefix: "",
+            upstream_path: "",
+        };
         response_headers(&mut h, &rw);
         assert!(h.get("authorization").is_none());
     }
@@ -170,7 +192,12 @@ mod tests {
     #[test]
     fn repeated_response_headers_survive() {
         let mut h = map(&[("set-cookie", "a=1"), ("set-cookie", "b=2"), ("connection", "close")]);
-        let rw = LocationRewrite { upstream_base: "https://as1.awmdm.com", proxy_base: "http://localhost:8080" };
+        let rw = LocationRewrite {
+            upstream_base: "https://as1.awmdm.com",
+            proxy_base: "http://localhost:8080",
+            prefix: "",
+            upstream_path: "",
+        };
         response_headers(&mut h, &rw);
         let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"]);
@@ -179,7 +206,12 @@ mod tests {
 
     #[test]
     fn locations_into_the_api_point_at_the_proxy_and_others_stay() {
-        let rw = LocationRewrite { upstream_base: "https://as1.awmdm.com", proxy_base: "http://localhost:8080" };
+        let rw = LocationRewrite {
+            upstream_base: "https://as1.awmdm.com",
+            proxy_base: "http://localhost:8080",
+            prefix: "",
+            upstream_path: "",
+        };
         let cases = [
             ("https://as1.awmdm.com/api/mdm/devices/5", Some("http://localhost:8080/api/mdm/devices/5")),
             ("HTTPS://AS1.AWMDM.COM/api/x?y=1", Some("http://localhost:8080/api/x?y=1")),
@@ -192,11 +224,37 @@ mod tests {
         for (location, expected) in cases {
             assert_eq!(rewrite_location(location, &rw).as_deref(), expected, "{location}");
         }
-        let prefixed = LocationRewrite { upstream_base: "http://10.0.0.5:81/uem", proxy_base: "http://[::1]:8080" };
+        let prefixed = LocationRewrite {
+            upstream_base: "http://10.0.0.5:81/uem",
+            proxy_base: "http://[::1]:8080",
+            prefix: "",
+            upstream_path: "",
+        };
         assert_eq!(
             rewrite_location("http://10.0.0.5:81/uem/api/x", &prefixed).as_deref(),
             Some("http://[::1]:8080/api/x")
         );
         assert_eq!(rewrite_location("http://10.0.0.5:81/uemx", &prefixed), None);
+    }
+
+    #[test]
+    fn a_tenants_redirects_keep_its_prefix_however_they_are_written() {
+        let rw = LocationRewrite {
+            upstream_base: "https://uem.corp/uem",
+            proxy_base: "http://localhost:8080/t/uat",
+            prefix: "/t/uat",
+            upstream_path: "/uem",
+        };
+        for (location, expected) in [
+            ("https://uem.corp/uem/api/mdm/devices/5", Some("http://localhost:8080/t/uat/api/mdm/devices/5")),
+            ("/uem/api/mdm/devices/5?x=1", Some("/t/uat/api/mdm/devices/5?x=1")),
+            ("/UEM/api/x", Some("/t/uat/api/x")),
+            ("/uemx/api", Some("/t/uat/uemx/api")),
+            ("/api/x", Some("/t/uat/api/x")),
+            ("//evil.example/api", None),
+            ("https://evil.example/api", None),
+        ] {
+            assert_eq!(rewrite_location(location, &rw).as_deref(), expected, "{location}");
+        }
     }
 }

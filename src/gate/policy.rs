@@ -25,7 +25,7 @@ use crate::uem::mapping::{self, Kind, Required};
 use crate::uem::permissions::{self, Permission};
 
 /// The `[policy]` table of the configuration file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     pub read_only: Option<bool>,
@@ -38,7 +38,7 @@ pub struct PolicyFile {
 }
 
 /// One `[[policy.rules]]` entry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
     pub action: String,

@@ -211,11 +211,11 @@ impl From<Listener> for Bound {
     }
 }
 
-/// Serves `app` on every listener until `shutdown` completes, then drains for at most `grace`.
-/// `counts` receives the connection figures for the metrics.
-pub async fn serve(
-    bound: Vec<Bound>,
-    app: impl Handler,
+/// Serves every listener with its handler until `shutdown` completes, then drains for at most
+/// `grace`. The listeners share the connection cap; `counts` receives the connection figures for
+/// the metrics.
+pub async fn serve<H: Handler>(
+    bound: Vec<(Bound, H)>,
     limits: Limits,
     counts: Arc<Counts>,
     shutdown: impl Future<Output = ()>,
@@ -236,9 +236,8 @@ pub async fn serve(
     let accept_errors = Arc::new(std::sync::Mutex::new(LogThrottle::new(Duration::from_secs(1))));
     let loops: Vec<_> = bound
         .into_iter()
-        .map(|b| {
-            let (http, app, connections, accept_errors) =
-                (http.clone(), app.clone(), connections.clone(), accept_errors.clone());
+        .map(|(b, app)| {
+            let (http, connections, accept_errors) = (http.clone(), connections.clone(), accept_errors.clone());
             let mut stopped = stopped.clone();
             tokio::spawn(async move {
                 loop {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -20,6 +20,8 @@ use crate::token::Tokens;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    #[prometheus(flatten)]
+    pub tenant: TenantLabel,
     pub method: &'static str,
     /// The permission catalogue's category of the request (`Devices`, `Apps`, …), `proxy` for
     /// the proxy's own endpoints, `unknown` for the rest.
@@ -29,7 +31,31 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
+    #[prometheus(flatten)]
+    tenant: TenantLabel,
     outcome: &'static str,
+}
+
+/// A `tenant` label when the proxy serves `[tenants]`, and none at all otherwise, so that the
+/// series of a one-tenant proxy stay as they always were.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct TenantLabel(pub Option<Arc<str>>);
+
+impl EncodeLabelSet for TenantLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(name) => [("tenant", &**name)].encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the scrape reads of one tenant.
+pub struct TenantGauges {
+    /// `None` for the one tenant of a configuration without `[tenants]`.
+    pub name: Option<Arc<str>>,
+    pub tokens: Tokens,
+    pub pacer: Arc<ArcSwap<Pacer>>,
 }
 
 /// The proxy's metrics and their registry.
@@ -44,6 +70,7 @@ pub struct Metrics {
     throttled: Counter,
     /// Filled by the listeners, read at each scrape.
     pub connections: Arc<Counts>,
+    tenants: Arc<ArcSwap<Vec<TenantGauges>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -57,8 +84,9 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    /// Registers the metrics; `tokens` and `pacer` are read at each scrape.
-    pub fn new(tokens: Tokens, pacer: Arc<ArcSwap<Pacer>>) -> Metrics {
+    /// Registers the metrics; the tenants' tokens and pacers are read at each scrape.
+    pub fn new(tenants: Vec<TenantGauges>) -> Metrics {
+        let tenants = Arc::new(ArcSwap::from_pointee(tenants));
         let mut registry = Registry::with_prefix("uem_proxy");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests answered", requests.clone());
@@ -85,7 +113,7 @@ impl Metrics {
         let throttled = Counter::default();
         registry.register("upstream_throttled", "429 answers from the API", throttled.clone());
         let connections = Arc::new(Counts::default());
-        registry.register_collector(Box::new(Live { tokens, pacer, connections: connections.clone() }));
+        registry.register_collector(Box::new(Live { tenants: tenants.clone(), connections: connections.clone() }));
         Metrics {
             registry,
             requests,
@@ -96,7 +124,13 @@ impl Metrics {
             bytes_out,
             throttled,
             connections,
+            tenants,
         }
+    }
+
+    /// The tenants after a reload.
+    pub fn set_tenants(&self, tenants: Vec<TenantGauges>) {
+        self.tenants.store(Arc::new(tenants));
     }
 
     /// Counts a 429 from the API.
@@ -130,8 +164,7 @@ impl Metrics {
 
 /// Values read at scrape time from the token store and the pacer.
 struct Live {
-    tokens: Tokens,
-    pacer: Arc<ArcSwap<Pacer>>,
+    tenants: Arc<ArcSwap<Vec<TenantGauges>>>,
     connections: Arc<Counts>,
 }
 
@@ -147,43 +180,59 @@ fn unix_seconds(t: SystemTime) -> f64 {
 
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats = self.tokens.stats();
-        let refreshes = ConstCounter::new(0u64);
+        let tenants = self.tenants.load();
+        let label = |t: &TenantGauges| TenantLabel(t.name.clone());
         let mut family = encoder.encode_descriptor(
             "token_refreshes",
             "Token requests to the token service, by outcome",
             None,
-            refreshes.metric_type(),
+            ConstCounter::new(0u64).metric_type(),
         )?;
-        for (outcome, n) in [("success", stats.refreshed), ("failure", stats.failed)] {
-            ConstCounter::new(n).encode(family.encode_family(&OutcomeLabels { outcome })?)?;
+        for tenant in tenants.iter() {
+            let stats = tenant.tokens.stats();
+            for (outcome, n) in [("success", stats.refreshed), ("failure", stats.failed)] {
+                ConstCounter::new(n)
+                    .encode(family.encode_family(&OutcomeLabels { tenant: label(tenant), outcome })?)?;
+            }
         }
-        let expiry = self
-            .tokens
-            .current()
-            .map_or(0.0, |t| t.usable_until().saturating_duration_since(tokio::time::Instant::now()).as_secs_f64());
-        let gauge = ConstGauge::new(expiry);
-        gauge.encode(encoder.encode_descriptor(
-            "token_usable",
-            "Seconds until the current token stops being used (0 without one)",
-            Some(&Unit::Seconds),
-            gauge.metric_type(),
-        )?)?;
-        let last_error = ConstGauge::new(stats.last_error.as_ref().map_or(0.0, |(t, _)| unix_seconds(*t)));
-        last_error.encode(encoder.encode_descriptor(
-            "token_last_error_timestamp",
-            "When a token request last failed (0: never)",
-            Some(&Unit::Seconds),
-            last_error.metric_type(),
-        )?)?;
-        let pacer = self.pacer.load();
-        let waiting = ConstGauge::new(pacer.waiting());
-        waiting.encode(encoder.encode_descriptor(
+        let usable = |t: &TenantGauges| {
+            t.tokens
+                .current()
+                .map_or(0.0, |t| t.usable_until().saturating_duration_since(tokio::time::Instant::now()).as_secs_f64())
+        };
+        let last_error =
+            |t: &TenantGauges| t.tokens.stats().last_error.as_ref().map_or(0.0, |(at, _)| unix_seconds(*at));
+        let seconds = Some(&Unit::Seconds);
+        for (name, help, unit, value) in [
+            (
+                "token_usable",
+                "Seconds until the current token stops being used (0 without one)",
+                seconds,
+                &usable as &dyn Fn(&TenantGauges) -> f64,
+            ),
+            ("token_last_error_timestamp", "When a token request last failed (0: never)", seconds, &last_error),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, unit, ConstGauge::new(0.0).metric_type())?;
+            for tenant in tenants.iter() {
+                match &tenant.name {
+                    None => family.encode_gauge(&value(tenant))?,
+                    Some(_) => ConstGauge::new(value(tenant)).encode(family.encode_family(&label(tenant))?)?,
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
             "pacer_waiting",
             "Requests waiting for their turn in the pacer",
             None,
-            waiting.metric_type(),
-        )?)?;
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for tenant in tenants.iter() {
+            let waiting = tenant.pacer.load().waiting();
+            match &tenant.name {
+                None => family.encode_gauge(&waiting)?,
+                Some(_) => ConstGauge::new(waiting).encode(family.encode_family(&label(tenant))?)?,
+            }
+        }
         let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
         for (name, help, n) in [
             ("connections", "Caller connections open", load(&self.connections.open)),

@@ -23,7 +23,7 @@ use crate::gate::Caller;
 use crate::gate::target::is_own;
 use crate::listen::Peer;
 use crate::uem::mapping;
-use metrics::{Metrics, RequestLabels};
+use metrics::{Metrics, RequestLabels, TenantLabel};
 
 /// The id of the request being served, for the proxy's own endpoints that answer with errors.
 #[derive(Clone, Debug)]
@@ -45,6 +45,8 @@ pub struct Record {
     pub peer: Peer,
     /// Why the caller was let in (audit); `None` when it was not.
     pub caller: Option<Caller>,
+    /// The tenant served, when the proxy serves `[tenants]`.
+    pub tenant: Option<std::sync::Arc<str>>,
     /// UEM's id of a failed API call, from its error body.
     pub activity_id: Option<Box<str>>,
     pub method: Method,
@@ -79,6 +81,7 @@ impl Record {
             id,
             peer,
             caller: None,
+            tenant: None,
             activity_id: None,
             method,
             uri,
@@ -126,6 +129,7 @@ impl Drop for Record {
             target: line::TARGET,
             request_id = self.id.to_str().unwrap_or(""),
             peer = %self.peer,
+            tenant = self.tenant.as_deref(),
             caller = self.caller.as_ref().map(caller_text).as_deref(),
             activity_id = self.activity_id.as_deref(),
             method = %self.method,
@@ -139,6 +143,7 @@ impl Drop for Record {
             "request"
         );
         let labels = RequestLabels {
+            tenant: TenantLabel(self.tenant.take()),
             method: method_label(&self.method),
             category: self.category.unwrap_or_else(|| category(&self.method, self.uri.path())),
             status_class: status_class(self.status),

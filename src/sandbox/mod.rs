@@ -130,8 +130,8 @@ pub async fn serve(listener: TcpListener, options: Options, shutdown: impl Futur
         write_idle_timeout: Duration::from_secs(30),
         max_connections: crate::listen::Limits::max_connections(None),
     };
-    let bound = vec![crate::listen::Listener::from(listener).into()];
+    let bound = vec![(crate::listen::Listener::from(listener).into(), router(sandbox))];
     let counts = Default::default();
-    crate::listen::serve(bound, router(sandbox), limits, counts, shutdown, Duration::from_secs(5)).await;
+    crate::listen::serve(bound, limits, counts, shutdown, Duration::from_secs(5)).await;
     Ok(())
 }

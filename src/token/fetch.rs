@@ -84,11 +84,16 @@ pub struct TokenClient {
     pub http: reqwest::Client,
     pub credentials: Arc<ArcSwap<Credentials>>,
     pub timeout: Duration,
+    /// Shared by the tenants of one process, so that a hundred of them starting together ask
+    /// the token services a few at a time.
+    pub permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl TokenClient {
     pub async fn request(&self) -> Result<Grant, FetchError> {
         let credentials = self.credentials.load_full();
+        // The semaphore is never closed.
+        let _permit = self.permits.acquire().await.ok();
         request(&self.http, &credentials, self.timeout).await
     }
 }

@@ -248,9 +248,20 @@ impl Tokens {
     /// Creates the store and its refresher. The refresher runs until every `Tokens` is dropped;
     /// the caller owns its handle.
     pub fn start<S: TokenSource>(source: S, forced_interval: Duration) -> (Tokens, tokio::task::JoinHandle<()>) {
+        Tokens::start_spread(source, forced_interval, 0.0)
+    }
+
+    /// The same, refreshing earlier by `spread` (in `[0, 1)`) of the window
+    /// [`schedule::refresh_in_spread`] allows, so that tenants started together do not all refresh
+    /// in the same minute.
+    pub fn start_spread<S: TokenSource>(
+        source: S,
+        forced_interval: Duration,
+        spread: f64,
+    ) -> (Tokens, tokio::task::JoinHandle<()>) {
         let shared = Shared::new();
         let (force, forced) = mpsc::channel(1024);
-        let task = refresher::Refresher::new(source, shared.clone(), forced, forced_interval);
+        let task = refresher::Refresher::new(source, shared.clone(), forced, forced_interval, spread);
         let handle = tokio::spawn(task.run());
         (Tokens { shared, force }, handle)
     }

@@ -16,6 +16,8 @@ pub(super) struct Refresher<S> {
     forced_interval: Duration,
     last_forced: Option<Instant>,
     failures: u32,
+    /// Where in the refresh window this refresher's tokens are replaced.
+    spread: f64,
 }
 
 impl<S: TokenSource> Refresher<S> {
@@ -24,8 +26,9 @@ impl<S: TokenSource> Refresher<S> {
         shared: Arc<Shared>,
         forced: mpsc::Receiver<Force>,
         forced_interval: Duration,
+        spread: f64,
     ) -> Self {
-        Refresher { source, shared, forced, forced_interval, last_forced: None, failures: 0 }
+        Refresher { source, shared, forced, forced_interval, last_forced: None, failures: 0, spread }
     }
 
     pub(super) async fn run(mut self) {
@@ -77,7 +80,7 @@ impl<S: TokenSource> Refresher<S> {
         match stored {
             Ok((token, lifetime)) => {
                 self.failures = 0;
-                let refresh_in = schedule::refresh_in(lifetime);
+                let refresh_in = schedule::refresh_in_spread(lifetime, self.spread);
                 tracing::info!(
                     generation = token.generation,
                     lifetime_s = lifetime.as_secs(),

@@ -38,6 +38,15 @@ pub fn refresh_in(lifetime: Duration) -> Duration {
     (lifetime * 3 / 4).max(MIN_REFRESH)
 }
 
+/// [`refresh_in`], brought forward by `spread` (clamped to `[0, 1]`) of a fifth of the lifetime:
+/// an hourly token is replaced between 33 and 45 minutes after issue. Tenants of one process get
+/// evenly spaced spreads, so their refreshes are spread over twelve minutes of every hour instead
+/// of falling in the same one.
+pub fn refresh_in_spread(lifetime: Duration, spread: f64) -> Duration {
+    let earlier = (lifetime / 5).mul_f64(spread.clamp(0.0, 1.0));
+    refresh_in(lifetime).saturating_sub(earlier).max(MIN_REFRESH)
+}
+
 /// The wait before retry number `failures` (1 for the first failure), with jitter so a fleet of
 /// proxies does not retry in step. `unit` is a random number in `[0, 1)`; the result lies in
 /// `[d/2, d)` where `d` is the capped exponential delay.
@@ -66,6 +75,22 @@ mod tests {
         assert_eq!(refresh_in(hour), Duration::from_secs(2700));
         assert_eq!(usable_for(hour), Duration::from_secs(3570));
         assert!(refresh_in(hour) < usable_for(hour));
+    }
+
+    #[test]
+    fn spread_refreshes_stay_inside_the_window_and_before_expiry() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(refresh_in_spread(hour, 0.0), refresh_in(hour));
+        assert_eq!(refresh_in_spread(hour, 1.0), Duration::from_secs(1980));
+        let times: Vec<_> = (0..100).map(|i| refresh_in_spread(hour, i as f64 / 100.0)).collect();
+        assert!(times.windows(2).all(|w| w[1] < w[0]), "evenly spaced, all different");
+        for secs in [1, 2, 5, 60, 3600, 86_400] {
+            let l = Duration::from_secs(secs);
+            for spread in [-1.0, 0.0, 0.5, 0.99, 7.0] {
+                let at = refresh_in_spread(l, spread);
+                assert!(at >= MIN_REFRESH && at <= refresh_in(l), "{secs} {spread}");
+            }
+        }
     }
 
     #[test]

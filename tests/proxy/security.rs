@@ -26,7 +26,7 @@ async fn callers_outside_the_allow_list_get_403_and_nothing_is_forwarded() {
     let (tokens, upstream) = (TokenService::default(), Upstream::default());
     let (api, token_url) = (upstream.start().await, tokens.start().await);
     let config = config(&api, &token_url, None, &[("UEM_PROXY_ALLOW_CIDRS", "10.20.0.0/16")]).unwrap();
-    let (service, _refresher) = uem_proxy::service(&config, &Listen::Tcp("0.0.0.0:8080".parse().unwrap())).unwrap();
+    let service = uem_proxy::service(&config, &Listen::Tcp("0.0.0.0:8080".parse().unwrap())).unwrap();
     // A network peer cannot be had on loopback, so the peer the listener would record is given here.
     let call = |path: &str, host: &str, peer: &str| {
         let req = http::Request::get(path).header("host", host).body(axum::body::Body::empty()).unwrap();

@@ -136,7 +136,7 @@ async fn cookies_the_api_sets_leave_the_service_marked_sensitive() {
     let (api, token_url) = (upstream.start().await, tokens.start().await);
     let config = crate::support::config(&api, &token_url, None, &[]).unwrap();
     let local = uem_proxy::config::Listen::Tcp("127.0.0.1:8080".parse().unwrap());
-    let (service, _refresher) = uem_proxy::service(&config, &local).unwrap();
+    let service = uem_proxy::service(&config, &local).unwrap();
     let request = http::Request::get("/hop").header("host", "localhost").body(axum::body::Body::empty()).unwrap();
     let response = service.serve(request, uem_proxy::listen::Peer::Tcp("127.0.0.1:4000".parse().unwrap()), false).await;
     assert_eq!(response.status(), 200);

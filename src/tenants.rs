@@ -1,0 +1,265 @@
+//! The UEM environments the proxy serves, each with its own token, refresher, pacer, policy and
+//! upstream connections, and which of them a request goes to.
+//!
+//! Nothing is shared between tenants but the process: a tenant's token lives in its own store
+//! and is injected only by its own forwarder, whose upstream is its own API, so no interleaving
+//! of refreshes, 401 replays or reloads can send one tenant's token to another's API.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use secrecy::ExposeSecret;
+use tokio::sync::Semaphore;
+
+use crate::config::{Auth, Config, TenantConfig};
+use crate::forward::body::ReplayBudget;
+use crate::forward::pacer::Pacer;
+use crate::forward::upstream::{Reach, UpstreamClient};
+use crate::forward::{Forwarder, Route};
+use crate::gate::policy::Policy;
+use crate::token::{Credentials, TokenClient, Tokens};
+
+/// At most this many token requests at once, all tenants together.
+pub const TOKEN_REQUESTS_AT_ONCE: usize = 8;
+
+/// What a tenant's requests read from the configuration. Replaced whole on reload; a request
+/// keeps the one it started with.
+pub struct TenantSettings {
+    pub policy: Policy,
+    pub route: Route,
+}
+
+impl TenantSettings {
+    fn new(config: &Config, tenant: &TenantConfig) -> TenantSettings {
+        let route = Route {
+            upstream_base: tenant.api_url.as_str().trim_end_matches('/').to_owned(),
+            upstream_path: tenant.api_url.path().trim_end_matches('/').to_owned(),
+            upstream_timeout: config.upstream_timeout,
+            token_wait: config.token_wait,
+            replay_body_limit: config.replay_body_limit,
+            rewrite_bodies: config.rewrite_bodies,
+            max_body_bytes: config.inbound.max_body_bytes,
+            body_idle_timeout: config.inbound.body_idle_timeout,
+            tenant_code: tenant_header(tenant),
+        };
+        TenantSettings { policy: tenant.policy.clone(), route }
+    }
+}
+
+/// The configured tenant code as a header value, marked sensitive.
+fn tenant_header(tenant: &TenantConfig) -> Option<HeaderValue> {
+    let mut header = HeaderValue::try_from(tenant.tenant_code.as_ref()?.expose_secret()).ok()?;
+    header.set_sensitive(true);
+    Some(header)
+}
+
+/// `Authorization: Basic …` for an on-premises administrator account.
+pub fn basic_header(username: &str, password: &secrecy::SecretString) -> HeaderValue {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose_secret()));
+    let mut header = HeaderValue::try_from(format!("Basic {encoded}")).expect("base64 is a valid header value");
+    header.set_sensitive(true);
+    header
+}
+
+/// What the tenants of one process share: the token service's HTTP client, the TLS settings,
+/// the replay budget and the limit on token requests at once.
+#[derive(Clone)]
+pub struct Shared {
+    pub client: reqwest::Client,
+    pub tls: rustls::ClientConfig,
+    pub replay_budget: ReplayBudget,
+    pub token_permits: Arc<Semaphore>,
+}
+
+/// One running tenant.
+pub struct Tenant {
+    pub name: Arc<str>,
+    pub forwarder: Forwarder,
+    pub settings: ArcSwap<TenantSettings>,
+    /// What it was started or last reloaded with.
+    pub config: ArcSwap<TenantConfig>,
+    /// The OAuth client's credentials, which a reload may replace; `None` in basic mode.
+    credentials: Option<Arc<ArcSwap<Credentials>>>,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Tenant {
+    /// A removed tenant's refresher stops once its last request in flight is answered.
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+impl Tenant {
+    /// Starts a tenant and its token refresher. `spread` in `[0, 1)` places its refreshes in the
+    /// refresh window.
+    pub fn start(config: &Config, tenant: &TenantConfig, shared: &Shared, spread: f64) -> std::io::Result<Tenant> {
+        let reach = Reach { api_url: &tenant.api_url, egress: &config.egress, connect_timeout: config.connect_timeout };
+        let upstream = UpstreamClient::new(reach, shared.tls.clone()).map_err(std::io::Error::other)?;
+        let (tokens, refresher, credentials) = match &tenant.auth {
+            Auth::OAuth(oauth) => {
+                let credentials = Arc::new(ArcSwap::from_pointee(oauth.credentials()));
+                let source = TokenClient {
+                    http: shared.client.clone(),
+                    credentials: credentials.clone(),
+                    timeout: config.upstream_timeout,
+                    permits: shared.token_permits.clone(),
+                };
+                let (tokens, refresher) = Tokens::start_spread(source, config.forced_refresh_interval, spread);
+                (tokens, refresher, Some(credentials))
+            }
+            Auth::Basic { username, password } => {
+                let tokens = Tokens::fixed(basic_header(username, password));
+                (tokens, tokio::spawn(async {}), None)
+            }
+        };
+        for warning in tenant.policy.warnings() {
+            tracing::warn!(tenant = %tenant.name, %warning, "policy entry has no effect");
+        }
+        let pacer = Arc::new(ArcSwap::from_pointee(Pacer::new(tenant.pacer)));
+        let forwarder = Forwarder { upstream, replay_budget: shared.replay_budget.clone(), tokens, pacer };
+        Ok(Tenant {
+            name: Arc::from(tenant.name.as_str()),
+            forwarder,
+            settings: ArcSwap::from_pointee(TenantSettings::new(config, tenant)),
+            config: ArcSwap::from_pointee(tenant.clone()),
+            credentials,
+            refresher,
+        })
+    }
+
+    /// Whether `new` can be applied to this running tenant, rather than a new one started: the
+    /// same authentication mode.
+    pub fn can_take(&self, new: &TenantConfig) -> bool {
+        self.config.load().auth.mode() == new.auth.mode()
+    }
+
+    /// Applies `new` to this tenant. New credentials must first win a token, which then replaces
+    /// the old one; if they do not, nothing changes. Returns what changed.
+    pub async fn apply(&self, config: &Config, new: &TenantConfig, shared: &Shared) -> Result<Vec<String>, String> {
+        let old = self.config.load_full();
+        let mut changes = Vec::new();
+        match (&new.auth, &self.credentials) {
+            (Auth::OAuth(oauth), Some(current)) => {
+                let new_credentials = oauth.credentials();
+                if !new_credentials.same_as(&current.load()) {
+                    let grant = crate::token::request(&shared.client, &new_credentials, config.upstream_timeout)
+                        .await
+                        .map_err(|e| format!("the new credentials did not obtain a token ({e})"))?;
+                    if !self.forwarder.tokens.install(&grant) {
+                        return Err("the token obtained with the new credentials cannot be used".to_owned());
+                    }
+                    current.store(Arc::new(new_credentials));
+                    changes.push("credentials (a new token is in use)".to_owned());
+                }
+            }
+            (Auth::Basic { username, password }, None) => {
+                let header = basic_header(username, password);
+                if self.forwarder.tokens.current().is_none_or(|t| t.header() != header) {
+                    self.forwarder.tokens.set_fixed(header);
+                    changes.push("credentials".to_owned());
+                }
+            }
+            _ => return Err("changing UEM_AUTH_MODE needs a restart".to_owned()),
+        }
+        if old.pacer != new.pacer {
+            let pacer = self.forwarder.pacer.load().with_settings(new.pacer);
+            self.forwarder.pacer.store(Arc::new(pacer));
+            changes.push("pacing".to_owned());
+        }
+        if old.listen != new.listen {
+            tracing::warn!(tenant = %new.name, setting = "listen", "changed, but takes effect only after a restart");
+        }
+        let reloadable = [
+            ("api_url", old.api_url != new.api_url),
+            ("tenant_code", tenant_header(&old) != tenant_header(new)),
+            ("policy", old.policy != new.policy),
+        ];
+        changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
+        for warning in new.policy.warnings() {
+            tracing::warn!(tenant = %new.name, %warning, "policy entry has no effect");
+        }
+        self.settings.store(Arc::new(TenantSettings::new(config, new)));
+        self.config.store(Arc::new(new.clone()));
+        Ok(changes)
+    }
+}
+
+/// The tenants as one value, replaced whole when a reload adds or removes one.
+pub struct Tenants {
+    /// Sorted by name.
+    pub list: Vec<Arc<Tenant>>,
+    /// The tenant of paths without a prefix.
+    pub default: Option<Arc<Tenant>>,
+    /// Whether `/t/NAME/` prefixes select tenants (a configuration with `[tenants]`).
+    pub prefixed: bool,
+}
+
+/// Where a request goes: its tenant, the path it has there and the prefix that was removed.
+pub struct Picked<'a> {
+    pub tenant: &'a Arc<Tenant>,
+    pub path: &'a str,
+    pub prefix: &'a str,
+}
+
+impl Tenants {
+    pub fn get(&self, name: &str) -> Option<&Arc<Tenant>> {
+        self.list.iter().find(|t| t.name.eq_ignore_ascii_case(name))
+    }
+
+    /// The names, for error messages: `prod, uat`.
+    pub fn names(&self) -> String {
+        self.list.iter().map(|t| &*t.name).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The tenant `path` goes to. `/t/NAME/…` names one when tenants are prefixed; any other
+    /// path goes to the default tenant, if there is one.
+    pub fn pick<'a>(&'a self, path: &'a str) -> Option<Picked<'a>> {
+        if self.prefixed
+            && let Some((name, prefix, rest)) = split_prefix(path)
+        {
+            return self.get(name).map(|tenant| Picked { tenant, path: rest, prefix });
+        }
+        self.default.as_ref().map(|tenant| Picked { tenant, path, prefix: "" })
+    }
+}
+
+/// `/t/NAME/rest` as (`NAME`, `/t/NAME`, `/rest`); `/t/NAME` alone has the path `/`. The `t` is
+/// matched in either case, as the API's server matches paths. `None` when the first segment is
+/// not `t`.
+pub fn split_prefix(path: &str) -> Option<(&str, &str, &str)> {
+    let after = path.strip_prefix('/')?;
+    let (first, rest) = match after.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (after, None),
+    };
+    if !first.eq_ignore_ascii_case("t") {
+        return None;
+    }
+    let Some(rest) = rest else { return Some(("", path, "/")) };
+    let name = rest.split('/').next().unwrap_or("");
+    let prefix = &path[..3 + name.len()];
+    let inner = &path[prefix.len()..];
+    Some((name, prefix, if inner.is_empty() { "/" } else { inner }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_is_removed_and_the_rest_kept_byte_for_byte() {
+        assert_eq!(split_prefix("/t/uat/api/mdm/devices/1"), Some(("uat", "/t/uat", "/api/mdm/devices/1")));
+        assert_eq!(split_prefix("/T/uat/api"), Some(("uat", "/T/uat", "/api")));
+        assert_eq!(split_prefix("/t/uat"), Some(("uat", "/t/uat", "/")));
+        assert_eq!(split_prefix("/t/uat/"), Some(("uat", "/t/uat", "/")));
+        assert_eq!(split_prefix("/t/"), Some(("", "/t/", "/")));
+        assert_eq!(split_prefix("/t"), Some(("", "/t", "/")));
+        assert_eq!(split_prefix("/t/a%2Fb/x"), Some(("a%2Fb", "/t/a%2Fb", "/x")));
+        for other in ["/api/t/uat", "/tt/uat/api", "/", "", "t/uat/api", "/%74/uat/api"] {
+            assert_eq!(split_prefix(other), None, "{other}");
+        }
+    }
+}
