@@ -29,7 +29,32 @@ const READS: &[&str] = &[
     "/api/mdm/products/search?pagesize=1",
 ];
 
-/// Runs every step, writing a line each to `out`. Returns the failing step's name, if any.
+/// Checks every tenant in turn, ending with a verdict per tenant. Returns the first failing
+/// step's name, if any.
+pub async fn run_all(config: &Config, out: &mut String) -> Option<&'static str> {
+    if !config.prefixed {
+        return run(config, out).await;
+    }
+    let mut verdicts = Vec::new();
+    let mut first_failure = None;
+    for tenant in &config.tenants {
+        let _ = writeln!(out, "== tenant {} ==", tenant.name);
+        let failed = run(&config.for_tenant(tenant), out).await;
+        verdicts.push((tenant.name.as_str(), failed));
+        first_failure = first_failure.or(failed);
+    }
+    let _ = writeln!(out, "verdict per tenant:");
+    for (name, failed) in verdicts {
+        match failed {
+            None => line(out, true, name, "all checks passed"),
+            Some(step) => line(out, false, name, &format!("failed at: {step}")),
+        }
+    }
+    first_failure
+}
+
+/// Runs every step for the primary tenant, writing a line each to `out`. Returns the failing
+/// step's name, if any.
 pub async fn run(config: &Config, out: &mut String) -> Option<&'static str> {
     let _ = writeln!(out, "uem-proxy check");
     let client = match crate::http_client(config) {

@@ -1,5 +1,6 @@
-//! `uem-proxy demo`: a sandbox tenant and the proxy in front of it, in one process, with commands
-//! that work as printed. The quickest way to see what the proxy does.
+//! `uem-proxy demo`: two sandbox tenants (`prod`, the default, and `uat`) and the proxy in front
+//! of them, in one process, with commands that work as printed. The quickest way to see what the
+//! proxy does.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,13 +13,30 @@ use tokio::sync::watch;
 use crate::Config;
 use crate::sandbox::{self, Options};
 
-/// The commands the demo prints; each answers JSON through the proxy.
-pub fn commands(proxy: &str) -> [String; 3] {
+/// The commands the demo prints; each answers JSON through the proxy. The last one reaches the
+/// second tenant.
+pub fn commands(proxy: &str) -> [String; 4] {
     [
         format!("curl -sS {proxy}/api/system/info"),
         format!("curl -sS '{proxy}/api/mdm/devices/search?platform=Android&pagesize=2'"),
         format!("curl -sS '{proxy}/api/system/users/search?lastname=Tanaka&pagesize=3'"),
+        format!("curl -sS {proxy}/t/uat/api/system/info"),
     ]
+}
+
+/// The proxy's configuration for the demo's two sandbox tenants at `sandbox`.
+fn configuration(sandbox: &str, tenants: &[Options]) -> String {
+    let mut text = String::from("default_tenant = \"prod\"\n");
+    for tenant in tenants {
+        let name = tenant.name.as_deref().unwrap_or("prod");
+        text.push_str(&format!(
+            "[tenants.{name}]\napi_url = \"{sandbox}/{name}\"\ntoken_url = \"{sandbox}/{name}/connect/token\"\n\
+             client_id = \"{}\"\nclient_secret = \"{}\"\n",
+            tenant.client_id,
+            tenant.client_secret.expose_secret()
+        ));
+    }
+    text
 }
 
 /// Runs the sandbox on `sandbox_listener` and the proxy on `proxy_listener` until `shutdown`,
@@ -32,25 +50,21 @@ pub async fn run(
 ) -> io::Result<()> {
     let sandbox_addr = sandbox_listener.local_addr()?;
     let proxy_addr = proxy_listener.local_addr()?;
-    let env: HashMap<&str, String> = [
-        ("UEM_API_URL", format!("http://{sandbox_addr}")),
-        ("UEM_TOKEN_URL", format!("http://{sandbox_addr}/connect/token")),
-        ("UEM_CLIENT_ID", options.client_id.clone()),
-        ("UEM_CLIENT_SECRET", options.client_secret.expose_secret().to_owned()),
-        ("UEM_PROXY_LISTEN", proxy_addr.to_string()),
-    ]
-    .into();
-    let config = Config::load(None, &|name| env.get(name).cloned()).map_err(io::Error::other)?;
+    let tenants = vec![Options { name: Some("prod".to_owned()), ..options.clone() }, options.tenant("uat", 1)];
+    let env: HashMap<&str, String> = [("UEM_PROXY_LISTEN", proxy_addr.to_string())].into();
+    let text = configuration(&format!("http://{sandbox_addr}"), &tenants);
+    let config = Config::load_toml(&text, &|name| env.get(name).cloned()).map_err(io::Error::other)?;
 
     let proxy = format!("http://{proxy_addr}");
     writeln!(out, "uem-proxy demo")?;
     writeln!(
         out,
-        "  sandbox tenant  http://{sandbox_addr}  (token service at /connect/token, tokens live {}, role {:?})",
+        "  sandbox tenants http://{sandbox_addr}/prod and /uat  (tokens live {}, role {:?})",
         humantime::format_duration(options.token_lifetime),
         options.role
     )?;
     writeln!(out, "  proxy           {proxy}  (callers send no credentials)")?;
+    writeln!(out, "                  prod is the default tenant; {proxy}/t/uat/… reaches uat")?;
     writeln!(out)?;
     writeln!(out, "Try:")?;
     for command in commands(&proxy) {
@@ -68,7 +82,7 @@ pub async fn run(
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stopped| *stopped).await;
     };
-    let sandbox = sandbox::serve(sandbox_listener, options, wait(stopped.clone()));
+    let sandbox = sandbox::serve_tenants(sandbox_listener, tenants, wait(stopped.clone()));
     let proxy = crate::run(config, proxy_listener, wait(stopped));
     let (sandbox, proxy) = tokio::join!(sandbox, proxy);
     sandbox.and(proxy)

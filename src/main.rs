@@ -54,6 +54,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: SocketAddr,
+        /// Play several tenants (repeat the option): tenant NAME is under /NAME, with the client
+        /// NAME-client / NAME-secret and data of its own.
+        #[arg(long = "tenant", value_name = "NAME", value_parser = parse_tenant_name)]
+        tenants: Vec<String>,
         #[command(flatten)]
         tenant: TenantArgs,
     },
@@ -94,6 +98,14 @@ struct TenantArgs {
     /// Seed of the generated data: the same seed, the same tenant.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+fn parse_tenant_name(s: &str) -> Result<String, String> {
+    if uem_proxy::config::tenants::valid_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("a tenant's name is 1 to 32 lower-case letters, digits and '-'".to_owned())
+    }
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -158,7 +170,7 @@ fn main() -> ExitCode {
             Ok(config) => {
                 let mut out = String::new();
                 let failed = tokio::runtime::Runtime::new()
-                    .map(|rt| rt.block_on(uem_proxy::check::run(&config, &mut out)))
+                    .map(|rt| rt.block_on(uem_proxy::check::run_all(&config, &mut out)))
                     .unwrap_or(Some("runtime"));
                 print!("{out}");
                 if failed.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
@@ -186,22 +198,46 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Sandbox { listen, tenant } => {
+        Command::Sandbox { listen, tenants, tenant } => {
             telemetry::init(log_format(&env));
             let options = tenant.options(Duration::from_secs(3600));
+            let mut names: Vec<String> = Vec::new();
+            for name in tenants {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            let all: Vec<sandbox::Options> = if names.is_empty() {
+                vec![options]
+            } else {
+                names.iter().enumerate().map(|(i, name)| options.tenant(name, i as u64)).collect()
+            };
             block_on(async move {
                 let listener = bind(listen).await?;
                 let addr = listener.local_addr().map_err(|e| e.to_string())?;
-                println!("uem-proxy sandbox: a simulated Workspace ONE UEM tenant");
-                println!("  API        http://{addr}/api/");
-                println!("  token URL  http://{addr}/connect/token");
-                println!(
-                    "  client     {} / {}",
-                    options.client_id,
-                    secrecy::ExposeSecret::expose_secret(&options.client_secret)
-                );
+                if all.len() == 1 && all[0].name.is_none() {
+                    println!("uem-proxy sandbox: a simulated Workspace ONE UEM tenant");
+                } else {
+                    println!("uem-proxy sandbox: {} simulated Workspace ONE UEM tenants", all.len());
+                }
+                for options in &all {
+                    let base = match &options.name {
+                        Some(name) => format!("http://{addr}/{name}"),
+                        None => format!("http://{addr}"),
+                    };
+                    if let Some(name) = &options.name {
+                        println!("tenant {name}:");
+                    }
+                    println!("  API        {base}/api/");
+                    println!("  token URL  {base}/connect/token");
+                    println!(
+                        "  client     {} / {}",
+                        options.client_id,
+                        secrecy::ExposeSecret::expose_secret(&options.client_secret)
+                    );
+                }
                 println!("Press Ctrl-C to stop.");
-                sandbox::serve(listener, options, listen::signal()).await.map_err(|e| e.to_string())
+                sandbox::serve_tenants(listener, all, listen::signal()).await.map_err(|e| e.to_string())
             })
         }
         Command::Demo { listen, sandbox_listen, tenant } => {

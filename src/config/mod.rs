@@ -192,9 +192,29 @@ impl Config {
     ///
     /// `env` is a parameter so tests never touch the process environment.
     pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Config::load_from(file, None, env)
+    }
+
+    /// Loads TOML `text` given by the program itself (the demo's), with the environment laid
+    /// over it as over a file.
+    pub fn load_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Config::load_from(None, Some(text), env)
+    }
+
+    fn load_from(
+        file: Option<&Path>,
+        text: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut raw = RawMap::new();
-        let tables = file.map(|path| read_file(path, &mut raw, &mut problems)).unwrap_or_default();
+        let tables = match (file, text) {
+            (Some(path), _) => read_file(path, &mut raw, &mut problems),
+            (None, Some(text)) => {
+                source::read_text("built-in configuration", Path::new("."), text, &mut raw, &mut problems)
+            }
+            (None, None) => Tables::default(),
+        };
         source::overlay_env(env, &mut raw);
         let environment: BTreeMap<String, String> =
             SETTINGS.iter().filter_map(|(_, var)| env(var).map(|v| (var.to_string(), v))).collect();
@@ -219,6 +239,7 @@ impl Config {
             p.optional("pacer_max_wait", "10s", parse::duration)
         };
         let prefixed = !tables.tenants.is_empty();
+        let declared: Vec<String> = tables.tenants.iter().map(|t| t.name.clone()).collect();
         let tenants = if prefixed {
             let mut all = Vec::new();
             for tenant in tables.tenants {
@@ -246,11 +267,10 @@ impl Config {
                 p.problem(format!("{shown}: names a tenant ('{name}'), but there is no [tenants] table"));
                 None
             }
-            Some(name) if !tenants.iter().any(|t| t.name == name) => {
+            Some(name) if !declared.contains(&name) => {
                 let shown = p.name("default_tenant");
-                let names: Vec<&str> = tenants.iter().map(|t| t.name.as_str()).collect();
                 let name: String = name.chars().filter(|c| c.is_ascii_graphic()).take(40).collect();
-                p.problem(format!("{shown}: no tenant is named '{name}' (tenants: {})", names.join(", ")));
+                p.problem(format!("{shown}: no tenant is named '{name}' (tenants: {})", declared.join(", ")));
                 None
             }
             Some(name) => Some(name),
@@ -352,8 +372,70 @@ impl Config {
         })
     }
 
+    /// This configuration with `tenant` as its primary tenant: what `check` checks for it.
+    pub fn for_tenant(&self, tenant: &TenantConfig) -> Config {
+        Config {
+            api_url: tenant.api_url.clone(),
+            auth: tenant.auth.clone(),
+            tenant_code: tenant.tenant_code.clone(),
+            policy: tenant.policy.clone(),
+            pacer: tenant.pacer,
+            ..self.clone()
+        }
+    }
+
     /// The effective settings as JSON, secrets masked, for `uem-proxy config`.
     pub fn summary(&self) -> serde_json::Value {
+        let mut summary = self.primary_summary();
+        if self.prefixed
+            && let Some(fields) = summary.as_object_mut()
+        {
+            let tenants: serde_json::Map<String, serde_json::Value> = self
+                .tenants
+                .iter()
+                .map(|t| {
+                    let mut own = self.for_tenant(t).primary_summary();
+                    let keep = [
+                        "api_url",
+                        "auth_mode",
+                        "token_url",
+                        "fallback_token_url",
+                        "token_url_source",
+                        "client_id",
+                        "client_secret",
+                        "username",
+                        "password",
+                        "tenant_code",
+                        "read_only",
+                        "policy",
+                        "max_concurrent",
+                        "rate_limit",
+                    ];
+                    if let Some(own) = own.as_object_mut() {
+                        own.retain(|k, _| keep.contains(&k.as_str()));
+                        own.insert("listen".to_owned(), t.listen.map(|l| l.to_string()).into());
+                    }
+                    (t.name.clone(), own)
+                })
+                .collect();
+            // With [tenants], the top level's upstream and credentials are only defaults: each
+            // tenant's are below.
+            for key in ["api_url", "auth_mode", "token_url", "fallback_token_url", "token_url_source", "client_id"] {
+                fields.remove(key);
+            }
+            for key in ["client_secret", "username", "password", "tenant_code", "read_only", "policy"] {
+                fields.remove(key);
+            }
+            for key in ["max_concurrent", "rate_limit"] {
+                fields.remove(key);
+            }
+            fields.insert("default_tenant".to_owned(), self.default_tenant.clone().into());
+            fields.insert("tenants".to_owned(), tenants.into());
+        }
+        summary
+    }
+
+    fn primary_summary(&self) -> serde_json::Value {
         let human = |d: Duration| humantime::format_duration(d).to_string();
         let inbound = &self.inbound;
         serde_json::json!({

@@ -130,18 +130,24 @@ pub(super) fn scalar(value: toml::Value) -> Option<String> {
 /// Reads the file's settings into `raw` and returns its `[policy]` and `[tenants]` tables.
 pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> Tables {
     let shown = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    match std::fs::read_to_string(path) {
+        Ok(text) => read_text(&shown, path, &text, raw, problems),
         Err(e) => {
             problems.push(format!("{shown}: cannot read the config file: {e}"));
-            return Tables::default();
+            Tables::default()
         }
-    };
+    }
+}
+
+/// Reads the settings of TOML `text`, called `shown` in messages; relative paths in it are
+/// taken from the folder of `path`.
+pub fn read_text(shown: &str, path: &Path, text: &str, raw: &mut RawMap, problems: &mut Vec<String>) -> Tables {
+    let shown = shown.to_owned();
     let mut table: toml::Table = match text.parse() {
         Ok(table) => table,
         Err(e) => {
             // Never `e.to_string()`: it quotes the line, which may hold a secret.
-            problems.push(format!("{shown}: not valid TOML: {}", super::hints::toml_error(&text, &e)));
+            problems.push(format!("{shown}: not valid TOML: {}", super::hints::toml_error(text, &e)));
             return Tables::default();
         }
     };

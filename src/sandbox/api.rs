@@ -167,6 +167,7 @@ fn system_info(sb: &Sandbox, neg: Negotiated) -> Response {
         "ProductName": "Workspace ONE UEM",
         "ProductVersion": "25.10.0.0",
         "Edition": "uem-proxy sandbox",
+        "EnvironmentName": sb.name.as_deref().unwrap_or("sandbox"),
         "DeviceCount": devices,
     });
     reply::render(neg, StatusCode::OK, "SystemInfo", &info)

@@ -61,6 +61,8 @@ impl Role {
 /// How to build a sandbox.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The tenant's name when the sandbox plays several (its paths then start with `/NAME`).
+    pub name: Option<String>,
     pub client_id: String,
     pub client_secret: SecretString,
     pub token_lifetime: Duration,
@@ -75,6 +77,7 @@ impl Options {
     /// The sandbox's documented defaults for these credentials.
     pub fn new(client_id: &str, client_secret: &str) -> Options {
         Options {
+            name: None,
             client_id: client_id.to_owned(),
             client_secret: SecretString::from(client_secret.to_owned()),
             token_lifetime: Duration::from_secs(3600),
@@ -84,10 +87,23 @@ impl Options {
             seed: 1,
         }
     }
+
+    /// The options of tenant `name`, the `index`th of several: its own client (`NAME-client`,
+    /// `NAME-secret`) and its own data (another seed); the rest as `self`.
+    pub fn tenant(&self, name: &str, index: u64) -> Options {
+        Options {
+            name: Some(name.to_owned()),
+            client_id: format!("{name}-client"),
+            client_secret: SecretString::from(format!("{name}-secret")),
+            seed: self.seed.wrapping_add(index),
+            ..self.clone()
+        }
+    }
 }
 
 /// The running tenant's state.
 pub struct Sandbox {
+    name: Option<String>,
     auth: auth::Auth,
     rate_limit: Option<auth::RateLimit>,
     role: Role,
@@ -98,6 +114,7 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(options: Options) -> io::Result<Arc<Sandbox>> {
         Ok(Arc::new(Sandbox {
+            name: options.name,
             auth: auth::Auth::new(options.client_id, options.client_secret, options.token_lifetime),
             rate_limit: options.rate_limit.filter(|r| *r > 0).map(auth::RateLimit::new),
             role: options.role,
@@ -123,14 +140,33 @@ async fn token(State(sb): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) 
 
 /// Serves a sandbox on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, options: Options, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-    let sandbox = Sandbox::new(options)?;
+    serve_tenants(listener, vec![options], shutdown).await
+}
+
+/// Serves several sandbox tenants on one listener until `shutdown` completes: a named tenant's
+/// token service and API are under `/NAME` (`/prod/connect/token`, `/prod/api/…`), an unnamed
+/// one's at the root.
+pub async fn serve_tenants(
+    listener: TcpListener,
+    tenants: Vec<Options>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut app = Router::new();
+    for options in tenants {
+        let name = options.name.clone();
+        let tenant = router(Sandbox::new(options)?);
+        app = match name {
+            Some(name) => app.nest(&format!("/{name}"), tenant),
+            None => app.merge(tenant),
+        };
+    }
     let limits = crate::listen::Limits {
         header_timeout: Duration::from_secs(30),
         max_header_bytes: 65536,
         write_idle_timeout: Duration::from_secs(30),
         max_connections: crate::listen::Limits::max_connections(None),
     };
-    let bound = vec![(crate::listen::Listener::from(listener).into(), router(sandbox))];
+    let bound = vec![(crate::listen::Listener::from(listener).into(), app)];
     let counts = Default::default();
     crate::listen::serve(bound, limits, counts, shutdown, Duration::from_secs(5)).await;
     Ok(())

@@ -275,7 +275,7 @@ async fn run_printed(command: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_prints_three_commands_that_answer_json_as_printed() {
+async fn the_demo_prints_four_commands_that_answer_json_as_printed_the_last_from_uat() {
     let mut child = command(&[])
         .args(["demo", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -297,13 +297,16 @@ async fn the_demo_prints_three_commands_that_answer_json_as_printed() {
     .await
     .unwrap();
     let commands: Vec<&str> = printed.iter().filter_map(|l| l.strip_prefix("  curl ")).collect();
-    assert_eq!(commands.len(), 3, "{printed:#?}");
+    assert_eq!(commands.len(), 4, "{printed:#?}");
+    let mut environments = Vec::new();
     for command in commands {
         let output = run_printed(&format!("curl {command}")).await;
         let json: serde_json::Value =
             serde_json::from_str(&output).unwrap_or_else(|e| panic!("curl {command} gave no JSON ({e}): {output}"));
         assert!(json.is_object() && !json.as_object().unwrap().is_empty(), "{json}");
+        environments.extend(json["EnvironmentName"].as_str().map(str::to_owned));
     }
+    assert_eq!(environments, ["prod", "uat"], "system info of the default tenant, then of /t/uat/");
     let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();

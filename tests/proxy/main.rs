@@ -20,6 +20,7 @@ mod security;
 mod service;
 mod streaming;
 mod support;
+mod tenants;
 mod tokens;
 mod transport;
 mod uploads;

@@ -45,6 +45,8 @@ pub struct TokenService {
     pub delay: Duration,
     /// Answered after the script instead of a grant, when set.
     pub after_script: Option<Reply>,
+    /// Put before every token it issues, so that two services' tokens differ.
+    pub prefix: &'static str,
 }
 
 impl TokenService {
@@ -72,7 +74,9 @@ async fn token(State(svc): State<TokenService>, axum::Form(form): axum::Form<Has
     match reply {
         Reply::Grant(expires_in) => {
             let n = svc.grants.fetch_add(1, Ordering::SeqCst) + 1;
-            let body = format!(r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":{expires_in}}}"#);
+            let prefix = svc.prefix;
+            let body =
+                format!(r#"{{"access_token":"{prefix}tok-{n}","token_type":"Bearer","expires_in":{expires_in}}}"#);
             (StatusCode::OK, [("content-type", "application/json")], body).into_response()
         }
         Reply::Raw(status, content_type, body) => {
@@ -333,6 +337,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy already running on `addr`, stopped by `shutdown`.
+    pub fn from_parts(
+        addr: SocketAddr,
+        shutdown: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    ) -> Proxy {
+        Proxy { addr, url: format!("http://{addr}"), shutdown: Some(shutdown), task }
+    }
+
     /// Starts the proxy for `api` and `token_url` with extra environment settings.
     pub async fn start(api: &str, token_url: &str, extra: &[(&str, &str)]) -> Proxy {
         Proxy::start_with_file(api, token_url, None, extra).await
