@@ -21,6 +21,9 @@
 //! - [`uem`]: UEM domain knowledge: the region table, the console-to-API host rule, the
 //!   permission catalogue and the request-to-permission map.
 //! - [`error`]: the proxy's own errors and their single status mapping; [`request_id`]: ids.
+//! - [`tenants`]: the UEM environments served, each with its own token store and refresher, pacer,
+//!   policy and forwarder, and which of them a request goes to (`/t/NAME/`, a tenant's own
+//!   listener, or the default tenant).
 //! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file
 //!   changes); [`admin`]: `/_proxy/*`.
 //! - [`check`]: the `check` command; [`healthcheck`]: the `healthcheck` command;
@@ -28,7 +31,9 @@
 //! - [`sandbox`]: an offline simulated UEM tenant; [`demo`]: the sandbox and the proxy together.
 //!
 //! # Invariants
-//! - Only the refresher task talks to the token service; requests read the token lock-free.
+//! - Only the refresher tasks talk to the token services; requests read the token lock-free.
+//! - A tenant's token is injected only by that tenant's forwarder, into requests to that tenant's
+//!   API: tenants share nothing but the process.
 //! - No credential is logged: the client secret, password and tenant code are `SecretString`s,
 //!   injected headers are marked sensitive, and the token service's bodies never reach a log line.
 //! - Request and response bodies stream; only request bodies of known size up to

@@ -47,6 +47,9 @@ pub struct TokenService {
     pub after_script: Option<Reply>,
     /// Put before every token it issues, so that two services' tokens differ.
     pub prefix: &'static str,
+    /// Requests being answered now, and the most there ever were at once.
+    pub in_flight: Arc<AtomicU64>,
+    pub most_at_once: Arc<AtomicU64>,
 }
 
 impl TokenService {
@@ -68,7 +71,10 @@ impl TokenService {
 async fn token(State(svc): State<TokenService>, axum::Form(form): axum::Form<HashMap<String, String>>) -> Response {
     svc.calls.fetch_add(1, Ordering::SeqCst);
     svc.forms.lock().unwrap().push(form);
+    let now = svc.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    svc.most_at_once.fetch_max(now, Ordering::SeqCst);
     tokio::time::sleep(svc.delay).await;
+    svc.in_flight.fetch_sub(1, Ordering::SeqCst);
     let scripted = svc.script.lock().unwrap().pop_front();
     let reply = scripted.or(svc.after_script.clone()).unwrap_or(Reply::Grant("3600"));
     match reply {
