@@ -4,6 +4,7 @@
 //! reports every problem at once, naming where each bad value came from, so a user fixes a broken
 //! deployment in one round. Nothing downstream re-checks a string: what leaves here is typed.
 
+mod defaults;
 mod hints;
 mod parse;
 mod source;
@@ -25,6 +26,7 @@ pub use crate::forward::upstream::Egress;
 pub use crate::gate::Inbound;
 use crate::gate::policy::{Policy, PolicyFile};
 pub use crate::listen::Listen;
+pub use defaults::{default_of, listen_for_probe};
 pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
 use source::{RawMap, read_file};
@@ -184,9 +186,11 @@ impl Config {
         let mut problems = Vec::new();
         let mut raw = RawMap::new();
         let policy = file.map(|path| read_file(path, &mut raw, &mut problems)).unwrap_or_default();
+        defaults::fill(env, &mut raw, &mut problems);
         source::overlay_env(env, &mut raw);
+        let variables = SETTINGS.iter().map(|(_, var)| *var).chain([defaults::VARIABLE]);
         let environment: BTreeMap<String, String> =
-            SETTINGS.iter().filter_map(|(_, var)| env(var).map(|v| (var.to_string(), v))).collect();
+            variables.filter_map(|var| env(var).map(|v| (var.to_string(), v))).collect();
         let config = Self::from_raw(&raw, policy, file, &mut problems)
             .map(|config| Config { environment: Arc::new(environment), ..config });
         match config {

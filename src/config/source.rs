@@ -53,7 +53,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
 
 /// Pairs of settings of which one is used. When the environment sets either, the file's pair is
 /// ignored, so `UEM_CONSOLE_URL` can override a file's `api_url` without a conflict.
-const ALTERNATIVES: &[(&str, &str)] = &[
+pub(super) const ALTERNATIVES: &[(&str, &str)] = &[
     ("api_url", "console_url"),
     ("token_url", "region"),
     ("client_secret", "client_secret_file"),

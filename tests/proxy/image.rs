@@ -1,0 +1,190 @@
+//! The container image as its users run it: the real binary under exactly the environment the
+//! Dockerfile's `ENV` instructions give (read from the Dockerfile, so an edit there is what is
+//! tested), with a configuration file mounted beside it.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::binary::{Running, command};
+use crate::support::{SECRET, TokenService, Upstream};
+
+/// The Dockerfile's instructions as `(INSTRUCTION, arguments)`, continuation lines joined and
+/// comments dropped.
+fn instructions() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(trimmed);
+                let (name, rest) = current.split_once(char::is_whitespace).unwrap_or((&current, ""));
+                out.push((name.to_ascii_uppercase(), rest.trim().to_owned()));
+                current.clear();
+            }
+        }
+    }
+    out
+}
+
+/// Shell-like words: white space separates, quotes group and are removed, `\` escapes.
+fn words(s: &str) -> Vec<String> {
+    let (mut out, mut word, mut quote, mut chars) = (Vec::new(), None::<String>, None, s.chars());
+    while let Some(c) = chars.next() {
+        match (c, quote) {
+            ('\\', q) if q != Some('\'') => word.get_or_insert_default().extend(chars.next()),
+            ('"' | '\'', None) => {
+                quote = Some(c);
+                word.get_or_insert_default();
+            }
+            (c, Some(q)) if c == q => quote = None,
+            (c, None) if c.is_whitespace() => out.extend(word.take()),
+            (c, _) => word.get_or_insert_default().push(c),
+        }
+    }
+    out.extend(word);
+    out
+}
+
+/// The variables the image's `ENV` instructions set, in both of their forms (`K=V …`, `K V`).
+fn env_of(instructions: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (_, args) in instructions.iter().filter(|(name, _)| name == "ENV") {
+        let words = words(args);
+        if words.first().is_some_and(|w| !w.contains('=')) {
+            let (key, value) = args.split_once(char::is_whitespace).unwrap();
+            env.push((key.to_owned(), value.trim().to_owned()));
+            continue;
+        }
+        env.extend(words.iter().map(|w| w.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).unwrap()));
+    }
+    env
+}
+
+fn image_env() -> Vec<(String, String)> {
+    env_of(&instructions())
+}
+
+/// The `HEALTHCHECK`'s command, from its exec form.
+fn healthcheck_command() -> Vec<String> {
+    let (_, args) = instructions().into_iter().find(|(name, _)| name == "HEALTHCHECK").expect("a HEALTHCHECK");
+    let exec = &args[args.find("CMD").expect("a CMD") + 3..];
+    serde_json::from_str(exec.trim()).expect("the exec form, a JSON array")
+}
+
+/// A command run the way the image runs it: nothing but the image's environment and `extra`.
+fn in_image(extra: &[(&str, &str)]) -> Command {
+    let env = image_env();
+    let mut pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.extend_from_slice(extra);
+    command(&pairs)
+}
+
+struct Folder(PathBuf);
+
+impl Folder {
+    fn new(name: &str) -> Folder {
+        let dir = std::env::temp_dir().join(format!("uem-proxy-{name}-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        Folder(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_dockerfile_reader_reads_what_it_claims() {
+    let file = [
+        ("ENV".to_owned(), r#"A=1 B="two words" C=x\ y"#.to_owned()),
+        ("ENV".to_owned(), "D  legacy form".to_owned()),
+        ("RUN".to_owned(), "E=no".to_owned()),
+    ];
+    let env = env_of(&file);
+    let expected = [("A", "1"), ("B", "two words"), ("C", "x y"), ("D", "legacy form")];
+    assert_eq!(env, expected.map(|(k, v)| (k.to_owned(), v.to_owned())));
+    assert_eq!(healthcheck_command(), ["uem-proxy", "healthcheck"]);
+    assert!(!image_env().is_empty(), "the Dockerfile has ENV instructions");
+}
+
+/// The image sets its own defaults; a mounted file's `listen` and `log_format` must still take
+/// effect, and the image's health check must probe where the proxy listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_file_outranks_the_images_environment() {
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let folder = Folder::new("image");
+    folder.write("client_secret", &format!("{SECRET}\n"));
+    let base = format!(
+        "api_url = \"{api}\"\ntoken_url = \"{token_url}\"\nclient_id = \"test-client\"\n\
+         client_secret_file = \"client_secret\"\n"
+    );
+    // What the image gives when the file is silent, so the file can say something else.
+    let silent = folder.write("silent.toml", &base);
+    let output = in_image(&[("UEM_PROXY_CONFIG", &silent)]).arg("config").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let effective: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let format = if effective["log_format"] == "json" { "text" } else { "json" };
+    let listen = format!("unix:{}", folder.0.join("proxy.sock").display());
+    assert_ne!(effective["listen"], listen.as_str());
+
+    let file = folder.write("uem-proxy.toml", &format!("{base}listen = \"{listen}\"\nlog_format = \"{format}\"\n"));
+    let file_env = file.clone();
+    let mut proxy =
+        tokio::task::spawn_blocking(move || Running::spawn(&mut in_image(&[("UEM_PROXY_CONFIG", &file_env)])))
+            .await
+            .unwrap();
+    assert_eq!(proxy.listen(), listen, "it listens where the file says");
+    let socket = folder.0.join("proxy.sock");
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        stream.write_all(b"GET /api/image HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The image's HEALTHCHECK, as written, under the same environment.
+    let probe = healthcheck_command();
+    let file_env = file.clone();
+    let health = tokio::task::spawn_blocking(move || {
+        in_image(&[("UEM_PROXY_CONFIG", &file_env)]).args(&probe[1..]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stderr));
+
+    let (status, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log())).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in lines {
+        let json = serde_json::from_str::<serde_json::Value>(line).is_ok();
+        assert_eq!(json, format == "json", "every line in the file's format ({format}): {line}");
+    }
+    assert!(!log.contains(SECRET));
+
+    // Once stopped, the same probe fails: it was this proxy that answered.
+    let probe = healthcheck_command();
+    let gone = in_image(&[("UEM_PROXY_CONFIG", &file)]).args(&probe[1..]).output().unwrap();
+    assert_eq!(gone.status.code(), Some(1), "{}", String::from_utf8_lossy(&gone.stderr));
+}
