@@ -110,7 +110,7 @@ pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> P
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {
-            problems.push(format!("{shown}: cannot read the config file: {e}"));
+            problems.push(format!("{shown}: cannot read the config file: {e}{}", super::access::hint(&e)));
             return PolicyFile::default();
         }
     };

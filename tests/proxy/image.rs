@@ -188,3 +188,72 @@ async fn a_mounted_file_outranks_the_images_environment() {
     let gone = in_image(&[("UEM_PROXY_CONFIG", &file)]).args(&probe[1..]).output().unwrap();
     assert_eq!(gone.status.code(), Some(1), "{}", String::from_utf8_lossy(&gone.stderr));
 }
+
+/// The image's user, which a secret file as usually written (root's, mode 0600) is closed to.
+const IMAGE_UID: u32 = 65532;
+
+/// `uem-proxy config` under the image's environment and a secret file, run as the image's user
+/// when the tests run as root (through `setpriv`), else as the tests' own user. `None`: the
+/// user cannot be switched here.
+fn config_with_secret_file(secret: &str) -> Option<(std::process::Output, u32)> {
+    let extra = [
+        ("UEM_API_URL", "https://as1.awmdm.com"),
+        ("UEM_REGION", "na"),
+        ("UEM_CLIENT_ID", "test-client"),
+        ("UEM_CLIENT_SECRET_FILE", secret),
+    ];
+    let mut cmd = in_image(&extra);
+    let uid = own_uid();
+    if uid != 0 {
+        return Some((cmd.arg("config").output().unwrap(), uid));
+    }
+    let user = IMAGE_UID.to_string();
+    let switched = Command::new("setpriv")
+        .args(["--reuid", &user, "--regid", &user, "--clear-groups", "--"])
+        .arg(cmd.get_program())
+        .arg("config")
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .ok()
+        .filter(|o| !String::from_utf8_lossy(&o.stderr).starts_with("setpriv"))?;
+    Some((switched, IMAGE_UID))
+}
+
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let folder = Folder::new("uid");
+    std::fs::metadata(folder.write("probe", "")).unwrap().uid()
+}
+
+/// The README's `docker run` with a usual secret file failed with a bare "Permission denied":
+/// the message now says which uid the proxy runs as and how to let it read the file, and the
+/// way it names works.
+#[test]
+fn an_unreadable_secret_file_names_the_uid_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = Folder::new("secret-uid");
+    let secret = folder.write("client_secret", SECRET);
+    let root = own_uid() == 0;
+    let closed = if root { 0o600 } else { 0o000 };
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(closed)).unwrap();
+    let Some((output, uid)) = config_with_secret_file(&secret) else {
+        eprintln!("skipped: cannot switch to uid {IMAGE_UID} here");
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(stderr.contains(&format!("the proxy runs as uid {uid}, not root")), "{stderr}");
+    assert!(stderr.contains(&format!("chown {uid} FILE && chmod 0400 FILE")), "{stderr}");
+    assert!(stderr.contains(&format!("uid={uid},mode=0400")), "{stderr}");
+    assert!(!stderr.contains(SECRET));
+
+    // The fix it names: owned by that uid, mode 0400.
+    if root {
+        std::os::unix::fs::chown(&secret, Some(IMAGE_UID), None).unwrap();
+    }
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let (output, _) = config_with_secret_file(&secret).unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
