@@ -257,3 +257,51 @@ fn an_unreadable_secret_file_names_the_uid_and_the_fix() {
     let (output, _) = config_with_secret_file(&secret).unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// Under podman callers arrive from 10.88.0.0/16, which the README's Docker range does not hold:
+/// the refusal's log line names the refused address and the networks let in, and the caller's
+/// answer still tells it neither.
+#[tokio::test]
+async fn a_refused_caller_is_logged_with_the_networks_let_in() {
+    let log = crate::bodies::Captured::start();
+    let (tokens, upstream) = (TokenService::default(), Upstream::default());
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let networks = "172.16.0.0/12,192.168.0.0/16";
+    let extra = [("UEM_PROXY_LISTEN", "0.0.0.0:8080"), ("UEM_PROXY_ALLOW_CIDRS", networks)];
+    let config = crate::support::config(&api, &token_url, None, &extra).unwrap();
+    let (service, _refresher) = uem_proxy::service(&config, &config.listen).unwrap();
+    let call = |path: &str, host: &str| {
+        let req = http::Request::get(path).header("host", host).body(axum::body::Body::empty()).unwrap();
+        service.clone().serve(req, uem_proxy::listen::Peer::Tcp("10.88.0.5:40312".parse().unwrap()), false)
+    };
+    let refused = call("/api/podman", "localhost").await;
+    assert_eq!(refused.status(), 403);
+    let body = String::from_utf8(axum::body::to_bytes(refused.into_body(), 4096).await.unwrap().to_vec()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"], "caller_not_allowed");
+    assert_eq!(json["message"], "callers from this address are not allowed; see UEM_PROXY_ALLOW_CIDRS");
+    assert!(!body.contains("172.16") && !body.contains("192.168") && !body.contains("10.88"), "{body}");
+
+    let events = || {
+        let text = String::from_utf8(log.lines.lock().unwrap().clone()).unwrap();
+        let events = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).collect::<Vec<_>>();
+        events.into_iter().filter(|e| e["message"] == "request refused").collect::<Vec<_>>()
+    };
+    let refusal = events().pop().expect("a refusal line");
+    assert_eq!(refusal["peer"], "10.88.0.5:40312");
+    assert_eq!(refusal["allow_cidrs"], networks);
+    assert_eq!(refusal["request_id"], json["request_id"]);
+
+    // Another refusal's line has no networks to name.
+    let (tokens, upstream) = (TokenService::default(), Upstream::default());
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let extra = [("UEM_PROXY_LISTEN", "0.0.0.0:8080"), ("UEM_PROXY_ALLOW_CIDRS", "10.88.0.0/16")];
+    let config = crate::support::config(&api, &token_url, None, &extra).unwrap();
+    let (service, _refresher) = uem_proxy::service(&config, &config.listen).unwrap();
+    let req = http::Request::get("/api/x").header("host", "evil.example").body(axum::body::Body::empty()).unwrap();
+    let peer = uem_proxy::listen::Peer::Tcp("10.88.0.5:40313".parse().unwrap());
+    assert_eq!(service.serve(req, peer, false).await.status(), 403);
+    let refusal = events().pop().expect("a refusal line");
+    assert_eq!(refusal["peer"], "10.88.0.5:40313");
+    assert!(refusal.get("allow_cidrs").is_none(), "{refusal}");
+}
