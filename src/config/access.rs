@@ -21,8 +21,8 @@ fn hint_for(kind: io::ErrorKind, uid: Option<u32>) -> String {
     match uid {
         Some(uid) if uid != 0 && kind == io::ErrorKind::PermissionDenied => format!(
             "; the proxy runs as uid {uid}, not root: make the file readable by uid {uid} \
-             (chown {uid} FILE && chmod 0400 FILE), or mount it as a compose or podman secret \
-             with uid={uid},mode=0400"
+             (chown {uid} FILE && chmod 0400 FILE; a bind mount or a compose file secret keeps the \
+             file's owner and mode), or mount it as a podman secret with uid={uid},mode=0400"
         ),
         _ => String::new(),
     }
@@ -38,7 +38,8 @@ mod tests {
         assert_eq!(
             hint,
             "; the proxy runs as uid 65532, not root: make the file readable by uid 65532 (chown 65532 FILE && \
-             chmod 0400 FILE), or mount it as a compose or podman secret with uid=65532,mode=0400"
+             chmod 0400 FILE; a bind mount or a compose file secret keeps the file's owner and mode), or mount it \
+             as a podman secret with uid=65532,mode=0400"
         );
         assert_eq!(hint_for(io::ErrorKind::PermissionDenied, Some(0)), "", "root is denied for other reasons");
         assert_eq!(hint_for(io::ErrorKind::PermissionDenied, None), "");

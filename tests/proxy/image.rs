@@ -305,3 +305,46 @@ async fn a_refused_caller_is_logged_with_the_networks_let_in() {
     assert_eq!(refusal["peer"], "10.88.0.5:40313");
     assert!(refusal.get("allow_cidrs").is_none(), "{refusal}");
 }
+
+/// `deploy/compose.yaml` does what the Kubernetes sidecar does: the job shares the proxy's
+/// loopback and starts once a token is held; the secret is a compose secret the proxy reads as a
+/// file; the proxy runs with a read-only root, no capabilities and no privilege gain.
+#[test]
+fn the_compose_file_runs_the_proxy_as_the_sidecar_manifest_does() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose.yaml")).unwrap();
+    let docs = crate::deploy::documents(&text);
+    assert_eq!(docs.len(), 1);
+    let doc = &docs[0];
+    let get = |key: &str| doc.get(key).map(String::as_str);
+    let proxy = "services.uem-proxy";
+    assert_eq!(get(&format!("{proxy}.healthcheck.test")), Some(r#"["CMD", "uem-proxy", "healthcheck", "--ready"]"#));
+    assert_eq!(get(&format!("{proxy}.read_only")), Some("true"));
+    assert_eq!(get(&format!("{proxy}.cap_drop")), Some(r#"["ALL"]"#));
+    assert_eq!(get(&format!("{proxy}.security_opt")), Some(r#"["no-new-privileges:true"]"#));
+    let secret = get(&format!("{proxy}.secrets[0]")).expect("a compose secret");
+    assert!(doc.contains_key(&format!("secrets.{secret}.file")), "{secret} is defined");
+    let file = format!("/run/secrets/{secret}");
+    assert_eq!(get(&format!("{proxy}.environment.UEM_CLIENT_SECRET_FILE")), Some(file.as_str()));
+    let variables: Vec<&str> = doc.keys().filter_map(|k| k.strip_prefix(&format!("{proxy}.environment."))).collect();
+    assert!(!variables.contains(&"UEM_CLIENT_SECRET"), "no secret in the environment");
+    assert!(!variables.contains(&"UEM_PROXY_LISTEN"), "loopback, the image's default");
+
+    let job = "services.device-report";
+    assert_eq!(get(&format!("{job}.network_mode")), Some("service:uem-proxy"), "the proxy's loopback");
+    assert_eq!(get(&format!("{job}.depends_on.uem-proxy.condition")), Some("service_healthy"));
+    assert_eq!(get(&format!("{job}.environment.UEM_API")), Some("http://127.0.0.1:8080"));
+
+    // The proxy's settings load as the image would run them, with the secret file in place.
+    let folder = Folder::new("compose");
+    let secret_file = folder.write("client_secret", SECRET);
+    let mut env: Vec<(&str, &str)> =
+        variables.iter().map(|v| (*v, get(&format!("{proxy}.environment.{v}")).unwrap())).collect();
+    env.retain(|(k, _)| *k != "UEM_CLIENT_SECRET_FILE");
+    env.push(("UEM_CLIENT_SECRET_FILE", &secret_file));
+    let output = in_image(&env).arg("config").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let config: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(config["listen"], "127.0.0.1:8080");
+    assert_eq!(config["log_format"], "json", "the image's default holds");
+    assert_eq!(config["read_only"], true);
+}
