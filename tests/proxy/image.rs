@@ -138,7 +138,9 @@ async fn a_mounted_file_outranks_the_images_environment() {
     // What the image gives when the file is silent, so the file can say something else.
     let silent = folder.write("silent.toml", &base);
     let output = in_image(&[("UEM_PROXY_CONFIG", &silent)]).arg("config").output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "the image's own variables are known: {stderr}");
     let effective: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let format = if effective["log_format"] == "json" { "text" } else { "json" };
     let listen = format!("unix:{}", folder.0.join("proxy.sock").display());
