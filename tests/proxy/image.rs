@@ -3,10 +3,11 @@
 //! tested), with a configuration file mounted beside it.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::binary::{Running, command};
+use crate::mistakes::Folder;
 use crate::support::{SECRET, TokenService, Upstream};
 
 /// The Dockerfile's instructions as `(INSTRUCTION, arguments)`, continuation lines joined and
@@ -86,28 +87,6 @@ fn in_image(extra: &[(&str, &str)]) -> Command {
     command(&pairs)
 }
 
-struct Folder(PathBuf);
-
-impl Folder {
-    fn new(name: &str) -> Folder {
-        let dir = std::env::temp_dir().join(format!("uem-proxy-{name}-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        Folder(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
-}
-
-impl Drop for Folder {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn the_dockerfile_reader_reads_what_it_claims() {
     let file = [
@@ -130,7 +109,7 @@ async fn a_mounted_file_outranks_the_images_environment() {
     let upstream = Upstream::default();
     let (api, token_url) = (upstream.start().await, tokens.start().await);
     let folder = Folder::new("image");
-    folder.write("client_secret", &format!("{SECRET}\n"));
+    folder.write("client_secret", format!("{SECRET}\n"));
     let base = format!(
         "api_url = \"{api}\"\ntoken_url = \"{token_url}\"\nclient_id = \"test-client\"\n\
          client_secret_file = \"client_secret\"\n"
@@ -146,7 +125,7 @@ async fn a_mounted_file_outranks_the_images_environment() {
     let listen = format!("unix:{}", folder.0.join("proxy.sock").display());
     assert_ne!(effective["listen"], listen.as_str());
 
-    let file = folder.write("uem-proxy.toml", &format!("{base}listen = \"{listen}\"\nlog_format = \"{format}\"\n"));
+    let file = folder.write("uem-proxy.toml", format!("{base}listen = \"{listen}\"\nlog_format = \"{format}\"\n"));
     let file_env = file.clone();
     let mut proxy =
         tokio::task::spawn_blocking(move || Running::spawn(&mut in_image(&[("UEM_PROXY_CONFIG", &file_env)])))
