@@ -39,8 +39,8 @@ enum Command {
     Check(File),
     /// Exit 0 if a running proxy answers its health endpoint (for container health checks).
     Healthcheck {
-        /// Address of the proxy; default: UEM_PROXY_LISTEN, else the configuration file's
-        /// listen, else 127.0.0.1:8080.
+        /// Address of the proxy; default: where `run` listens (UEM_PROXY_LISTEN, else the
+        /// configuration file's listen, else UEM_PROXY_DEFAULTS's, else 127.0.0.1:8080).
         #[arg(long)]
         addr: Option<String>,
         /// Ask /_proxy/readyz instead: exit 0 only while the proxy holds a usable token.
@@ -179,15 +179,17 @@ fn main() -> ExitCode {
         },
         Command::Healthcheck { addr, ready, file } => {
             // Needs only the address: a health check must not depend on secrets being readable.
-            let addr = match addr.or_else(|| env.get("UEM_PROXY_LISTEN").filter(|v| !v.is_empty()).cloned()) {
+            let addr = match addr {
                 Some(addr) => addr,
-                None => match file_of(&file).map(|path| uem_proxy::config::listen_in_file(&path)).transpose() {
-                    Ok(listen) => listen.flatten().map_or_else(|| "127.0.0.1:8080".to_owned(), |l| l.to_string()),
-                    Err(message) => {
-                        eprintln!("uem-proxy: {message}");
-                        return ExitCode::from(2);
+                None => {
+                    match uem_proxy::config::listen_for_probe(file_of(&file).as_deref(), &|n| env.get(n).cloned()) {
+                        Ok(listen) => listen.to_string(),
+                        Err(message) => {
+                            eprintln!("uem-proxy: {message}");
+                            return ExitCode::from(2);
+                        }
                     }
-                },
+                }
             };
             let path = if ready { healthcheck::READY } else { healthcheck::LIVE };
             match healthcheck::check_path(&addr, path, Duration::from_secs(3)) {
@@ -254,7 +256,9 @@ fn main() -> ExitCode {
 }
 
 fn log_format(env: &HashMap<String, String>) -> LogFormat {
-    match env.get("UEM_PROXY_LOG_FORMAT").map(|f| f.to_ascii_lowercase()) {
+    let given = env.get("UEM_PROXY_LOG_FORMAT").filter(|f| !f.trim().is_empty()).cloned();
+    let chosen = given.or_else(|| uem_proxy::config::default_of("log_format", &|n| env.get(n).cloned()));
+    match chosen.map(|f| f.trim().to_ascii_lowercase()) {
         Some(f) if f == "json" => LogFormat::Json,
         _ => LogFormat::Text,
     }

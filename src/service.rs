@@ -107,7 +107,10 @@ impl Service {
         let id = record.id.clone();
         let id = id.to_str().unwrap_or("");
         if let Some(refusal) = settings.checks.refusal(&parts, record.caller.as_ref()) {
-            tracing::warn!(request_id = %id, peer = %record.peer, reason = %refusal, "request refused");
+            // A refused caller's line names the networks let in, so a bridge network's range that is
+            // missing from UEM_PROXY_ALLOW_CIDRS shows beside the address.
+            let allowed = matches!(refusal, ProxyError::CallerNotAllowed).then(|| settings.checks.allowed_networks());
+            tracing::warn!(request_id = %id, peer = %record.peer, reason = %refusal, allow_cidrs = allowed, "request refused");
             // `caller` says why a caller was let in; this one was not.
             record.caller = None;
             return refusal.into_response(id);

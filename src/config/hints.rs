@@ -4,7 +4,7 @@
 use super::source::SETTINGS;
 
 /// Variables the command reads besides the settings' own.
-const OTHER_VARIABLES: &[&str] = &["UEM_PROXY_CONFIG"];
+const OTHER_VARIABLES: &[&str] = &["UEM_PROXY_CONFIG", super::defaults::VARIABLE];
 
 /// A name's letters and digits only, upper case, without the `UEM_` and `PROXY_` prefixes:
 /// `UEM_PROXY_READONLY`, `uem_read_only` and `UEM_READ_ONLY` all become `READONLY`.

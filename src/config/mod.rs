@@ -4,6 +4,8 @@
 //! reports every problem at once, naming where each bad value came from, so a user fixes a broken
 //! deployment in one round. Nothing downstream re-checks a string: what leaves here is typed.
 
+mod access;
+mod defaults;
 mod hints;
 mod parse;
 mod source;
@@ -26,6 +28,7 @@ pub use crate::forward::upstream::Egress;
 pub use crate::gate::Inbound;
 use crate::gate::policy::{Policy, PolicyFile};
 pub use crate::listen::Listen;
+pub use defaults::{default_of, listen_for_probe};
 pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
 use source::{RawMap, Tables, read_file};
@@ -215,9 +218,11 @@ impl Config {
             }
             (None, None) => Tables::default(),
         };
+        defaults::fill(env, &mut raw, &mut problems);
         source::overlay_env(env, &mut raw);
+        let variables = SETTINGS.iter().map(|(_, var)| *var).chain([defaults::VARIABLE]);
         let environment: BTreeMap<String, String> =
-            SETTINGS.iter().filter_map(|(_, var)| env(var).map(|v| (var.to_string(), v))).collect();
+            variables.filter_map(|var| env(var).map(|v| (var.to_string(), v))).collect();
         let config = Self::from_raw(&raw, tables, file, &mut problems)
             .map(|config| Config { environment: Arc::new(environment), ..config });
         match config {
@@ -325,7 +330,7 @@ impl Config {
             }
         });
         let ca_bundle = p.parse("ca_bundle", |s| {
-            let pem = std::fs::read(s.trim()).map_err(|e| format!("cannot read '{s}': {e}"))?;
+            let pem = std::fs::read(s.trim()).map_err(|e| format!("cannot read '{s}': {e}{}", access::hint(&e)))?;
             let certs = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("'{s}' is not a PEM bundle: {e}"))?;
@@ -492,7 +497,8 @@ impl Config {
 /// other setting, and must not fail because a secret is unreadable.
 pub fn listen_in_file(path: &Path) -> Result<Option<Listen>, String> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read the config file: {e}"))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{shown}: cannot read the config file: {e}{}", access::hint(&e)))?;
     let table: toml::Table =
         text.parse().map_err(|e| format!("{shown}: not valid TOML: {}", hints::toml_error(&text, &e)))?;
     match table.get("listen") {
@@ -566,7 +572,9 @@ fn tls(p: &mut parse::Parser<'_>) -> Option<Option<Tls>> {
                 Ok(server) => server,
                 Err(e) => {
                     let (nc, nk) = (p.name("tls_cert"), p.name("tls_key"));
-                    p.problem(format!("{nc}, {nk}: {e}"));
+                    let opened = [&cert, &key].into_iter().find_map(|f| std::fs::File::open(f).err());
+                    let hint = opened.map(|e| access::hint(&e)).unwrap_or_default();
+                    p.problem(format!("{nc}, {nk}: {e}{hint}"));
                     return None;
                 }
             };

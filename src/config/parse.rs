@@ -143,7 +143,8 @@ impl Parser<'_> {
         }
         let mut trimmed = false;
         let secret = self.parse(file, |s| {
-            let text = std::fs::read_to_string(s.trim()).map_err(|e| format!("cannot read '{s}': {e}"))?;
+            let text = std::fs::read_to_string(s.trim())
+                .map_err(|e| format!("cannot read '{s}': {e}{}", super::access::hint(&e)))?;
             let (secret, changed) = secret_from_file(&text);
             trimmed = changed;
             non_empty_secret(secret.to_owned())

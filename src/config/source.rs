@@ -133,7 +133,7 @@ pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> T
     match std::fs::read_to_string(path) {
         Ok(text) => read_text(&shown, path, &text, raw, problems),
         Err(e) => {
-            problems.push(format!("{shown}: cannot read the config file: {e}"));
+            problems.push(format!("{shown}: cannot read the config file: {e}{}", super::access::hint(&e)));
             Tables::default()
         }
     }

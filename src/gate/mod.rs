@@ -102,6 +102,15 @@ impl Checks {
         }
     }
 
+    /// The networks whose callers are let in besides loopback and Unix-socket peers, for the log
+    /// line of a refused caller (never the caller's answer: it must not learn them).
+    pub fn allowed_networks(&self) -> String {
+        if self.allow_cidrs.is_empty() {
+            return "none (loopback only)".to_owned();
+        }
+        self.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+
     fn host_allowed(&self, host: &str) -> bool {
         let name = host_name(host).as_bytes();
         self.hosts.iter().any(|allowed| match allowed.strip_prefix("*.") {

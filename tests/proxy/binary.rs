@@ -65,6 +65,11 @@ impl Running {
         Running { child, listen, log }
     }
 
+    /// Where it listens, as its log says.
+    pub fn listen(&self) -> &str {
+        &self.listen
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.listen.parse().expect("a TCP listener")
     }

@@ -12,9 +12,9 @@ use crate::binary::{BIN, Running, base_env};
 use crate::support::{Reply, TokenService, Upstream};
 
 /// One YAML document as `path -> value`: `spec.template.spec.containers[0].image`.
-type Document = BTreeMap<String, String>;
+pub type Document = BTreeMap<String, String>;
 
-fn documents(text: &str) -> Vec<Document> {
+pub fn documents(text: &str) -> Vec<Document> {
     let mut docs = vec![Document::new()];
     // (indent, segment) of the open mappings and sequence items above the current line.
     let mut stack: Vec<(usize, String)> = Vec::new();

@@ -10,6 +10,7 @@ mod connections;
 mod deploy;
 mod forwarding;
 mod framing;
+mod image;
 mod legacy;
 mod mistakes;
 mod operations;

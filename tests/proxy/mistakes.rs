@@ -11,16 +11,16 @@ use crate::support::{Proxy, Reply, SECRET, TokenService, Upstream, client};
 /// A secret-looking value that must appear in no output.
 const LEAK: &str = "Zq9xLEAKED-s3cr3t-VALUE";
 
-struct Folder(PathBuf);
+pub struct Folder(pub PathBuf);
 
 impl Folder {
-    fn new(name: &str) -> Folder {
+    pub fn new(name: &str) -> Folder {
         let dir = std::env::temp_dir().join(format!("uem-proxy-{name}-{}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
         Folder(dir)
     }
 
-    fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> String {
+    pub fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> String {
         let path = self.0.join(name);
         std::fs::write(&path, bytes).unwrap();
         path.display().to_string()
