@@ -196,7 +196,46 @@ fn streamed(input: &[u8], cuts: &[usize]) -> Vec<u8> {
     panic!("the rewritten body did not end")
 }
 
+/// The rule, written as plainly as it can be: at each byte, a base (plain or escaped) not followed
+/// by a byte that would continue its host is replaced; anything else is kept.
+fn reference(input: &[u8]) -> Vec<u8> {
+    let escape = |s: &str| s.replace('/', "\\/");
+    let pairs = [(FROM.to_owned(), TO.to_owned()), (escape(FROM), escape(TO))];
+    let continues_host = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':';
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < input.len() {
+        let rest = &input[i..];
+        let hit = pairs.iter().find(|(from, _)| {
+            rest.starts_with(from.as_bytes()) && !rest.get(from.len()).is_some_and(|&b| continues_host(b))
+        });
+        match hit {
+            Some((from, to)) => {
+                out.extend_from_slice(to.as_bytes());
+                i += from.len();
+            }
+            None => {
+                out.push(input[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 proptest! {
+    #[test]
+    fn the_rewritten_body_is_what_the_plain_rule_gives(
+        input in body(),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let (streamed, expected) = (streamed(&input, &cuts), reference(&input));
+        prop_assert_eq!(
+            String::from_utf8_lossy(&streamed),
+            String::from_utf8_lossy(&expected),
+            "input {:?} cut at {:?}", String::from_utf8_lossy(&input), cuts
+        );
+    }
+
     #[test]
     fn the_rewritten_body_does_not_depend_on_where_it_is_split(
         input in body(),

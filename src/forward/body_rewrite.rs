@@ -35,8 +35,10 @@ pub fn is_rewritable(headers: &HeaderMap) -> bool {
 #[derive(Debug)]
 pub struct Replacer {
     pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A searcher for each pair's `from`: a vectorised substring search, so that a large text
+    /// body costs little more than a copy.
+    finders: Vec<memchr::memmem::Finder<'static>>,
     carry: Vec<u8>,
-    longest: usize,
 }
 
 impl Replacer {
@@ -47,17 +49,30 @@ impl Replacer {
             (from.as_bytes().to_vec(), to.as_bytes().to_vec()),
             (escaped(from).into_bytes(), escaped(to).into_bytes()),
         ];
-        let longest = pairs.iter().map(|(f, _)| f.len()).max().unwrap_or(0) + 1;
-        Replacer { pairs, carry: Vec::new(), longest }
+        let finders = pairs.iter().map(|(from, _)| memchr::memmem::Finder::new(from).into_owned()).collect();
+        Replacer { pairs, finders, carry: Vec::new() }
+    }
+
+    /// The first place at or after `at` where a base occurs, and which pair it is.
+    fn next(&self, buf: &[u8], at: usize) -> Option<(usize, usize)> {
+        let found = self.finders.iter().enumerate().filter_map(|(k, f)| f.find(&buf[at..]).map(|p| (at + p, k)));
+        found.min()
+    }
+
+    /// How many bytes at the end of `tail` could be the start of a base, to be held back until
+    /// the next piece says.
+    fn partial_tail(&self, tail: &[u8]) -> usize {
+        let longest = self.pairs.iter().map(|(f, _)| f.len()).max().unwrap_or(1);
+        (1..longest.min(tail.len() + 1))
+            .rev()
+            .find(|&n| self.pairs.iter().any(|(from, _)| from.starts_with(&tail[tail.len() - n..])))
+            .unwrap_or(0)
     }
 
     /// Rewrites a whole body; returns it as it was, without copying, when the API's base does
     /// not occur in it (the usual case).
     pub fn rewrite_whole(&mut self, body: Bytes) -> Bytes {
-        let occurs = self.pairs.iter().any(|(from, _)| {
-            body.iter().enumerate().any(|(i, &b)| (b == b'h' || b == b'H') && body[i..].starts_with(from))
-        });
-        if !occurs {
+        if self.next(&body, 0).is_none() {
             return body;
         }
         let mut out = self.push(&body);
@@ -65,10 +80,10 @@ impl Replacer {
         Bytes::from(out)
     }
 
-    /// Whether `piece` can be sent on as it is: nothing is held back and it holds no `h`, the
-    /// first letter of every URL (most pieces of most bodies; no copy is made of them).
+    /// Whether `piece` can be sent on as it is: nothing is held back, no base occurs in it and
+    /// its end cannot start one (most pieces of most bodies; no copy is made of them).
     pub fn passes(&self, piece: &[u8]) -> bool {
-        self.carry.is_empty() && !piece.iter().any(|&b| b == b'h' || b == b'H')
+        self.carry.is_empty() && self.next(piece, 0).is_none() && self.partial_tail(piece) == 0
     }
 
     /// Takes the next piece; returns what can be sent on now.
@@ -87,37 +102,22 @@ impl Replacer {
     fn scan(&mut self, buf: Vec<u8>, last: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(buf.len());
         let mut i = 0;
-        while i < buf.len() {
-            let Some(offset) = buf[i..].iter().position(|&b| b == b'h' || b == b'H') else {
-                out.extend_from_slice(&buf[i..]);
-                break;
-            };
-            out.extend_from_slice(&buf[i..i + offset]);
-            i += offset;
-            let rest = &buf[i..];
-            if !last
-                && rest.len() < self.longest
-                && self.pairs.iter().any(|(f, _)| f.starts_with(rest) || rest.starts_with(f))
-            {
-                // Could be the start of a URL, or a URL whose next byte decides: wait for more.
-                self.carry = rest.to_vec();
+        while let Some((at, k)) = self.next(&buf, i) {
+            let (from, to) = &self.pairs[k];
+            let end = at + from.len();
+            out.extend_from_slice(&buf[i..at]);
+            if end == buf.len() && !last {
+                // A whole base at the end: the next byte decides whether it is the API's host.
+                self.carry = buf[at..].to_vec();
                 return out;
             }
-            let matched = self
-                .pairs
-                .iter()
-                .find(|(from, _)| rest.starts_with(from) && !rest.get(from.len()).is_some_and(|&b| continues_host(b)));
-            match matched {
-                Some((from, to)) => {
-                    out.extend_from_slice(to);
-                    i += from.len();
-                }
-                None => {
-                    out.push(buf[i]);
-                    i += 1;
-                }
-            }
+            let another_host = buf.get(end).is_some_and(|&b| continues_host(b));
+            out.extend_from_slice(if another_host { from } else { to });
+            i = end;
         }
+        let keep = if last { 0 } else { self.partial_tail(&buf[i..]) };
+        out.extend_from_slice(&buf[i..buf.len() - keep]);
+        self.carry = buf[buf.len() - keep..].to_vec();
         out
     }
 }
