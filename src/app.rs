@@ -17,6 +17,7 @@ use crate::forward::upstream::{Reach, UpstreamClient};
 use crate::forward::{Forwarder, Route};
 use crate::gate::Checks;
 use crate::gate::policy::Policy;
+use crate::record::inspect::Inspector;
 use crate::record::metrics::Metrics;
 use crate::token::{Credentials, TokenClient, Tokens};
 
@@ -69,6 +70,8 @@ pub struct App {
     credentials: Option<Arc<ArcSwap<Credentials>>>,
     pub settings: ArcSwap<Settings>,
     pub metrics: Arc<Metrics>,
+    /// The last exchanges, for `/_proxy/ui`.
+    pub inspector: Arc<Inspector>,
     pub config: ArcSwap<Config>,
     /// Where callers reach the proxy.
     pub local: Listen,
@@ -129,6 +132,7 @@ impl App {
             credentials,
             settings: ArcSwap::from_pointee(Settings::new(&config, &local)),
             metrics,
+            inspector: Inspector::new(config.inspect),
             config: ArcSwap::from_pointee(config),
             local,
             started: SystemTime::now(),
@@ -199,7 +203,9 @@ impl App {
             ("token_wait", old.token_wait != new.token_wait),
             ("replay_body_limit", old.replay_body_limit != new.replay_body_limit),
             ("rewrite_bodies", old.rewrite_bodies != new.rewrite_bodies),
+            ("inspect", old.inspect != new.inspect),
         ];
+        self.inspector.configure(new.inspect);
         changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
         warn_about_policy(&new.policy);
         self.settings.store(Arc::new(Settings::new(&new, &self.local)));
@@ -277,6 +283,7 @@ impl App {
             },
             "policy": if config.policy.is_open() { "open" } else { "restricted" },
             "read_only": config.policy.read_only,
+            "inspector": self.inspector.status(),
             "config": {
                 "file": config.config_file.as_ref().map(|p| p.display().to_string()),
                 "last_reload": reload.at.map(|at| json!({ "at": time(Some(at)), "ok": reload.ok, "message": reload.message })),

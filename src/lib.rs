@@ -143,6 +143,13 @@ pub async fn run(
     let (app, refresher) = App::new(config, local)?;
     let reloader = tokio::spawn(reload::watch(app.clone()));
     let counts = app.metrics.connections.clone();
+    let inspector = app.inspector.clone();
+    // The inspector's event streams never end by themselves: they end at the shutdown, so their
+    // connections drain like the others.
+    let shutdown = async move {
+        shutdown.await;
+        inspector.close();
+    };
     listen::serve(bound, Service::new(app), limits, counts, shutdown, grace).await;
     reloader.abort();
     refresher.abort();

@@ -61,12 +61,20 @@ impl Service {
         let mut record =
             Record::start(self.app.metrics.clone(), id.clone(), peer, parts.method.clone(), parts.uri.clone(), started);
         record.caller = settings.checks.caller(&record.peer);
+        // The inspector shows what scripts exchanged with the API, not its own page's requests.
+        if !is_own(parts.uri.path()) {
+            record.capture = self.app.inspector.capture(std::time::SystemTime::now(), &parts.headers);
+        }
         let body = if body.is_end_stream() {
             Body::empty()
         } else {
             let count = Arc::default();
             record.bytes_in = Some(Arc::clone(&count));
-            Body::new(Counted::new(body, count))
+            let body = Body::new(Counted::new(body, count));
+            match &mut record.capture {
+                Some(capture) => capture.tee_request(body),
+                None => body,
+            }
         };
         // Debug lines written while serving the request carry its id through this span.
         let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or(""));
@@ -134,6 +142,7 @@ impl Service {
         let uri = parts.uri.clone();
         let target = Target::of(&parts.method, uri.path()).map_err(ProxyError::BadTarget)?;
         record.category = Some(target.category());
+        record.permission = target.required.map(|r| r.permission.name);
         gate::decide(&settings.policy, &parts, &target)?;
         let forwarded =
             self.app.forwarder.forward(&settings.route, parts, body, &target.path, target.required, https).await?;

@@ -10,6 +10,7 @@ mod connections;
 mod deploy;
 mod forwarding;
 mod framing;
+mod inspector;
 mod legacy;
 mod mistakes;
 mod operations;
