@@ -12,7 +12,7 @@ pub const STYLE: &str = include_str!("ui/inspector.css");
 
 /// Scripts and styles from the proxy's own files only; data only from its own endpoints.
 pub const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-                          img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+                          img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// One of the page's files, with the headers every one of them carries.
 pub fn file(content_type: &'static str, text: &'static str) -> Response {

@@ -271,9 +271,18 @@
     }
   }
 
+  // The strip follows new exchanges closely, at most a few times a second.
+  let statusSoon = null;
+  function refreshSoon() {
+    if (statusSoon === null) statusSoon = setTimeout(() => { statusSoon = null; refreshStatus(); }, 300);
+  }
+
   function listen() {
     const events = new EventSource('/_proxy/events');
-    events.addEventListener('request', (event) => add([JSON.parse(event.data)]));
+    events.addEventListener('request', (event) => {
+      add([JSON.parse(event.data)]);
+      refreshSoon();
+    });
     // On every (re)connection: whatever finished while the page was not listening.
     events.addEventListener('open', () => json('/_proxy/requests').then(add, () => {}));
   }
