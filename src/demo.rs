@@ -51,6 +51,7 @@ pub async fn run(
         options.role
     )?;
     writeln!(out, "  proxy           {proxy}  (callers send no credentials)")?;
+    writeln!(out, "  inspector       {proxy}/_proxy/ui  (every call, as it finishes)")?;
     writeln!(out)?;
     writeln!(out, "Try:")?;
     for command in commands(&proxy) {

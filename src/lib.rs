@@ -12,7 +12,7 @@
 //! - [`forward`]: the upstream client and its own connection pool (TLS, egress proxy), header and
 //!   `Location` rewriting, streaming body wrappers, the API's URLs in text bodies, pacing.
 //! - [`record`]: one record per request, filled on the way and written once when the answer's
-//!   body is done: the access line and the metrics.
+//!   body is done: the access line, the metrics, and the inspector's entry.
 //!
 //! Beside the path:
 //! - [`config`]: TOML file and environment to a typed [`Config`]; every problem reported at once.
@@ -22,7 +22,7 @@
 //!   permission catalogue and the request-to-permission map.
 //! - [`error`]: the proxy's own errors and their single status mapping; [`request_id`]: ids.
 //! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file
-//!   changes); [`admin`]: `/_proxy/*`.
+//!   changes); [`admin`]: `/_proxy/*`, the inspector's page and endpoints among them.
 //! - [`check`]: the `check` command; [`healthcheck`]: the `healthcheck` command;
 //!   [`telemetry`]: logging.
 //! - [`sandbox`]: an offline simulated UEM tenant; [`demo`]: the sandbox and the proxy together.

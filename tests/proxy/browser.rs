@@ -218,12 +218,15 @@ async fn scenario(base: String, session: Session) {
     let four = "return document.querySelectorAll('#rows tr').length === 4";
     session.until(four, Duration::from_secs(2)).await.expect("the fourth row");
     session.click("#rows tr:first-child").await;
-    let shown = "return document.getElementById('detail').textContent.includes('<img src=x onerror=window.pwned=1>')";
-    session.until(shown, Duration::from_secs(2)).await.expect("the body is shown as text");
+    let opened = "return (document.querySelector('#detail h2') || {}).textContent === 'POST ' + \
+                  document.querySelector('#rows tr:first-child td.path').textContent + ' → 400'";
+    session.until(opened, Duration::from_secs(2)).await.expect("the detail of the 400");
     // An image that failed to load fires its handler at once; give it a moment anyway.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ran = session.run("return [window.pwned === undefined, document.querySelectorAll('main img').length]").await;
     assert_eq!(ran, json!([true, 0]), "HTML from a body or header was parsed or run");
+    let shown = "return document.getElementById('detail').textContent.includes('<img src=x onerror=window.pwned=1>')";
+    assert_eq!(session.run(shown).await, true, "the body is shown as text");
 
     // The page as the README shows it: the 403 open.
     if let Ok(path) = std::env::var("UEM_PROXY_SCREENSHOT") {

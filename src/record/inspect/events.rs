@@ -23,6 +23,7 @@ pub fn stream(events: broadcast::Receiver<Arc<Entry>>, stopped: watch::Receiver<
     let entries = futures_util::stream::unfold((events, stopped), |(mut events, mut stopped)| async move {
         loop {
             let next = tokio::select! {
+                biased;
                 _ = stopped.wait_for(|s| *s) => return None,
                 next = tokio::time::timeout(KEEP_ALIVE, events.recv()) => next,
             };

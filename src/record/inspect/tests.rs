@@ -158,3 +158,81 @@ fn an_event_is_one_data_line() {
     assert_eq!(data["query"], "q=1");
     assert_eq!(data["tenant"], serde_json::Value::Null);
 }
+
+fn config(pairs: &[(&str, &str)]) -> Result<crate::Config, crate::config::ConfigError> {
+    let env = |k: &str| {
+        let base = [
+            ("UEM_API_URL", "http://127.0.0.1:9"),
+            ("UEM_TOKEN_URL", "http://127.0.0.1:9/token"),
+            ("UEM_CLIENT_ID", "client"),
+            ("UEM_CLIENT_SECRET", "secret"),
+        ];
+        pairs.iter().chain(base.iter()).find(|(name, _)| *name == k).map(|(_, v)| v.to_string())
+    };
+    crate::Config::load(None, &env)
+}
+
+#[test]
+fn the_settings_default_to_meta_and_500_and_bad_values_are_named() {
+    let c = config(&[]).unwrap();
+    assert_eq!(c.inspect, settings(InspectMode::Meta, 500));
+    let c = config(&[("UEM_PROXY_INSPECT", "Bodies"), ("UEM_PROXY_INSPECT_ENTRIES", "20")]).unwrap();
+    assert_eq!(c.inspect, settings(InspectMode::Bodies, 20));
+    assert_eq!(c.summary()["inspect"], "bodies");
+    let e = config(&[("UEM_PROXY_INSPECT", "all"), ("UEM_PROXY_INSPECT_ENTRIES", "-1")]).unwrap_err().to_string();
+    assert!(e.contains("UEM_PROXY_INSPECT: 'all' is not off, meta or bodies"), "{e}");
+    assert!(e.contains("UEM_PROXY_INSPECT_ENTRIES: '-1' is not a whole number of exchanges"), "{e}");
+}
+
+#[test]
+fn the_settings_come_from_the_file_too() {
+    let path = std::env::temp_dir().join(format!("uem-proxy-inspect-{}.toml", std::process::id()));
+    std::fs::write(&path, "inspect = \"off\"\ninspect_entries = 7\n").unwrap();
+    let env = |k: &str| match k {
+        "UEM_API_URL" => Some("http://127.0.0.1:9".to_owned()),
+        "UEM_TOKEN_URL" => Some("http://127.0.0.1:9/token".to_owned()),
+        "UEM_CLIENT_ID" => Some("client".to_owned()),
+        "UEM_CLIENT_SECRET" => Some("secret".to_owned()),
+        _ => None,
+    };
+    let c = crate::Config::load(Some(&path), &env);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(c.unwrap().inspect, settings(InspectMode::Off, 7));
+}
+
+#[tokio::test]
+async fn a_reload_changes_what_is_kept() {
+    let (app, refresher) =
+        crate::app::App::new(config(&[]).unwrap(), crate::config::Listen::Tcp(([127, 0, 0, 1], 0).into())).unwrap();
+    one(&app.inspector, "/api/x", 200);
+    let changes = app.apply(config(&[("UEM_PROXY_INSPECT", "off")]).unwrap()).await.unwrap();
+    assert!(changes.contains(&"inspect".to_owned()), "{changes:?}");
+    assert_eq!(app.inspector.mode(), InspectMode::Off);
+    assert!(app.inspector.recent(10).is_empty());
+    assert_eq!(app.status()["inspector"]["mode"], "off");
+    refresher.abort();
+}
+
+/// A subscriber that reads nothing holds no request back; when it reads again it skips to what is
+/// still kept for it.
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_skips_ahead() {
+    use http_body_util::BodyExt;
+    let inspector = Inspector::new(settings(InspectMode::Meta, 10));
+    let mut body = inspector.events();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"retry: 2000\n\n");
+    for _ in 0..EVENTS_BACKLOG + 50 {
+        one(&inspector, "/api/x", 200);
+    }
+    let next = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let next = std::str::from_utf8(&next).unwrap();
+    assert!(next.starts_with("id: 51\n"), "the oldest still kept for it: {next}");
+    inspector.close();
+    let mut rest = 0;
+    while let Some(frame) = body.frame().await {
+        frame.unwrap();
+        rest += 1;
+    }
+    assert_eq!(rest, 0, "the stream ends at the shutdown without draining its backlog");
+}
