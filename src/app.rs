@@ -126,13 +126,14 @@ impl App {
         };
         let forwarder =
             Forwarder { upstream, replay_budget: ReplayBudget::new(config.replay_budget), tokens, pacer, listen_host };
+        let inspector = Inspector::new(config.inspect, Some(forwarder.tokens.clone()));
         let app = App {
             client,
             forwarder,
             credentials,
             settings: ArcSwap::from_pointee(Settings::new(&config, &local)),
             metrics,
-            inspector: Inspector::new(config.inspect),
+            inspector,
             config: ArcSwap::from_pointee(config),
             local,
             started: SystemTime::now(),

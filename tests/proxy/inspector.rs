@@ -92,7 +92,7 @@ async fn requests_lists_exchanges_newest_first_with_credentials_as_stars() {
 
 #[tokio::test]
 async fn bodies_keeps_the_first_64_kib_of_each_body_and_meta_none() {
-    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_INSPECT", "bodies")]).await;
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_INSPECT", "bodies")]).await;
     let body = vec![b'x'; 100 * 1024];
     let response = client().post(format!("{}/upload", proxy.url)).body(body).send().await.unwrap();
     let answer = response.text().await.unwrap();
@@ -103,6 +103,14 @@ async fn bodies_keeps_the_first_64_kib_of_each_body_and_meta_none() {
     assert_eq!(entry["request_body"]["text"].as_str().unwrap().len(), 64 * 1024);
     assert_eq!(entry["response_body"]["text"], answer.as_str());
     assert_eq!(entry["response_body"]["truncated"], false);
+
+    // This API echoes the headers it received, the injected token among them: kept, it is hidden.
+    let echo = client().get(format!("{}/api/echo", proxy.url)).send().await.unwrap().text().await.unwrap();
+    let token = upstream.last().headers["authorization"].to_str().unwrap().strip_prefix("Bearer ").unwrap().to_owned();
+    assert!(echo.contains(&token), "the mock echoes the token: {echo}");
+    let entry = &wait_entries(&proxy, 2).await[0];
+    let kept = entry["response_body"]["text"].as_str().unwrap();
+    assert!(!kept.contains(&token) && kept.contains("Bearer ***"), "{kept}");
 }
 
 #[tokio::test]
@@ -211,4 +219,45 @@ async fn the_inspector_is_behind_the_same_checks_as_status_and_its_page_runs_no_
     for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
         assert!(!script.contains(sink), "{sink}");
     }
+}
+
+fn inspect_config(
+    file: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<uem_proxy::Config, uem_proxy::config::ConfigError> {
+    crate::support::config("http://127.0.0.1:9", "http://127.0.0.1:9/token", file, extra)
+}
+
+#[test]
+fn the_settings_default_to_meta_and_500_come_from_file_or_environment_and_bad_ones_are_named() {
+    use uem_proxy::record::inspect::{InspectMode, InspectSettings};
+    let settings = |mode, entries| InspectSettings { mode, entries };
+    assert_eq!(inspect_config(None, &[]).unwrap().inspect, settings(InspectMode::Meta, 500));
+    let c = inspect_config(None, &[("UEM_PROXY_INSPECT", "Bodies"), ("UEM_PROXY_INSPECT_ENTRIES", "20")]).unwrap();
+    assert_eq!(c.inspect, settings(InspectMode::Bodies, 20));
+    assert_eq!((c.summary()["inspect"].as_str(), c.summary()["inspect_entries"].as_u64()), (Some("bodies"), Some(20)));
+    let file = "inspect = \"off\"\ninspect_entries = 7\n";
+    assert_eq!(inspect_config(Some(file), &[]).unwrap().inspect, settings(InspectMode::Off, 7));
+    let bad = [("UEM_PROXY_INSPECT", "all"), ("UEM_PROXY_INSPECT_ENTRIES", "-1")];
+    let Err(e) = inspect_config(None, &bad) else { panic!("bad settings are refused") };
+    let e = e.to_string();
+    assert!(e.contains("UEM_PROXY_INSPECT: 'all' is not off, meta or bodies"), "{e}");
+    assert!(e.contains("UEM_PROXY_INSPECT_ENTRIES: '-1' is not a whole number of exchanges"), "{e}");
+}
+
+#[tokio::test]
+async fn a_reload_changes_what_is_kept() {
+    use uem_proxy::record::inspect::InspectMode;
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let api = format!("http://{}", proxy.addr);
+    let config = crate::support::config(&api, &format!("{api}/token"), None, &[]).unwrap();
+    let listen = uem_proxy::config::Listen::Tcp("127.0.0.1:0".parse().unwrap());
+    let (app, refresher) = uem_proxy::app::App::new(config, listen).unwrap();
+    assert_eq!(app.inspector.mode(), InspectMode::Meta);
+    let off = crate::support::config(&api, &format!("{api}/token"), None, &[("UEM_PROXY_INSPECT", "off")]).unwrap();
+    let changes = app.apply(off).await.unwrap();
+    assert!(changes.contains(&"inspect".to_owned()), "{changes:?}");
+    assert_eq!(app.inspector.mode(), InspectMode::Off);
+    assert_eq!(app.status()["inspector"]["mode"], "off");
+    refresher.abort();
 }

@@ -27,6 +27,15 @@ pub struct Kept {
 }
 
 impl Kept {
+    /// Shows `secret` as [`REDACTED`](super::REDACTED) wherever the text holds it.
+    fn hide(&mut self, secret: &str) {
+        if let Some(text) = &mut self.text
+            && text.contains(secret)
+        {
+            *text = text.replace(secret, super::REDACTED);
+        }
+    }
+
     /// `bytes`, the start of a body of `total` bytes.
     pub fn of(bytes: &[u8], total: u64) -> Kept {
         let text = match std::str::from_utf8(bytes) {
@@ -124,10 +133,17 @@ impl Capture {
     /// Hands the finished exchange to the inspector.
     pub fn finish(self, done: Finished<'_>) {
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-        let request_body = self.request_body.map(|start| {
+        let mut request_body = self.request_body.map(|start| {
             let start = start.lock().expect("not poisoned");
             Kept::of(&start.0, done.bytes_in)
         });
+        let mut response_body = self.response_body.map(|start| Kept::of(&start.0, done.bytes_out));
+        // An API that echoes the request's headers in its body would show the token.
+        if (request_body.is_some() || response_body.is_some())
+            && let Some(secret) = self.inspector.credential()
+        {
+            request_body.iter_mut().chain(response_body.iter_mut()).for_each(|kept| kept.hide(&secret));
+        }
         let entry = Entry {
             seq: 0,
             request_id: done.request_id.to_owned(),
@@ -149,7 +165,7 @@ impl Capture {
             request_headers: self.request_headers,
             response_headers: self.response_headers,
             request_body,
-            response_body: self.response_body.map(|start| Kept::of(&start.0, done.bytes_out)),
+            response_body,
         };
         self.inspector.push(entry, self.time);
     }

@@ -23,6 +23,8 @@ use tokio::sync::{broadcast, watch};
 pub use capture::{Capture, Kept};
 pub use minutes::Minute;
 
+use crate::token::Tokens;
+
 /// How much the inspector keeps of each exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InspectMode {
@@ -137,6 +139,8 @@ pub struct Inspector {
     events: broadcast::Sender<Arc<Entry>>,
     /// Set when the proxy shuts down: event streams end, so that their connections drain.
     stopped: watch::Sender<bool>,
+    /// The credential the proxy injects, hidden in kept bodies should the API echo it.
+    tokens: Option<Tokens>,
 }
 
 struct Ring {
@@ -146,13 +150,14 @@ struct Ring {
 }
 
 impl Inspector {
-    pub fn new(settings: InspectSettings) -> Arc<Inspector> {
+    pub fn new(settings: InspectSettings, tokens: Option<Tokens>) -> Arc<Inspector> {
         let inspector = Inspector {
             mode: AtomicU8::new(0),
             ring: Mutex::new(Ring { entries: VecDeque::new(), capacity: 0, next_seq: 1 }),
             minutes: Mutex::default(),
             events: broadcast::channel(EVENTS_BACKLOG).0,
             stopped: watch::Sender::new(false),
+            tokens,
         };
         inspector.configure(settings);
         Arc::new(inspector)
@@ -198,6 +203,15 @@ impl Inspector {
         };
         // No subscriber is no error.
         let _ = self.events.send(entry);
+    }
+
+    /// The secret part of the credential injected now (`Bearer <this>`, `Basic <this>`).
+    fn credential(&self) -> Option<String> {
+        let token = self.tokens.as_ref()?.current()?;
+        let header = token.header().to_str().ok()?;
+        let secret = header.split_once(' ').map_or(header, |(_, secret)| secret).trim();
+        // Anything shorter would hide innocent text, and is no credential.
+        (secret.len() >= 4).then(|| secret.to_owned())
     }
 
     /// Up to `limit` exchanges, newest first.

@@ -51,7 +51,7 @@ fn credentials_show_as_stars_in_any_case_and_other_headers_as_sent() {
 
 #[test]
 fn the_ring_keeps_the_newest_entries_newest_first_and_numbers_them() {
-    let inspector = Inspector::new(settings(InspectMode::Meta, 3));
+    let inspector = Inspector::new(settings(InspectMode::Meta, 3), None);
     for i in 0..5 {
         one(&inspector, &format!("/api/{i}"), 200);
     }
@@ -64,7 +64,7 @@ fn the_ring_keeps_the_newest_entries_newest_first_and_numbers_them() {
 
 #[test]
 fn off_watches_nothing_and_a_reload_shrinks_or_empties_the_ring() {
-    let inspector = Inspector::new(settings(InspectMode::Off, 500));
+    let inspector = Inspector::new(settings(InspectMode::Off, 500), None);
     assert!(inspector.capture(SystemTime::now(), &HeaderMap::new()).is_none());
     inspector.configure(settings(InspectMode::Meta, 4));
     for _ in 0..4 {
@@ -80,7 +80,7 @@ fn off_watches_nothing_and_a_reload_shrinks_or_empties_the_ring() {
 
 #[test]
 fn errors_are_counted_per_minute_and_status_shows_the_settings() {
-    let inspector = Inspector::new(settings(InspectMode::Meta, 10));
+    let inspector = Inspector::new(settings(InspectMode::Meta, 10), None);
     one(&inspector, "/api/a", 200);
     one(&inspector, "/api/b", 404);
     one(&inspector, "/api/c", 503);
@@ -97,7 +97,7 @@ fn errors_are_counted_per_minute_and_status_shows_the_settings() {
 
 #[test]
 fn a_403_with_the_needed_permission_says_what_the_role_lacks() {
-    let inspector = Inspector::new(settings(InspectMode::Meta, 10));
+    let inspector = Inspector::new(settings(InspectMode::Meta, 10), None);
     let mut capture = inspector.capture(SystemTime::now(), &HeaderMap::new()).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(&crate::forward::X_UEM_PROXY_PERMISSION, HeaderValue::from_static("REST API Devices Delete"));
@@ -112,7 +112,7 @@ fn a_403_with_the_needed_permission_says_what_the_role_lacks() {
 
 #[test]
 fn bodies_keep_at_most_64_kib_and_say_when_they_were_cut() {
-    let inspector = Inspector::new(settings(InspectMode::Bodies, 10));
+    let inspector = Inspector::new(settings(InspectMode::Bodies, 10), None);
     let mut capture = inspector.capture(SystemTime::now(), &HeaderMap::new()).unwrap();
     for _ in 0..3 {
         capture.response_data(&[b'a'; 40 * 1024]);
@@ -142,7 +142,7 @@ fn text_cut_inside_a_character_keeps_the_text_before_it() {
 
 #[test]
 fn an_event_is_one_data_line() {
-    let inspector = Inspector::new(settings(InspectMode::Meta, 10));
+    let inspector = Inspector::new(settings(InspectMode::Meta, 10), None);
     let mut headers = HeaderMap::new();
     headers.insert("x-text", HeaderValue::from_static("a\tb"));
     let capture = inspector.capture(SystemTime::now(), &headers).unwrap();
@@ -159,66 +159,12 @@ fn an_event_is_one_data_line() {
     assert_eq!(data["tenant"], serde_json::Value::Null);
 }
 
-fn config(pairs: &[(&str, &str)]) -> Result<crate::Config, crate::config::ConfigError> {
-    let env = |k: &str| {
-        let base = [
-            ("UEM_API_URL", "http://127.0.0.1:9"),
-            ("UEM_TOKEN_URL", "http://127.0.0.1:9/token"),
-            ("UEM_CLIENT_ID", "client"),
-            ("UEM_CLIENT_SECRET", "secret"),
-        ];
-        pairs.iter().chain(base.iter()).find(|(name, _)| *name == k).map(|(_, v)| v.to_string())
-    };
-    crate::Config::load(None, &env)
-}
-
-#[test]
-fn the_settings_default_to_meta_and_500_and_bad_values_are_named() {
-    let c = config(&[]).unwrap();
-    assert_eq!(c.inspect, settings(InspectMode::Meta, 500));
-    let c = config(&[("UEM_PROXY_INSPECT", "Bodies"), ("UEM_PROXY_INSPECT_ENTRIES", "20")]).unwrap();
-    assert_eq!(c.inspect, settings(InspectMode::Bodies, 20));
-    assert_eq!(c.summary()["inspect"], "bodies");
-    let e = config(&[("UEM_PROXY_INSPECT", "all"), ("UEM_PROXY_INSPECT_ENTRIES", "-1")]).unwrap_err().to_string();
-    assert!(e.contains("UEM_PROXY_INSPECT: 'all' is not off, meta or bodies"), "{e}");
-    assert!(e.contains("UEM_PROXY_INSPECT_ENTRIES: '-1' is not a whole number of exchanges"), "{e}");
-}
-
-#[test]
-fn the_settings_come_from_the_file_too() {
-    let path = std::env::temp_dir().join(format!("uem-proxy-inspect-{}.toml", std::process::id()));
-    std::fs::write(&path, "inspect = \"off\"\ninspect_entries = 7\n").unwrap();
-    let env = |k: &str| match k {
-        "UEM_API_URL" => Some("http://127.0.0.1:9".to_owned()),
-        "UEM_TOKEN_URL" => Some("http://127.0.0.1:9/token".to_owned()),
-        "UEM_CLIENT_ID" => Some("client".to_owned()),
-        "UEM_CLIENT_SECRET" => Some("secret".to_owned()),
-        _ => None,
-    };
-    let c = crate::Config::load(Some(&path), &env);
-    std::fs::remove_file(&path).unwrap();
-    assert_eq!(c.unwrap().inspect, settings(InspectMode::Off, 7));
-}
-
-#[tokio::test]
-async fn a_reload_changes_what_is_kept() {
-    let (app, refresher) =
-        crate::app::App::new(config(&[]).unwrap(), crate::config::Listen::Tcp(([127, 0, 0, 1], 0).into())).unwrap();
-    one(&app.inspector, "/api/x", 200);
-    let changes = app.apply(config(&[("UEM_PROXY_INSPECT", "off")]).unwrap()).await.unwrap();
-    assert!(changes.contains(&"inspect".to_owned()), "{changes:?}");
-    assert_eq!(app.inspector.mode(), InspectMode::Off);
-    assert!(app.inspector.recent(10).is_empty());
-    assert_eq!(app.status()["inspector"]["mode"], "off");
-    refresher.abort();
-}
-
 /// A subscriber that reads nothing holds no request back; when it reads again it skips to what is
 /// still kept for it.
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_skips_ahead() {
     use http_body_util::BodyExt;
-    let inspector = Inspector::new(settings(InspectMode::Meta, 10));
+    let inspector = Inspector::new(settings(InspectMode::Meta, 10), None);
     let mut body = inspector.events();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(&first[..], b"retry: 2000\n\n");
@@ -235,4 +181,17 @@ async fn a_subscriber_that_falls_behind_skips_ahead() {
         rest += 1;
     }
     assert_eq!(rest, 0, "the stream ends at the shutdown without draining its backlog");
+}
+
+#[test]
+fn a_body_that_echoes_the_injected_credential_shows_stars() {
+    let tokens = crate::token::Tokens::fixed(HeaderValue::from_static("Basic c2VjcmV0LXZhbHVl"));
+    let inspector = Inspector::new(settings(InspectMode::Bodies, 10), Some(tokens));
+    let mut capture = inspector.capture(SystemTime::now(), &HeaderMap::new()).unwrap();
+    let echoed = br#"{"seen":"Basic c2VjcmV0LXZhbHVl","again":"c2VjcmV0LXZhbHVl"}"#;
+    capture.response_data(echoed);
+    let (method, uri) = (Method::GET, Uri::from_static("/api/x"));
+    capture.finish(Finished { bytes_out: echoed.len() as u64, ..finished(&method, &uri, 200) });
+    let text = inspector.recent(1)[0].response_body.as_ref().unwrap().text.clone().unwrap();
+    assert_eq!(text, r#"{"seen":"Basic ***","again":"***"}"#);
 }
