@@ -63,7 +63,7 @@ impl Service {
         record.caller = settings.checks.caller(&record.peer);
         // The inspector shows what scripts exchanged with the API, not its own page's requests.
         if !is_own(parts.uri.path()) {
-            record.capture = self.app.inspector.capture(std::time::SystemTime::now(), &parts.headers);
+            record.capture = self.app.inspector.capture(&parts.headers);
         }
         let body = if body.is_end_stream() {
             Body::empty()

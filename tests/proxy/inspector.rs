@@ -261,3 +261,25 @@ async fn a_reload_changes_what_is_kept() {
     assert_eq!(app.status()["inspector"]["mode"], "off");
     refresher.abort();
 }
+
+/// A caller that leaves in the middle of an answer: its exchange is listed as incomplete, with
+/// what it was sent, once the proxy notices; nothing waits for the page.
+#[tokio::test]
+async fn a_caller_that_leaves_mid_answer_is_listed_as_incomplete() {
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_INSPECT", "bodies")]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!("GET /probe-download HTTP/1.1\r\nHost: {}\r\n\r\n", proxy.addr);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !line.contains("first;") {
+        line.clear();
+        assert!(reader.read_line(&mut line).await.unwrap() > 0);
+    }
+    drop(reader);
+    let entry = &wait_entries(&proxy, 1).await[0];
+    assert_eq!(entry["path"], "/probe-download");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["complete"], false);
+    assert_eq!(entry["response_body"]["text"], "first;");
+}

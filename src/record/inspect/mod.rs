@@ -178,10 +178,12 @@ impl Inspector {
         InspectMode::from_u8(self.mode.load(Ordering::Relaxed))
     }
 
-    /// Starts watching a request with these headers; `None` when the inspector is off.
-    pub fn capture(self: &Arc<Self>, time: SystemTime, request_headers: &HeaderMap) -> Option<Box<Capture>> {
+    /// Starts watching a request that arrives now with these headers; `None` when the inspector
+    /// is off, at the cost of one atomic load.
+    pub fn capture(self: &Arc<Self>, request_headers: &HeaderMap) -> Option<Box<Capture>> {
         let mode = self.mode();
-        (mode != InspectMode::Off).then(|| Box::new(Capture::new(self.clone(), mode, time, request_headers)))
+        (mode != InspectMode::Off)
+            .then(|| Box::new(Capture::new(self.clone(), mode, SystemTime::now(), request_headers)))
     }
 
     /// Keeps a finished exchange and tells the subscribers.

@@ -1,4 +1,4 @@
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
@@ -28,7 +28,7 @@ fn finished<'a>(method: &'a Method, uri: &'a Uri, status: u16) -> Finished<'a> {
 
 fn one(inspector: &Arc<Inspector>, path: &str, status: u16) {
     let (method, uri) = (Method::GET, Uri::try_from(path).unwrap());
-    let capture = inspector.capture(SystemTime::now(), &HeaderMap::new()).expect("on");
+    let capture = inspector.capture(&HeaderMap::new()).expect("on");
     capture.finish(finished(&method, &uri, status));
 }
 
@@ -65,7 +65,7 @@ fn the_ring_keeps_the_newest_entries_newest_first_and_numbers_them() {
 #[test]
 fn off_watches_nothing_and_a_reload_shrinks_or_empties_the_ring() {
     let inspector = Inspector::new(settings(InspectMode::Off, 500), None);
-    assert!(inspector.capture(SystemTime::now(), &HeaderMap::new()).is_none());
+    assert!(inspector.capture(&HeaderMap::new()).is_none());
     inspector.configure(settings(InspectMode::Meta, 4));
     for _ in 0..4 {
         one(&inspector, "/api/x", 200);
@@ -75,7 +75,7 @@ fn off_watches_nothing_and_a_reload_shrinks_or_empties_the_ring() {
     assert_eq!(inspector.recent(usize::MAX)[0].seq, 4, "the newest stay");
     inspector.configure(settings(InspectMode::Off, 2));
     assert!(inspector.recent(usize::MAX).is_empty());
-    assert!(inspector.capture(SystemTime::now(), &HeaderMap::new()).is_none());
+    assert!(inspector.capture(&HeaderMap::new()).is_none());
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn errors_are_counted_per_minute_and_status_shows_the_settings() {
 #[test]
 fn a_403_with_the_needed_permission_says_what_the_role_lacks() {
     let inspector = Inspector::new(settings(InspectMode::Meta, 10), None);
-    let mut capture = inspector.capture(SystemTime::now(), &HeaderMap::new()).unwrap();
+    let mut capture = inspector.capture(&HeaderMap::new()).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(&crate::forward::X_UEM_PROXY_PERMISSION, HeaderValue::from_static("REST API Devices Delete"));
     capture.response(StatusCode::FORBIDDEN, &headers);
@@ -113,7 +113,7 @@ fn a_403_with_the_needed_permission_says_what_the_role_lacks() {
 #[test]
 fn bodies_keep_at_most_64_kib_and_say_when_they_were_cut() {
     let inspector = Inspector::new(settings(InspectMode::Bodies, 10), None);
-    let mut capture = inspector.capture(SystemTime::now(), &HeaderMap::new()).unwrap();
+    let mut capture = inspector.capture(&HeaderMap::new()).unwrap();
     for _ in 0..3 {
         capture.response_data(&[b'a'; 40 * 1024]);
     }
@@ -125,7 +125,7 @@ fn bodies_keep_at_most_64_kib_and_say_when_they_were_cut() {
 
     // Meta keeps no body.
     inspector.configure(settings(InspectMode::Meta, 10));
-    let mut capture = inspector.capture(SystemTime::now(), &HeaderMap::new()).unwrap();
+    let mut capture = inspector.capture(&HeaderMap::new()).unwrap();
     capture.response_data(b"{}");
     capture.finish(Finished { bytes_out: 2, ..finished(&method, &uri, 200) });
     assert!(inspector.recent(1)[0].response_body.is_none());
@@ -145,7 +145,7 @@ fn an_event_is_one_data_line() {
     let inspector = Inspector::new(settings(InspectMode::Meta, 10), None);
     let mut headers = HeaderMap::new();
     headers.insert("x-text", HeaderValue::from_static("a\tb"));
-    let capture = inspector.capture(SystemTime::now(), &headers).unwrap();
+    let capture = inspector.capture(&headers).unwrap();
     let (method, uri) = (Method::GET, Uri::from_static("/api/x?q=1"));
     capture.finish(finished(&method, &uri, 200));
     let event = events::event(&inspector.recent(1)[0]);
@@ -187,7 +187,7 @@ async fn a_subscriber_that_falls_behind_skips_ahead() {
 fn a_body_that_echoes_the_injected_credential_shows_stars() {
     let tokens = crate::token::Tokens::fixed(HeaderValue::from_static("Basic c2VjcmV0LXZhbHVl"));
     let inspector = Inspector::new(settings(InspectMode::Bodies, 10), Some(tokens));
-    let mut capture = inspector.capture(SystemTime::now(), &HeaderMap::new()).unwrap();
+    let mut capture = inspector.capture(&HeaderMap::new()).unwrap();
     let echoed = br#"{"seen":"Basic c2VjcmV0LXZhbHVl","again":"c2VjcmV0LXZhbHVl"}"#;
     capture.response_data(echoed);
     let (method, uri) = (Method::GET, Uri::from_static("/api/x"));
