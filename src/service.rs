@@ -61,8 +61,9 @@ impl Service {
         let mut record =
             Record::start(self.app.metrics.clone(), id.clone(), peer, parts.method.clone(), parts.uri.clone(), started);
         record.caller = settings.checks.caller(&record.peer);
-        // The inspector shows what scripts exchanged with the API, not its own page's requests.
-        if !is_own(parts.uri.path()) {
+        // The inspector shows what callers exchanged with the API: not its own page's requests,
+        // and nothing from a peer that may not call at all (it could flood the list).
+        if record.caller.is_some() && !is_own(parts.uri.path()) {
             record.capture = self.app.inspector.capture(&parts.headers);
         }
         let body = if body.is_end_stream() {

@@ -283,3 +283,34 @@ async fn a_caller_that_leaves_mid_answer_is_listed_as_incomplete() {
     assert_eq!(entry["complete"], false);
     assert_eq!(entry["response_body"]["text"], "first;");
 }
+
+/// A peer that may not call cannot write into what the page shows; a caller refused for its
+/// `Host` is listed (it is one of the proxy's callers, and the refusal is worth seeing).
+#[tokio::test]
+async fn peers_that_may_not_call_are_not_listed() {
+    use uem_proxy::listen::{Listen, Peer};
+    let (tokens, upstream) = (crate::support::TokenService::default(), crate::support::Upstream::default());
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let config = crate::support::config(&api, &token_url, None, &[("UEM_PROXY_ALLOW_CIDRS", "10.20.0.0/16")]).unwrap();
+    let (service, refresher) = uem_proxy::service(&config, &Listen::Tcp("0.0.0.0:8080".parse().unwrap())).unwrap();
+    let call = |path: &str, host: &str, peer: &str| {
+        let req = http::Request::get(path).header("host", host).body(axum::body::Body::empty()).unwrap();
+        service.clone().serve(req, Peer::Tcp(peer.parse().unwrap()), false)
+    };
+    for _ in 0..3 {
+        let refused = call("/api/from-outside", "localhost", "10.21.0.9:4000").await;
+        assert_eq!(refused.status(), 403);
+        axum::body::to_bytes(refused.into_body(), 4096).await.unwrap();
+    }
+    let wrong_host = call("/api/wrong-host", "evil.example", "10.20.7.7:4000").await;
+    assert_eq!(wrong_host.status(), 403);
+    axum::body::to_bytes(wrong_host.into_body(), 4096).await.unwrap();
+    let listed = call("/_proxy/requests", "localhost", "10.20.7.7:4000").await;
+    assert_eq!(listed.status(), 200);
+    let list: serde_json::Value =
+        serde_json::from_slice(&axum::body::to_bytes(listed.into_body(), 1 << 20).await.unwrap()).unwrap();
+    let paths: Vec<_> = list.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/api/wrong-host"]);
+    assert_eq!(list[0]["caller"], serde_json::Value::Null, "refused: no reason it was let in");
+    refresher.abort();
+}
