@@ -1,7 +1,7 @@
 //! `/_proxy/events`: the inspector's entries as Server-Sent Events, as they finish.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,9 +16,10 @@ use super::Entry;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The event stream: a `retry` hint, then one `request` event per entry, its `id` the entry's
-/// `seq`. A subscriber that falls behind skips what it missed (the page fetches
-/// `/_proxy/requests` again when it reconnects); the stream ends when the proxy shuts down.
-pub fn stream(events: broadcast::Receiver<Arc<Entry>>, stopped: watch::Receiver<bool>) -> Body {
+/// `seq`. A subscriber that falls behind skips what it missed, and what the ring no longer
+/// holds (the page fetches `/_proxy/requests` again when it reconnects); the stream ends when the
+/// proxy shuts down.
+pub fn stream(events: broadcast::Receiver<Weak<Entry>>, stopped: watch::Receiver<bool>) -> Body {
     let hello = futures_util::stream::once(async { Ok::<_, Infallible>(Bytes::from_static(b"retry: 2000\n\n")) });
     let entries = futures_util::stream::unfold((events, stopped), |(mut events, mut stopped)| async move {
         loop {
@@ -29,7 +30,10 @@ pub fn stream(events: broadcast::Receiver<Arc<Entry>>, stopped: watch::Receiver<
             };
             let chunk = match next {
                 Err(_) => Bytes::from_static(b": keep-alive\n\n"),
-                Ok(Ok(entry)) => Bytes::from(event(&entry)),
+                Ok(Ok(entry)) => match entry.upgrade() {
+                    Some(entry) => Bytes::from(event(&entry)),
+                    None => continue,
+                },
                 Ok(Err(RecvError::Lagged(_))) => continue,
                 Ok(Err(RecvError::Closed)) => return None,
             };

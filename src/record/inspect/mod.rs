@@ -13,7 +13,7 @@ pub mod ui;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
 use http::HeaderMap;
@@ -136,7 +136,9 @@ pub struct Inspector {
     mode: AtomicU8,
     ring: Mutex<Ring>,
     minutes: Mutex<minutes::Minutes>,
-    events: broadcast::Sender<Arc<Entry>>,
+    /// New entries for the event streams: weak, so that a backlog holds no entry the ring has
+    /// let go (memory stays bounded by the ring).
+    events: broadcast::Sender<Weak<Entry>>,
     /// Set when the proxy shuts down: event streams end, so that their connections drain.
     stopped: watch::Sender<bool>,
     /// The credential the proxy injects, hidden in kept bodies should the API echo it.
@@ -204,7 +206,7 @@ impl Inspector {
             entry
         };
         // No subscriber is no error.
-        let _ = self.events.send(entry);
+        let _ = self.events.send(Arc::downgrade(&entry));
     }
 
     /// The secret part of the credential injected now (`Bearer <this>`, `Basic <this>`).
