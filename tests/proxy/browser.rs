@@ -228,11 +228,33 @@ async fn scenario(base: String, session: Session) {
     let shown = "return document.getElementById('detail').textContent.includes('<img src=x onerror=window.pwned=1>')";
     assert_eq!(session.run(shown).await, true, "the body is shown as text");
 
+    // The strip: the token counting down, the calls in the sparkline (in one minute or two).
+    let drawn = "const sum = (cls) => [...document.querySelectorAll('#sparkline rect.' + cls)] \
+                     .reduce((n, r) => n + Number(r.getAttribute('data-count')), 0); \
+                 return sum('req') === 4 && sum('err') === 2";
+    let counted = session.until(drawn, Duration::from_secs(3)).await;
+    assert!(counted.is_ok(), "{:?}", session.run("return document.getElementById('strip').textContent").await);
+    let token = session.run("return document.getElementById('token').textContent").await;
+    assert!(token.as_str().unwrap().starts_with("valid for "), "{token}");
+
+    // The filters: by status class, by method, by text.
+    let shown = |filter: &str, value: &str| {
+        format!(
+            "const f = document.getElementById('{filter}'); f.value = {value:?}; \
+             f.dispatchEvent(new Event('input')); return document.querySelectorAll('#rows tr').length"
+        )
+    };
+    assert_eq!(session.run(&shown("f-status", "4")).await, 2);
+    assert_eq!(session.run(&shown("f-method", "DELETE")).await, 1);
+    assert_eq!(session.run(&shown("f-status", "")).await, 1);
+    assert_eq!(session.run(&shown("f-method", "")).await, 4);
+    assert_eq!(session.run(&shown("f-text", "Android")).await, 1);
+    assert_eq!(session.run(&shown("f-text", "REST API Devices Delete")).await, 1, "the hint and headers are searched");
+    assert_eq!(session.run(&shown("f-text", "")).await, 4);
+
     // The page as the README shows it: the 403 open.
     if let Ok(path) = std::env::var("UEM_PROXY_SCREENSHOT") {
         session.click("#rows tr:nth-child(2)").await;
-        let drawn = "return document.querySelectorAll('#sparkline rect').length > 0";
-        session.until(drawn, Duration::from_secs(2)).await.expect("the sparkline is drawn");
         std::fs::write(path, session.screenshot().await).unwrap();
     }
 }

@@ -213,6 +213,7 @@
         const rect = document.createElementNS(SVG, 'rect');
         const h = Math.max(1, Math.round((count / most) * (height - 2)));
         rect.setAttribute('class', cls);
+        rect.setAttribute('data-count', String(count));
         rect.setAttribute('x', String(i * step + 1));
         rect.setAttribute('y', String(height - h));
         rect.setAttribute('width', String(Math.max(1, step - 2)));
