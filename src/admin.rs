@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, Query, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing::get};
-use http::header::CONTENT_TYPE;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::record::RequestId;
+use crate::record::inspect::ui;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -17,6 +18,11 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/_proxy/readyz", get(readyz))
         .route("/_proxy/status", get(status))
         .route("/_proxy/metrics", get(metrics))
+        .route("/_proxy/ui", get(|| async { ui::file("text/html; charset=utf-8", ui::PAGE) }))
+        .route("/_proxy/ui/inspector.js", get(|| async { ui::file("text/javascript; charset=utf-8", ui::SCRIPT) }))
+        .route("/_proxy/ui/inspector.css", get(|| async { ui::file("text/css; charset=utf-8", ui::STYLE) }))
+        .route("/_proxy/requests", get(requests))
+        .route("/_proxy/events", get(events))
         .route("/_proxy", get(not_found))
         .route("/_proxy/", get(not_found))
         .route("/_proxy/{*rest}", axum::routing::any(not_found))
@@ -88,6 +94,36 @@ async fn status(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.encode()).into_response()
+}
+
+/// The inspector's exchanges, newest first; `?limit=N` for the newest N.
+async fn requests(
+    State(app): State<Arc<App>>,
+    Extension(id): Extension<RequestId>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let mut limit = usize::MAX;
+    for (key, value) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        if key == "limit" {
+            match value.parse() {
+                Ok(n) => limit = n,
+                Err(_) => return ProxyError::BadTarget("limit must be a whole number").into_response(id.as_str()),
+            }
+        }
+    }
+    let recent = app.inspector.recent(limit);
+    let mut response = Json(recent.iter().map(|entry| &**entry).collect::<Vec<_>>()).into_response();
+    response.headers_mut().insert(CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The inspector's exchanges as they finish, as Server-Sent Events.
+async fn events(State(app): State<Arc<App>>) -> Response {
+    let mut response = app.inspector.events().into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn not_found(Extension(id): Extension<RequestId>) -> Response {

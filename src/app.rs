@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, Listen};
 use crate::forward::body::ReplayBudget;
 use crate::gate::Checks;
+use crate::record::inspect::Inspector;
 use crate::record::metrics::{Metrics, TenantGauges};
 use crate::tenants::{Shared, Tenant, Tenants};
 
@@ -37,6 +38,8 @@ pub struct App {
     pub tenants: ArcSwap<Tenants>,
     pub settings: ArcSwap<Settings>,
     pub metrics: Arc<Metrics>,
+    /// The last exchanges, for `/_proxy/ui`.
+    pub inspector: Arc<Inspector>,
     pub config: ArcSwap<Config>,
     /// Where callers reach the proxy.
     pub local: Listen,
@@ -71,11 +74,13 @@ impl App {
         }
         let tenants = tenants(list, &config);
         let metrics = Arc::new(Metrics::new(gauges(&tenants)));
+        let inspector = Inspector::new(config.inspect, token_stores(&tenants));
         let app = App {
             shared,
             tenants: ArcSwap::from_pointee(tenants),
             settings: ArcSwap::from_pointee(Settings { checks: Checks::new(&config.inbound, &local) }),
             metrics,
+            inspector,
             config: ArcSwap::from_pointee(config),
             local,
             started: SystemTime::now(),
@@ -170,10 +175,13 @@ impl App {
             ("replay_body_limit", old.replay_body_limit != new.replay_body_limit),
             ("rewrite_bodies", old.rewrite_bodies != new.rewrite_bodies),
             ("default_tenant", old.default_tenant != new.default_tenant),
+            ("inspect", old.inspect != new.inspect),
         ];
+        self.inspector.configure(new.inspect);
         changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
         let tenants = tenants(list, &new);
         self.metrics.set_tenants(gauges(&tenants));
+        self.inspector.set_tokens(token_stores(&tenants));
         self.tenants.store(Arc::new(tenants));
         self.settings.store(Arc::new(Settings { checks: Checks::new(&new.inbound, &self.local) }));
         self.config.store(Arc::new(new));
@@ -222,6 +230,7 @@ impl App {
                 "held_bytes": self.shared.replay_budget.held(),
                 "budget_bytes": self.shared.replay_budget.total(),
             },
+            "inspector": self.inspector.status(),
             "config": {
                 "file": config.config_file.as_ref().map(|p| p.display().to_string()),
                 "last_reload": reload.at.map(|at| json!({ "at": time(Some(at)), "ok": reload.ok, "message": reload.message })),
@@ -245,6 +254,10 @@ fn tenants(mut list: Vec<Arc<Tenant>>, config: &Config) -> Tenants {
     list.sort_by(|a, b| a.name.cmp(&b.name));
     let default = config.default_tenant.as_deref().and_then(|d| list.iter().find(|t| &*t.name == d).cloned());
     Tenants { list, default, prefixed: config.prefixed }
+}
+
+fn token_stores(tenants: &Tenants) -> Vec<crate::token::Tokens> {
+    tenants.list.iter().map(|t| t.forwarder.tokens.clone()).collect()
 }
 
 fn gauges(tenants: &Tenants) -> Vec<TenantGauges> {

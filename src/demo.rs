@@ -65,6 +65,7 @@ pub async fn run(
     )?;
     writeln!(out, "  proxy           {proxy}  (callers send no credentials)")?;
     writeln!(out, "                  prod is the default tenant; {proxy}/t/uat/… reaches uat")?;
+    writeln!(out, "  inspector       {proxy}/_proxy/ui  (every call, as it finishes)")?;
     writeln!(out)?;
     writeln!(out, "Try:")?;
     for command in commands(&proxy) {

@@ -12,7 +12,7 @@
 //! - [`forward`]: the upstream client and its own connection pool (TLS, egress proxy), header and
 //!   `Location` rewriting, streaming body wrappers, the API's URLs in text bodies, pacing.
 //! - [`record`]: one record per request, filled on the way and written once when the answer's
-//!   body is done: the access line and the metrics.
+//!   body is done: the access line, the metrics, and the inspector's entry.
 //!
 //! Beside the path:
 //! - [`config`]: TOML file and environment to a typed [`Config`]; every problem reported at once.
@@ -25,7 +25,7 @@
 //!   policy and forwarder, and which of them a request goes to (`/t/NAME/`, a tenant's own
 //!   listener, or the default tenant).
 //! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file
-//!   changes); [`admin`]: `/_proxy/*`.
+//!   changes); [`admin`]: `/_proxy/*`, the inspector's page and endpoints among them.
 //! - [`check`]: the `check` command; [`healthcheck`]: the `healthcheck` command;
 //!   [`telemetry`]: logging.
 //! - [`sandbox`]: an offline simulated UEM tenant; [`demo`]: the sandbox and the proxy together.
@@ -160,6 +160,13 @@ pub async fn run(
     let app = App::new(config, local)?;
     let reloader = tokio::spawn(reload::watch(app.clone()));
     let counts = app.metrics.connections.clone();
+    let inspector = app.inspector.clone();
+    // The inspector's event streams never end by themselves: they end at the shutdown, so their
+    // connections drain like the others.
+    let shutdown = async move {
+        shutdown.await;
+        inspector.close();
+    };
     let bound = bound
         .into_iter()
         .map(|(bound, tenant)| {

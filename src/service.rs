@@ -36,25 +36,33 @@ pub struct Service {
     app: Arc<App>,
     /// The proxy's own endpoints.
     admin: Router,
+    listener: Arc<Listener>,
+}
+
+/// Which listener a service answers on. One pointer in the service: hyper keeps a request's
+/// future, service included, beside every connection.
+struct Listener {
     /// On a tenant's own listener, the tenant every path goes to.
     pinned: Option<Arc<str>>,
     /// The listener's `host:port`, for URLs in answers to callers that send no `Host`.
-    listen_host: Arc<str>,
+    host: String,
 }
 
 impl Service {
     /// The service of the shared listener.
     pub fn new(app: Arc<App>) -> Service {
-        let listen_host = match &app.local {
-            crate::config::Listen::Tcp(addr) => Arc::from(addr.to_string()),
-            crate::config::Listen::Unix(_) => Arc::from("localhost"),
+        let host = match &app.local {
+            crate::config::Listen::Tcp(addr) => addr.to_string(),
+            crate::config::Listen::Unix(_) => "localhost".to_owned(),
         };
-        Service { admin: crate::admin::routes().with_state(app.clone()), app, pinned: None, listen_host }
+        let listener = Arc::new(Listener { pinned: None, host });
+        Service { admin: crate::admin::routes().with_state(app.clone()), app, listener }
     }
 
     /// The service of tenant `name`'s own listener, bound at `local`.
     pub fn for_tenant(app: Arc<App>, name: &str, local: std::net::SocketAddr) -> Service {
-        Service { pinned: Some(Arc::from(name)), listen_host: Arc::from(local.to_string()), ..Service::new(app) }
+        let listener = Arc::new(Listener { pinned: Some(Arc::from(name)), host: local.to_string() });
+        Service { listener, ..Service::new(app) }
     }
 
     /// Serves one request from `peer`; `https`: it came over the HTTPS listener.
@@ -77,12 +85,21 @@ impl Service {
         let mut record =
             Record::start(self.app.metrics.clone(), id.clone(), peer, parts.method.clone(), parts.uri.clone(), started);
         record.caller = settings.checks.caller(&record.peer);
+        // The inspector shows what callers exchanged with the API: not its own page's requests,
+        // and nothing from a peer that may not call at all (it could flood the list).
+        if record.caller.is_some() && !is_own(parts.uri.path()) {
+            record.capture = self.app.inspector.capture(&parts.headers);
+        }
         let body = if body.is_end_stream() {
             Body::empty()
         } else {
             let count = Arc::default();
             record.bytes_in = Some(Arc::clone(&count));
-            Body::new(Counted::new(body, count))
+            let body = Body::new(Counted::new(body, count));
+            match &mut record.capture {
+                Some(capture) => capture.tee_request(body),
+                None => body,
+            }
         };
         // Debug lines written while serving the request carry its id through this span.
         let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or(""));
@@ -151,7 +168,7 @@ impl Service {
     ) -> Result<Response, ProxyError> {
         let tenants = self.app.tenants.load_full();
         let uri = parts.uri.clone();
-        let picked = match &self.pinned {
+        let picked = match &self.listener.pinned {
             Some(name) => tenants.get(name).map(|tenant| Picked { tenant, path: uri.path(), prefix: "" }),
             None => tenants.pick(uri.path()),
         };
@@ -163,8 +180,9 @@ impl Service {
         let settings = tenant.settings.load_full();
         let target = Target::of(&parts.method, picked.path).map_err(ProxyError::BadTarget)?;
         record.category = Some(target.category());
+        record.permission = target.required.map(|r| r.permission.name);
         gate::decide(&settings.policy, &parts, &target)?;
-        let reached = Reached { https, listen_host: &self.listen_host, prefix: picked.prefix };
+        let reached = Reached { https, listen_host: &self.listener.host, prefix: picked.prefix };
         let forwarded =
             tenant.forwarder.forward(&settings.route, parts, body, &target.path, target.required, reached).await?;
         record.upstream = Some(forwarded.upstream);

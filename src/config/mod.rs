@@ -28,6 +28,7 @@ pub use crate::forward::upstream::Egress;
 pub use crate::gate::Inbound;
 use crate::gate::policy::{Policy, PolicyFile};
 pub use crate::listen::Listen;
+use crate::record::inspect::{InspectMode, InspectSettings};
 pub use defaults::{default_of, listen_for_probe};
 pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
@@ -90,6 +91,8 @@ pub struct Config {
     pub pacer: PacerSettings,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// What the inspector (`/_proxy/ui`) keeps, and how many exchanges.
+    pub inspect: InspectSettings,
     pub config_file: Option<PathBuf>,
     /// What loaded but is probably not what the user meant, one sentence each (never a secret):
     /// logged at start and on reload, printed by `config` and `check`.
@@ -348,6 +351,10 @@ impl Config {
         let log_format = p.optional("log_format", "text", parse::log_format);
         let primary = default_tenant.as_ref().and_then(|d| tenants.iter().find(|t| &t.name == d)).or(tenants.first());
         let primary = primary.cloned()?;
+        let inspect_mode = p.optional("inspect", "meta", InspectMode::parse);
+        let inspect_entries = p.optional("inspect_entries", "500", |s| {
+            s.trim().parse::<usize>().map_err(|_| format!("'{s}' is not a whole number of exchanges"))
+        });
         Some(Config {
             api_url: primary.api_url,
             auth: primary.auth,
@@ -371,6 +378,7 @@ impl Config {
             default_tenant,
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
+            inspect: InspectSettings { mode: inspect_mode?, entries: inspect_entries? },
             config_file: file.map(Path::to_path_buf),
             warnings,
             environment: Arc::default(),
@@ -443,7 +451,7 @@ impl Config {
     fn primary_summary(&self) -> serde_json::Value {
         let human = |d: Duration| humantime::format_duration(d).to_string();
         let inbound = &self.inbound;
-        serde_json::json!({
+        let mut summary = serde_json::json!({
             // Every URL masked, though only the egress proxy's may carry a password today.
             "api_url": mask_userinfo(self.api_url.as_str().trim_end_matches('/')),
             "auth_mode": self.auth.mode(),
@@ -489,7 +497,11 @@ impl Config {
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "config_file": self.config_file.as_ref().map(|p| p.display().to_string()),
             "warnings": self.warnings,
-        })
+        });
+        // Apart: one more key in the macro above passes its recursion limit.
+        summary["inspect"] = self.inspect.mode.as_str().into();
+        summary["inspect_entries"] = self.inspect.entries.into();
+        summary
     }
 }
 

@@ -49,6 +49,8 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("replay_budget", "UEM_PROXY_REPLAY_BUDGET"),
     ("rewrite_bodies", "UEM_PROXY_REWRITE_BODIES"),
     ("shutdown_grace", "UEM_PROXY_SHUTDOWN_GRACE"),
+    ("inspect", "UEM_PROXY_INSPECT"),
+    ("inspect_entries", "UEM_PROXY_INSPECT_ENTRIES"),
     ("log_format", "UEM_PROXY_LOG_FORMAT"),
     ("default_tenant", "UEM_PROXY_DEFAULT_TENANT"),
 ];

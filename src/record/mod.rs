@@ -1,7 +1,9 @@
 //! The record of a request: one value per request, filled on its way through the gate and the
 //! forwarder, written once when the response body is finished (or abandoned), so it can report
-//! the bytes that really went out: one access-log event and the request's metrics.
+//! the bytes that really went out: one access-log event, the request's metrics, and the
+//! inspector's entry.
 
+pub mod inspect;
 pub mod line;
 pub mod metrics;
 
@@ -55,6 +57,8 @@ pub struct Record {
     /// The permission category, for the metrics, when the forwarder mapped the target; the
     /// others are worked out from the path when the record is written.
     pub category: Option<&'static str>,
+    /// The catalogue permission the request needs, when the forwarder mapped one.
+    pub permission: Option<&'static str>,
     pub status: u16,
     /// How long the upstream took to send response headers.
     pub upstream: Option<Duration>,
@@ -63,6 +67,8 @@ pub struct Record {
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub bytes_out: u64,
     pub complete: bool,
+    /// What the inspector keeps of this request; `None` when it is off.
+    pub capture: Option<Box<inspect::Capture>>,
 }
 
 impl Record {
@@ -86,12 +92,14 @@ impl Record {
             method,
             uri,
             category: None,
+            permission: None,
             status: 0,
             upstream: None,
             started,
             bytes_in: None,
             bytes_out: 0,
             complete: false,
+            capture: None,
         }
     }
 
@@ -101,6 +109,9 @@ impl Record {
         let expected = expected_length(&response);
         // hyper sends no body for these, and may never poll an empty one: complete as they stand.
         let bodiless = self.method == Method::HEAD || matches!(self.status, 100..=199 | 204 | 304);
+        if let Some(capture) = &mut self.capture {
+            capture.response(response.status(), response.headers());
+        }
         response.map(|inner| {
             self.complete = bodiless || inner.is_end_stream() || expected == Some(0);
             Body::new(Logged { inner, record: self, expected })
@@ -143,12 +154,29 @@ impl Drop for Record {
             "request"
         );
         let labels = RequestLabels {
-            tenant: TenantLabel(self.tenant.take()),
+            tenant: TenantLabel(self.tenant.clone()),
             method: method_label(&self.method),
             category: self.category.unwrap_or_else(|| category(&self.method, self.uri.path())),
             status_class: status_class(self.status),
         };
         self.metrics.finished(labels, total, self.upstream, (bytes_in, self.bytes_out));
+        if let Some(capture) = self.capture.take() {
+            capture.finish(inspect::capture::Finished {
+                request_id: self.id.to_str().unwrap_or(""),
+                method: &self.method,
+                uri: &self.uri,
+                status: self.status,
+                total,
+                upstream: self.upstream,
+                bytes_in,
+                bytes_out: self.bytes_out,
+                complete: self.complete,
+                caller: self.caller.as_ref().map(|c| caller_text(c).into_owned()),
+                permission: self.permission,
+                activity_id: self.activity_id.as_deref(),
+                tenant: self.tenant.as_deref(),
+            });
+        }
     }
 }
 
@@ -211,6 +239,9 @@ impl http_body::Body for Logged {
         let this = &mut *self;
         match &frame {
             Some(Ok(f)) => {
+                if let (Some(capture), Some(data)) = (&mut this.record.capture, f.data_ref()) {
+                    capture.response_data(data);
+                }
                 this.record.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64);
                 // Trailers are a body's last frame: hyper asks for nothing after them.
                 let ended = f.is_trailers() && this.expected.is_none_or(|n| n == this.record.bytes_out);

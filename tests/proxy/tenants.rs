@@ -298,6 +298,13 @@ async fn metrics_carry_the_tenant() {
     }
     assert!(metrics.contains(r#"uem_proxy_token_usable_seconds{tenant="prod"} "#), "{metrics}");
     assert!(metrics.contains(r#"uem_proxy_pacer_waiting{tenant="uat"} 0"#), "{metrics}");
+    // The inspector's exchanges name their tenant too.
+    let listed: serde_json::Value =
+        client().get(format!("{}/_proxy/requests", proxy.url)).send().await.unwrap().json().await.unwrap();
+    let tenant_of =
+        |path: &str| listed.as_array().unwrap().iter().find(|e| e["path"] == path).map(|e| e["tenant"].clone());
+    assert_eq!(tenant_of("/t/uat/api/mdm/devices/1"), Some("uat".into()), "{listed}");
+    assert_eq!(tenant_of("/api/mdm/devices/1"), Some("prod".into()), "{listed}");
 }
 
 #[test]
