@@ -61,7 +61,7 @@ enum Command {
         #[command(flatten)]
         tenant: TenantArgs,
     },
-    /// Start a sandbox tenant and the proxy in front of it; print commands to try.
+    /// Start two sandbox tenants (prod, the default, and uat) and the proxy in front of them; print commands to try.
     Demo {
         /// Address of the proxy.
         #[arg(long, default_value = "127.0.0.1:8080")]
