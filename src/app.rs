@@ -10,6 +10,7 @@ use serde_json::json;
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::cache::{Cache, CacheStats};
 use crate::config::{Auth, Config, Listen};
 use crate::forward::body::ReplayBudget;
 use crate::forward::pacer::Pacer;
@@ -26,10 +27,14 @@ pub struct Settings {
     pub checks: Checks,
     pub policy: Policy,
     pub route: Route,
+    /// The most pages one `/_proxy/all/` request fetches.
+    pub max_pages: u32,
+    /// The cache for reads, when configured; kept across reloads that leave `[cache]` alone.
+    pub cache: Option<Arc<Cache>>,
 }
 
 impl Settings {
-    fn new(config: &Config, local: &Listen) -> Settings {
+    fn new(config: &Config, local: &Listen, cache: Option<Arc<Cache>>) -> Settings {
         let route = Route {
             upstream_base: config.api_url.as_str().trim_end_matches('/').to_owned(),
             upstream_path: config.api_url.path().trim_end_matches('/').to_owned(),
@@ -41,7 +46,18 @@ impl Settings {
             body_idle_timeout: config.inbound.body_idle_timeout,
             tenant_code: tenant_header(config),
         };
-        Settings { checks: Checks::new(&config.inbound, local), policy: config.policy.clone(), route }
+        let (checks, policy, max_pages) =
+            (Checks::new(&config.inbound, local), config.policy.clone(), config.max_pages);
+        Settings { checks, policy, route, max_pages, cache }
+    }
+}
+
+/// The cache `config` asks for: `previous`'s when its settings are the same, else a new, empty one.
+fn cache_for(config: &Config, stats: &Arc<CacheStats>, previous: Option<&Settings>) -> Option<Arc<Cache>> {
+    let settings = config.cache.clone()?;
+    match previous.and_then(|p| p.cache.clone()) {
+        Some(cache) if *cache.settings() == settings => Some(cache),
+        _ => Some(Arc::new(Cache::new(settings, stats.clone()))),
     }
 }
 
@@ -69,6 +85,8 @@ pub struct App {
     credentials: Option<Arc<ArcSwap<Credentials>>>,
     pub settings: ArcSwap<Settings>,
     pub metrics: Arc<Metrics>,
+    /// The cache's counters, kept across the caches reloads make.
+    pub cache_stats: Arc<CacheStats>,
     pub config: ArcSwap<Config>,
     /// Where callers reach the proxy.
     pub local: Listen,
@@ -116,7 +134,8 @@ impl App {
         };
         warn_about_policy(&config.policy);
         let pacer = Arc::new(ArcSwap::from_pointee(Pacer::new(config.pacer)));
-        let metrics = Arc::new(Metrics::new(tokens.clone(), pacer.clone()));
+        let cache_stats = Arc::new(CacheStats::default());
+        let metrics = Arc::new(Metrics::new(tokens.clone(), pacer.clone(), cache_stats.clone()));
         let listen_host = match &local {
             Listen::Tcp(addr) => addr.to_string(),
             Listen::Unix(_) => "localhost".to_owned(),
@@ -127,8 +146,9 @@ impl App {
             client,
             forwarder,
             credentials,
-            settings: ArcSwap::from_pointee(Settings::new(&config, &local)),
+            settings: ArcSwap::from_pointee(Settings::new(&config, &local, cache_for(&config, &cache_stats, None))),
             metrics,
+            cache_stats,
             config: ArcSwap::from_pointee(config),
             local,
             started: SystemTime::now(),
@@ -199,10 +219,13 @@ impl App {
             ("token_wait", old.token_wait != new.token_wait),
             ("replay_body_limit", old.replay_body_limit != new.replay_body_limit),
             ("rewrite_bodies", old.rewrite_bodies != new.rewrite_bodies),
+            ("max_pages", old.max_pages != new.max_pages),
+            ("cache (emptied)", old.cache != new.cache),
         ];
         changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
         warn_about_policy(&new.policy);
-        self.settings.store(Arc::new(Settings::new(&new, &self.local)));
+        let cache = cache_for(&new, &self.cache_stats, Some(&self.settings.load()));
+        self.settings.store(Arc::new(Settings::new(&new, &self.local, cache)));
         self.config.store(Arc::new(new));
         Ok(changes)
     }

@@ -21,6 +21,7 @@
 //! - [`uem`]: UEM domain knowledge: the region table, the console-to-API host rule, the
 //!   permission catalogue and the request-to-permission map.
 //! - [`error`]: the proxy's own errors and their single status mapping; [`request_id`]: ids.
+//! - [`cache`]: the opt-in cache for reads, consulted between the policy and the forwarder.
 //! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file
 //!   changes); [`admin`]: `/_proxy/*`.
 //! - [`check`]: the `check` command; [`healthcheck`]: the `healthcheck` command;
@@ -45,6 +46,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod check;
 pub mod config;
 pub mod demo;

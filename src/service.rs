@@ -1,9 +1,13 @@
 //! The one service every request goes through, as plain function calls: the method made
 //! canonical, an id and a [`Record`] given, then the gate (who may call), then either the proxy's
 //! own endpoints (`/_proxy/…`, by a prefix test) or the policy and the forwarder; the record is
-//! written when the answer's body is done.
+//! written when the answer's body is done. `/_proxy/all/…` pages through a list, each page a
+//! call of its own through the same policy, cache and forwarder ([`pages`]).
+
+mod pages;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -82,7 +86,7 @@ impl Service {
 
     async fn answer(
         &self,
-        settings: &Settings,
+        settings: &Arc<Settings>,
         mut parts: Parts,
         body: Body,
         record: &mut Record,
@@ -100,7 +104,13 @@ impl Service {
             return answer;
         }
         let origin = parts.headers.get(ORIGIN).cloned();
-        let mut response = if is_own(parts.uri.path()) {
+        let mut response = if let Some(inner) = pages::inner(parts.uri.path()) {
+            let inner = inner.to_owned();
+            let mut learnt = Learnt::default();
+            let answer = pages::all(self.clone(), settings.clone(), parts, inner, https, &mut learnt).await;
+            learnt.into_record(record);
+            answer.unwrap_or_else(|error| error.into_response(id))
+        } else if is_own(parts.uri.path()) {
             parts.extensions.insert(RequestId(record.id.clone()));
             let request = Request::from_parts(parts, body);
             match self.admin.clone().oneshot(request).await {
@@ -122,7 +132,7 @@ impl Service {
         response
     }
 
-    /// The policy's decision, then the forwarder.
+    /// A normal call, its findings written into the record.
     async fn forward(
         &self,
         settings: &Settings,
@@ -131,18 +141,85 @@ impl Service {
         record: &mut Record,
         https: bool,
     ) -> Result<Response, ProxyError> {
+        let mut learnt = Learnt::default();
+        let answer = self.call(settings, TENANT, parts, body, https, &mut learnt).await;
+        learnt.into_record(record);
+        answer
+    }
+
+    /// One call of the API for `tenant`: the target, the policy's decision, then the cache (for
+    /// what no denial stopped) and the forwarder. Every page of `/_proxy/all/` comes here too.
+    async fn call(
+        &self,
+        settings: &Settings,
+        tenant: &str,
+        parts: Parts,
+        body: Body,
+        https: bool,
+        learnt: &mut Learnt,
+    ) -> Result<Response, ProxyError> {
         let uri = parts.uri.clone();
         let target = Target::of(&parts.method, uri.path()).map_err(ProxyError::BadTarget)?;
-        record.category = Some(target.category());
+        learnt.category = Some(target.category());
         gate::decide(&settings.policy, &parts, &target)?;
+        let Some(cache) = settings.cache.as_deref() else {
+            return self.send(settings, parts, body, &target, https, learnt).await;
+        };
+        let method = parts.method.clone();
+        match cache.lookup(tenant, &parts, &target.path, https).await {
+            crate::cache::Lookup::Hit(response) => Ok(response),
+            crate::cache::Lookup::Fill(fill) => {
+                fill.complete(self.send(settings, parts, body, &target, https, learnt).await).await
+            }
+            crate::cache::Lookup::Pass(label) => {
+                let response = self.send(settings, parts, body, &target, https, learnt).await?;
+                Ok(crate::cache::labelled(response, label, Duration::ZERO))
+            }
+            crate::cache::Lookup::Uncovered => {
+                let response = self.send(settings, parts, body, &target, https, learnt).await?;
+                cache.after(tenant, &method, &target.path, response.status());
+                Ok(response)
+            }
+        }
+    }
+
+    /// The forwarder, for a target the policy allowed.
+    async fn send(
+        &self,
+        settings: &Settings,
+        parts: Parts,
+        body: Body,
+        target: &Target<'_>,
+        https: bool,
+        learnt: &mut Learnt,
+    ) -> Result<Response, ProxyError> {
         let forwarded =
             self.app.forwarder.forward(&settings.route, parts, body, &target.path, target.required, https).await?;
-        record.upstream = Some(forwarded.upstream);
-        record.activity_id = forwarded.activity_id;
+        learnt.upstream = Some(forwarded.upstream);
+        learnt.activity_id = forwarded.activity_id;
         if forwarded.response.status() == StatusCode::TOO_MANY_REQUESTS {
             self.app.metrics.throttled();
         }
         Ok(forwarded.response)
+    }
+}
+
+/// The tenant of every request until there are several.
+const TENANT: &str = "default";
+
+/// What a call learnt for the request's record.
+#[derive(Default)]
+struct Learnt {
+    category: Option<&'static str>,
+    upstream: Option<Duration>,
+    activity_id: Option<Box<str>>,
+}
+
+impl Learnt {
+    fn into_record(self, record: &mut Record) {
+        record.category = self.category.or(record.category);
+        record.upstream = self.upstream.or(record.upstream);
+        record.activity_id = self.activity_id.or(record.activity_id.take());
     }
 }
 

@@ -4,6 +4,7 @@
 //! reports every problem at once, naming where each bad value came from, so a user fixes a broken
 //! deployment in one round. Nothing downstream re-checks a string: what leaves here is typed.
 
+pub mod cache;
 mod hints;
 mod parse;
 mod source;
@@ -25,6 +26,7 @@ pub use crate::forward::upstream::Egress;
 pub use crate::gate::Inbound;
 use crate::gate::policy::{Policy, PolicyFile};
 pub use crate::listen::Listen;
+pub use cache::CacheSettings;
 pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
 use source::{RawMap, read_file};
@@ -74,6 +76,10 @@ pub struct Config {
     /// Rewrite absolute URLs of the API host inside textual response bodies to the proxy's.
     pub rewrite_bodies: bool,
     pub pacer: PacerSettings,
+    /// The most pages one `/_proxy/all/` request fetches; past it the transfer fails.
+    pub max_pages: u32,
+    /// The cache for reads, when the file has a `[cache]` table.
+    pub cache: Option<CacheSettings>,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub config_file: Option<PathBuf>,
@@ -183,12 +189,24 @@ impl Config {
     pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut raw = RawMap::new();
-        let policy = file.map(|path| read_file(path, &mut raw, &mut problems)).unwrap_or_default();
+        let mut cache = None;
+        let policy = file.map(|path| read_file(path, &mut raw, &mut cache, &mut problems)).unwrap_or_default();
         source::overlay_env(env, &mut raw);
         let environment: BTreeMap<String, String> =
             SETTINGS.iter().filter_map(|(_, var)| env(var).map(|v| (var.to_string(), v))).collect();
-        let config = Self::from_raw(&raw, policy, file, &mut problems)
-            .map(|config| Config { environment: Arc::new(environment), ..config });
+        let cache = match cache.map(cache::parse).transpose() {
+            Ok(cache) => cache,
+            Err(errors) => {
+                let file = file.map(|f| f.display().to_string()).unwrap_or_default();
+                problems.extend(errors.into_iter().map(|e| format!("{file}: {e}")));
+                None
+            }
+        };
+        let config = Self::from_raw(&raw, policy, file, &mut problems).map(|config| Config {
+            environment: Arc::new(environment),
+            cache,
+            ..config
+        });
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError(problems)),
@@ -272,6 +290,10 @@ impl Config {
         let replay_body_limit = p.optional("replay_body_limit", "65536", parse::bytes);
         let replay_budget = p.optional("replay_budget", "33554432", parse::bytes);
         let rewrite_bodies = p.optional("rewrite_bodies", "true", parse::boolean);
+        let max_pages = p.optional("max_pages", "1000", |s| match s.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("'{s}' is not a whole number of pages above zero")),
+        });
         let max_concurrent =
             p.optional("max_concurrent", "0", |s| parse::bytes(s).map(|n| (n > 0).then_some(n as usize)));
         let rate_limit = p.optional("rate_limit", "0", |s| {
@@ -301,6 +323,8 @@ impl Config {
             replay_budget: replay_budget?,
             rewrite_bodies: rewrite_bodies?,
             pacer: PacerSettings { max_concurrent: max_concurrent?, rate: rate_limit?, max_wait: pacer_max_wait? },
+            max_pages: max_pages?,
+            cache: None,
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
             config_file: file.map(Path::to_path_buf),
@@ -313,7 +337,7 @@ impl Config {
     pub fn summary(&self) -> serde_json::Value {
         let human = |d: Duration| humantime::format_duration(d).to_string();
         let inbound = &self.inbound;
-        serde_json::json!({
+        let mut summary = serde_json::json!({
             // Every URL masked, though only the egress proxy's may carry a password today.
             "api_url": mask_userinfo(self.api_url.as_str().trim_end_matches('/')),
             "auth_mode": self.auth.mode(),
@@ -359,7 +383,13 @@ impl Config {
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "config_file": self.config_file.as_ref().map(|p| p.display().to_string()),
             "warnings": self.warnings,
-        })
+        });
+        summary["max_pages"] = self.max_pages.into();
+        summary["cache"] = serde_json::json!(self.cache.as_ref().map(|c| serde_json::json!({
+            "max_bytes": c.max_bytes,
+            "rules": c.rules.len(),
+        })));
+        summary
     }
 }
 

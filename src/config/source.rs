@@ -47,6 +47,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("replay_body_limit", "UEM_PROXY_REPLAY_BODY_LIMIT"),
     ("replay_budget", "UEM_PROXY_REPLAY_BUDGET"),
     ("rewrite_bodies", "UEM_PROXY_REWRITE_BODIES"),
+    ("max_pages", "UEM_PROXY_MAX_PAGES"),
     ("shutdown_grace", "UEM_PROXY_SHUTDOWN_GRACE"),
     ("log_format", "UEM_PROXY_LOG_FORMAT"),
 ];
@@ -104,8 +105,14 @@ pub fn env_name(key: &str) -> &'static str {
     SETTINGS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).unwrap_or("?")
 }
 
-/// Reads the file's settings into `raw` and returns its `[policy]` table.
-pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> PolicyFile {
+/// Reads the file's settings into `raw` and returns its `[policy]` table; its `[cache]` table goes
+/// to `cache`.
+pub fn read_file(
+    path: &Path,
+    raw: &mut RawMap,
+    cache: &mut Option<toml::Value>,
+    problems: &mut Vec<String>,
+) -> PolicyFile {
     let shown = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -129,6 +136,7 @@ pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> P
             PolicyFile::default()
         }),
     };
+    *cache = table.remove("cache");
     for (key, value) in table {
         let Some(&(known, _)) = SETTINGS.iter().find(|(k, _)| *k == key) else {
             problems.push(format!("{shown}: {}", super::hints::unknown_key(&key)));

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::cache::CacheStats;
 use crate::forward::pacer::Pacer;
 use crate::listen::Counts;
 use crate::token::Tokens;
@@ -25,6 +26,11 @@ pub struct RequestLabels {
     /// the proxy's own endpoints, `unknown` for the rest.
     pub category: &'static str,
     pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,8 +63,8 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    /// Registers the metrics; `tokens` and `pacer` are read at each scrape.
-    pub fn new(tokens: Tokens, pacer: Arc<ArcSwap<Pacer>>) -> Metrics {
+    /// Registers the metrics; `tokens`, `pacer` and `cache` are read at each scrape.
+    pub fn new(tokens: Tokens, pacer: Arc<ArcSwap<Pacer>>, cache: Arc<CacheStats>) -> Metrics {
         let mut registry = Registry::with_prefix("uem_proxy");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests answered", requests.clone());
@@ -85,7 +91,7 @@ impl Metrics {
         let throttled = Counter::default();
         registry.register("upstream_throttled", "429 answers from the API", throttled.clone());
         let connections = Arc::new(Counts::default());
-        registry.register_collector(Box::new(Live { tokens, pacer, connections: connections.clone() }));
+        registry.register_collector(Box::new(Live { tokens, pacer, cache, connections: connections.clone() }));
         Metrics {
             registry,
             requests,
@@ -132,6 +138,7 @@ impl Metrics {
 struct Live {
     tokens: Tokens,
     pacer: Arc<ArcSwap<Pacer>>,
+    cache: Arc<CacheStats>,
     connections: Arc<Counts>,
 }
 
@@ -192,6 +199,33 @@ impl Collector for Live {
             let gauge = ConstGauge::new(n as i64);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
+        let cache = &self.cache;
+        let answers = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "cache_answers",
+            "Requests under a cache rule, by how the cache answered",
+            None,
+            answers.metric_type(),
+        )?;
+        for (result, n) in
+            [("hit", &cache.hits), ("miss", &cache.misses), ("stale", &cache.stale), ("bypass", &cache.bypassed)]
+        {
+            ConstCounter::new(load(n)).encode(family.encode_family(&CacheLabels { result })?)?;
+        }
+        let evictions = ConstCounter::new(load(&cache.evictions));
+        evictions.encode(encoder.encode_descriptor(
+            "cache_evictions",
+            "Cache entries pushed out to stay within max_bytes",
+            None,
+            evictions.metric_type(),
+        )?)?;
+        let held = ConstGauge::new(load(&cache.bytes) as i64);
+        held.encode(encoder.encode_descriptor(
+            "cache_held",
+            "Bytes the cache's entries hold",
+            Some(&Unit::Bytes),
+            held.metric_type(),
+        )?)?;
         let shed = ConstCounter::new(load(&self.connections.shed));
         shed.encode(encoder.encode_descriptor(
             "connections_shed",

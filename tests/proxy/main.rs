@@ -13,6 +13,7 @@ mod framing;
 mod legacy;
 mod mistakes;
 mod operations;
+mod pages;
 mod policy;
 mod pool;
 mod sandbox;
