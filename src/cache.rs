@@ -118,6 +118,9 @@ impl Cache {
             .weight_capacity(settings.max_bytes)
             // Few shards: each holds a share of `max_bytes`, and must hold the largest entry.
             .shards(4)
+            // Half for entries read once so far: API answers are large, and polling reads by
+            // recency; with the default 3 %, a new large entry would go at the next insert.
+            .hot_allocation(0.5)
             .build()
             .expect("valid cache options");
         stats.bytes.store(0, Ordering::Relaxed);

@@ -5,6 +5,7 @@ mod attacks_in;
 mod attacks_out;
 mod binary;
 mod bodies;
+mod cache;
 mod check_route;
 mod connections;
 mod deploy;
