@@ -209,6 +209,7 @@ impl Run {
             self.state.page = page;
             self.state.pages += 1;
             let Some(fetched) = fetched else { break };
+            tracing::debug!(request_id = %self.request_id, page, items = fetched.items.len(), "page fetched");
             done = self.state.done(&fetched);
             if fetched.items.is_empty() {
                 break;
@@ -280,7 +281,7 @@ mod tests {
     }
 
     fn page(n: usize, page_size: Option<u64>) -> Page {
-        Page { key: None, items: vec![serde_json::Value::Null; n], total: None, page_size }
+        Page { key: None, items: vec![serde_json::value::RawValue::NULL.to_owned(); n], total: None, page_size }
     }
 
     #[test]

@@ -114,6 +114,8 @@ struct ListApi {
     fail_at: u64,
     first_status: u16,
     calls: Arc<AtomicU64>,
+    /// Bytes of padding in each item.
+    pad: usize,
 }
 
 async fn list(State(api): State<ListApi>, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
@@ -128,18 +130,20 @@ async fn list(State(api): State<ListApi>, Query(q): Query<std::collections::Hash
     if page >= api.fail_at {
         return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
     }
-    let items: Vec<Value> = (page * size..((page + 1) * size).min(api.total)).map(|i| json!({ "n": i })).collect();
+    let items: Vec<Value> = (page * size..((page + 1) * size).min(api.total))
+        .map(|i| json!({ "n": i, "pad": "x".repeat(api.pad) }))
+        .collect();
     axum::Json(json!({ "page": page, "pagesize": size, "total": api.total, "Things": items })).into_response()
 }
 
 async fn list_proxy(api: ListApi) -> Proxy {
     let addr = spawn(Router::new().route("/api/mdm/devices/search", get(list)).with_state(api)).await;
     let tokens = TokenService::default();
-    Proxy::start(&format!("http://{addr}"), &tokens.start().await, &[]).await
+    Proxy::start(&format!("http://{addr}"), &tokens.start().await, &[("UEM_PROXY_MAX_PAGES", "100000")]).await
 }
 
 fn list_api(total: u64, fail_at: u64, first_status: u16) -> ListApi {
-    ListApi { total, fail_at, first_status, calls: Arc::default() }
+    ListApi { total, fail_at, first_status, calls: Arc::default(), pad: 0 }
 }
 
 /// Reads NDJSON lines until the body ends; whether it broke off.
@@ -194,4 +198,31 @@ async fn names_in_any_case_and_the_callers_start_page_are_honoured() {
     assert_eq!(text.lines().count(), 450);
     // Pages 5 to 9; page 9 is short (50 of 100) and `total` is reached: no call for page 10.
     assert_eq!(api.calls.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn the_next_page_is_fetched_ahead_but_no_further_and_not_after_the_caller_left() {
+    // 1000 pages of about 4 MB: far more than socket buffers hold.
+    let mut api = list_api(100_000, u64::MAX, 200);
+    api.pad = 40_000;
+    let proxy = list_proxy(api.clone()).await;
+    let url = format!("{}/_proxy/all/api/mdm/devices/search?pagesize=100", proxy.url);
+    let response = client().get(url).send().await.unwrap();
+    let mut stream = response.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    let calls = || api.calls.load(Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while calls() < 2 {
+        assert!(std::time::Instant::now() < deadline, "page 1 was not fetched ahead");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Nothing read: the fetcher stops a page or so ahead of what the sockets hold.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let ahead = calls();
+    assert!(ahead <= 8, "{ahead} pages fetched for a caller that read one");
+    drop(stream);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let after = calls();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(calls(), after, "pages fetched after the caller left");
 }

@@ -1,7 +1,10 @@
 //! Pure parts of paging: reading a page of a UEM list, choosing the output by `Accept`, and
 //! writing items as NDJSON, one streamed JSON document, or CSV.
 
-use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// One page of a list, as UEM answers it: `{"Devices": [...], "Page": 0, "PageSize": 500,
 /// "Total": 1234}`, the names in any letter case.
@@ -9,26 +12,30 @@ use serde_json::{Map, Value};
 pub struct Page {
     /// The name of the response's one top-level array (`None` when the answer is a bare array).
     pub key: Option<String>,
-    pub items: Vec<Value>,
+    /// The items as the API wrote them: split out, never parsed into trees (most answers are
+    /// passed on byte for byte).
+    pub items: Vec<Box<RawValue>>,
     pub total: Option<u64>,
     pub page_size: Option<u64>,
 }
 
 /// Reads a page; `Err` says why the answer is not one.
 pub fn page(body: &[u8]) -> Result<Page, &'static str> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| "a page is not JSON")?;
-    let object = match value {
-        Value::Array(items) => return Ok(Page { key: None, items, total: None, page_size: None }),
-        Value::Object(object) => object,
-        _ => return Err("a page is neither a JSON object nor a list"),
+    let list = |raw: &RawValue| serde_json::from_str::<Vec<Box<RawValue>>>(raw.get());
+    if body.trim_ascii_start().starts_with(b"[") {
+        let items = serde_json::from_slice(body).map_err(|_| "a page is not JSON")?;
+        return Ok(Page { key: None, items, total: None, page_size: None });
+    }
+    let object: HashMap<String, Box<RawValue>> =
+        serde_json::from_slice(body).map_err(|_| "a page is neither a JSON object nor a list")?;
+    let number = |name: &str| {
+        let found = object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name));
+        found.and_then(|(_, v)| v.get().trim().parse::<u64>().ok())
     };
-    let number = |object: &Map<String, Value>, name: &str| {
-        object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.as_u64())
-    };
-    let (total, page_size) = (number(&object, "total"), number(&object, "pagesize"));
-    let mut lists = object.into_iter().filter(|(_, v)| v.is_array());
+    let (total, page_size) = (number("total"), number("pagesize"));
+    let mut lists = object.iter().filter(|(_, v)| v.get().trim_start().starts_with('['));
     let (key, items) = match (lists.next(), lists.next()) {
-        (Some((key, Value::Array(items))), None) => (key, items),
+        (Some((key, raw)), None) => (key.clone(), list(raw).map_err(|_| "a page's list is not JSON")?),
         (None, _) => return Err("a page holds no list"),
         _ => return Err("a page holds more than one list"),
     };
@@ -84,7 +91,7 @@ impl Writer {
         if format == Format::Csv {
             for item in &first.items {
                 let mut names = Vec::new();
-                flatten_names(item, "", &mut names);
+                flatten_names(&tree(item), "", &mut names);
                 for name in names {
                     if !columns.contains(&name) {
                         columns.push(name);
@@ -111,21 +118,22 @@ impl Writer {
     }
 
     /// A page's items.
-    pub fn items(&mut self, items: &[Value], out: &mut Vec<u8>) {
+    pub fn items(&mut self, items: &[Box<RawValue>], out: &mut Vec<u8>) {
         for item in items {
             match self.format {
                 Format::Ndjson => {
-                    serde_json::to_writer(&mut *out, item).expect("writing to a Vec");
+                    compact(item, out);
                     out.push(b'\n');
                 }
                 Format::Json => {
                     if self.written > 0 {
                         out.push(b',');
                     }
-                    serde_json::to_writer(&mut *out, item).expect("writing to a Vec");
+                    compact(item, out);
                 }
                 Format::Csv => {
-                    let cells: Vec<String> = self.columns.iter().map(|c| cell(item, c)).collect();
+                    let item = tree(item);
+                    let cells: Vec<String> = self.columns.iter().map(|c| cell(&item, c)).collect();
                     let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
                     csv_row(&cells, out);
                 }
@@ -141,6 +149,22 @@ impl Writer {
             Format::Ndjson | Format::Csv => Vec::new(),
         }
     }
+}
+
+/// An item on one line: as the API wrote it when it is (UEM writes compact JSON), else written
+/// again compactly.
+fn compact(item: &RawValue, out: &mut Vec<u8>) {
+    let text = item.get();
+    if text.contains(['\n', '\r']) {
+        serde_json::to_writer(&mut *out, &tree(item)).expect("writing to a Vec");
+    } else {
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
+/// An item parsed, for CSV; it was valid JSON when it was split out.
+fn tree(item: &RawValue) -> Value {
+    serde_json::from_str(item.get()).unwrap_or(Value::Null)
 }
 
 /// Dotted names of an item's scalar and array fields, nested objects opened (`Id.Value`).
@@ -239,6 +263,12 @@ mod tests {
         assert!(page(br#"{"Total":3}"#).is_err());
         assert!(page(b"<xml/>").is_err());
         assert_eq!(page(b"[1,2]").unwrap().items.len(), 2);
+        // An item written over several lines is one NDJSON line.
+        let p = page(b"{\"L\": [ {\"a\":\n 1} ]}").unwrap();
+        let mut w = Writer::new(Format::Ndjson, &p);
+        let mut out = Vec::new();
+        w.items(&p.items, &mut out);
+        assert_eq!(out, b"{\"a\":1}\n");
     }
 
     #[test]
@@ -250,14 +280,18 @@ mod tests {
         assert_eq!(Format::of(Some("text/html, text/csv;q=0.9")), Format::Csv);
     }
 
+    fn raw(values: &[Value]) -> Vec<Box<RawValue>> {
+        values.iter().map(|v| RawValue::from_string(v.to_string()).unwrap()).collect()
+    }
+
     #[test]
     fn csv_opens_objects_into_dotted_columns() {
         let first = Page {
             key: Some("Devices".into()),
-            items: vec![
+            items: raw(&[
                 json!({"Id": {"Value": 1}, "Name": "a,b", "Tags": ["x"]}),
                 json!({"Id": {"Value": 2}, "Name": "say \"hi\"", "Extra": null}),
-            ],
+            ]),
             total: Some(2),
             page_size: None,
         };
@@ -273,11 +307,11 @@ mod tests {
     #[test]
     fn json_is_one_document_with_the_lists_key() {
         let first =
-            Page { key: Some("Users".into()), items: vec![json!({"a": 1}), json!(2)], total: None, page_size: None };
+            Page { key: Some("Users".into()), items: raw(&[json!({"a": 1}), json!(2)]), total: None, page_size: None };
         let mut w = Writer::new(Format::Json, &first);
         let mut out = w.start();
         w.items(&first.items, &mut out);
-        w.items(&[json!(3)], &mut out);
+        w.items(&raw(&[json!(3)]), &mut out);
         out.extend(w.end(None));
         let doc: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(doc, json!({"Users": [{"a": 1}, 2, 3], "Total": 3}));
