@@ -142,9 +142,23 @@ impl Service {
         https: bool,
     ) -> Result<Response, ProxyError> {
         let mut learnt = Learnt::default();
-        let answer = self.call(settings, TENANT, parts, body, https, &mut learnt).await;
+        let answer = self.dispatch(settings, parts, body, https, &mut learnt).await;
         learnt.into_record(record);
         answer
+    }
+
+    /// A call as the caller's path names it: the tenant it is for (today every path is the one
+    /// tenant's), then [`Service::call`]. `/_proxy/all/` hands each page's path here too, so that
+    /// whatever picks a tenant from a path applies to paging as well.
+    async fn dispatch(
+        &self,
+        settings: &Settings,
+        parts: Parts,
+        body: Body,
+        https: bool,
+        learnt: &mut Learnt,
+    ) -> Result<Response, ProxyError> {
+        self.call(settings, TENANT, parts, body, https, learnt).await
     }
 
     /// One call of the API for `tenant`: the target, the policy's decision, then the cache (for

@@ -1,6 +1,6 @@
 //! `GET /_proxy/all/<api path>`: every page of a UEM list in one answer, streamed as NDJSON, one
-//! JSON document or CSV. Each page is a call of its own through [`Service::call`] (policy,
-//! cache, pacer, token), so it is paced, decided and logged upstream like any call.
+//! JSON document or CSV. Each page is a call of its own through [`Service::dispatch`] (tenant,
+//! policy, cache, pacer, token), so it is paced and decided like any call.
 //!
 //! Page 0 decides the answer: its failure is passed on as the API sent it. Later pages are
 //! fetched by a task one page ahead of what the caller reads (a channel of one page), so memory
@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, Limited};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Learnt, Service, TENANT};
+use super::{Learnt, Service};
 use crate::app::Settings;
 use crate::error::ProxyError;
 use crate::gate::target::{canonical_path, is_own};
@@ -71,8 +71,7 @@ pub(super) async fn all(
     let template = Template::new(&parts, inner);
     let request_id = parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
 
-    let response =
-        service.call(&settings, TENANT, template.request(start, size)?, Body::empty(), https, learnt).await?;
+    let response = service.dispatch(&settings, template.request(start, size)?, Body::empty(), https, learnt).await?;
     let first = match response.status() {
         StatusCode::OK => read_page(response).await?,
         StatusCode::NO_CONTENT => Page { key: None, items: Vec::new(), total: Some(0), page_size: None },
@@ -232,7 +231,7 @@ impl Run {
     async fn fetch(&self, page: u64) -> Result<Option<Page>, String> {
         let request = self.template.request(page, self.state.size).map_err(|e| e.to_string())?;
         let mut learnt = Learnt::default();
-        let call = self.service.call(&self.settings, TENANT, request, Body::empty(), self.https, &mut learnt);
+        let call = self.service.dispatch(&self.settings, request, Body::empty(), self.https, &mut learnt);
         let response = call.await.map_err(|e| e.to_string())?;
         match response.status() {
             StatusCode::OK => read_page(response).await.map(Some).map_err(|e| e.to_string()),
