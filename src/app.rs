@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use crate::cache::{Cache, CacheStats};
 use crate::config::{Config, Listen};
 use crate::forward::body::ReplayBudget;
 use crate::gate::Checks;
@@ -22,6 +23,26 @@ pub use crate::tenants::basic_header;
 /// whole on reload; a request keeps the one it started with.
 pub struct Settings {
     pub checks: Checks,
+    /// The most pages one `/_proxy/all/` request fetches.
+    pub max_pages: u32,
+    /// The cache for reads, when configured, shared by the tenants (its keys start with the
+    /// tenant's name); kept across reloads that leave `[cache]` alone.
+    pub cache: Option<Arc<Cache>>,
+}
+
+impl Settings {
+    fn new(config: &Config, local: &Listen, cache: Option<Arc<Cache>>) -> Settings {
+        Settings { checks: Checks::new(&config.inbound, local), max_pages: config.max_pages, cache }
+    }
+}
+
+/// The cache `config` asks for: `previous`'s when its settings are the same, else a new, empty one.
+fn cache_for(config: &Config, stats: &Arc<CacheStats>, previous: Option<&Settings>) -> Option<Arc<Cache>> {
+    let settings = config.cache.clone()?;
+    match previous.and_then(|p| p.cache.clone()) {
+        Some(cache) if *cache.settings() == settings => Some(cache),
+        _ => Some(Arc::new(Cache::new(settings, stats.clone()))),
+    }
 }
 
 /// The last reload, for `/_proxy/status`.
@@ -40,6 +61,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The last exchanges, for `/_proxy/ui`.
     pub inspector: Arc<Inspector>,
+    /// The cache's counters, kept across the caches reloads make.
+    pub cache_stats: Arc<CacheStats>,
     pub config: ArcSwap<Config>,
     /// Where callers reach the proxy.
     pub local: Listen,
@@ -73,14 +96,16 @@ impl App {
             list.push(Arc::new(Tenant::start(&config, tenant, &shared, spread(i, count))?));
         }
         let tenants = tenants(list, &config);
-        let metrics = Arc::new(Metrics::new(gauges(&tenants)));
+        let cache_stats = Arc::new(CacheStats::default());
+        let metrics = Arc::new(Metrics::new(gauges(&tenants), cache_stats.clone()));
         let inspector = Inspector::new(config.inspect, token_stores(&tenants));
         let app = App {
             shared,
             tenants: ArcSwap::from_pointee(tenants),
-            settings: ArcSwap::from_pointee(Settings { checks: Checks::new(&config.inbound, &local) }),
+            settings: ArcSwap::from_pointee(Settings::new(&config, &local, cache_for(&config, &cache_stats, None))),
             metrics,
             inspector,
+            cache_stats,
             config: ArcSwap::from_pointee(config),
             local,
             started: SystemTime::now(),
@@ -179,6 +204,8 @@ impl App {
             ("rewrite_bodies", old.rewrite_bodies != new.rewrite_bodies),
             ("default_tenant", old.default_tenant != new.default_tenant),
             ("inspect", old.inspect != new.inspect),
+            ("max_pages", old.max_pages != new.max_pages),
+            ("cache (emptied)", old.cache != new.cache),
         ];
         self.inspector.configure(new.inspect);
         changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
@@ -186,7 +213,8 @@ impl App {
         self.metrics.set_tenants(gauges(&tenants));
         self.inspector.set_tokens(token_stores(&tenants));
         self.tenants.store(Arc::new(tenants));
-        self.settings.store(Arc::new(Settings { checks: Checks::new(&new.inbound, &self.local) }));
+        let cache = cache_for(&new, &self.cache_stats, Some(&self.settings.load()));
+        self.settings.store(Arc::new(Settings::new(&new, &self.local, cache)));
         self.config.store(Arc::new(new));
         if errors.is_empty() { Ok(changes) } else { Err(errors.join("; ")) }
     }

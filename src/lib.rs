@@ -24,6 +24,7 @@
 //! - [`tenants`]: the UEM environments served, each with its own token store and refresher, pacer,
 //!   policy and forwarder, and which of them a request goes to (`/t/NAME/`, a tenant's own
 //!   listener, or the default tenant).
+//! - [`cache`]: the opt-in cache for reads, consulted between the policy and the forwarder.
 //! - [`app`](mod@app): the shared state requests read, swapped whole by [`reload`] (SIGHUP, file
 //!   changes); [`admin`]: `/_proxy/*`, the inspector's page and endpoints among them.
 //! - [`check`]: the `check` command; [`healthcheck`]: the `healthcheck` command;
@@ -50,6 +51,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod check;
 pub mod config;
 pub mod demo;

@@ -1,9 +1,13 @@
 //! The one service every request goes through, as plain function calls: the method made
 //! canonical, an id and a [`Record`] given, then the gate (who may call), then either the proxy's
 //! own endpoints (`/_proxy/…`, by a prefix test) or the policy and the forwarder; the record is
-//! written when the answer's body is done.
+//! written when the answer's body is done. `/_proxy/all/…` pages through a list, each page a
+//! call of its own through the same policy, cache and forwarder ([`pages`]).
+
+mod pages;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -26,7 +30,7 @@ use crate::gate::{self};
 use crate::listen::{Handler, Peer};
 use crate::record::{Record, RequestId};
 use crate::request_id::{self, X_REQUEST_ID};
-use crate::tenants::Picked;
+use crate::tenants::{Picked, Tenant, TenantSettings};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -115,7 +119,7 @@ impl Service {
 
     async fn answer(
         &self,
-        settings: &Settings,
+        settings: &Arc<Settings>,
         mut parts: Parts,
         body: Body,
         record: &mut Record,
@@ -136,7 +140,13 @@ impl Service {
             return answer;
         }
         let origin = parts.headers.get(ORIGIN).cloned();
-        let mut response = if is_own(parts.uri.path()) {
+        let mut response = if let Some(inner) = pages::inner(parts.uri.path()) {
+            let inner = inner.to_owned();
+            let mut learnt = Learnt::default();
+            let answer = pages::all(self.clone(), settings.clone(), parts, inner, https, &mut learnt).await;
+            learnt.into_record(record);
+            answer.unwrap_or_else(|error| error.into_response(id))
+        } else if is_own(parts.uri.path()) {
             parts.extensions.insert(RequestId(record.id.clone()));
             let request = Request::from_parts(parts, body);
             match self.admin.clone().oneshot(request).await {
@@ -144,7 +154,7 @@ impl Service {
                 Err(never) => match never {},
             }
         } else {
-            match self.forward(parts, body, record, https).await {
+            match self.forward(settings, parts, body, record, https).await {
                 Ok(response) => response,
                 Err(error) => {
                     tracing::debug!(request_id = %id, %error, "answered by the proxy");
@@ -158,13 +168,31 @@ impl Service {
         response
     }
 
-    /// The tenant, the policy's decision, then the tenant's forwarder.
+    /// A normal call, its findings written into the record.
     async fn forward(
         &self,
+        settings: &Settings,
         parts: Parts,
         body: Body,
         record: &mut Record,
         https: bool,
+    ) -> Result<Response, ProxyError> {
+        let mut learnt = Learnt::default();
+        let answer = self.dispatch(settings, parts, body, https, &mut learnt).await;
+        learnt.into_record(record);
+        answer
+    }
+
+    /// A call as the caller's path names it: its tenant (this listener's, or by `/t/NAME/`, or
+    /// the default), then [`Service::call`] with the path the tenant's API has. `/_proxy/all/`
+    /// hands each page's path here too, so paging picks tenants as a normal call does.
+    async fn dispatch(
+        &self,
+        settings: &Settings,
+        parts: Parts,
+        body: Body,
+        https: bool,
+        learnt: &mut Learnt,
     ) -> Result<Response, ProxyError> {
         let tenants = self.app.tenants.load_full();
         let uri = parts.uri.clone();
@@ -173,24 +201,91 @@ impl Service {
             None => tenants.pick(uri.path()),
         };
         let picked = picked.ok_or_else(|| ProxyError::UnknownTenant(tenants.names()))?;
-        let tenant = picked.tenant;
         if tenants.prefixed {
-            record.tenant = Some(tenant.name.clone());
+            learnt.tenant = Some(picked.tenant.name.clone());
         }
-        let settings = tenant.settings.load_full();
+        self.call(settings, picked, parts, body, https, learnt).await
+    }
+
+    /// One call of a tenant's API: the target, the tenant's policy, then the cache (for what no
+    /// denial stopped) and the tenant's forwarder. Every page of `/_proxy/all/` comes here too.
+    async fn call(
+        &self,
+        settings: &Settings,
+        picked: Picked<'_>,
+        parts: Parts,
+        body: Body,
+        https: bool,
+        learnt: &mut Learnt,
+    ) -> Result<Response, ProxyError> {
+        let tenant = picked.tenant;
+        let own = tenant.settings.load_full();
         let target = Target::of(&parts.method, picked.path).map_err(ProxyError::BadTarget)?;
-        record.category = Some(target.category());
-        record.permission = target.required.map(|r| r.permission.name);
-        gate::decide(&settings.policy, &parts, &target)?;
+        learnt.category = Some(target.category());
+        learnt.permission = target.required.map(|r| r.permission.name);
+        gate::decide(&own.policy, &parts, &target)?;
         let reached = Reached { https, listen_host: &self.listener.host, prefix: picked.prefix };
+        let Some(cache) = settings.cache.as_deref() else {
+            return self.send(tenant, &own, parts, body, &target, reached, learnt).await;
+        };
+        let method = parts.method.clone();
+        match cache.lookup(&tenant.name, &parts, &target.path, https, picked.prefix).await {
+            crate::cache::Lookup::Hit(response) => Ok(response),
+            crate::cache::Lookup::Fill(fill) => {
+                fill.complete(self.send(tenant, &own, parts, body, &target, reached, learnt).await).await
+            }
+            crate::cache::Lookup::Pass(label) => {
+                let response = self.send(tenant, &own, parts, body, &target, reached, learnt).await?;
+                Ok(crate::cache::labelled(response, label, Duration::ZERO))
+            }
+            crate::cache::Lookup::Uncovered => {
+                let response = self.send(tenant, &own, parts, body, &target, reached, learnt).await?;
+                cache.after(&tenant.name, &method, &target.path, response.status());
+                Ok(response)
+            }
+        }
+    }
+
+    /// The tenant's forwarder, for a target its policy allowed.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        tenant: &Tenant,
+        own: &TenantSettings,
+        parts: Parts,
+        body: Body,
+        target: &Target<'_>,
+        reached: Reached<'_>,
+        learnt: &mut Learnt,
+    ) -> Result<Response, ProxyError> {
         let forwarded =
-            tenant.forwarder.forward(&settings.route, parts, body, &target.path, target.required, reached).await?;
-        record.upstream = Some(forwarded.upstream);
-        record.activity_id = forwarded.activity_id;
+            tenant.forwarder.forward(&own.route, parts, body, &target.path, target.required, reached).await?;
+        learnt.upstream = Some(forwarded.upstream);
+        learnt.activity_id = forwarded.activity_id;
         if forwarded.response.status() == StatusCode::TOO_MANY_REQUESTS {
             self.app.metrics.throttled();
         }
         Ok(forwarded.response)
+    }
+}
+
+/// What a call learnt for the request's record.
+#[derive(Default)]
+struct Learnt {
+    tenant: Option<Arc<str>>,
+    category: Option<&'static str>,
+    permission: Option<&'static str>,
+    upstream: Option<Duration>,
+    activity_id: Option<Box<str>>,
+}
+
+impl Learnt {
+    fn into_record(self, record: &mut Record) {
+        record.tenant = self.tenant.or(record.tenant.take());
+        record.category = self.category.or(record.category);
+        record.permission = self.permission.or(record.permission);
+        record.upstream = self.upstream.or(record.upstream);
+        record.activity_id = self.activity_id.or(record.activity_id.take());
     }
 }
 

@@ -5,6 +5,7 @@
 //! deployment in one round. Nothing downstream re-checks a string: what leaves here is typed.
 
 mod access;
+pub mod cache;
 mod defaults;
 mod hints;
 mod parse;
@@ -29,6 +30,7 @@ pub use crate::gate::Inbound;
 use crate::gate::policy::{Policy, PolicyFile};
 pub use crate::listen::Listen;
 use crate::record::inspect::{InspectMode, InspectSettings};
+pub use cache::CacheSettings;
 pub use defaults::{default_of, listen_for_probe};
 pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
@@ -89,6 +91,10 @@ pub struct Config {
     /// Rewrite absolute URLs of the API host inside textual response bodies to the proxy's.
     pub rewrite_bodies: bool,
     pub pacer: PacerSettings,
+    /// The most pages one `/_proxy/all/` request fetches; past it the transfer fails.
+    pub max_pages: u32,
+    /// The cache for reads, when the file has a `[cache]` table.
+    pub cache: Option<CacheSettings>,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     /// What the inspector (`/_proxy/ui`) keeps, and how many exchanges.
@@ -214,7 +220,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut raw = RawMap::new();
-        let tables = match (file, text) {
+        let mut tables = match (file, text) {
             (Some(path), _) => read_file(path, &mut raw, &mut problems),
             (None, Some(text)) => {
                 source::read_text("built-in configuration", Path::new("."), text, &mut raw, &mut problems)
@@ -226,8 +232,19 @@ impl Config {
         let variables = SETTINGS.iter().map(|(_, var)| *var).chain([defaults::VARIABLE]);
         let environment: BTreeMap<String, String> =
             variables.filter_map(|var| env(var).map(|v| (var.to_string(), v))).collect();
-        let config = Self::from_raw(&raw, tables, file, &mut problems)
-            .map(|config| Config { environment: Arc::new(environment), ..config });
+        let cache = match tables.cache.take().map(cache::parse).transpose() {
+            Ok(cache) => cache,
+            Err(errors) => {
+                let file = file.map(|f| f.display().to_string()).unwrap_or_default();
+                problems.extend(errors.into_iter().map(|e| format!("{file}: {e}")));
+                None
+            }
+        };
+        let config = Self::from_raw(&raw, tables, file, &mut problems).map(|config| Config {
+            environment: Arc::new(environment),
+            cache,
+            ..config
+        });
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError(problems)),
@@ -347,6 +364,10 @@ impl Config {
         let replay_body_limit = p.optional("replay_body_limit", "65536", parse::bytes);
         let replay_budget = p.optional("replay_budget", "33554432", parse::bytes);
         let rewrite_bodies = p.optional("rewrite_bodies", "true", parse::boolean);
+        let max_pages = p.optional("max_pages", "1000", |s| match s.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("'{s}' is not a whole number of pages above zero")),
+        });
         let shutdown_grace = p.optional("shutdown_grace", "30s", parse::duration);
         let log_format = p.optional("log_format", "text", parse::log_format);
         let primary = default_tenant.as_ref().and_then(|d| tenants.iter().find(|t| &t.name == d)).or(tenants.first());
@@ -376,6 +397,8 @@ impl Config {
             tenants,
             prefixed,
             default_tenant,
+            max_pages: max_pages?,
+            cache: None,
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
             inspect: InspectSettings { mode: inspect_mode?, entries: inspect_entries? },
@@ -501,6 +524,11 @@ impl Config {
         // Apart: one more key in the macro above passes its recursion limit.
         summary["inspect"] = self.inspect.mode.as_str().into();
         summary["inspect_entries"] = self.inspect.entries.into();
+        summary["max_pages"] = self.max_pages.into();
+        summary["cache"] = serde_json::json!(self.cache.as_ref().map(|c| serde_json::json!({
+            "max_bytes": c.max_bytes,
+            "rules": c.rules.len(),
+        })));
         summary
     }
 }

@@ -48,6 +48,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("replay_body_limit", "UEM_PROXY_REPLAY_BODY_LIMIT"),
     ("replay_budget", "UEM_PROXY_REPLAY_BUDGET"),
     ("rewrite_bodies", "UEM_PROXY_REWRITE_BODIES"),
+    ("max_pages", "UEM_PROXY_MAX_PAGES"),
     ("shutdown_grace", "UEM_PROXY_SHUTDOWN_GRACE"),
     ("inspect", "UEM_PROXY_INSPECT"),
     ("inspect_entries", "UEM_PROXY_INSPECT_ENTRIES"),
@@ -114,6 +115,8 @@ pub fn env_name(key: &str) -> &'static str {
 pub struct Tables {
     pub policy: PolicyFile,
     pub tenants: Vec<RawTenant>,
+    /// The `[cache]` table, read by [`super::cache`].
+    pub cache: Option<toml::Value>,
 }
 
 /// A setting's value from the file as the environment would give it: lists comma-separated.
@@ -129,7 +132,7 @@ pub(super) fn scalar(value: toml::Value) -> Option<String> {
     }
 }
 
-/// Reads the file's settings into `raw` and returns its `[policy]` and `[tenants]` tables.
+/// Reads the file's settings into `raw` and returns its `[policy]`, `[tenants]` and `[cache]` tables.
 pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> Tables {
     let shown = path.display().to_string();
     match std::fs::read_to_string(path) {
@@ -161,6 +164,7 @@ pub fn read_text(shown: &str, path: &Path, text: &str, raw: &mut RawMap, problem
         }),
     };
     let tenants = table.remove("tenants").map(|t| super::tenants::read(&shown, path, t, problems)).unwrap_or_default();
+    let cache = table.remove("cache");
     for (key, value) in table {
         let Some(&(known, _)) = SETTINGS.iter().find(|(k, _)| *k == key) else {
             problems.push(format!("{shown}: {}", super::hints::unknown_key(&key)));
@@ -174,7 +178,7 @@ pub fn read_text(shown: &str, path: &Path, text: &str, raw: &mut RawMap, problem
         let value = if PATHS.contains(&known) { beside(path, value) } else { value };
         raw.insert(known, Raw { value, origin: Origin::File(shown.clone()) });
     }
-    Tables { policy, tenants }
+    Tables { policy, tenants, cache }
 }
 
 /// Overlays the environment's settings; an empty variable counts as unset.

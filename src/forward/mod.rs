@@ -457,7 +457,7 @@ fn from_upstream(e: &upstream::Error) -> ProxyError {
 
 /// Classifies a body that failed while the proxy read it: a pause of the upstream is a timeout
 /// (504), a pause of the caller a request timeout (408), anything else a broken upstream (502).
-fn from_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+pub fn from_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
     match Paused::find(e) {
         Some(Paused { side: Side::Upstream, .. }) => ProxyError::Timeout,
         Some(Paused { side: Side::Caller, idle }) => ProxyError::RequestTimeout(*idle),

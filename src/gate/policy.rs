@@ -273,6 +273,22 @@ fn split_reading(path: &str) -> Option<String> {
     found.then_some(out)
 }
 
+/// A path pattern in the rules' syntax (`*` one segment, `**` the rest), for other settings that
+/// pick paths the way policy rules do (the cache's rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern(Vec<Segment>);
+
+impl PathPattern {
+    pub fn parse(path: &str) -> Result<PathPattern, String> {
+        parse_pattern(path).map(PathPattern)
+    }
+
+    /// Whether the canonical `path` matches, as a rule's pattern would.
+    pub fn matches(&self, path: &str) -> bool {
+        matches_pattern(&self.0, &mapping::segments(path))
+    }
+}
+
 fn parse_pattern(path: &str) -> Result<Vec<Segment>, String> {
     if !path.starts_with('/') {
         return Err(format!("path pattern '{path}' must start with /"));

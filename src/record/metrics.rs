@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::cache::CacheStats;
 use crate::forward::pacer::Pacer;
 use crate::listen::Counts;
 use crate::token::Tokens;
@@ -27,6 +28,11 @@ pub struct RequestLabels {
     /// the proxy's own endpoints, `unknown` for the rest.
     pub category: &'static str,
     pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,8 +90,9 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    /// Registers the metrics; the tenants' tokens and pacers are read at each scrape.
-    pub fn new(tenants: Vec<TenantGauges>) -> Metrics {
+    /// Registers the metrics; the tenants' tokens and pacers, and the cache's counters, are read
+    /// at each scrape.
+    pub fn new(tenants: Vec<TenantGauges>, cache: Arc<CacheStats>) -> Metrics {
         let tenants = Arc::new(ArcSwap::from_pointee(tenants));
         let mut registry = Registry::with_prefix("uem_proxy");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -113,7 +120,11 @@ impl Metrics {
         let throttled = Counter::default();
         registry.register("upstream_throttled", "429 answers from the API", throttled.clone());
         let connections = Arc::new(Counts::default());
-        registry.register_collector(Box::new(Live { tenants: tenants.clone(), connections: connections.clone() }));
+        registry.register_collector(Box::new(Live {
+            tenants: tenants.clone(),
+            cache,
+            connections: connections.clone(),
+        }));
         Metrics {
             registry,
             requests,
@@ -165,6 +176,7 @@ impl Metrics {
 /// Values read at scrape time from the token store and the pacer.
 struct Live {
     tenants: Arc<ArcSwap<Vec<TenantGauges>>>,
+    cache: Arc<CacheStats>,
     connections: Arc<Counts>,
 }
 
@@ -241,6 +253,33 @@ impl Collector for Live {
             let gauge = ConstGauge::new(n as i64);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
+        let cache = &self.cache;
+        let answers = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "cache_answers",
+            "Requests under a cache rule, by how the cache answered",
+            None,
+            answers.metric_type(),
+        )?;
+        for (result, n) in
+            [("hit", &cache.hits), ("miss", &cache.misses), ("stale", &cache.stale), ("bypass", &cache.bypassed)]
+        {
+            ConstCounter::new(load(n)).encode(family.encode_family(&CacheLabels { result })?)?;
+        }
+        let evictions = ConstCounter::new(load(&cache.evictions));
+        evictions.encode(encoder.encode_descriptor(
+            "cache_evictions",
+            "Cache entries pushed out to stay within max_bytes",
+            None,
+            evictions.metric_type(),
+        )?)?;
+        let held = ConstGauge::new(load(&cache.bytes) as i64);
+        held.encode(encoder.encode_descriptor(
+            "cache_held",
+            "Bytes the cache's entries hold",
+            Some(&Unit::Bytes),
+            held.metric_type(),
+        )?)?;
         let shed = ConstCounter::new(load(&self.connections.shed));
         shed.encode(encoder.encode_descriptor(
             "connections_shed",

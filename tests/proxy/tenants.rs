@@ -543,3 +543,71 @@ async fn many_tenants_start_with_a_bounded_number_of_token_requests_at_once() {
     let most = tokens.most_at_once.load(Ordering::SeqCst);
     assert!((2..=8).contains(&most), "{most} token requests at once");
 }
+
+/// `/_proxy/all/t/uat/…` pages through uat's list with uat's token, and the cache keeps each
+/// tenant's answers apart: a write to one tenant purges only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_and_the_cache_follow_the_tenant() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sandbox = listener.local_addr().unwrap();
+    let base = sandbox_options();
+    let tenants = vec![
+        uem_proxy::sandbox::Options { devices: 30, ..base.tenant("prod", 0) },
+        uem_proxy::sandbox::Options { devices: 70, ..base.tenant("uat", 1) },
+    ];
+    tokio::spawn(uem_proxy::sandbox::serve_tenants(listener, tenants, std::future::pending()));
+    let mut file = String::from("default_tenant = \"prod\"\n[cache]\nmax_bytes = \"8MiB\"\n");
+    file.push_str("[[cache.rules]]\npath = \"/api/system/info\"\nttl = \"10m\"\n");
+    file.push_str("[[cache.rules]]\npath = \"/api/mdm/devices/*\"\nttl = \"10m\"\n");
+    for name in ["prod", "uat"] {
+        file.push_str(&format!(
+            "[tenants.{name}]\napi_url = \"http://{sandbox}/{name}\"\ntoken_url = \"http://{sandbox}/{name}/connect/token\"\n\
+             client_id = \"{name}-client\"\nclient_secret = \"{name}-secret\"\n"
+        ));
+    }
+    let proxy = proxy(&file).await;
+    let client = client();
+    let lines = |path: String| {
+        let request = client.get(path);
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let total = r.headers()["x-uem-proxy-total"].to_str().unwrap().to_owned();
+            (total, r.text().await.unwrap().lines().count())
+        }
+    };
+    let search = "api/mdm/devices/search?pagesize=8";
+    assert_eq!(lines(format!("{}/_proxy/all/t/uat/{search}", proxy.url)).await, ("70".to_owned(), 70));
+    assert_eq!(lines(format!("{}/_proxy/all/{search}", proxy.url)).await, ("30".to_owned(), 30));
+    assert_eq!(lines(format!("{}/_proxy/all/t/prod/{search}", proxy.url)).await, ("30".to_owned(), 30));
+    let r = client.get(format!("{}/_proxy/all/t/nope/{search}", proxy.url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    let info = |path: &str| {
+        let request = client.get(format!("{}{path}", proxy.url));
+        async move {
+            let r = request.send().await.unwrap();
+            let cache = r.headers()["x-uem-proxy-cache"].to_str().unwrap().to_owned();
+            let body: serde_json::Value = r.json().await.unwrap();
+            (cache, body["EnvironmentName"].as_str().unwrap().to_owned())
+        }
+    };
+    assert_eq!(info("/api/system/info").await, ("miss".to_owned(), "prod".to_owned()));
+    assert_eq!(info("/t/uat/api/system/info").await, ("miss".to_owned(), "uat".to_owned()));
+    assert_eq!(info("/api/system/info").await, ("hit".to_owned(), "prod".to_owned()));
+    assert_eq!(info("/t/uat/api/system/info").await, ("hit".to_owned(), "uat".to_owned()));
+    // A write to uat's /api/mdm/… area purges uat's entries there only.
+    let device = |path: &str| {
+        let request = client.get(format!("{}{path}", proxy.url));
+        async move { request.send().await.unwrap().headers()["x-uem-proxy-cache"].to_str().unwrap().to_owned() }
+    };
+    for path in ["/api/mdm/devices/1", "/t/uat/api/mdm/devices/1"] {
+        assert_eq!(device(path).await, "miss");
+        assert_eq!(device(path).await, "hit");
+    }
+    let r = client.post(format!("{}/t/uat/api/mdm/devices/1/commands?command=Lock", proxy.url)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(device("/t/uat/api/mdm/devices/1").await, "miss", "uat's write purged uat's entry");
+    assert_eq!(device("/api/mdm/devices/1").await, "hit", "prod's entry stays");
+    assert_eq!(info("/t/uat/api/system/info").await.0, "hit", "another area stays");
+}
