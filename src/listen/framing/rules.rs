@@ -191,7 +191,8 @@ impl Framing {
             _ => self.max_head,
         };
         let room = limit.saturating_sub(self.taken);
-        let run = data.iter().take(room).position(|&b| matches!(b, 0 | b'\r' | b'\n')).unwrap_or(data.len().min(room));
+        let window = &data[..data.len().min(room)];
+        let run = memchr::memchr3(0, b'\r', b'\n', window).unwrap_or(window.len());
         if run > 0 && self.head.capacity() == 0 {
             self.head.reserve(256);
         }
