@@ -105,28 +105,33 @@ impl App {
             let label = |change: &str| if new.prefixed { format!("{name}: {change}") } else { change.to_owned() };
             match current.get(name) {
                 Some(running) if running.can_take(tenant) => {
-                    match running.apply(&new, tenant, &self.shared).await {
-                        Ok(changed) => changes.extend(changed.iter().map(|c| label(c))),
-                        Err(error) => errors.push(label(&error)),
-                    }
+                    changes.extend(running.apply(&new, tenant).iter().map(|c| label(c)));
                     list.push(running.clone());
                 }
-                Some(running) if !new.prefixed => {
+                Some(running) if !new.prefixed && running.config.load().auth.mode() != tenant.auth.mode() => {
                     errors.push("changing UEM_AUTH_MODE needs a restart".to_owned());
                     list.push(running.clone());
                 }
-                // Another authentication mode: a tenant of its own, started anew; the old one
-                // finishes the requests it has.
-                Some(running) => match Tenant::start(&new, tenant, &self.shared, spread(i, count)) {
-                    Ok(started) => {
-                        changes.push(label("restarted (authentication mode changed)"));
-                        list.push(Arc::new(started));
+                // New credentials or another authentication mode: a tenant of its own, started
+                // anew; the old one finishes the requests it has with its own token and API.
+                Some(running) => {
+                    let mode_changed = running.config.load().auth.mode() != tenant.auth.mode();
+                    match Tenant::start_checked(&new, tenant, &self.shared, spread(i, count), running).await {
+                        Ok(started) => {
+                            let change = if mode_changed {
+                                "restarted (authentication mode changed)"
+                            } else {
+                                "credentials (a new token is in use)"
+                            };
+                            changes.push(label(change));
+                            list.push(Arc::new(started));
+                        }
+                        Err(error) => {
+                            errors.push(label(&error));
+                            list.push(running.clone());
+                        }
                     }
-                    Err(error) => {
-                        errors.push(label(&error.to_string()));
-                        list.push(running.clone());
-                    }
-                },
+                }
                 None => match Tenant::start(&new, tenant, &self.shared, spread(i, count)) {
                     Ok(started) => {
                         changes.push(format!("{name}: added"));

@@ -1,0 +1,95 @@
+//! Attacks on several tenants from the outside: reloads that swap what two tenants are while a
+//! request is in flight, and prefix spellings that try to reach another tenant than the one named.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// A tenant table for `name` with this API and token service.
+fn table(name: &str, api: &str, token_url: &str, client: &str) -> String {
+    format!(
+        "[tenants.{name}]\napi_url = \"{api}\"\ntoken_url = \"{token_url}\"\nclient_id = \"{client}\"\nclient_secret = \"{client}-secret\"\n"
+    )
+}
+
+/// Waits (at most 10 s) until the proxy reports a reload, and returns its status.
+async fn wait_reloaded(proxy: &Proxy) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: serde_json::Value =
+            client().get(format!("{}/_proxy/status", proxy.url)).send().await.unwrap().json().await.unwrap();
+        if !status["config"]["last_reload"].is_null() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "no reload within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A reload exchanges the two tenants' APIs and credentials (the tables renamed) while a request
+/// to `prod` waits for the rest of its body: the request goes where it was routed, with the
+/// token of the credentials that went with that API, never the other tenant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swapping_two_tenants_never_sends_the_new_token_to_the_old_api() {
+    let (a_api, b_api) = (Upstream::default(), Upstream::default());
+    let a_tokens = TokenService { prefix: "a-", ..Default::default() };
+    let b_tokens = TokenService { prefix: "b-", ..Default::default() };
+    let (a_url, b_url) = (a_api.start().await, b_api.start().await);
+    let (a_token_url, b_token_url) = (a_tokens.start().await, b_tokens.start().await);
+    let before = format!("{}{}", table("prod", &a_url, &a_token_url, "a"), table("uat", &b_url, &b_token_url, "b"));
+    let after = format!("{}{}", table("prod", &b_url, &b_token_url, "b"), table("uat", &a_url, &a_token_url, "a"));
+    let dir = std::env::temp_dir().join(format!("uem-proxy-swap-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenants.toml");
+    std::fs::write(&file, &before).unwrap();
+    let config = uem_proxy::Config::load(Some(&file), &|_| None).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(uem_proxy::run(config, listener, async {
+        let _ = rx.await;
+    }));
+    let proxy = Proxy::from_parts(addr, tx, task);
+    // Both tenants hold their tokens before anything is in flight.
+    let r = client().get(format!("{}/_proxy/readyz", proxy.url)).send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ready = r.status() == 200;
+    while !ready {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ready = client().get(format!("{}/_proxy/readyz", proxy.url)).send().await.unwrap().status() == 200;
+    }
+
+    // A request to prod (API a) whose body is not complete: it has been routed, not yet sent.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /t/prod/api/mdm/devices/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    std::fs::write(&file, &after).unwrap();
+    let status = wait_reloaded(&proxy).await;
+    assert_eq!(status["config"]["last_reload"]["ok"], true, "{status}");
+    assert_eq!(status["tenants"]["prod"]["upstream"], b_url.as_str(), "{status}");
+
+    stream.write_all(b"  ").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // After the reload, each name reaches its new API with that API's own token.
+    client().get(format!("{}/t/prod/api/x", proxy.url)).send().await.unwrap();
+    client().get(format!("{}/t/uat/api/x", proxy.url)).send().await.unwrap();
+    let auths = |api: &Upstream| -> Vec<String> {
+        api.seen().iter().map(|s| s.headers["authorization"].to_str().unwrap().to_owned()).collect()
+    };
+    let (at_a, at_b) = (auths(&a_api), auths(&b_api));
+    assert!(at_a.iter().all(|a| a.starts_with("Bearer a-")), "API a saw another tenant's token: {at_a:?}");
+    assert!(at_b.iter().all(|a| a.starts_with("Bearer b-")), "API b saw another tenant's token: {at_b:?}");
+    assert_eq!((at_a.len(), at_b.len()), (2, 1), "{at_a:?} {at_b:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
