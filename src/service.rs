@@ -26,7 +26,7 @@ use crate::gate::{self};
 use crate::listen::{Handler, Peer};
 use crate::record::{Record, RequestId};
 use crate::request_id::{self, X_REQUEST_ID};
-use crate::tenants::Picked;
+use crate::tenants::{Picked, split_prefix};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -162,6 +162,12 @@ impl Service {
         }
         let settings = tenant.settings.load_full();
         let target = Target::of(&parts.method, picked.path).map_err(ProxyError::BadTarget)?;
+        // `//t/uat/…`, `/%74/uat/…`, `/x/../t/uat/…` name a tenant only once made canonical: the
+        // default tenant must not receive them with its token.
+        if tenants.prefixed && picked.prefix.is_empty() && self.pinned.is_none() && split_prefix(&target.path).is_some()
+        {
+            return Err(ProxyError::BadTarget("a tenant prefix is written /t/NAME/ at the very start of the path"));
+        }
         record.category = Some(target.category());
         gate::decide(&settings.policy, &parts, &target)?;
         let reached = Reached { https, listen_host: &self.listen_host, prefix: picked.prefix };

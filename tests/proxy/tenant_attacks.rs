@@ -93,3 +93,97 @@ async fn a_reload_swapping_two_tenants_never_sends_the_new_token_to_the_old_api(
     assert_eq!((at_a.len(), at_b.len()), (2, 1), "{at_a:?} {at_b:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// prod (the default, API a) and uat (API b, read-only), each with its own token service.
+async fn two_tenants(uat_extra: &str) -> (Proxy, Upstream, Upstream) {
+    let (a_api, b_api) = (Upstream::default(), Upstream::default());
+    let a_tokens = TokenService { prefix: "a-", ..Default::default() };
+    let b_tokens = TokenService { prefix: "b-", ..Default::default() };
+    let (a_url, b_url) = (a_api.start().await, b_api.start().await);
+    let (a_token_url, b_token_url) = (a_tokens.start().await, b_tokens.start().await);
+    let file = format!(
+        "default_tenant = \"prod\"\n{}{}{uat_extra}",
+        table("prod", &a_url, &a_token_url, "a"),
+        table("uat", &b_url, &b_token_url, "b")
+    );
+    let config = uem_proxy::Config::load_toml(&file, &|_| None).expect("valid config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(uem_proxy::run(config, listener, async {
+        let _ = rx.await;
+    }));
+    (Proxy::from_parts(addr, tx, task), a_api, b_api)
+}
+
+/// The status line of a raw request for `target`.
+async fn status_of(proxy: &Proxy, method: &str, target: &str, headers: &str) -> u16 {
+    let addr = proxy.addr;
+    let request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
+    let answer = raw(addr, &request).await;
+    answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{target}: {answer}"))
+}
+
+/// Spellings that name uat only once the path is made canonical (`//t/uat/`, `/%74/uat/`,
+/// `/x/../t/uat/`) are refused: they never reach the default tenant's API with its token, nor
+/// uat's.
+#[tokio::test]
+async fn a_tenant_prefix_that_appears_only_once_the_path_is_canonical_reaches_no_api() {
+    let (proxy, a_api, b_api) = two_tenants("").await;
+    for target in [
+        "//t/uat/api/mdm/devices/1",
+        "/./t/uat/api/mdm/devices/1",
+        "/%74/uat/api/mdm/devices/1",
+        "/%2e/t/uat/api/mdm/devices/1",
+        "/api/../t/uat/api/mdm/devices/1",
+        "/%2E%2E/T/uat/api/mdm/devices/1",
+        "///T//uat/api/mdm/devices/1",
+    ] {
+        let status = status_of(&proxy, "GET", target, "").await;
+        assert!([400, 404].contains(&status), "{target}: {status}");
+    }
+    assert!(a_api.seen().is_empty(), "the default tenant's API saw {:?}", a_api.seen());
+    assert!(b_api.seen().is_empty(), "uat's API saw {:?}", b_api.seen());
+}
+
+/// Within a prefix, dot segments and encodings never climb out of the tenant: they resolve
+/// inside its API. The prefix in any case, doubled slashes after it, an absolute-form target:
+/// all reach uat, and uat's read-only switch holds for every spelling and method override.
+#[tokio::test]
+async fn every_spelling_of_a_tenants_prefix_reaches_that_tenant_under_its_policy() {
+    let (proxy, a_api, b_api) = two_tenants("read_only = true\n").await;
+    let addr = proxy.addr;
+    for (target, seen) in [
+        ("/t/uat/../../t/prod/api/x", "/t/prod/api/x"),
+        ("/t/uat/api/%2e%2e/%2e%2e/%2e%2e/t/prod/api/x", "/t/prod/api/x"),
+        ("/T/uat/api/x", "/api/x"),
+        ("/t/UAT/api/x", "/api/x"),
+        ("/t/uat//api///x", "/api/x"),
+        ("/t/uat", "/"),
+        (&format!("http://{addr}/t/uat/api/y"), "/api/y"),
+    ] {
+        assert_eq!(status_of(&proxy, "GET", target, "").await, 200, "{target}");
+        assert_eq!(b_api.last().target, seen, "{target}");
+    }
+    let writes = [
+        ("DELETE", "/t/uat/api/mdm/devices/1", ""),
+        ("delete", "/T/UAT/api/mdm/devices/1", ""),
+        ("DELETE", "/t/uat//api/mdm/devices/1", ""),
+        ("DELETE", "/t/uat/x/../api/mdm/devices/1", ""),
+        ("POST", "/t/uat/api/mdm/devices/1", "X-HTTP-Method-Override: DELETE\r\nContent-Length: 0\r\n"),
+        ("GET", "/t/uat/api/mdm/devices/1", "X-Method-Override: delete\r\n"),
+    ];
+    let before = b_api.seen().len();
+    for (method, target, headers) in writes {
+        assert_eq!(status_of(&proxy, method, target, headers).await, 403, "{method} {target} {headers}");
+    }
+    let target = format!("http://{addr}/t/uat/api/mdm/devices/1");
+    assert_eq!(status_of(&proxy, "DELETE", &target, "").await, 403, "absolute form");
+    assert_eq!(b_api.seen().len(), before, "no write reached read-only uat");
+    // Unknown or malformed names never fall back to the default tenant.
+    for target in ["/t/uat;x/api/x", "/t/u%61t/api/x", "/t/uat%2F/api/x", "/t/uat\\..\\prod/api/x"] {
+        let status = status_of(&proxy, "GET", target, "").await;
+        assert!([400, 404].contains(&status), "{target}: {status}");
+    }
+    assert!(a_api.seen().is_empty(), "the default tenant's API saw {:?}", a_api.seen());
+}
