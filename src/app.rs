@@ -40,6 +40,8 @@ pub struct App {
     pub config: ArcSwap<Config>,
     /// Where callers reach the proxy.
     pub local: Listen,
+    /// The tenants' own listeners, bound at start (a reload does not move them).
+    tenant_listeners: Vec<std::net::SocketAddr>,
     pub started: SystemTime,
     pub last_reload: Mutex<ReloadStatus>,
     /// Reloads one at a time, so that two cannot start the same new tenant twice.
@@ -71,13 +73,15 @@ impl App {
         }
         let tenants = tenants(list, &config);
         let metrics = Arc::new(Metrics::new(gauges(&tenants)));
+        let tenant_listeners: Vec<_> = config.tenants.iter().filter_map(|t| t.listen).collect();
         let app = App {
             shared,
             tenants: ArcSwap::from_pointee(tenants),
-            settings: ArcSwap::from_pointee(Settings { checks: Checks::new(&config.inbound, &local) }),
+            settings: ArcSwap::from_pointee(Settings { checks: checks(&config, &local, &tenant_listeners) }),
             metrics,
             config: ArcSwap::from_pointee(config),
             local,
+            tenant_listeners,
             started: SystemTime::now(),
             last_reload: Mutex::new(ReloadStatus::default()),
             reloading: tokio::sync::Mutex::new(()),
@@ -180,7 +184,7 @@ impl App {
         let tenants = tenants(list, &new);
         self.metrics.set_tenants(gauges(&tenants));
         self.tenants.store(Arc::new(tenants));
-        self.settings.store(Arc::new(Settings { checks: Checks::new(&new.inbound, &self.local) }));
+        self.settings.store(Arc::new(Settings { checks: checks(&new, &self.local, &self.tenant_listeners) }));
         self.config.store(Arc::new(new));
         if errors.is_empty() { Ok(changes) } else { Err(errors.join("; ")) }
     }
@@ -243,6 +247,11 @@ impl App {
         }
         status
     }
+}
+
+/// Who may call: tenants' own listeners are named in `Host` like the shared one.
+fn checks(config: &Config, local: &Listen, tenant_listeners: &[std::net::SocketAddr]) -> Checks {
+    Checks::new(&config.inbound, local).with_listeners(tenant_listeners.iter().copied())
 }
 
 /// The tenants in order, with the default one found.

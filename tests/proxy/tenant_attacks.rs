@@ -187,3 +187,57 @@ async fn every_spelling_of_a_tenants_prefix_reaches_that_tenant_under_its_policy
     }
     assert!(a_api.seen().is_empty(), "the default tenant's API saw {:?}", a_api.seen());
 }
+
+/// The first event with `message` in the running binary's log, waiting up to 10 s for it.
+fn wait_event(proxy: &crate::binary::Running, message: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(event) = proxy.events(message).pop() {
+            return event;
+        }
+        assert!(Instant::now() < deadline, "no '{message}' in the log:\n{}", proxy.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A tenant's own listener on another loopback address than the shared one: callers that name
+/// it in `Host`, as every HTTP client does, are served; every path on it is that tenant's, even
+/// one that spells another tenant's prefix.
+#[test]
+fn a_tenant_listener_on_its_own_address_serves_callers_that_name_it() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a_api, b_api) = (Upstream::default(), Upstream::default());
+    let a_tokens = TokenService { prefix: "a-", ..Default::default() };
+    let b_tokens = TokenService { prefix: "b-", ..Default::default() };
+    let (a_url, b_url, a_token_url, b_token_url) = rt
+        .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
+    let dir = std::env::temp_dir().join(format!("uem-proxy-tenant-listener-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenants.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}{}listen = \"127.0.0.2:0\"\n",
+        table("prod", &a_url, &a_token_url, "a"),
+        table("uat", &b_url, &b_token_url, "b")
+    );
+    std::fs::write(&file, text).unwrap();
+    let file_arg = file.display().to_string();
+    let mut proxy = crate::binary::Running::start_with(&[("UEM_PROXY_LOG_FORMAT", "json")], &["--config", &file_arg]);
+    let own = wait_event(&proxy, "listening for one tenant");
+    let uat_listener = own["listen"].as_str().unwrap().to_owned();
+    assert!(uat_listener.starts_with("127.0.0.2:"), "{own}");
+    rt.block_on(async {
+        let r = client().get(format!("http://{uat_listener}/api/mdm/devices/7")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        assert_eq!(b_api.last().target, "/api/mdm/devices/7");
+        let r = client().get(format!("http://{uat_listener}/t/prod/api/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(b_api.last().target, "/t/prod/api/x", "on uat's listener every path is uat's");
+        let r = client().get(format!("http://{uat_listener}/_proxy/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    assert!(a_api.seen().is_empty(), "prod's API saw {:?}", a_api.seen());
+    let auths: Vec<_> = b_api.seen().iter().map(|s| s.headers["authorization"].clone()).collect();
+    assert!(auths.iter().all(|a| a.to_str().unwrap().starts_with("Bearer b-")), "{auths:?}");
+    proxy.terminate();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
