@@ -249,7 +249,7 @@ impl Config {
             let mut all = Vec::new();
             for tenant in tables.tenants {
                 let merged = tenants::overlay(raw, &tenant.raw);
-                let (mut own_problems, mut own_warnings) = (Vec::new(), Vec::new());
+                let (mut own_problems, mut own_warnings) = (tenants::half_credentials(raw, &tenant.raw), Vec::new());
                 let mut p = parse::Parser { raw: &merged, problems: &mut own_problems, warnings: &mut own_warnings };
                 let policy = tenant.policy.unwrap_or_else(|| tables.policy.clone());
                 let parsed = upstream(&mut p, &tenant.name, policy, file, pacer_max_wait);

@@ -241,3 +241,36 @@ fn a_tenant_listener_on_its_own_address_serves_callers_that_name_it() {
     proxy.terminate();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A tenant that names only part of a credential would send the top level's other part (set in
+/// the file or the environment, usually another tenant's) elsewhere: with its own client ID, or
+/// to its own token service or API. Refused, naming the keys and never a value.
+#[test]
+fn a_tenant_never_takes_half_a_credential_from_the_top_level() {
+    let env = |k: &str| match k {
+        "UEM_CLIENT_ID" => Some("top-client".to_owned()),
+        "UEM_CLIENT_SECRET" => Some("top-secret-VALUE".to_owned()),
+        "UEM_PASSWORD" => Some("top-password-VALUE".to_owned()),
+        _ => None,
+    };
+    let load = |text: &str| uem_proxy::Config::load_toml(text, &env).map(|_| ()).map_err(|e| e.to_string());
+    let top = "api_url = \"https://as1.awmdm.com\"\nregion = \"na\"\n[tenants.prod]\n";
+    for (uat, needle) in [
+        ("client_id = \"uat-client\"\n", "tenants.uat: client_id is set here, but not client_secret"),
+        ("client_secret = \"uat-secret-VALUE\"\n", "tenants.uat: client_secret is set here, but not client_id"),
+        ("region = \"uat\"\n", "tenants.uat: region is set here, but not client_id and client_secret"),
+        (
+            "auth_mode = \"basic\"\nusername = \"u\"\ntenant_code = \"code\"\napi_url = \"https://as2.awmdm.com\"\n",
+            "tenants.uat: username is set here, but not password",
+        ),
+    ] {
+        let error = load(&format!("{top}[tenants.uat]\n{uat}")).expect_err(uat);
+        assert!(error.contains(needle), "{needle:?} not in:\n{error}");
+        assert!(!error.contains("VALUE"), "a secret in: {error}");
+    }
+    // Whole credentials from either place load: the top level's for a tenant that changes only
+    // what callers may do, or the tenant's own.
+    load(&format!("{top}[tenants.ro]\nread_only = true\n")).unwrap();
+    let own = "console_url = \"cn2.awmdm.com\"\nregion = \"uat\"\nclient_id = \"u\"\nclient_secret = \"s\"\n";
+    load(&format!("{top}[tenants.uat]\n{own}")).unwrap();
+}
