@@ -274,3 +274,15 @@ fn a_tenant_never_takes_half_a_credential_from_the_top_level() {
     let own = "console_url = \"cn2.awmdm.com\"\nregion = \"uat\"\nclient_id = \"u\"\nclient_secret = \"s\"\n";
     load(&format!("{top}[tenants.uat]\n{own}")).unwrap();
 }
+
+/// A tenant may be named `default` like any other: its own listener is kept, not taken for the
+/// shared one's.
+#[test]
+fn a_tenant_named_default_keeps_its_own_listener() {
+    let text = "api_url = \"https://as1.awmdm.com\"\nregion = \"na\"\n\
+                [tenants.default]\nclient_id = \"a\"\nclient_secret = \"s\"\nlisten = \"127.0.0.1:8091\"\n\
+                [tenants.uat]\nclient_id = \"b\"\nclient_secret = \"s\"\n";
+    let config = uem_proxy::Config::load_toml(text, &|_| None).unwrap();
+    let default = config.tenants.iter().find(|t| t.name == "default").unwrap();
+    assert_eq!(default.listen, Some("127.0.0.1:8091".parse().unwrap()));
+}
