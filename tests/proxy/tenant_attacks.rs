@@ -286,3 +286,54 @@ fn a_tenant_named_default_keeps_its_own_listener() {
     let default = config.tenants.iter().find(|t| t.name == "default").unwrap();
     assert_eq!(default.listen, Some("127.0.0.1:8091".parse().unwrap()));
 }
+
+/// A reload removes uat (and adds `uat2` with the same API and client) while a request to uat
+/// waits for the rest of its body: that request is answered by uat's API with uat's token; later
+/// ones get 404, and nothing more reaches uat through the old name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_tenants_request_in_flight_finishes_with_its_own_token() {
+    let (a_api, b_api) = (Upstream::default(), Upstream::default());
+    let a_tokens = TokenService { prefix: "a-", ..Default::default() };
+    let b_tokens = TokenService { prefix: "b-", ..Default::default() };
+    let (a_url, b_url) = (a_api.start().await, b_api.start().await);
+    let (a_token_url, b_token_url) = (a_tokens.start().await, b_tokens.start().await);
+    let prod = table("prod", &a_url, &a_token_url, "a");
+    let before = format!("default_tenant = \"prod\"\n{prod}{}", table("uat", &b_url, &b_token_url, "b"));
+    let after = format!("default_tenant = \"prod\"\n{prod}{}", table("uat2", &b_url, &b_token_url, "b"));
+    let dir = std::env::temp_dir().join(format!("uem-proxy-remove-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenants.toml");
+    std::fs::write(&file, &before).unwrap();
+    let config = uem_proxy::Config::load(Some(&file), &|_| None).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(uem_proxy::run(config, listener, async {
+        let _ = rx.await;
+    }));
+    let proxy = Proxy::from_parts(addr, tx, task);
+    assert_eq!(client().get(format!("{}/t/uat/api/x", proxy.url)).send().await.unwrap().status(), 200);
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /t/uat/api/mdm/devices/search HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(&file, &after).unwrap();
+    let status = wait_reloaded(&proxy).await;
+    assert_eq!(status["config"]["last_reload"]["ok"], true, "{status}");
+    assert_eq!(client().get(format!("{}/t/uat/api/x", proxy.url)).send().await.unwrap().status(), 404);
+
+    stream.write_all(b"  ").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(client().get(format!("{}/t/uat2/api/y", proxy.url)).send().await.unwrap().status(), 200);
+    let seen: Vec<_> = b_api.seen().iter().map(|s| (s.target.clone(), s.headers["authorization"].clone())).collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|(_, auth)| auth.to_str().unwrap().starts_with("Bearer b-")), "{seen:?}");
+    assert_eq!(seen[1].0, "/api/mdm/devices/search");
+    assert!(a_api.seen().is_empty(), "{:?}", a_api.seen());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
