@@ -337,3 +337,65 @@ async fn a_removed_tenants_request_in_flight_finishes_with_its_own_token() {
     assert!(a_api.seen().is_empty(), "{:?}", a_api.seen());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A reload gives uat a secret its token service refuses: uat keeps its old client and token,
+/// the reload is reported as failed, and neither the status, the metrics nor the log shows a
+/// secret or a token.
+#[test]
+fn new_credentials_that_win_no_token_change_nothing_and_show_no_secret() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a_api, b_api) = (Upstream::default(), Upstream::default());
+    let a_tokens = TokenService { prefix: "a-", ..Default::default() };
+    let refused = Reply::Raw(401, "application/json", r#"{"error":"invalid_client"}"#.to_owned());
+    let b_tokens = TokenService { prefix: "b-", ..TokenService::script(&[Reply::Grant("3600"), refused]) };
+    let (a_url, b_url, a_token_url, b_token_url) = rt
+        .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
+    let dir = std::env::temp_dir().join(format!("uem-proxy-refused-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenants.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}{}",
+        table("prod", &a_url, &a_token_url, "a"),
+        table("uat", &b_url, &b_token_url, "b")
+    );
+    std::fs::write(&file, &text).unwrap();
+    let file_arg = file.display().to_string();
+    let mut proxy = crate::binary::Running::start_with(&[("UEM_PROXY_LOG_FORMAT", "json")], &["--config", &file_arg]);
+    let url = format!("http://{}", proxy.addr());
+    let (status, metrics) = rt.block_on(async {
+        let get = |path: &str| client().get(format!("{url}{path}")).send();
+        assert_eq!(get("/t/uat/api/x").await.unwrap().status(), 200);
+        std::fs::write(&file, text.replace("b-secret", "b-NEW-secret")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            let status: serde_json::Value = get("/_proxy/status").await.unwrap().json().await.unwrap();
+            if !status["config"]["last_reload"].is_null() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no reload");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(get("/t/uat/api/y").await.unwrap().status(), 200);
+        let metrics = get("/_proxy/metrics").await.unwrap().text().await.unwrap();
+        (status, metrics)
+    });
+    let reload = &status["config"]["last_reload"];
+    assert_eq!(reload["ok"], false, "{status}");
+    let message = reload["message"].as_str().unwrap();
+    assert!(message.contains("uat: the new credentials did not obtain a token"), "{message}");
+    assert!(message.contains("invalid_client"), "{message}");
+    let forms = b_tokens.forms.lock().unwrap().clone();
+    assert_eq!(forms.len(), 2, "one grant at start, one refused try of the new secret");
+    assert_eq!(forms[1]["client_secret"], "b-NEW-secret");
+    let auths: Vec<_> = b_api.seen().iter().map(|s| s.headers["authorization"].clone()).collect();
+    assert_eq!(auths, ["Bearer b-tok-1", "Bearer b-tok-1"], "uat kept its token");
+    proxy.terminate();
+    let log = proxy.log();
+    let status = status.to_string();
+    for secret in ["a-secret", "b-secret", "b-NEW-secret", "a-tok-", "b-tok-"] {
+        for (name, text) in [("log", &log), ("status", &status), ("metrics", &metrics)] {
+            assert!(!text.contains(secret), "{secret} in the {name}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
