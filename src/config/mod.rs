@@ -260,6 +260,7 @@ impl Config {
                 warnings.extend(own_warnings.into_iter().map(qualify));
                 all.extend(parsed);
             }
+            problems.extend(tenants::nested_apis(&all));
             all
         } else {
             let mut p = parse::Parser { raw, problems, warnings: &mut warnings };

@@ -170,6 +170,33 @@ pub fn half_credentials(top: &RawMap, tenant: &RawMap) -> Vec<String> {
     problems
 }
 
+/// Why tenants' APIs must not nest: with `https://uem.corp` and `https://uem.corp/uat`, a caller
+/// asking the first for `/uat/…` would carry its token to the second's API. The same API for two
+/// tenants (two policies over one environment) is no such case.
+pub fn nested_apis(tenants: &[TenantConfig]) -> Vec<String> {
+    let path = |url: &Url| url.path().trim_end_matches('/').to_ascii_lowercase();
+    let mut problems = Vec::new();
+    for inner in tenants {
+        for outer in tenants {
+            let (i, o) = (path(&inner.api_url), path(&outer.api_url));
+            let same_origin = inner.api_url.origin() == outer.api_url.origin();
+            if same_origin && i.len() > o.len() && i.starts_with(&o) && i.as_bytes()[o.len()] == b'/' {
+                problems.push(format!(
+                    "tenants.{}: api_url {} is inside tenants.{}'s ({}): {}'s callers could reach it with {}'s \
+                     token; give each tenant an API of its own",
+                    inner.name,
+                    inner.api_url.as_str().trim_end_matches('/'),
+                    outer.name,
+                    outer.api_url.as_str().trim_end_matches('/'),
+                    outer.name,
+                    outer.name,
+                ));
+            }
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -399,3 +399,37 @@ fn new_credentials_that_win_no_token_change_nothing_and_show_no_secret() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two tenants on one host, one API under the other's path (`https://uem.corp` and
+/// `https://uem.corp/uat`): any caller could send the first's token to the second's API by asking
+/// the first for `/uat/…`. Refused; the same API for two tenants (two policies) is not.
+#[tokio::test]
+async fn a_tenants_api_inside_another_tenants_api_is_refused() {
+    let outer = Upstream::default();
+    let base = outer.start().await;
+    let tokens = TokenService::default().start().await;
+    let text = |prod_api: &str, uat_api: &str| {
+        format!(
+            "[tenants.prod]\napi_url = \"{prod_api}\"\ntoken_url = \"{tokens}\"\nclient_id = \"a\"\nclient_secret = \"s\"\n\
+             [tenants.uat]\napi_url = \"{uat_api}\"\ntoken_url = \"{tokens}\"\nclient_id = \"b\"\nclient_secret = \"s\"\n"
+        )
+    };
+    let load = |prod: &str, uat: &str| uem_proxy::Config::load_toml(&text(prod, uat), &|_| None).map(|_| ());
+    let upper = base.to_uppercase();
+    for (prod, uat) in [
+        (base.clone(), format!("{base}/uat")),
+        (base.clone(), format!("{base}/uat/")),
+        (format!("{base}/"), format!("{upper}/UAT")),
+        (format!("{base}/uem"), format!("{base}/UEM/uat")),
+    ] {
+        let error = load(&prod, &uat).expect_err(&uat).to_string();
+        assert!(error.contains("tenants.uat: api_url") && error.contains("inside tenants.prod's"), "{error}");
+    }
+    for (prod, uat) in [
+        (base.clone(), base.clone()),
+        (format!("{base}/prod"), format!("{base}/prod-uat")),
+        (base.clone(), "https://as2.awmdm.com/uat".to_owned()),
+    ] {
+        load(&prod, &uat).unwrap_or_else(|e| panic!("{prod} {uat}: {e}"));
+    }
+}
