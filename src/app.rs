@@ -213,10 +213,19 @@ impl App {
         *self.last_reload.lock().expect("not poisoned") = status;
     }
 
-    /// The proxy's state for people and scripts: never the token or the secret.
-    pub fn status(&self) -> serde_json::Value {
+    /// The proxy's state for people and scripts: never the token or the secret. `only`: on a
+    /// tenant's own listener, that tenant alone, as if it were the only one.
+    pub fn status(&self, only: Option<&str>) -> serde_json::Value {
         let config = self.config.load();
-        let tenants = self.tenants.load();
+        let all = self.tenants.load();
+        let tenants = match only {
+            Some(name) => &Tenants {
+                list: all.get(name).into_iter().cloned().collect(),
+                default: all.get(name).cloned(),
+                prefixed: all.prefixed,
+            },
+            None => &**all,
+        };
         let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
         let reload = self.last_reload.lock().expect("not poisoned").clone();
         let each: BTreeMap<&str, serde_json::Value> =

@@ -54,7 +54,14 @@ impl Service {
 
     /// The service of tenant `name`'s own listener, bound at `local`.
     pub fn for_tenant(app: Arc<App>, name: &str, local: std::net::SocketAddr) -> Service {
-        Service { pinned: Some(Arc::from(name)), listen_host: Arc::from(local.to_string()), ..Service::new(app) }
+        let pinned: Arc<str> = Arc::from(name);
+        let admin = crate::admin::routes().layer(axum::Extension(crate::admin::Pinned(pinned.clone())));
+        Service {
+            admin: admin.with_state(app.clone()),
+            pinned: Some(pinned),
+            listen_host: Arc::from(local.to_string()),
+            ..Service::new(app)
+        }
     }
 
     /// Serves one request from `peer`; `https`: it came over the HTTPS listener.

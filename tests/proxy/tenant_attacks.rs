@@ -433,3 +433,56 @@ async fn a_tenants_api_inside_another_tenants_api_is_refused() {
         load(&prod, &uat).unwrap_or_else(|e| panic!("{prod} {uat}: {e}"));
     }
 }
+
+/// On uat's own listener (the only one its callers may reach, say), `/_proxy/*` is about uat
+/// alone: readiness is uat's, and neither the status nor the metrics show another tenant.
+#[test]
+fn a_tenant_listeners_own_endpoints_show_that_tenant_alone() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a_api, b_api) = (Upstream::default(), Upstream::default());
+    let failing = Reply::Raw(500, "application/json", r#"{"error":"server_error"}"#.to_owned());
+    let a_tokens = TokenService { prefix: "a-", after_script: Some(failing), ..Default::default() };
+    let b_tokens = TokenService { prefix: "b-", ..Default::default() };
+    let (a_url, b_url, a_token_url, b_token_url) = rt
+        .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
+    let dir = std::env::temp_dir().join(format!("uem-proxy-tenant-admin-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenants.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}{}listen = \"127.0.0.1:0\"\n",
+        table("prod", &a_url, &a_token_url, "prod-client"),
+        table("uat", &b_url, &b_token_url, "uat-client")
+    );
+    std::fs::write(&file, text).unwrap();
+    let file_arg = file.display().to_string();
+    let mut proxy = crate::binary::Running::start_with(&[("UEM_PROXY_LOG_FORMAT", "json")], &["--config", &file_arg]);
+    let own = wait_event(&proxy, "listening for one tenant");
+    let uat = own["listen"].as_str().unwrap().to_owned();
+    let shared = proxy.addr();
+    rt.block_on(async {
+        let get = |url: String| async move { client().get(url).send().await.unwrap() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(format!("http://{uat}/_proxy/readyz")).await.status() != 200 {
+            assert!(Instant::now() < deadline, "uat's listener never ready while uat holds a token");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(get(format!("http://{shared}/_proxy/readyz")).await.status(), 503, "prod has no token");
+        let r = get(format!("http://{uat}/_proxy/readyz?tenant=prod")).await;
+        assert_eq!(r.status(), 404);
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("prod"), "{body}");
+        let status = get(format!("http://{uat}/_proxy/status")).await.text().await.unwrap();
+        assert!(status.contains(&b_url) && status.contains("uat-client"), "{status}");
+        for other in [a_url.as_str(), "prod-client", "\"prod\""] {
+            assert!(!status.contains(other), "{other} in uat's status: {status}");
+        }
+        let metrics = get(format!("http://{uat}/_proxy/metrics")).await.text().await.unwrap();
+        assert!(metrics.contains("tenant=\"uat\""), "{metrics}");
+        assert!(!metrics.contains("tenant=\"prod\""), "{metrics}");
+        // The shared listener still shows every tenant.
+        let status = get(format!("http://{shared}/_proxy/status")).await.text().await.unwrap();
+        assert!(status.contains("prod-client") && status.contains("uat-client"), "{status}");
+    });
+    proxy.terminate();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
