@@ -45,7 +45,7 @@ async fn readyz(
     let asked: Vec<&Arc<crate::tenants::Tenant>> = match (&pinned, &query.tenant) {
         (Some(own), asked) if asked.as_deref().is_none_or(|a| a.eq_ignore_ascii_case(own)) => match tenants.get(own) {
             Some(tenant) => vec![tenant],
-            None => return ProxyError::UnknownTenant(own.to_string()).into_response(id.as_str()),
+            None => return ProxyError::TenantGone(own.to_string()).into_response(id.as_str()),
         },
         (Some(own), _) => return ProxyError::UnknownTenant(own.to_string()).into_response(id.as_str()),
         (None, Some(name)) => match tenants.get(name) {

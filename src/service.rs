@@ -162,7 +162,10 @@ impl Service {
             Some(name) => tenants.get(name).map(|tenant| Picked { tenant, path: uri.path(), prefix: "" }),
             None => tenants.pick(uri.path()),
         };
-        let picked = picked.ok_or_else(|| ProxyError::UnknownTenant(tenants.names()))?;
+        let picked = picked.ok_or_else(|| match &self.pinned {
+            Some(name) => ProxyError::TenantGone(name.to_string()),
+            None => ProxyError::UnknownTenant(tenants.names()),
+        })?;
         let tenant = picked.tenant;
         if tenants.prefixed {
             record.tenant = Some(tenant.name.clone());

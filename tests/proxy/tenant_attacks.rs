@@ -486,3 +486,43 @@ fn a_tenant_listeners_own_endpoints_show_that_tenant_alone() {
     proxy.terminate();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A reload removes uat, whose own listener stays bound until a restart: callers there get
+/// `404 unknown_tenant`, and the answer names no other tenant.
+#[test]
+fn a_removed_tenants_listener_names_no_other_tenant() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a_api, b_api) = (Upstream::default(), Upstream::default());
+    let (a_tokens, b_tokens) = (TokenService::default(), TokenService::default());
+    let (a_url, b_url, a_token_url, b_token_url) = rt
+        .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
+    let dir = std::env::temp_dir().join(format!("uem-proxy-removed-listener-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenants.toml");
+    let prod =
+        format!("listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}", table("prod", &a_url, &a_token_url, "a"));
+    let both = format!("{prod}{}listen = \"127.0.0.1:0\"\n", table("uat", &b_url, &b_token_url, "b"));
+    std::fs::write(&file, &both).unwrap();
+    let file_arg = file.display().to_string();
+    let mut proxy = crate::binary::Running::start_with(&[("UEM_PROXY_LOG_FORMAT", "json")], &["--config", &file_arg]);
+    let uat = wait_event(&proxy, "listening for one tenant")["listen"].as_str().unwrap().to_owned();
+    rt.block_on(async {
+        let get = || async { client().get(format!("http://{uat}/api/x")).send().await.unwrap() };
+        assert_eq!(get().await.status(), 200);
+        std::fs::write(&file, &prod).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let gone = loop {
+            let r = get().await;
+            if r.status() == 404 {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "uat was never removed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let body: serde_json::Value = gone.json().await.unwrap();
+        assert_eq!(body["error"], "unknown_tenant");
+        assert!(!body["message"].as_str().unwrap().contains("prod"), "{body}");
+    });
+    proxy.terminate();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
