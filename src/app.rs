@@ -138,6 +138,9 @@ impl App {
                 }
                 None => match Tenant::start(&new, tenant, &self.shared, spread(i, count)) {
                     Ok(started) => {
+                        if tenant.listen.is_some() {
+                            tracing::warn!(tenant = %name, setting = "listen", "changed, but takes effect only after a restart");
+                        }
                         changes.push(format!("{name}: added"));
                         list.push(Arc::new(started));
                     }

@@ -526,3 +526,47 @@ fn a_removed_tenants_listener_names_no_other_tenant() {
     proxy.terminate();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A reload adds uat with a listener of its own: the tenant is served under `/t/uat/` at once,
+/// and the log says its listener waits for a restart rather than leaving callers to find out.
+#[test]
+fn a_tenant_added_by_a_reload_says_its_listener_waits_for_a_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a_api, b_api) = (Upstream::default(), Upstream::default());
+    let (a_tokens, b_tokens) = (TokenService::default(), TokenService::default());
+    let (a_url, b_url, a_token_url, b_token_url) = rt
+        .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
+    let dir = std::env::temp_dir().join(format!("uem-proxy-added-listener-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenants.toml");
+    let prod =
+        format!("listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}", table("prod", &a_url, &a_token_url, "a"));
+    std::fs::write(&file, &prod).unwrap();
+    let file_arg = file.display().to_string();
+    let mut proxy = crate::binary::Running::start_with(&[("UEM_PROXY_LOG_FORMAT", "json")], &["--config", &file_arg]);
+    let url = format!("http://{}", proxy.addr());
+    rt.block_on(async {
+        // Ready: the file watcher has started too.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client().get(format!("{url}/_proxy/readyz")).send().await.unwrap().status() != 200 {
+            assert!(Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    std::fs::write(&file, format!("{prod}{}listen = \"127.0.0.1:0\"\n", table("uat", &b_url, &b_token_url, "b")))
+        .unwrap();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client().get(format!("{url}/t/uat/api/x")).send().await.unwrap().status() != 200 {
+            assert!(Instant::now() < deadline, "uat was never added");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let warned = proxy
+        .events("changed, but takes effect only after a restart")
+        .into_iter()
+        .any(|e| e["tenant"] == "uat" && e["setting"] == "listen");
+    proxy.terminate();
+    assert!(warned, "{}", proxy.log());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
