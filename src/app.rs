@@ -7,7 +7,6 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use crate::config::{Config, Listen};
 use crate::forward::body::ReplayBudget;
@@ -64,7 +63,7 @@ impl App {
             client,
             tls,
             replay_budget: ReplayBudget::new(config.replay_budget),
-            token_permits: Arc::new(Semaphore::new(crate::tenants::TOKEN_REQUESTS_AT_ONCE)),
+            token_permits: crate::tenants::TokenPermits::default(),
         };
         let count = config.tenants.len();
         let mut list = Vec::with_capacity(count);

@@ -20,8 +20,22 @@ use crate::forward::{Forwarder, Route};
 use crate::gate::policy::Policy;
 use crate::token::{Credentials, TokenClient, Tokens};
 
-/// At most this many token requests at once, all tenants together.
+/// At most this many token requests at once to one token service, all tenants together.
 pub const TOKEN_REQUESTS_AT_ONCE: usize = 8;
+
+/// The limit on token requests at once, one per token service (scheme, host and port): a hundred
+/// tenants starting together ask each service a few at a time, and tenants on a service that
+/// hangs never hold up tenants on another.
+#[derive(Clone, Default)]
+pub struct TokenPermits(Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>>);
+
+impl TokenPermits {
+    pub fn for_service(&self, token_url: &url::Url) -> Arc<Semaphore> {
+        let mut services = self.0.lock().expect("not poisoned");
+        let service = services.entry(token_url.origin().ascii_serialization());
+        service.or_insert_with(|| Arc::new(Semaphore::new(TOKEN_REQUESTS_AT_ONCE))).clone()
+    }
+}
 
 /// What a tenant's requests read from the configuration. Replaced whole on reload; a request
 /// keeps the one it started with.
@@ -64,13 +78,13 @@ pub fn basic_header(username: &str, password: &secrecy::SecretString) -> HeaderV
 }
 
 /// What the tenants of one process share: the token service's HTTP client, the TLS settings,
-/// the replay budget and the limit on token requests at once.
+/// the replay budget and the limits on token requests at once.
 #[derive(Clone)]
 pub struct Shared {
     pub client: reqwest::Client,
     pub tls: rustls::ClientConfig,
     pub replay_budget: ReplayBudget,
-    pub token_permits: Arc<Semaphore>,
+    pub token_permits: TokenPermits,
 }
 
 /// One running tenant.
@@ -105,7 +119,7 @@ impl Tenant {
                     http: shared.client.clone(),
                     credentials: credentials.clone(),
                     timeout: config.upstream_timeout,
-                    permits: shared.token_permits.clone(),
+                    permits: shared.token_permits.for_service(&oauth.token_url),
                 };
                 let (tokens, refresher) = Tokens::start_spread(source, config.forced_refresh_interval, spread);
                 (tokens, refresher, Some(credentials))

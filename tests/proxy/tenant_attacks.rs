@@ -570,3 +570,33 @@ fn a_tenant_added_by_a_reload_says_its_listener_waits_for_a_restart() {
     assert!(warned, "{}", proxy.log());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Eight tenants whose token services hang (one region down, say) do not hold up a ninth on
+/// another token service: the limit on token requests at once is per token service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_on_a_hanging_token_service_never_delay_a_tenant_on_another() {
+    let api = Upstream::default();
+    let api_url = api.start().await;
+    let mut file = String::from("default_tenant = \"z\"\n");
+    let mut hanging = Vec::new();
+    for i in 0..8 {
+        let tokens = TokenService { delay: Duration::from_secs(4), ..Default::default() };
+        file.push_str(&table(&format!("h{i}"), &api_url, &tokens.start().await, &format!("h{i}")));
+        hanging.push(tokens);
+    }
+    let healthy = TokenService { prefix: "z-", ..Default::default() };
+    file.push_str(&table("z", &api_url, &healthy.start().await, "z"));
+    let config = uem_proxy::Config::load_toml(&file, &|_| None).expect("valid config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let started = Instant::now();
+    let task = tokio::spawn(uem_proxy::run(config, listener, async {
+        let _ = rx.await;
+    }));
+    let proxy = Proxy::from_parts(addr, tx, task);
+    let r = client().get(format!("{}/api/x", proxy.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(2), "z waited {:?} for a token", started.elapsed());
+    assert_eq!(api.last().headers["authorization"], "Bearer z-tok-1");
+}
