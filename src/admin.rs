@@ -12,6 +12,11 @@ use crate::error::ProxyError;
 use crate::record::RequestId;
 use crate::record::inspect::ui;
 
+/// On a tenant's own listener, the tenant every path goes to: `/_proxy/*` there is about it alone,
+/// so that callers who may reach only that listener learn nothing of the other tenants.
+#[derive(Clone)]
+pub struct Pinned(pub Arc<str>);
+
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/_proxy/healthz", get(healthz))
@@ -39,14 +44,21 @@ async fn readyz(
     State(app): State<Arc<App>>,
     Extension(id): Extension<RequestId>,
     Query(query): Query<ReadyQuery>,
+    pinned: Option<Extension<Pinned>>,
 ) -> Response {
     let tenants = app.tenants.load();
-    let asked: Vec<&Arc<crate::tenants::Tenant>> = match &query.tenant {
-        Some(name) => match tenants.get(name) {
+    let pinned = pinned.map(|Extension(Pinned(name))| name);
+    let asked: Vec<&Arc<crate::tenants::Tenant>> = match (&pinned, &query.tenant) {
+        (Some(own), asked) if asked.as_deref().is_none_or(|a| a.eq_ignore_ascii_case(own)) => match tenants.get(own) {
+            Some(tenant) => vec![tenant],
+            None => return ProxyError::TenantGone(own.to_string()).into_response(id.as_str()),
+        },
+        (Some(own), _) => return ProxyError::UnknownTenant(own.to_string()).into_response(id.as_str()),
+        (None, Some(name)) => match tenants.get(name) {
             Some(tenant) => vec![tenant],
             None => return ProxyError::UnknownTenant(tenants.names()).into_response(id.as_str()),
         },
-        None => tenants.list.iter().collect(),
+        (None, None) => tenants.list.iter().collect(),
     };
     let now = tokio::time::Instant::now();
     let mut valid_for = u64::MAX;
@@ -88,12 +100,19 @@ struct ReadyQuery {
     tenant: Option<String>,
 }
 
-async fn status(State(app): State<Arc<App>>) -> Response {
-    Json(app.status()).into_response()
+async fn status(State(app): State<Arc<App>>, pinned: Option<Extension<Pinned>>) -> Response {
+    Json(app.status(pinned.as_ref().map(|p| &*p.0.0))).into_response()
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.encode()).into_response()
+async fn metrics(State(app): State<Arc<App>>, pinned: Option<Extension<Pinned>>) -> Response {
+    let mut text = app.metrics.encode();
+    if let Some(Extension(Pinned(name))) = pinned {
+        // Series of the other tenants go; those of the process as a whole stay.
+        let own = format!("tenant=\"{name}\"");
+        text =
+            text.lines().filter(|l| !l.contains("tenant=\"") || l.contains(&own)).map(|l| format!("{l}\n")).collect();
+    }
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 /// The inspector's exchanges, newest first; `?limit=N` for the newest N.

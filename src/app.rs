@@ -7,7 +7,6 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use crate::cache::{Cache, CacheStats};
 use crate::config::{Config, Listen};
@@ -31,8 +30,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn new(config: &Config, local: &Listen, cache: Option<Arc<Cache>>) -> Settings {
-        Settings { checks: Checks::new(&config.inbound, local), max_pages: config.max_pages, cache }
+    fn new(config: &Config, checks: Checks, cache: Option<Arc<Cache>>) -> Settings {
+        Settings { checks, max_pages: config.max_pages, cache }
     }
 }
 
@@ -66,6 +65,8 @@ pub struct App {
     pub config: ArcSwap<Config>,
     /// Where callers reach the proxy.
     pub local: Listen,
+    /// The tenants' own listeners, bound at start (a reload does not move them).
+    tenant_listeners: Vec<std::net::SocketAddr>,
     pub started: SystemTime,
     pub last_reload: Mutex<ReloadStatus>,
     /// Reloads one at a time, so that two cannot start the same new tenant twice.
@@ -88,7 +89,7 @@ impl App {
             client,
             tls,
             replay_budget: ReplayBudget::new(config.replay_budget),
-            token_permits: Arc::new(Semaphore::new(crate::tenants::TOKEN_REQUESTS_AT_ONCE)),
+            token_permits: crate::tenants::TokenPermits::default(),
         };
         let count = config.tenants.len();
         let mut list = Vec::with_capacity(count);
@@ -99,15 +100,18 @@ impl App {
         let cache_stats = Arc::new(CacheStats::default());
         let metrics = Arc::new(Metrics::new(gauges(&tenants), cache_stats.clone()));
         let inspector = Inspector::new(config.inspect, token_stores(&tenants));
+        let tenant_listeners: Vec<_> = config.tenants.iter().filter_map(|t| t.listen).collect();
+        let checks = checks(&config, &local, &tenant_listeners);
         let app = App {
             shared,
             tenants: ArcSwap::from_pointee(tenants),
-            settings: ArcSwap::from_pointee(Settings::new(&config, &local, cache_for(&config, &cache_stats, None))),
+            settings: ArcSwap::from_pointee(Settings::new(&config, checks, cache_for(&config, &cache_stats, None))),
             metrics,
             inspector,
             cache_stats,
             config: ArcSwap::from_pointee(config),
             local,
+            tenant_listeners,
             started: SystemTime::now(),
             last_reload: Mutex::new(ReloadStatus::default()),
             reloading: tokio::sync::Mutex::new(()),
@@ -135,28 +139,33 @@ impl App {
             let label = |change: &str| if new.prefixed { format!("{name}: {change}") } else { change.to_owned() };
             match current.get(name) {
                 Some(running) if running.can_take(tenant) => {
-                    match running.apply(&new, tenant, &self.shared).await {
-                        Ok(changed) => changes.extend(changed.iter().map(|c| label(c))),
-                        Err(error) => errors.push(label(&error)),
-                    }
+                    changes.extend(running.apply(&new, tenant).iter().map(|c| label(c)));
                     list.push(running.clone());
                 }
-                Some(running) if !new.prefixed => {
+                Some(running) if !new.prefixed && running.config.load().auth.mode() != tenant.auth.mode() => {
                     errors.push("changing UEM_AUTH_MODE needs a restart".to_owned());
                     list.push(running.clone());
                 }
-                // Another authentication mode: a tenant of its own, started anew; the old one
-                // finishes the requests it has.
-                Some(running) => match Tenant::start(&new, tenant, &self.shared, spread(i, count)) {
-                    Ok(started) => {
-                        changes.push(label("restarted (authentication mode changed)"));
-                        list.push(Arc::new(started));
+                // New credentials or another authentication mode: a tenant of its own, started
+                // anew; the old one finishes the requests it has with its own token and API.
+                Some(running) => {
+                    let mode_changed = running.config.load().auth.mode() != tenant.auth.mode();
+                    match Tenant::start_checked(&new, tenant, &self.shared, spread(i, count), running).await {
+                        Ok(started) => {
+                            let change = if mode_changed {
+                                "restarted (authentication mode changed)"
+                            } else {
+                                "credentials (a new token is in use)"
+                            };
+                            changes.push(label(change));
+                            list.push(Arc::new(started));
+                        }
+                        Err(error) => {
+                            errors.push(label(&error));
+                            list.push(running.clone());
+                        }
                     }
-                    Err(error) => {
-                        errors.push(label(&error.to_string()));
-                        list.push(running.clone());
-                    }
-                },
+                }
                 None => match Tenant::start(&new, tenant, &self.shared, spread(i, count)) {
                     Ok(started) => {
                         if tenant.listen.is_some() {
@@ -214,7 +223,8 @@ impl App {
         self.inspector.set_tokens(token_stores(&tenants));
         self.tenants.store(Arc::new(tenants));
         let cache = cache_for(&new, &self.cache_stats, Some(&self.settings.load()));
-        self.settings.store(Arc::new(Settings::new(&new, &self.local, cache)));
+        let checks = checks(&new, &self.local, &self.tenant_listeners);
+        self.settings.store(Arc::new(Settings::new(&new, checks, cache)));
         self.config.store(Arc::new(new));
         if errors.is_empty() { Ok(changes) } else { Err(errors.join("; ")) }
     }
@@ -243,10 +253,19 @@ impl App {
         *self.last_reload.lock().expect("not poisoned") = status;
     }
 
-    /// The proxy's state for people and scripts: never the token or the secret.
-    pub fn status(&self) -> serde_json::Value {
+    /// The proxy's state for people and scripts: never the token or the secret. `only`: on a
+    /// tenant's own listener, that tenant alone, as if it were the only one.
+    pub fn status(&self, only: Option<&str>) -> serde_json::Value {
         let config = self.config.load();
-        let tenants = self.tenants.load();
+        let all = self.tenants.load();
+        let tenants = match only {
+            Some(name) => &Tenants {
+                list: all.get(name).into_iter().cloned().collect(),
+                default: all.get(name).cloned(),
+                prefixed: all.prefixed,
+            },
+            None => &**all,
+        };
         let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
         let reload = self.last_reload.lock().expect("not poisoned").clone();
         let each: BTreeMap<&str, serde_json::Value> =
@@ -278,6 +297,11 @@ impl App {
         }
         status
     }
+}
+
+/// Who may call: tenants' own listeners are named in `Host` like the shared one.
+fn checks(config: &Config, local: &Listen, tenant_listeners: &[std::net::SocketAddr]) -> Checks {
+    Checks::new(&config.inbound, local).with_listeners(tenant_listeners.iter().copied())
 }
 
 /// The tenants in order, with the default one found.

@@ -21,6 +21,10 @@ pub enum ProxyError {
     /// The path names no tenant (`/t/NAME/…` with an unknown NAME, or no prefix and no default).
     #[error("{}", unknown_tenant(.0))]
     UnknownTenant(String),
+    /// On a tenant's own listener: that tenant was removed by a reload (the listener stays until
+    /// a restart). Names no other tenant.
+    #[error("tenant {0}, which this listener serves, is no longer configured; the listener stays until a restart")]
+    TenantGone(String),
     #[error("no valid API token is available yet ({}); retry shortly", no_token_reason(reason.as_deref()))]
     NoToken {
         retry_after_s: u64,
@@ -82,7 +86,7 @@ impl ProxyError {
         match self {
             ProxyError::BadTarget(_) => (StatusCode::BAD_REQUEST, "bad_request_target"),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ProxyError::UnknownTenant(_) => (StatusCode::NOT_FOUND, "unknown_tenant"),
+            ProxyError::UnknownTenant(_) | ProxyError::TenantGone(_) => (StatusCode::NOT_FOUND, "unknown_tenant"),
             ProxyError::NoToken { .. } => (StatusCode::SERVICE_UNAVAILABLE, "token_unavailable"),
             ProxyError::Unreachable => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),

@@ -30,7 +30,7 @@ use crate::gate::{self};
 use crate::listen::{Handler, Peer};
 use crate::record::{Record, RequestId};
 use crate::request_id::{self, X_REQUEST_ID};
-use crate::tenants::{Picked, Tenant, TenantSettings};
+use crate::tenants::{Picked, Tenant, TenantSettings, split_prefix};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -65,8 +65,11 @@ impl Service {
 
     /// The service of tenant `name`'s own listener, bound at `local`.
     pub fn for_tenant(app: Arc<App>, name: &str, local: std::net::SocketAddr) -> Service {
-        let listener = Arc::new(Listener { pinned: Some(Arc::from(name)), host: local.to_string() });
-        Service { listener, ..Service::new(app) }
+        let pinned: Arc<str> = Arc::from(name);
+        // Its own endpoints speak of this tenant alone.
+        let admin = crate::admin::routes().layer(axum::Extension(crate::admin::Pinned(pinned.clone())));
+        let listener = Arc::new(Listener { pinned: Some(pinned), host: local.to_string() });
+        Service { admin: admin.with_state(app.clone()), listener, ..Service::new(app) }
     }
 
     /// Serves one request from `peer`; `https`: it came over the HTTPS listener.
@@ -200,19 +203,26 @@ impl Service {
             Some(name) => tenants.get(name).map(|tenant| Picked { tenant, path: uri.path(), prefix: "" }),
             None => tenants.pick(uri.path()),
         };
-        let picked = picked.ok_or_else(|| ProxyError::UnknownTenant(tenants.names()))?;
+        let picked = picked.ok_or_else(|| match &self.listener.pinned {
+            Some(name) => ProxyError::TenantGone(name.to_string()),
+            None => ProxyError::UnknownTenant(tenants.names()),
+        })?;
         if tenants.prefixed {
             learnt.tenant = Some(picked.tenant.name.clone());
         }
-        self.call(settings, picked, parts, body, https, learnt).await
+        // A path that reached the default tenant without naming it.
+        let unprefixed_default = tenants.prefixed && picked.prefix.is_empty() && self.listener.pinned.is_none();
+        self.call(settings, picked, unprefixed_default, parts, body, https, learnt).await
     }
 
     /// One call of a tenant's API: the target, the tenant's policy, then the cache (for what no
     /// denial stopped) and the tenant's forwarder. Every page of `/_proxy/all/` comes here too.
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         settings: &Settings,
         picked: Picked<'_>,
+        unprefixed_default: bool,
         parts: Parts,
         body: Body,
         https: bool,
@@ -221,6 +231,11 @@ impl Service {
         let tenant = picked.tenant;
         let own = tenant.settings.load_full();
         let target = Target::of(&parts.method, picked.path).map_err(ProxyError::BadTarget)?;
+        // `//t/uat/…`, `/%74/uat/…`, `/x/../t/uat/…` name a tenant only once made canonical: the
+        // default tenant must not receive them with its token.
+        if unprefixed_default && split_prefix(&target.path).is_some() {
+            return Err(ProxyError::BadTarget("a tenant prefix is written /t/NAME/ at the very start of the path"));
+        }
         learnt.category = Some(target.category());
         learnt.permission = target.required.map(|r| r.permission.name);
         gate::decide(&own.policy, &parts, &target)?;

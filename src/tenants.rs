@@ -20,8 +20,22 @@ use crate::forward::{Forwarder, Route};
 use crate::gate::policy::Policy;
 use crate::token::{Credentials, TokenClient, Tokens};
 
-/// At most this many token requests at once, all tenants together.
+/// At most this many token requests at once to one token service, all tenants together.
 pub const TOKEN_REQUESTS_AT_ONCE: usize = 8;
+
+/// The limit on token requests at once, one per token service (scheme, host and port): a hundred
+/// tenants starting together ask each service a few at a time, and tenants on a service that
+/// hangs never hold up tenants on another.
+#[derive(Clone, Default)]
+pub struct TokenPermits(Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>>);
+
+impl TokenPermits {
+    pub fn for_service(&self, token_url: &url::Url) -> Arc<Semaphore> {
+        let mut services = self.0.lock().expect("not poisoned");
+        let service = services.entry(token_url.origin().ascii_serialization());
+        service.or_insert_with(|| Arc::new(Semaphore::new(TOKEN_REQUESTS_AT_ONCE))).clone()
+    }
+}
 
 /// What a tenant's requests read from the configuration. Replaced whole on reload; a request
 /// keeps the one it started with.
@@ -64,13 +78,13 @@ pub fn basic_header(username: &str, password: &secrecy::SecretString) -> HeaderV
 }
 
 /// What the tenants of one process share: the token service's HTTP client, the TLS settings,
-/// the replay budget and the limit on token requests at once.
+/// the replay budget and the limits on token requests at once.
 #[derive(Clone)]
 pub struct Shared {
     pub client: reqwest::Client,
     pub tls: rustls::ClientConfig,
     pub replay_budget: ReplayBudget,
-    pub token_permits: Arc<Semaphore>,
+    pub token_permits: TokenPermits,
 }
 
 /// One running tenant.
@@ -105,7 +119,7 @@ impl Tenant {
                     http: shared.client.clone(),
                     credentials: credentials.clone(),
                     timeout: config.upstream_timeout,
-                    permits: shared.token_permits.clone(),
+                    permits: shared.token_permits.for_service(&oauth.token_url),
                 };
                 let (tokens, refresher) = Tokens::start_spread(source, config.forced_refresh_interval, spread);
                 (tokens, refresher, Some(credentials))
@@ -131,39 +145,46 @@ impl Tenant {
     }
 
     /// Whether `new` can be applied to this running tenant, rather than a new one started: the
-    /// same authentication mode.
+    /// same authentication mode and credentials. New credentials get a tenant of their own (see
+    /// [`Tenant::start_checked`]), so that a request routed before a reload, with the old API URL,
+    /// never carries a token of the new credentials, nor one made after it the old.
     pub fn can_take(&self, new: &TenantConfig) -> bool {
-        self.config.load().auth.mode() == new.auth.mode()
+        match (&new.auth, &self.credentials) {
+            (Auth::OAuth(oauth), Some(current)) => oauth.credentials().same_as(&current.load()),
+            (Auth::Basic { username, password }, None) => {
+                self.forwarder.tokens.current().is_some_and(|t| *t.header() == basic_header(username, password))
+            }
+            _ => false,
+        }
     }
 
-    /// Applies `new` to this tenant. New credentials must first win a token, which then replaces
-    /// the old one; if they do not, nothing changes. Returns what changed.
-    pub async fn apply(&self, config: &Config, new: &TenantConfig, shared: &Shared) -> Result<Vec<String>, String> {
+    /// Starts a tenant for credentials that a reload changed, and waits for its first token; a
+    /// tenant whose credentials obtain none is not started. `running`: the tenant it replaces,
+    /// whose hold after a 429 it keeps when the API is the same.
+    pub async fn start_checked(
+        config: &Config,
+        tenant: &TenantConfig,
+        shared: &Shared,
+        spread: f64,
+        running: &Tenant,
+    ) -> Result<Tenant, String> {
+        let started = Tenant::start(config, tenant, shared, spread).map_err(|e| e.to_string())?;
+        let wait = config.upstream_timeout + std::time::Duration::from_secs(1);
+        if let Err(error) = started.forwarder.tokens.first_outcome(wait).await {
+            return Err(format!("the new credentials did not obtain a token ({error})"));
+        }
+        if running.config.load().api_url == tenant.api_url {
+            let pacer = running.forwarder.pacer.load().with_settings(tenant.pacer);
+            started.forwarder.pacer.store(Arc::new(pacer));
+        }
+        Ok(started)
+    }
+
+    /// Applies `new`, whose credentials are this tenant's (see [`Tenant::can_take`]), to this
+    /// tenant. Returns what changed.
+    pub fn apply(&self, config: &Config, new: &TenantConfig) -> Vec<String> {
         let old = self.config.load_full();
         let mut changes = Vec::new();
-        match (&new.auth, &self.credentials) {
-            (Auth::OAuth(oauth), Some(current)) => {
-                let new_credentials = oauth.credentials();
-                if !new_credentials.same_as(&current.load()) {
-                    let grant = crate::token::request(&shared.client, &new_credentials, config.upstream_timeout)
-                        .await
-                        .map_err(|e| format!("the new credentials did not obtain a token ({e})"))?;
-                    if !self.forwarder.tokens.install(&grant) {
-                        return Err("the token obtained with the new credentials cannot be used".to_owned());
-                    }
-                    current.store(Arc::new(new_credentials));
-                    changes.push("credentials (a new token is in use)".to_owned());
-                }
-            }
-            (Auth::Basic { username, password }, None) => {
-                let header = basic_header(username, password);
-                if self.forwarder.tokens.current().is_none_or(|t| t.header() != header) {
-                    self.forwarder.tokens.set_fixed(header);
-                    changes.push("credentials".to_owned());
-                }
-            }
-            _ => return Err("changing UEM_AUTH_MODE needs a restart".to_owned()),
-        }
         if old.pacer != new.pacer {
             let pacer = self.forwarder.pacer.load().with_settings(new.pacer);
             self.forwarder.pacer.store(Arc::new(pacer));
@@ -183,7 +204,7 @@ impl Tenant {
         }
         self.settings.store(Arc::new(TenantSettings::new(config, new)));
         self.config.store(Arc::new(new.clone()));
-        Ok(changes)
+        changes
     }
 }
 

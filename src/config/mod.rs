@@ -269,10 +269,10 @@ impl Config {
             let mut all = Vec::new();
             for tenant in tables.tenants {
                 let merged = tenants::overlay(raw, &tenant.raw);
-                let (mut own_problems, mut own_warnings) = (Vec::new(), Vec::new());
+                let (mut own_problems, mut own_warnings) = (tenants::half_credentials(raw, &tenant.raw), Vec::new());
                 let mut p = parse::Parser { raw: &merged, problems: &mut own_problems, warnings: &mut own_warnings };
                 let policy = tenant.policy.unwrap_or_else(|| tables.policy.clone());
-                let parsed = upstream(&mut p, &tenant.name, policy, file, pacer_max_wait);
+                let parsed = upstream(&mut p, Some(&tenant.name), policy, file, pacer_max_wait);
                 let name = &tenant.name;
                 let label = format!("tenants.{name}");
                 let qualify = |m: String| if m.contains(&label) { m } else { format!("{label}: {m}") };
@@ -280,10 +280,11 @@ impl Config {
                 warnings.extend(own_warnings.into_iter().map(qualify));
                 all.extend(parsed);
             }
+            problems.extend(tenants::nested_apis(&all));
             all
         } else {
             let mut p = parse::Parser { raw, problems, warnings: &mut warnings };
-            upstream(&mut p, tenants::SINGLE, tables.policy, file, pacer_max_wait).into_iter().collect()
+            upstream(&mut p, None, tables.policy, file, pacer_max_wait).into_iter().collect()
         };
         let mut p = parse::Parser { raw, problems, warnings: &mut warnings };
         let default_tenant = match p.parse("default_tenant", |s| Ok(s.trim().to_owned())) {
@@ -548,10 +549,11 @@ pub fn listen_in_file(path: &Path) -> Result<Option<Listen>, String> {
     }
 }
 
-/// One tenant's upstream, credentials, policy and pacing, from the settings `p` reads.
+/// One tenant's upstream, credentials, policy and pacing, from the settings `p` reads; `table`:
+/// the name of its `[tenants.NAME]` table, `None` for the one tenant made of the top level.
 fn upstream(
     p: &mut parse::Parser<'_>,
-    name: &str,
+    table: Option<&str>,
     policy: PolicyFile,
     file: Option<&Path>,
     max_wait: Option<Duration>,
@@ -579,7 +581,7 @@ fn upstream(
             .map_err(|_| format!("'{s}' is not a whole number of requests a second"))
     });
     // Without `[tenants]`, `listen` is the shared listener's.
-    let listen = match name != tenants::SINGLE && p.raw.contains_key("listen") {
+    let listen = match table.is_some() && p.raw.contains_key("listen") {
         false => Some(None),
         true => p
             .parse("listen", |s| {
@@ -588,7 +590,7 @@ fn upstream(
             .map(Some),
     };
     Some(TenantConfig {
-        name: name.to_owned(),
+        name: table.unwrap_or(tenants::SINGLE).to_owned(),
         api_url: api_url?,
         auth: auth?,
         tenant_code,

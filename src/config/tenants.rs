@@ -131,6 +131,72 @@ pub fn overlay(top: &RawMap, tenant: &RawMap) -> RawMap {
     merged
 }
 
+/// Credentials whose parts go together, with the keys that say where they are sent: a client ID
+/// and its secret to the token service; an account and its password to the API.
+const CREDENTIALS: &[(&str, &[&str], &[&str], bool)] = &[
+    ("client_id", &["client_secret", "client_secret_file"], &["token_url", "region", "token_domain"], false),
+    ("username", &["password", "password_file"], &["api_url", "console_url"], true),
+];
+
+/// Why a tenant's table must not take part of a credential from the top level (the file's top
+/// or the environment, often another tenant's): the top level's secret would go with this
+/// tenant's ID, or to this tenant's own server. Names keys, never values.
+pub fn half_credentials(top: &RawMap, tenant: &RawMap) -> Vec<String> {
+    let merged = overlay(top, tenant);
+    let basic = merged.get("auth_mode").is_some_and(|r| r.value.trim().eq_ignore_ascii_case("basic"));
+    let mut problems = Vec::new();
+    for &(id, secrets, servers, for_basic) in CREDENTIALS {
+        if basic != for_basic {
+            continue;
+        }
+        let secret = secrets[0];
+        let (own_id, own_secret) = (tenant.contains_key(id), secrets.iter().any(|k| tenant.contains_key(k)));
+        let (top_id, top_secret) = (top.contains_key(id), secrets.iter().any(|k| top.contains_key(k)));
+        let both = format!("set {id} and {secret} (or {}) here too", secrets[1]);
+        if own_id && !own_secret && top_secret {
+            problems.push(format!("{id} is set here, but not {secret}: the top level's would go with it; {both}"));
+        } else if own_secret && !own_id && top_id {
+            problems.push(format!("{secret} is set here, but not {id}: it would go with the top level's; {both}"));
+        } else if let Some(server) = servers.iter().find(|k| tenant.contains_key(**k))
+            && !own_id
+            && !own_secret
+            && (top_id || top_secret)
+        {
+            problems.push(format!(
+                "{server} is set here, but not {id} and {secret}: the top level's would be sent there; {both}"
+            ));
+        }
+    }
+    problems
+}
+
+/// Why tenants' APIs must not nest: with `https://uem.corp` and `https://uem.corp/uat`, a caller
+/// asking the first for `/uat/…` would carry its token to the second's API. The same API for two
+/// tenants (two policies over one environment) is no such case.
+pub fn nested_apis(tenants: &[TenantConfig]) -> Vec<String> {
+    let path = |url: &Url| url.path().trim_end_matches('/').to_ascii_lowercase();
+    let mut problems = Vec::new();
+    for inner in tenants {
+        for outer in tenants {
+            let (i, o) = (path(&inner.api_url), path(&outer.api_url));
+            let same_origin = inner.api_url.origin() == outer.api_url.origin();
+            if same_origin && i.len() > o.len() && i.starts_with(&o) && i.as_bytes()[o.len()] == b'/' {
+                problems.push(format!(
+                    "tenants.{}: api_url {} is inside tenants.{}'s ({}): {}'s callers could reach it with {}'s \
+                     token; give each tenant an API of its own",
+                    inner.name,
+                    inner.api_url.as_str().trim_end_matches('/'),
+                    outer.name,
+                    outer.api_url.as_str().trim_end_matches('/'),
+                    outer.name,
+                    outer.name,
+                ));
+            }
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,6 +82,13 @@ impl Checks {
         }
     }
 
+    /// The same, letting callers also name these listeners' addresses (tenants' own) in `Host`.
+    pub fn with_listeners(mut self, addrs: impl IntoIterator<Item = std::net::SocketAddr>) -> Checks {
+        let addrs = addrs.into_iter().filter(|addr| !addr.ip().is_unspecified());
+        self.hosts.extend(addrs.map(|addr| addr.ip().to_string()));
+        self
+    }
+
     #[cfg(test)]
     fn peer_allowed(&self, peer: Option<&Peer>) -> bool {
         peer.and_then(|peer| self.caller(peer)).is_some()

@@ -128,6 +128,9 @@ impl Shared {
                 stats.failed += 1;
                 stats.consecutive_failures += 1;
                 stats.last_error = Some((SystemTime::now(), error));
+                drop(stats);
+                // Wakes whoever waits for the first outcome, which this is too.
+                self.updates.send_modify(|_| ());
             }
         }
     }
@@ -177,6 +180,27 @@ impl Tokens {
         tokio::time::timeout(max, wait).await.ok()
     }
 
+    /// Waits up to `max` for the refresher's first outcome: `Ok` once a token is usable, the
+    /// error of a failed attempt otherwise (a reload's new credentials are checked this way).
+    pub async fn first_outcome(&self, max: Duration) -> Result<(), String> {
+        let mut updates = self.shared.updates.subscribe();
+        let wait = async {
+            loop {
+                if self.usable().is_some() {
+                    return Ok(());
+                }
+                if let Some(error) = self.failure() {
+                    return Err(error);
+                }
+                if updates.changed().await.is_err() {
+                    return Err("the token refresher stopped".to_owned());
+                }
+            }
+        };
+        let waited = tokio::time::timeout(max, wait).await;
+        waited.unwrap_or_else(|_| Err(format!("no answer within {} s", max.as_secs())))
+    }
+
     /// After the upstream rejected `rejected`, asks the refresher for a newer token and waits up
     /// to `max` for it. Many callers rejecting the same token cause one refresh; a refresher that
     /// refreshed moments ago for the same reason declines, and then this returns `None`.
@@ -195,14 +219,6 @@ impl Tokens {
     pub fn report_rejected(&self, rejected: &Token) {
         let (reply, _) = oneshot::channel();
         let _ = self.force.try_send(Force { rejected_generation: rejected.generation, reply });
-    }
-
-    /// Installs a token obtained outside the refresher (a reload with new credentials checks
-    /// them with one grant; that token replaces the old one at once). `false` if it cannot be sent.
-    pub fn install(&self, grant: &Grant) -> bool {
-        let stored = self.shared.store(grant).is_some();
-        self.shared.record(if stored { Ok(()) } else { Err("unusable token".to_owned()) });
-        stored
     }
 
     /// Why no token may be had, when the last attempt failed: its error (a code, a status or a

@@ -258,7 +258,7 @@ async fn a_reload_changes_what_is_kept() {
     let changes = app.apply(off).await.unwrap();
     assert!(changes.contains(&"inspect".to_owned()), "{changes:?}");
     assert_eq!(app.inspector.mode(), InspectMode::Off);
-    assert_eq!(app.status()["inspector"]["mode"], "off");
+    assert_eq!(app.status(None)["inspector"]["mode"], "off");
 }
 
 /// A caller that leaves in the middle of an answer: its exchange is listed as incomplete, with

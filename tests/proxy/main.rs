@@ -25,6 +25,7 @@ mod security;
 mod service;
 mod streaming;
 mod support;
+mod tenant_attacks;
 mod tenants;
 mod tokens;
 mod transport;

@@ -316,7 +316,10 @@ fn the_access_log_names_the_tenant() {
     let file = dir.join("tenants.toml");
     std::fs::write(&file, two.file(Some("prod"), "listen = \"127.0.0.1:0\"\n")).unwrap();
     let file_arg = file.display().to_string();
-    let mut proxy = Running::start_with(&[("UEM_PROXY_LOG_FORMAT", "json")], &["--config", &file_arg]);
+    let mut proxy = Running::start_with(
+        &[("UEM_PROXY_LOG_FORMAT", "json"), ("UEM_PROXY_LISTEN", "127.0.0.1:0")],
+        &["--config", &file_arg],
+    );
     let own = wait_event(&proxy, "listening for one tenant");
     assert_eq!(own["tenant"], "uat");
     let uat_listener = own["listen"].as_str().unwrap().to_owned();
@@ -372,7 +375,10 @@ fn a_reload_adds_and_removes_tenants_and_keeps_the_others_tokens() {
     let prod_only = both[..both.find("[tenants.uat]").unwrap()].to_owned();
     std::fs::write(&file, &prod_only).unwrap();
     let file_arg = file.display().to_string();
-    let mut proxy = Running::start_with(&[("UEM_PROXY_LOG_FORMAT", "json")], &["--config", &file_arg]);
+    let mut proxy = Running::start_with(
+        &[("UEM_PROXY_LOG_FORMAT", "json"), ("UEM_PROXY_LISTEN", "127.0.0.1:0")],
+        &["--config", &file_arg],
+    );
     let url = format!("http://{}", proxy.addr());
     let pid = proxy.child.id().to_string();
     let hup = || assert!(kill_hup(&pid));
