@@ -1,6 +1,7 @@
 //! The `uem-proxy` command: parse the command line, load the configuration, run.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -161,7 +162,9 @@ fn main() -> ExitCode {
                 for warning in &config.warnings {
                     eprintln!("uem-proxy: warning: {warning}");
                 }
-                println!("{}", serde_json::to_string_pretty(&config.summary()).expect("JSON"));
+                // Piped into `head`, the reader may leave early: that is no failure worth a panic.
+                let text = serde_json::to_string_pretty(&config.summary()).expect("JSON");
+                let _ = writeln!(std::io::stdout(), "{text}");
                 ExitCode::SUCCESS
             }
             Err(_) => ExitCode::from(2),
