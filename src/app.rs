@@ -75,6 +75,7 @@ impl App {
         let tenants = tenants(list, &config);
         let metrics = Arc::new(Metrics::new(gauges(&tenants)));
         let inspector = Inspector::new(config.inspect, token_stores(&tenants));
+        inspector.set_secrets(configured_secrets(&config));
         let app = App {
             shared,
             tenants: ArcSwap::from_pointee(tenants),
@@ -182,6 +183,7 @@ impl App {
         let tenants = tenants(list, &new);
         self.metrics.set_tenants(gauges(&tenants));
         self.inspector.set_tokens(token_stores(&tenants));
+        self.inspector.set_secrets(configured_secrets(&new));
         self.tenants.store(Arc::new(tenants));
         self.settings.store(Arc::new(Settings { checks: Checks::new(&new.inbound, &self.local) }));
         self.config.store(Arc::new(new));
@@ -254,6 +256,19 @@ fn tenants(mut list: Vec<Arc<Tenant>>, config: &Config) -> Tenants {
     list.sort_by(|a, b| a.name.cmp(&b.name));
     let default = config.default_tenant.as_deref().and_then(|d| list.iter().find(|t| &*t.name == d).cloned());
     Tenants { list, default, prefixed: config.prefixed }
+}
+
+/// What the inspector hides besides the tokens: every tenant's code, and its client secret or
+/// password.
+fn configured_secrets(config: &Config) -> Vec<secrecy::SecretString> {
+    let of = |tenant: &crate::config::TenantConfig| {
+        let auth = match &tenant.auth {
+            crate::config::Auth::OAuth(oauth) => oauth.client_secret.clone(),
+            crate::config::Auth::Basic { password, .. } => password.clone(),
+        };
+        tenant.tenant_code.clone().into_iter().chain([auth])
+    };
+    config.tenants.iter().flat_map(of).collect()
 }
 
 fn token_stores(tenants: &Tenants) -> Vec<crate::token::Tokens> {

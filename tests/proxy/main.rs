@@ -13,6 +13,7 @@ mod forwarding;
 mod framing;
 mod image;
 mod inspector;
+mod inspector_attacks;
 mod legacy;
 mod mistakes;
 mod operations;

@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod events;
+mod hide;
 mod minutes;
 pub mod ui;
 
@@ -24,6 +25,7 @@ pub use capture::{Capture, Kept};
 pub use minutes::Minute;
 
 use arc_swap::ArcSwap;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::token::Tokens;
 
@@ -146,6 +148,9 @@ pub struct Inspector {
     /// The credentials the proxy injects (every tenant's), hidden in kept bodies should an API
     /// echo one. Replaced when a reload changes the tenants.
     tokens: ArcSwap<Vec<Tokens>>,
+    /// The secrets the proxy was configured with (tenant codes, client secrets, passwords),
+    /// hidden wherever a kept text holds one. Replaced on reload.
+    secrets: ArcSwap<Vec<SecretString>>,
 }
 
 struct Ring {
@@ -163,6 +168,7 @@ impl Inspector {
             events: broadcast::channel(EVENTS_BACKLOG).0,
             stopped: watch::Sender::new(false),
             tokens: ArcSwap::from_pointee(tokens),
+            secrets: ArcSwap::from_pointee(Vec::new()),
         };
         inspector.configure(settings);
         Arc::new(inspector)
@@ -217,8 +223,13 @@ impl Inspector {
         self.tokens.store(Arc::new(tokens));
     }
 
+    /// The configured secrets to hide, after a start or a reload.
+    pub fn set_secrets(&self, secrets: Vec<SecretString>) {
+        self.secrets.store(Arc::new(secrets));
+    }
+
     /// The secret part of each credential injected now (`Bearer <this>`, `Basic <this>`), one
-    /// per tenant.
+    /// per tenant, and the configured secrets.
     fn credentials(&self) -> Vec<String> {
         let credential = |tokens: &Tokens| {
             let token = tokens.current()?;
@@ -227,7 +238,11 @@ impl Inspector {
             // Anything shorter would hide innocent text, and is no credential.
             (secret.len() >= 4).then(|| secret.to_owned())
         };
-        self.tokens.load().iter().filter_map(credential).collect()
+        let mut secrets: Vec<String> = self.tokens.load().iter().filter_map(credential).collect();
+        let configured = self.secrets.load();
+        let long = configured.iter().map(|s| s.expose_secret().trim()).filter(|s| s.len() >= 4);
+        secrets.extend(long.map(str::to_owned));
+        secrets
     }
 
     /// Up to `limit` exchanges, newest first.

@@ -1,0 +1,181 @@
+//! Attacks on what the inspector shows: a credential reaching `/_proxy/requests` by a spelling or
+//! a place its redaction did not think of. Each test calls through the proxy to an API that
+//! misbehaves on purpose, then searches the whole listing for the secret.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use http::StatusCode;
+
+use crate::support::{Proxy, SECRET, TokenService, client, spawn};
+
+/// Long enough that a piece of it means something; what the mock token service issues after it.
+const TOKEN_PREFIX: &str = "long-secret-token-";
+/// A tenant code as UEM issues them: base64, with `+`, `/` and `=`.
+const TENANT_CODE: &str = "xM1lgZUC+yHcKUXw8z/Tc0e7oA=";
+
+/// The bearer token the API received.
+fn bearer(req: &Request) -> String {
+    let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    auth.strip_prefix("Bearer ").unwrap_or(&auth).to_owned()
+}
+
+/// An API that puts the credentials it received where an API might: in a `Location`, in a body
+/// cut by the inspector's 64 KiB limit, JSON-escaped as .NET's encoder writes them.
+async fn hostile(req: Request) -> Response {
+    let token = bearer(&req);
+    let code = req.headers().get("aw-tenant-code").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    match req.uri().path() {
+        // The forwarder drops a header that holds a credential as it was sent; in a URL, a
+        // tenant code is percent-encoded.
+        "/location" => Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", format!("https://elsewhere.example/next?code={}", percent(&code)))
+            .header("x-debug", format!("received {}", token.replace('-', "\\u002d")))
+            .body(axum::body::Body::empty())
+            .unwrap(),
+        "/cut" => {
+            // The token begins 10 bytes before the inspector stops keeping.
+            let mut body = "a".repeat(64 * 1024 - 10);
+            body.push_str(&token);
+            body.push_str(&"b".repeat(100));
+            body.into_response()
+        }
+        "/dotnet" => {
+            // System.Text.Json escapes `+` (and a serialiser may escape `/`): the page's JSON.parse
+            // shows the value as it was.
+            let escaped = code.replace('+', "\\u002B").replace('/', "\\/");
+            let token = token.replace('-', "\\u002d");
+            let body = format!(r#"{{"tenantCode":"{escaped}","token":"{token}"}}"#);
+            ([("content-type", "application/json")], body).into_response()
+        }
+        "/percent" => format!("next=%2Fx%3Fcode%3D{}", percent(&code)).into_response(),
+        _ => {
+            let headers: Vec<String> =
+                req.headers().iter().map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?"))).collect();
+            headers.join("\n").into_response()
+        }
+    }
+}
+
+fn percent(code: &str) -> String {
+    code.replace('+', "%2B").replace('/', "%2f").replace('=', "%3D")
+}
+
+async fn start(extra: &[(&str, &str)]) -> Proxy {
+    let api = format!("http://{}", spawn(Router::new().fallback(any(hostile))).await);
+    let tokens = TokenService { prefix: TOKEN_PREFIX, ..Default::default() };
+    let token_url = tokens.start().await;
+    let mut env = vec![("UEM_PROXY_INSPECT", "bodies"), ("UEM_TENANT_CODE", TENANT_CODE)];
+    env.extend_from_slice(extra);
+    Proxy::start(&api, &token_url, &env).await
+}
+
+/// The listing once it holds `n` exchanges, as text.
+async fn listing(proxy: &Proxy, n: usize) -> String {
+    for _ in 0..200 {
+        let response = client().get(format!("{}/_proxy/requests", proxy.url)).send().await.unwrap();
+        let list: serde_json::Value = response.json().await.unwrap();
+        if list.as_array().unwrap().len() >= n {
+            return serde_json::to_string(&list).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the inspector did not list {n} exchanges");
+}
+
+/// Neither `secret` nor any piece of it of `piece` characters or more is in `text`.
+fn assert_no_piece(text: &str, secret: &str, piece: usize) {
+    for start in 0..=secret.len() - piece {
+        let part = &secret[start..start + piece];
+        assert!(!text.contains(part), "'{part}' of '{secret}' in {text}");
+    }
+}
+
+async fn call(proxy: &Proxy, path: &str) -> String {
+    let response = client().get(format!("{}{path}", proxy.url)).send().await.unwrap();
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_tenant_code_an_api_echoes_in_a_body_is_hidden() {
+    let proxy = start(&[]).await;
+    let echoed = call(&proxy, "/echo").await;
+    assert!(echoed.contains(TENANT_CODE), "the API echoes the code: {echoed}");
+    let text = listing(&proxy, 1).await;
+    assert_no_piece(&text, TENANT_CODE, 8);
+    assert_no_piece(&text, TOKEN_PREFIX, 8);
+}
+
+#[tokio::test]
+async fn a_token_cut_by_the_body_limit_shows_no_piece_of_it() {
+    let proxy = start(&[]).await;
+    assert!(call(&proxy, "/cut").await.contains(TOKEN_PREFIX));
+    let text = listing(&proxy, 1).await;
+    assert!(text.contains("\"truncated\":true"), "{}", &text[..200]);
+    assert_no_piece(&text, TOKEN_PREFIX, 4);
+}
+
+#[tokio::test]
+async fn credentials_in_a_location_or_another_response_header_are_hidden() {
+    let proxy = start(&[]).await;
+    let response = client().get(format!("{}/location", proxy.url)).send().await.unwrap();
+    let status = response.status();
+    let location = response.headers().get("location").unwrap_or_else(|| panic!("{status}: {:?}", response.headers()));
+    assert_eq!(location.to_str().unwrap(), format!("https://elsewhere.example/next?code={}", percent(TENANT_CODE)));
+    let text = listing(&proxy, 1).await;
+    assert!(text.contains("[\"location\",\"https://elsewhere.example/next?code=***\"]"), "{text}");
+    assert!(text.contains("[\"x-debug\",\"received ***\"]"), "{text}");
+    assert_no_piece(&text, &percent(TENANT_CODE), 8);
+    assert_no_piece(&text, TOKEN_PREFIX, 8);
+}
+
+#[tokio::test]
+async fn credentials_escaped_in_json_or_percent_encoded_are_hidden() {
+    let proxy = start(&[]).await;
+    let dotnet = call(&proxy, "/dotnet").await;
+    let shown: serde_json::Value = serde_json::from_str(&dotnet).unwrap();
+    assert_eq!(shown["tenantCode"], TENANT_CODE, "what the page's JSON.parse shows");
+    call(&proxy, "/percent").await;
+    let text = listing(&proxy, 2).await;
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for entry in list.as_array().unwrap() {
+        let body = entry["response_body"]["text"].as_str().unwrap();
+        assert!(body.contains("***"), "{body}");
+        // As the page shows a JSON body: parsed.
+        let decoded = serde_json::from_str::<serde_json::Value>(body).map(|v| v.to_string()).unwrap_or_default();
+        let decoded_percent = url::form_urlencoded::parse(body.as_bytes()).map(|(_, v)| v.into_owned()).collect();
+        for form in [body.to_owned(), decoded, decoded_percent] {
+            assert_no_piece(&form, TENANT_CODE, 8);
+            assert_no_piece(&form, TOKEN_PREFIX, 8);
+        }
+    }
+}
+
+#[tokio::test]
+async fn credentials_a_caller_puts_in_the_query_show_as_stars() {
+    let proxy = start(&[]).await;
+    let query = "?Authorization=Bearer%20caller-q-1&ACCESS_TOKEN=caller-q-2&aw%2Dtenant%2Dcode=caller-q-3\
+                 &client_secret=caller-q-4&page=2";
+    call(&proxy, &format!("/api/list{query}")).await;
+    let text = listing(&proxy, 1).await;
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        list[0]["query"], "Authorization=***&ACCESS_TOKEN=***&aw%2Dtenant%2Dcode=***&client_secret=***&page=2",
+        "{text}"
+    );
+    assert!(!text.contains("caller-q-"), "{text}");
+}
+
+#[tokio::test]
+async fn the_client_secret_and_the_tenant_code_in_a_callers_body_are_hidden() {
+    let proxy = start(&[]).await;
+    let body = format!("{{\"note\":\"my config: {SECRET} {TENANT_CODE}\"}}");
+    client().post(format!("{}/api/notes", proxy.url)).body(body).send().await.unwrap().text().await.unwrap();
+    let text = listing(&proxy, 1).await;
+    assert_no_piece(&text, SECRET, 8);
+    assert_no_piece(&text, TENANT_CODE, 8);
+}
