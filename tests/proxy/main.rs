@@ -6,6 +6,7 @@ mod attacks_out;
 mod binary;
 mod bodies;
 mod browser;
+mod browser_attacks;
 mod check_route;
 mod connections;
 mod deploy;
