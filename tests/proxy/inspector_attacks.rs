@@ -179,3 +179,60 @@ async fn the_client_secret_and_the_tenant_code_in_a_callers_body_are_hidden() {
     assert_no_piece(&text, SECRET, 8);
     assert_no_piece(&text, TENANT_CODE, 8);
 }
+
+/// A download that echoes its token at the end, while another request's 401 has the token
+/// replaced: the listing hides the token the download was sent with, no longer the current one.
+#[tokio::test]
+async fn a_token_replaced_while_a_body_streams_is_still_hidden() {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let api = {
+        let release = release.clone();
+        let handler = move |req: Request| {
+            let release = release.clone();
+            async move {
+                let token = bearer(&req);
+                match req.uri().path() {
+                    "/reject-first" if token.ends_with("tok-1") => StatusCode::UNAUTHORIZED.into_response(),
+                    "/slow-echo" => {
+                        let pieces = futures_util::stream::unfold(0, move |step| {
+                            let (release, token) = (release.clone(), token.clone());
+                            async move {
+                                match step {
+                                    0 => Some((Ok::<_, std::io::Error>("start;".to_owned()), 1)),
+                                    1 => {
+                                        release.notified().await;
+                                        Some((Ok(format!("sent with {token}")), 2))
+                                    }
+                                    _ => None,
+                                }
+                            }
+                        });
+                        axum::body::Body::from_stream(pieces).into_response()
+                    }
+                    _ => "ok".into_response(),
+                }
+            }
+        };
+        format!("http://{}", spawn(Router::new().fallback(any(handler))).await)
+    };
+    let tokens = TokenService { prefix: TOKEN_PREFIX, ..Default::default() };
+    let proxy = Proxy::start(&api, &tokens.start().await, &[("UEM_PROXY_INSPECT", "bodies")]).await;
+    for _ in 0..500 {
+        let ready = client().get(format!("{}/_proxy/readyz", proxy.url)).send().await.unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut download = client().get(format!("{}/slow-echo", proxy.url)).send().await.unwrap();
+    assert_eq!(download.chunk().await.unwrap().unwrap(), "start;");
+    let rejected = client().get(format!("{}/reject-first", proxy.url)).send().await.unwrap();
+    assert_eq!(rejected.status(), 200, "replayed with a new token");
+    assert_eq!(tokens.grants.load(std::sync::atomic::Ordering::SeqCst), 2);
+    release.notify_one();
+    let rest = download.text().await.unwrap();
+    assert_eq!(rest, format!("sent with {TOKEN_PREFIX}tok-1"));
+    let text = listing(&proxy, 2).await;
+    assert!(text.contains("start;sent with ***"), "{text}");
+    assert!(!text.contains(&format!("{TOKEN_PREFIX}tok-1")), "{text}");
+}

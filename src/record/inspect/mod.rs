@@ -228,17 +228,19 @@ impl Inspector {
         self.secrets.store(Arc::new(secrets));
     }
 
-    /// The secret part of each credential injected now (`Bearer <this>`, `Basic <this>`), one
-    /// per tenant, and the configured secrets.
+    /// The secret part of each credential injected now or until the last refresh (`Bearer
+    /// <this>`, `Basic <this>`), and the configured secrets.
     fn credentials(&self) -> Vec<String> {
-        let credential = |tokens: &Tokens| {
-            let token = tokens.current()?;
+        let credential = |token: Arc<crate::token::Token>| {
             let header = token.header().to_str().ok()?;
             let secret = header.split_once(' ').map_or(header, |(_, secret)| secret).trim();
             // Anything shorter would hide innocent text, and is no credential.
             (secret.len() >= 4).then(|| secret.to_owned())
         };
-        let mut secrets: Vec<String> = self.tokens.load().iter().filter_map(credential).collect();
+        // The previous token too: a request sent with it may end after a refresh replaced it.
+        let tokens = self.tokens.load();
+        let injected = tokens.iter().flat_map(|tokens| [tokens.current(), tokens.previous()]);
+        let mut secrets: Vec<String> = injected.flatten().filter_map(credential).collect();
         let configured = self.secrets.load();
         let long = configured.iter().map(|s| s.expose_secret().trim()).filter(|s| s.len() >= 4);
         secrets.extend(long.map(str::to_owned));
