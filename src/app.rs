@@ -74,8 +74,7 @@ impl App {
         }
         let tenants = tenants(list, &config);
         let metrics = Arc::new(Metrics::new(gauges(&tenants)));
-        let inspector = Inspector::new(config.inspect, token_stores(&tenants));
-        inspector.set_secrets(configured_secrets(&config));
+        let inspector = Inspector::new(config.inspect, tenant_secrets(&tenants));
         let app = App {
             shared,
             tenants: ArcSwap::from_pointee(tenants),
@@ -182,8 +181,7 @@ impl App {
         changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
         let tenants = tenants(list, &new);
         self.metrics.set_tenants(gauges(&tenants));
-        self.inspector.set_tokens(token_stores(&tenants));
-        self.inspector.set_secrets(configured_secrets(&new));
+        self.inspector.set_tenants(tenant_secrets(&tenants));
         self.tenants.store(Arc::new(tenants));
         self.settings.store(Arc::new(Settings { checks: Checks::new(&new.inbound, &self.local) }));
         self.config.store(Arc::new(new));
@@ -258,21 +256,21 @@ fn tenants(mut list: Vec<Arc<Tenant>>, config: &Config) -> Tenants {
     Tenants { list, default, prefixed: config.prefixed }
 }
 
-/// What the inspector hides besides the tokens: every tenant's code, and its client secret or
-/// password.
-fn configured_secrets(config: &Config) -> Vec<secrecy::SecretString> {
-    let of = |tenant: &crate::config::TenantConfig| {
-        let auth = match &tenant.auth {
+/// What the inspector hides: each tenant's tokens, its code, and its client secret or password.
+fn tenant_secrets(tenants: &Tenants) -> Vec<crate::record::inspect::TenantSecrets> {
+    let of = |t: &Arc<Tenant>| {
+        let config = t.config.load();
+        let auth = match &config.auth {
             crate::config::Auth::OAuth(oauth) => oauth.client_secret.clone(),
             crate::config::Auth::Basic { password, .. } => password.clone(),
         };
-        tenant.tenant_code.clone().into_iter().chain([auth])
+        crate::record::inspect::TenantSecrets {
+            tenant: tenants.prefixed.then(|| t.name.clone()),
+            tokens: t.forwarder.tokens.clone(),
+            secrets: config.tenant_code.clone().into_iter().chain([auth]).collect(),
+        }
     };
-    config.tenants.iter().flat_map(of).collect()
-}
-
-fn token_stores(tenants: &Tenants) -> Vec<crate::token::Tokens> {
-    tenants.list.iter().map(|t| t.forwarder.tokens.clone()).collect()
+    tenants.list.iter().map(of).collect()
 }
 
 fn gauges(tenants: &Tenants) -> Vec<TenantGauges> {

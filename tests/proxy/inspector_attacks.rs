@@ -236,3 +236,59 @@ async fn a_token_replaced_while_a_body_streams_is_still_hidden() {
     assert!(text.contains("start;sent with ***"), "{text}");
     assert!(!text.contains(&format!("{TOKEN_PREFIX}tok-1")), "{text}");
 }
+
+/// With several tenants, each exchange hides its own tenant's credentials.
+#[tokio::test]
+async fn each_tenants_credentials_are_hidden_in_its_exchanges() {
+    let mut file = "inspect = \"bodies\"\n".to_owned();
+    for (name, code) in [("prod", "prod-code+1/AAA="), ("uat", "uat-code+2/BBB=")] {
+        let api = format!("http://{}", spawn(Router::new().fallback(any(hostile))).await);
+        let prefix = if name == "prod" { "prod-secret-token-" } else { "uat-secret-token-" };
+        let token_url = TokenService { prefix, ..Default::default() }.start().await;
+        file.push_str(&format!(
+            "[tenants.{name}]\napi_url = \"{api}\"\ntoken_url = \"{token_url}\"\nclient_id = \"{name}-client\"\n\
+             client_secret = \"{name}-client-secret\"\ntenant_code = \"{code}\"\n"
+        ));
+    }
+    let config = uem_proxy::Config::load_toml(&file, &|_| None).expect("valid config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(uem_proxy::run(config, listener, async {
+        let _ = rx.await;
+    }));
+    let proxy = Proxy::from_parts(addr, tx, task);
+    for name in ["prod", "uat"] {
+        let echoed = call(&proxy, &format!("/t/{name}/echo")).await;
+        assert!(echoed.contains(&format!("{name}-code")), "{echoed}");
+        call(&proxy, &format!("/t/{name}/dotnet")).await;
+    }
+    let text = listing(&proxy, 4).await;
+    for secret in ["prod-code+1/AAA=", "uat-code+2/BBB=", "prod-secret-token-", "uat-secret-token-"] {
+        assert_no_piece(&text, secret, 8);
+    }
+}
+
+/// Basic authentication: the header the API echoes, and the password should it echo that.
+#[tokio::test]
+async fn basic_credentials_are_hidden_encoded_or_not() {
+    async fn whoami(req: Request) -> Response {
+        use base64::Engine;
+        let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(auth.trim_start_matches("Basic ")).unwrap();
+        format!("header {auth}; decoded {}", String::from_utf8(decoded).unwrap()).into_response()
+    }
+    let api = format!("http://{}", spawn(Router::new().fallback(any(whoami))).await);
+    let env = [
+        ("UEM_AUTH_MODE", "basic"),
+        ("UEM_USERNAME", "admin-user"),
+        ("UEM_PASSWORD", "pa55word-VALUE"),
+        ("UEM_TENANT_CODE", TENANT_CODE),
+        ("UEM_PROXY_INSPECT", "bodies"),
+    ];
+    let proxy = Proxy::start(&api, "http://127.0.0.1:9/token", &env).await;
+    let answer = call(&proxy, "/api/whoami").await;
+    assert!(answer.contains("decoded admin-user:pa55word-VALUE"), "{answer}");
+    let text = listing(&proxy, 1).await;
+    assert!(text.contains("header Basic ***; decoded admin-user:***"), "{text}");
+}

@@ -144,7 +144,7 @@ impl Capture {
         let mut response_body = self.response_body.map(|start| Kept::of(&start.0, done.bytes_out));
         // An API that echoes the request's headers in its body, or puts a token in a `Location`,
         // would show the credentials the proxy injects.
-        let secrets = self.inspector.credentials();
+        let secrets = self.inspector.credentials(done.tenant);
         request_body.iter_mut().chain(response_body.iter_mut()).for_each(|kept| kept.hide(&secrets));
         let hidden = |text: &str| hide::hide(text, &secrets, false).into_owned();
         let mut request_headers = self.request_headers;

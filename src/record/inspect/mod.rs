@@ -135,6 +135,15 @@ pub struct Entry {
     pub response_body: Option<Kept>,
 }
 
+/// One tenant's credentials, which the inspector hides wherever it keeps text.
+pub struct TenantSecrets {
+    /// Its name as the record gives it: `None` while the proxy serves one tenant.
+    pub tenant: Option<Arc<str>>,
+    pub tokens: Tokens,
+    /// Its tenant code, and its client secret or password.
+    pub secrets: Vec<SecretString>,
+}
+
 /// The ring of the last exchanges, its subscribers, and the per-minute counts.
 pub struct Inspector {
     mode: AtomicU8,
@@ -145,12 +154,9 @@ pub struct Inspector {
     events: broadcast::Sender<Weak<Entry>>,
     /// Set when the proxy shuts down: event streams end, so that their connections drain.
     stopped: watch::Sender<bool>,
-    /// The credentials the proxy injects (every tenant's), hidden in kept bodies should an API
-    /// echo one. Replaced when a reload changes the tenants.
-    tokens: ArcSwap<Vec<Tokens>>,
-    /// The secrets the proxy was configured with (tenant codes, client secrets, passwords),
-    /// hidden wherever a kept text holds one. Replaced on reload.
-    secrets: ArcSwap<Vec<SecretString>>,
+    /// Each tenant's credentials, hidden in what is kept should an API echo one. Replaced when a
+    /// reload changes the tenants.
+    tenants: ArcSwap<Vec<TenantSecrets>>,
 }
 
 struct Ring {
@@ -160,15 +166,14 @@ struct Ring {
 }
 
 impl Inspector {
-    pub fn new(settings: InspectSettings, tokens: Vec<Tokens>) -> Arc<Inspector> {
+    pub fn new(settings: InspectSettings, tenants: Vec<TenantSecrets>) -> Arc<Inspector> {
         let inspector = Inspector {
             mode: AtomicU8::new(0),
             ring: Mutex::new(Ring { entries: VecDeque::new(), capacity: 0, next_seq: 1 }),
             minutes: Mutex::default(),
             events: broadcast::channel(EVENTS_BACKLOG).0,
             stopped: watch::Sender::new(false),
-            tokens: ArcSwap::from_pointee(tokens),
-            secrets: ArcSwap::from_pointee(Vec::new()),
+            tenants: ArcSwap::from_pointee(tenants),
         };
         inspector.configure(settings);
         Arc::new(inspector)
@@ -218,32 +223,30 @@ impl Inspector {
         let _ = self.events.send(Arc::downgrade(&entry));
     }
 
-    /// The tenants' token stores after a reload.
-    pub fn set_tokens(&self, tokens: Vec<Tokens>) {
-        self.tokens.store(Arc::new(tokens));
+    /// The tenants' credentials after a reload.
+    pub fn set_tenants(&self, tenants: Vec<TenantSecrets>) {
+        self.tenants.store(Arc::new(tenants));
     }
 
-    /// The configured secrets to hide, after a start or a reload.
-    pub fn set_secrets(&self, secrets: Vec<SecretString>) {
-        self.secrets.store(Arc::new(secrets));
-    }
-
-    /// The secret part of each credential injected now or until the last refresh (`Bearer
-    /// <this>`, `Basic <this>`), and the configured secrets.
-    fn credentials(&self) -> Vec<String> {
+    /// What to hide in an exchange with `tenant` (any, when `None`): the secret part of each
+    /// credential injected now or until the last refresh (`Bearer <this>`, `Basic <this>`; a
+    /// request sent with the previous token may end after a refresh replaced it), and the
+    /// configured secrets. Only the tenant served: its API saw no other's.
+    fn credentials(&self, tenant: Option<&str>) -> Vec<String> {
         let credential = |token: Arc<crate::token::Token>| {
             let header = token.header().to_str().ok()?;
             let secret = header.split_once(' ').map_or(header, |(_, secret)| secret).trim();
-            // Anything shorter would hide innocent text, and is no credential.
-            (secret.len() >= 4).then(|| secret.to_owned())
+            Some(secret.to_owned())
         };
-        // The previous token too: a request sent with it may end after a refresh replaced it.
-        let tokens = self.tokens.load();
-        let injected = tokens.iter().flat_map(|tokens| [tokens.current(), tokens.previous()]);
-        let mut secrets: Vec<String> = injected.flatten().filter_map(credential).collect();
-        let configured = self.secrets.load();
-        let long = configured.iter().map(|s| s.expose_secret().trim()).filter(|s| s.len() >= 4);
-        secrets.extend(long.map(str::to_owned));
+        let tenants = self.tenants.load();
+        let served = tenants.iter().filter(|t| tenant.is_none() || t.tenant.as_deref() == tenant);
+        let mut secrets = Vec::new();
+        for t in served {
+            secrets.extend([t.tokens.current(), t.tokens.previous()].into_iter().flatten().filter_map(credential));
+            secrets.extend(t.secrets.iter().map(|s| s.expose_secret().trim().to_owned()));
+        }
+        // Anything shorter would hide innocent text, and is no credential.
+        secrets.retain(|s| s.len() >= 4);
         secrets
     }
 

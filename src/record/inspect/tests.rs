@@ -189,7 +189,10 @@ async fn a_subscriber_that_falls_behind_skips_ahead() {
 #[test]
 fn a_body_that_echoes_the_injected_credential_shows_stars() {
     let tokens = crate::token::Tokens::fixed(HeaderValue::from_static("Basic c2VjcmV0LXZhbHVl"));
-    let inspector = Inspector::new(settings(InspectMode::Bodies, 10), vec![tokens]);
+    let inspector = Inspector::new(
+        settings(InspectMode::Bodies, 10),
+        vec![TenantSecrets { tenant: None, tokens, secrets: Vec::new() }],
+    );
     let mut capture = inspector.capture(&HeaderMap::new()).unwrap();
     let echoed = br#"{"seen":"Basic c2VjcmV0LXZhbHVl","again":"c2VjcmV0LXZhbHVl"}"#;
     capture.response_data(echoed);
