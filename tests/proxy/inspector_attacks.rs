@@ -292,3 +292,70 @@ async fn basic_credentials_are_hidden_encoded_or_not() {
     let text = listing(&proxy, 1).await;
     assert!(text.contains("header Basic ***; decoded admin-user:***"), "{text}");
 }
+
+/// Every path of the inspector, read with GET or HEAD: refused for another `Host`, a `Host` with
+/// user information, a foreign `Origin`, or `Sec-Fetch-Site: cross-site` in any case; the page's
+/// files always carry the policy.
+#[tokio::test]
+async fn every_inspector_path_is_checked_and_every_page_file_carries_the_policy() {
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let host = proxy.addr.to_string();
+    let paths =
+        ["/_proxy/ui", "/_proxy/ui/inspector.js", "/_proxy/ui/inspector.css", "/_proxy/requests", "/_proxy/events"];
+    for path in paths {
+        for method in ["GET", "HEAD"] {
+            let ask = |extra: &str| format!("{method} {path} HTTP/1.1\r\n{extra}Connection: close\r\n\r\n");
+            let refusals = [
+                (ask("Host: evil.example\r\n"), "403"),
+                (ask(&format!("Host: 127.0.0.1.nip.io:{}\r\n", proxy.addr.port())), "403"),
+                (ask(&format!("Host: user@{host}\r\n")), "400"),
+                (ask(&format!("Host: {host}\r\nOrigin: http://evil.example\r\n")), "403"),
+                (ask(&format!("Host: {host}\r\nOrigin: null\r\n")), "403"),
+                (ask(&format!("Host: {host}\r\nSec-Fetch-Site: Cross-Site\r\n")), "403"),
+            ];
+            for (request, status) in refusals {
+                let answer = crate::support::raw(proxy.addr, &request).await;
+                assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{request}: {answer}");
+            }
+            if path.starts_with("/_proxy/ui") {
+                let answer = crate::support::raw(proxy.addr, &ask(&format!("Host: {host}\r\n"))).await;
+                let head = answer.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+                assert!(head.starts_with("http/1.1 200"), "{head}");
+                let policy = format!("content-security-policy: {}", uem_proxy::record::inspect::ui::POLICY);
+                assert!(head.contains(&policy.to_ascii_lowercase()), "{method} {path}: {head}");
+                assert!(head.contains("x-content-type-options: nosniff"), "{method} {path}: {head}");
+            }
+        }
+    }
+}
+
+/// With `bodies`, an upload reaches the API while it is being sent, and a download arrives
+/// whole: the copy of their first 64 KiB holds nothing back.
+#[tokio::test]
+async fn bodies_mode_streams_uploads_and_downloads() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_INSPECT", "bodies")]).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let sending = tokio::spawn(client().post(format!("{}/probe-upload", proxy.url)).body(body).send());
+    tx.send(Ok(bytes::Bytes::from(vec![b'u'; 100 * 1024]))).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), upstream.first_piece.notified());
+    first.await.expect("the API has the first piece while the rest is not sent");
+    tx.send(Ok(bytes::Bytes::from(vec![b'v'; 1024]))).await.unwrap();
+    drop(tx);
+    let answer: serde_json::Value = sending.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(answer["bytes"], 101 * 1024);
+
+    let total = 8 * 1024 * 1024;
+    let download = client().get(format!("{}/download?bytes={total}", proxy.url)).send().await.unwrap();
+    crate::support::expect_pattern(download, total).await;
+    let text = listing(&proxy, 2).await;
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(list[0]["bytes_out"], total);
+    assert_eq!(list[0]["response_body"]["kept"], 64 * 1024);
+    assert_eq!(list[1]["request_body"]["kept"], 64 * 1024);
+    assert_eq!(list[1]["request_body"]["truncated"], true);
+}
+
+fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
