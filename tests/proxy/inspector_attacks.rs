@@ -359,3 +359,51 @@ async fn bodies_mode_streams_uploads_and_downloads() {
 fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// Pages that open the event stream and never read it: requests go on at full pace, memory stays
+/// with the ring, and a page that reads gets the newest exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_that_never_read_slow_no_request() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (proxy, _upstream, _tokens) =
+        Proxy::with_defaults(&[("UEM_PROXY_INSPECT", "bodies"), ("UEM_PROXY_INSPECT_ENTRIES", "20")]).await;
+    let subscribe = || async {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!("GET /_proxy/events HTTP/1.1\r\nHost: {}\r\n\r\n", proxy.addr);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reader = tokio::io::BufReader::new(stream);
+        let mut line = String::new();
+        while !line.starts_with("retry:") {
+            line.clear();
+            assert!(reader.read_line(&mut line).await.unwrap() > 0);
+        }
+        reader
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        stalled.push(subscribe().await);
+    }
+    let mut reading = subscribe().await;
+    let http = client();
+    let started = std::time::Instant::now();
+    for i in 0..200 {
+        let body = format!("{i:04}{}", "a".repeat(60 * 1024));
+        let response = http.post(format!("{}/api/big/{i}", proxy.url)).body(body).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "200 requests took {took:?} beside stalled pages");
+    // The reading page skips what it missed and reaches the last exchange.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut line = String::new();
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the reading page never saw the last exchange");
+        line.clear();
+        assert!(reading.read_line(&mut line).await.unwrap() > 0, "the stream ended");
+        if line.starts_with("data: ") && line.contains("\"path\":\"/api/big/199\"") {
+            break;
+        }
+    }
+    drop(stalled);
+}
