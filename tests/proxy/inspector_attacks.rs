@@ -407,3 +407,36 @@ async fn subscribers_that_never_read_slow_no_request() {
     }
     drop(stalled);
 }
+
+/// A listing read slowly holds no exchange the ring has let go since: what it has not yet sent of
+/// those is left out, so that memory stays bounded by the ring, however many read at once.
+#[tokio::test]
+async fn a_listing_read_slowly_holds_nothing_the_ring_let_go() {
+    use http_body_util::BodyExt;
+    use uem_proxy::listen::{Listen, Peer};
+    let (tokens, upstream) = (TokenService::default(), crate::support::Upstream::default());
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let config = crate::support::config(&api, &token_url, None, &[("UEM_PROXY_INSPECT_ENTRIES", "2")]).unwrap();
+    let service = uem_proxy::service(&config, &Listen::Tcp("127.0.0.1:8080".parse().unwrap())).unwrap();
+    let call = |path: &str| {
+        let req = http::Request::get(path).header("host", "localhost").body(axum::body::Body::empty()).unwrap();
+        service.clone().serve(req, Peer::Tcp("127.0.0.1:4000".parse().unwrap()), false)
+    };
+    for path in ["/api/a", "/api/b"] {
+        let response = call(path).await;
+        response.into_body().collect().await.unwrap();
+    }
+    let mut listing = call("/_proxy/requests").await.into_body();
+    let first = listing.frame().await.unwrap().unwrap().into_data().unwrap();
+    let mut text = String::from_utf8(first.to_vec()).unwrap();
+    for path in ["/api/c", "/api/d"] {
+        let response = call(path).await;
+        response.into_body().collect().await.unwrap();
+    }
+    while let Some(frame) = listing.frame().await {
+        text.push_str(std::str::from_utf8(&frame.unwrap().into_data().unwrap()).unwrap());
+    }
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let paths: Vec<_> = list.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/api/b"], "sent before the ring let it go; /api/a was not");
+}

@@ -255,6 +255,29 @@ impl Inspector {
         self.ring.lock().expect("not poisoned").entries.iter().take(limit).cloned().collect()
     }
 
+    /// `/_proxy/requests`: up to `limit` exchanges, newest first, as a JSON array written one
+    /// entry at a time as the reader takes it. An entry the ring lets go of before its turn is
+    /// left out: a slow reader holds no more than the ring does, however many read at once.
+    pub fn listing(&self, limit: usize) -> axum::body::Body {
+        let ring = self.ring.lock().expect("not poisoned");
+        let entries: Vec<Weak<Entry>> = ring.entries.iter().take(limit).map(Arc::downgrade).collect();
+        drop(ring);
+        let pieces = futures_util::stream::unfold(Some((entries.into_iter(), true)), |state| async move {
+            let (mut rest, first) = state?;
+            let open = if first { b'[' } else { b',' };
+            for entry in rest.by_ref() {
+                if let Some(entry) = entry.upgrade() {
+                    let mut piece = vec![open];
+                    serde_json::to_writer(&mut piece, &*entry).expect("an entry serialises");
+                    return Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(piece)), Some((rest, false))));
+                }
+            }
+            let end: &'static [u8] = if first { b"[]" } else { b"]" };
+            Some((Ok(bytes::Bytes::from_static(end)), None))
+        });
+        axum::body::Body::from_stream(pieces)
+    }
+
     /// `/_proxy/events`: the exchanges as they finish, from now on, until the proxy shuts down.
     pub fn events(&self) -> axum::body::Body {
         events::stream(self.events.subscribe(), self.stopped.subscribe())
