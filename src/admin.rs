@@ -130,9 +130,10 @@ async fn requests(
             }
         }
     }
-    let recent = app.inspector.recent(limit);
-    let mut response = Json(recent.iter().map(|entry| &**entry).collect::<Vec<_>>()).into_response();
-    response.headers_mut().insert(CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    let mut response = app.inspector.listing(limit).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
     response
 }
 

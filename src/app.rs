@@ -99,7 +99,7 @@ impl App {
         let tenants = tenants(list, &config);
         let cache_stats = Arc::new(CacheStats::default());
         let metrics = Arc::new(Metrics::new(gauges(&tenants), cache_stats.clone()));
-        let inspector = Inspector::new(config.inspect, token_stores(&tenants));
+        let inspector = Inspector::new(config.inspect, tenant_secrets(&tenants));
         let tenant_listeners: Vec<_> = config.tenants.iter().filter_map(|t| t.listen).collect();
         let checks = checks(&config, &local, &tenant_listeners);
         let app = App {
@@ -220,7 +220,7 @@ impl App {
         changes.extend(reloadable.iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_string()));
         let tenants = tenants(list, &new);
         self.metrics.set_tenants(gauges(&tenants));
-        self.inspector.set_tokens(token_stores(&tenants));
+        self.inspector.set_tenants(tenant_secrets(&tenants));
         self.tenants.store(Arc::new(tenants));
         let cache = cache_for(&new, &self.cache_stats, Some(&self.settings.load()));
         let checks = checks(&new, &self.local, &self.tenant_listeners);
@@ -311,8 +311,21 @@ fn tenants(mut list: Vec<Arc<Tenant>>, config: &Config) -> Tenants {
     Tenants { list, default, prefixed: config.prefixed }
 }
 
-fn token_stores(tenants: &Tenants) -> Vec<crate::token::Tokens> {
-    tenants.list.iter().map(|t| t.forwarder.tokens.clone()).collect()
+/// What the inspector hides: each tenant's tokens, its code, and its client secret or password.
+fn tenant_secrets(tenants: &Tenants) -> Vec<crate::record::inspect::TenantSecrets> {
+    let of = |t: &Arc<Tenant>| {
+        let config = t.config.load();
+        let auth = match &config.auth {
+            crate::config::Auth::OAuth(oauth) => oauth.client_secret.clone(),
+            crate::config::Auth::Basic { password, .. } => password.clone(),
+        };
+        crate::record::inspect::TenantSecrets {
+            tenant: tenants.prefixed.then(|| t.name.clone()),
+            tokens: t.forwarder.tokens.clone(),
+            secrets: config.tenant_code.clone().into_iter().chain([auth]).collect(),
+        }
+    };
+    tenants.list.iter().map(of).collect()
 }
 
 fn gauges(tenants: &Tenants) -> Vec<TenantGauges> {

@@ -89,6 +89,8 @@ struct Force {
 
 struct Shared {
     current: ArcSwapOption<Token>,
+    /// The token `current` replaced: requests sent with it may still be answering.
+    previous: ArcSwapOption<Token>,
     /// Bumped to the new generation whenever a token is stored, to wake waiting requests.
     updates: watch::Sender<u64>,
     /// The last generation handed out.
@@ -101,6 +103,7 @@ impl Shared {
         let (updates, _) = watch::channel(0);
         Arc::new(Shared {
             current: ArcSwapOption::empty(),
+            previous: ArcSwapOption::empty(),
             updates,
             generation: AtomicU64::new(0),
             stats: Mutex::new(TokenStats::default()),
@@ -111,7 +114,7 @@ impl Shared {
     fn store(&self, grant: &Grant) -> Option<Arc<Token>> {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let token = Arc::new(Token::new(grant, generation, Instant::now())?);
-        self.current.store(Some(token.clone()));
+        self.previous.store(self.current.swap(Some(token.clone())));
         self.updates.send_replace(generation);
         Some(token)
     }
@@ -240,6 +243,12 @@ impl Tokens {
         self.shared.current.load_full()
     }
 
+    /// The token the current one replaced, which requests still being answered may have been
+    /// sent with (for the inspector, which hides it; never its value elsewhere).
+    pub fn previous(&self) -> Option<Arc<Token>> {
+        self.shared.previous.load_full()
+    }
+
     /// A store holding one fixed credential that never expires and is never refreshed (HTTP
     /// Basic for on-premises tenants). Rejections are passed on; there is nothing to refresh.
     pub fn fixed(header: HeaderValue) -> Tokens {
@@ -257,7 +266,7 @@ impl Tokens {
         // Far enough never to matter, near enough not to overflow an `Instant`.
         let usable_until = now + Duration::from_secs(10 * 365 * 24 * 3600);
         let token = Token { header, generation, usable_until };
-        self.shared.current.store(Some(Arc::new(token)));
+        self.shared.previous.store(self.shared.current.swap(Some(Arc::new(token))));
         self.shared.updates.send_replace(generation);
     }
 

@@ -20,7 +20,7 @@ fn find(names: &[&str], paths: &[&str]) -> Option<String> {
 }
 
 /// chromedriver on a port of its own, killed when dropped.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     url: String,
     http: reqwest::Client,
@@ -34,7 +34,7 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    async fn start() -> Driver {
+    pub(crate) async fn start() -> Driver {
         let binary = find(&["chromedriver"], &["/usr/lib/chromium/chromedriver"]).expect(
             "chromedriver is not installed: the inspector's browser test needs it \
              (Debian: apt-get install chromium chromium-driver; .ci/run installs them)",
@@ -61,7 +61,7 @@ impl Driver {
         }
     }
 
-    async fn session(&self) -> Session {
+    pub(crate) async fn session(&self) -> Session {
         let chromium = find(&["chromium", "chromium-browser", "google-chrome"], &[]).expect(
             "chromium is not installed: the inspector's browser test needs it \
              (Debian: apt-get install chromium chromium-driver; .ci/run installs them)",
@@ -92,7 +92,7 @@ async fn call(http: &reqwest::Client, method: reqwest::Method, url: &str, body: 
 
 /// A browser session: its commands' base URL.
 #[derive(Clone)]
-struct Session {
+pub(crate) struct Session {
     http: reqwest::Client,
     url: String,
 }
@@ -102,23 +102,23 @@ impl Session {
         call(&self.http, reqwest::Method::POST, &format!("{}{path}", self.url), Some(body)).await
     }
 
-    async fn open(&self, url: &str) {
+    pub(crate) async fn open(&self, url: &str) {
         self.post("/url", json!({ "url": url })).await;
     }
 
     /// Runs `script` in the page (a function body; `return` gives its value).
-    async fn run(&self, script: &str) -> Value {
+    pub(crate) async fn run(&self, script: &str) -> Value {
         self.post("/execute/sync", json!({ "script": script, "args": [] })).await
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         let found = self.post("/element", json!({ "using": "css selector", "value": css })).await;
         let element = found.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap().to_owned();
         self.post(&format!("/element/{element}/click"), json!({})).await;
     }
 
     /// Polls `script` until it returns `true`, for at most `max`; returns how long that took.
-    async fn until(&self, script: &str, max: Duration) -> Result<Duration, Value> {
+    pub(crate) async fn until(&self, script: &str, max: Duration) -> Result<Duration, Value> {
         let start = Instant::now();
         loop {
             let value = self.run(script).await;
@@ -138,7 +138,7 @@ impl Session {
         base64::engine::general_purpose::STANDARD.decode(value.as_str().unwrap()).unwrap()
     }
 
-    async fn quit(self) {
+    pub(crate) async fn quit(self) {
         let _ = self.http.delete(&self.url).send().await;
     }
 }
@@ -208,7 +208,7 @@ async fn scenario(base: String, session: Session) {
     assert!(detail.contains("authorization***"), "{detail}");
     assert!(!detail.contains("caller-secret-9"), "{detail}");
     assert!(detail.contains("activityId"), "{detail}");
-    assert!(detail.contains("curl -sS -X 'DELETE'") && !detail.contains("-H 'authorization"), "{detail}");
+    assert!(detail.contains("curl -sS -g -X 'DELETE'") && !detail.contains("-H 'authorization"), "{detail}");
 
     // A body (and a header) holding HTML that runs script when parsed: shown as text, never run.
     let hostile = format!("{base}/api/mdm/devices/1/commands?command={HOSTILE_COMMAND}");

@@ -1,6 +1,7 @@
 //! What the inspector keeps of one request while it is served: the redacted headers, and in
 //! `bodies` mode the first bytes of each body, copied as they stream past (never held back).
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -12,7 +13,7 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Frame, SizeHint};
 use serde::Serialize;
 
-use super::{BODY_LIMIT, Entry, InspectMode, Inspector, redact};
+use super::{BODY_LIMIT, Entry, InspectMode, Inspector, hide, redact};
 use crate::forward::X_UEM_PROXY_PERMISSION;
 
 /// The start of a body, as kept.
@@ -27,12 +28,13 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// Shows `secret` as [`REDACTED`](super::REDACTED) wherever the text holds it.
-    fn hide(&mut self, secret: &str) {
+    /// Shows each of `secrets` as [`REDACTED`](super::REDACTED) wherever the text holds it, in
+    /// any spelling, and a start of one where the text was cut.
+    fn hide(&mut self, secrets: &[String]) {
         if let Some(text) = &mut self.text
-            && text.contains(secret)
+            && let Cow::Owned(hidden) = hide::hide(text, secrets, self.truncated)
         {
-            *text = text.replace(secret, super::REDACTED);
+            *text = hidden;
         }
     }
 
@@ -140,10 +142,16 @@ impl Capture {
             Kept::of(&start.0, done.bytes_in)
         });
         let mut response_body = self.response_body.map(|start| Kept::of(&start.0, done.bytes_out));
-        // An API that echoes the request's headers in its body would show the token.
-        if request_body.is_some() || response_body.is_some() {
-            for secret in self.inspector.credentials() {
-                request_body.iter_mut().chain(response_body.iter_mut()).for_each(|kept| kept.hide(&secret));
+        // An API that echoes the request's headers in its body, or puts a token in a `Location`,
+        // would show the credentials the proxy injects.
+        let secrets = self.inspector.credentials(done.tenant);
+        request_body.iter_mut().chain(response_body.iter_mut()).for_each(|kept| kept.hide(&secrets));
+        let hidden = |text: &str| hide::hide(text, &secrets, false).into_owned();
+        let mut request_headers = self.request_headers;
+        let mut response_headers = self.response_headers;
+        for (_, value) in request_headers.iter_mut().chain(response_headers.iter_mut()) {
+            if let Cow::Owned(shown) = hide::hide(value, &secrets, false) {
+                *value = shown;
             }
         }
         let entry = Entry {
@@ -152,7 +160,7 @@ impl Capture {
             time: humantime::format_rfc3339_millis(self.time).to_string(),
             method: done.method.to_string(),
             path: done.uri.path().to_owned(),
-            query: done.uri.query().map(str::to_owned),
+            query: done.uri.query().map(|query| hidden(&hide::query(query))),
             status: done.status,
             total_ms: ms(done.total),
             upstream_ms: done.upstream.map(ms),
@@ -164,8 +172,8 @@ impl Capture {
             permission: done.permission,
             hint: self.hint,
             activity_id: done.activity_id.map(str::to_owned),
-            request_headers: self.request_headers,
-            response_headers: self.response_headers,
+            request_headers,
+            response_headers,
             request_body,
             response_body,
         };

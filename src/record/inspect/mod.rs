@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod events;
+mod hide;
 mod minutes;
 pub mod ui;
 
@@ -24,6 +25,7 @@ pub use capture::{Capture, Kept};
 pub use minutes::Minute;
 
 use arc_swap::ArcSwap;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::token::Tokens;
 
@@ -133,6 +135,15 @@ pub struct Entry {
     pub response_body: Option<Kept>,
 }
 
+/// One tenant's credentials, which the inspector hides wherever it keeps text.
+pub struct TenantSecrets {
+    /// Its name as the record gives it: `None` while the proxy serves one tenant.
+    pub tenant: Option<Arc<str>>,
+    pub tokens: Tokens,
+    /// Its tenant code, and its client secret or password.
+    pub secrets: Vec<SecretString>,
+}
+
 /// The ring of the last exchanges, its subscribers, and the per-minute counts.
 pub struct Inspector {
     mode: AtomicU8,
@@ -143,9 +154,9 @@ pub struct Inspector {
     events: broadcast::Sender<Weak<Entry>>,
     /// Set when the proxy shuts down: event streams end, so that their connections drain.
     stopped: watch::Sender<bool>,
-    /// The credentials the proxy injects (every tenant's), hidden in kept bodies should an API
-    /// echo one. Replaced when a reload changes the tenants.
-    tokens: ArcSwap<Vec<Tokens>>,
+    /// Each tenant's credentials, hidden in what is kept should an API echo one. Replaced when a
+    /// reload changes the tenants.
+    tenants: ArcSwap<Vec<TenantSecrets>>,
 }
 
 struct Ring {
@@ -155,14 +166,14 @@ struct Ring {
 }
 
 impl Inspector {
-    pub fn new(settings: InspectSettings, tokens: Vec<Tokens>) -> Arc<Inspector> {
+    pub fn new(settings: InspectSettings, tenants: Vec<TenantSecrets>) -> Arc<Inspector> {
         let inspector = Inspector {
             mode: AtomicU8::new(0),
             ring: Mutex::new(Ring { entries: VecDeque::new(), capacity: 0, next_seq: 1 }),
             minutes: Mutex::default(),
             events: broadcast::channel(EVENTS_BACKLOG).0,
             stopped: watch::Sender::new(false),
-            tokens: ArcSwap::from_pointee(tokens),
+            tenants: ArcSwap::from_pointee(tenants),
         };
         inspector.configure(settings);
         Arc::new(inspector)
@@ -212,27 +223,59 @@ impl Inspector {
         let _ = self.events.send(Arc::downgrade(&entry));
     }
 
-    /// The tenants' token stores after a reload.
-    pub fn set_tokens(&self, tokens: Vec<Tokens>) {
-        self.tokens.store(Arc::new(tokens));
+    /// The tenants' credentials after a reload.
+    pub fn set_tenants(&self, tenants: Vec<TenantSecrets>) {
+        self.tenants.store(Arc::new(tenants));
     }
 
-    /// The secret part of each credential injected now (`Bearer <this>`, `Basic <this>`), one
-    /// per tenant.
-    fn credentials(&self) -> Vec<String> {
-        let credential = |tokens: &Tokens| {
-            let token = tokens.current()?;
+    /// What to hide in an exchange with `tenant` (any, when `None`): the secret part of each
+    /// credential injected now or until the last refresh (`Bearer <this>`, `Basic <this>`; a
+    /// request sent with the previous token may end after a refresh replaced it), and the
+    /// configured secrets. Only the tenant served: its API saw no other's.
+    fn credentials(&self, tenant: Option<&str>) -> Vec<String> {
+        let credential = |token: Arc<crate::token::Token>| {
             let header = token.header().to_str().ok()?;
             let secret = header.split_once(' ').map_or(header, |(_, secret)| secret).trim();
-            // Anything shorter would hide innocent text, and is no credential.
-            (secret.len() >= 4).then(|| secret.to_owned())
+            Some(secret.to_owned())
         };
-        self.tokens.load().iter().filter_map(credential).collect()
+        let tenants = self.tenants.load();
+        let served = tenants.iter().filter(|t| tenant.is_none() || t.tenant.as_deref() == tenant);
+        let mut secrets = Vec::new();
+        for t in served {
+            secrets.extend([t.tokens.current(), t.tokens.previous()].into_iter().flatten().filter_map(credential));
+            secrets.extend(t.secrets.iter().map(|s| s.expose_secret().trim().to_owned()));
+        }
+        // Anything shorter would hide innocent text, and is no credential.
+        secrets.retain(|s| s.len() >= 4);
+        secrets
     }
 
     /// Up to `limit` exchanges, newest first.
     pub fn recent(&self, limit: usize) -> Vec<Arc<Entry>> {
         self.ring.lock().expect("not poisoned").entries.iter().take(limit).cloned().collect()
+    }
+
+    /// `/_proxy/requests`: up to `limit` exchanges, newest first, as a JSON array written one
+    /// entry at a time as the reader takes it. An entry the ring lets go of before its turn is
+    /// left out: a slow reader holds no more than the ring does, however many read at once.
+    pub fn listing(&self, limit: usize) -> axum::body::Body {
+        let ring = self.ring.lock().expect("not poisoned");
+        let entries: Vec<Weak<Entry>> = ring.entries.iter().take(limit).map(Arc::downgrade).collect();
+        drop(ring);
+        let pieces = futures_util::stream::unfold(Some((entries.into_iter(), true)), |state| async move {
+            let (mut rest, first) = state?;
+            let open = if first { b'[' } else { b',' };
+            for entry in rest.by_ref() {
+                if let Some(entry) = entry.upgrade() {
+                    let mut piece = vec![open];
+                    serde_json::to_writer(&mut piece, &*entry).expect("an entry serialises");
+                    return Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(piece)), Some((rest, false))));
+                }
+            }
+            let end: &'static [u8] = if first { b"[]" } else { b"]" };
+            Some((Ok(bytes::Bytes::from_static(end)), None))
+        });
+        axum::body::Body::from_stream(pieces)
     }
 
     /// `/_proxy/events`: the exchanges as they finish, from now on, until the proxy shuts down.

@@ -189,7 +189,10 @@ async fn a_subscriber_that_falls_behind_skips_ahead() {
 #[test]
 fn a_body_that_echoes_the_injected_credential_shows_stars() {
     let tokens = crate::token::Tokens::fixed(HeaderValue::from_static("Basic c2VjcmV0LXZhbHVl"));
-    let inspector = Inspector::new(settings(InspectMode::Bodies, 10), vec![tokens]);
+    let inspector = Inspector::new(
+        settings(InspectMode::Bodies, 10),
+        vec![TenantSecrets { tenant: None, tokens, secrets: Vec::new() }],
+    );
     let mut capture = inspector.capture(&HeaderMap::new()).unwrap();
     let echoed = br#"{"seen":"Basic c2VjcmV0LXZhbHVl","again":"c2VjcmV0LXZhbHVl"}"#;
     capture.response_data(echoed);
@@ -197,4 +200,32 @@ fn a_body_that_echoes_the_injected_credential_shows_stars() {
     capture.finish(Finished { bytes_out: echoed.len() as u64, ..finished(&method, &uri, 200) });
     let text = inspector.recent(1)[0].response_body.as_ref().unwrap().text.clone().unwrap();
     assert_eq!(text, r#"{"seen":"Basic ***","again":"***"}"#);
+}
+
+/// Reloads while requests are being answered and a page listens: a request that started under
+/// one setting finishes under another without harm; `off` keeps and sends nothing, and the
+/// stream goes on when the inspector is turned on again.
+#[tokio::test]
+async fn reloads_while_requests_and_subscribers_are_active() {
+    use http_body_util::BodyExt;
+    let inspector = Inspector::new(settings(InspectMode::Bodies, 4), Vec::new());
+    let mut body = inspector.events();
+    body.frame().await.unwrap().unwrap();
+    let (method, uri) = (Method::GET, Uri::from_static("/api/x"));
+    let mut started_with_bodies = inspector.capture(&HeaderMap::new()).unwrap();
+    started_with_bodies.response_data(&[b'a'; 1024]);
+    inspector.configure(settings(InspectMode::Off, 4));
+    assert!(inspector.capture(&HeaderMap::new()).is_none());
+    started_with_bodies.finish(finished(&method, &uri, 200));
+    assert!(inspector.recent(usize::MAX).is_empty(), "off keeps nothing, even of a request begun before");
+    inspector.configure(settings(InspectMode::Meta, 2));
+    let started_with_meta = inspector.capture(&HeaderMap::new()).unwrap();
+    inspector.configure(settings(InspectMode::Bodies, 1));
+    started_with_meta.finish(finished(&method, &uri, 201));
+    let next = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let next = std::str::from_utf8(&next).unwrap();
+    assert!(next.starts_with("id: 1\n") && next.contains("\"status\":201"), "{next}");
+    one(&inspector, "/api/y", 202);
+    let kept = inspector.recent(usize::MAX);
+    assert_eq!(kept.iter().map(|e| e.status).collect::<Vec<_>>(), [202], "the smaller ring");
 }

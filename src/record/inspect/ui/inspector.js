@@ -128,8 +128,10 @@
   }
 
   // The request again, against this proxy, without any credential: the proxy adds its own.
+  // Every word single-quoted; `-g`: brackets and braces in the URL are not curl's globs (one
+  // request, as sent); `--data-raw`: a body that starts with `@` is not a file to read.
   function curl(entry) {
-    const parts = ['curl', '-sS'];
+    const parts = ['curl', '-sS', '-g'];
     if (entry.method !== 'GET') parts.push('-X', quote(entry.method));
     parts.push(quote(location.origin + target(entry)));
     for (const [name, value] of entry.request_headers) {
@@ -138,7 +140,7 @@
       parts.push('-H', quote(name + ': ' + value));
     }
     const body = entry.request_body;
-    if (body && body.text !== null && !body.truncated && body.text !== '') parts.push('--data-binary', quote(body.text));
+    if (body && body.text !== null && !body.truncated && body.text !== '') parts.push('--data-raw', quote(body.text));
     else if (entry.bytes_in > 0) parts.push('--data-binary', '@body');
     return parts.join(' ');
   }
