@@ -174,7 +174,7 @@ impl Drop for Record {
                 caller: self.caller.as_ref().map(|c| caller_text(c).into_owned()),
                 permission: self.permission,
                 activity_id: self.activity_id.as_deref(),
-                tenant: self.tenant.as_deref(),
+                tenant: self.tenant.clone(),
             });
         }
     }

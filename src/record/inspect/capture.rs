@@ -13,11 +13,11 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Frame, SizeHint};
 use serde::Serialize;
 
-use super::{BODY_LIMIT, Entry, InspectMode, Inspector, hide, redact};
+use super::{BODY_LIMIT, Entry, InspectMode, Inspector, Secrets, hide, redact};
 use crate::forward::X_UEM_PROXY_PERMISSION;
 
 /// The start of a body, as kept.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Kept {
     /// The bytes as text; `None` when they are not UTF-8.
     pub text: Option<String>,
@@ -30,7 +30,7 @@ pub struct Kept {
 impl Kept {
     /// Shows each of `secrets` as [`REDACTED`](super::REDACTED) wherever the text holds it, in
     /// any spelling, and a start of one where the text was cut.
-    fn hide(&mut self, secrets: &[String]) {
+    pub(super) fn hide(&mut self, secrets: &[String]) {
         if let Some(text) = &mut self.text
             && let Cow::Owned(hidden) = hide::hide(text, secrets, self.truncated)
         {
@@ -67,8 +67,9 @@ impl Start {
 pub struct Capture {
     inspector: Arc<Inspector>,
     time: SystemTime,
-    request_headers: Vec<(String, String)>,
-    response_headers: Vec<(String, String)>,
+    /// As received, shown redacted only when read: a request pays for a copy of its map, no more.
+    request_headers: HeaderMap,
+    response_headers: HeaderMap,
     hint: Option<String>,
     /// Shared with the request body's [`Tee`]; `None` unless bodies are kept and there is one.
     request_body: Option<Arc<Mutex<Start>>>,
@@ -91,7 +92,7 @@ pub struct Finished<'a> {
     pub permission: Option<&'static str>,
     pub activity_id: Option<&'a str>,
     /// With several tenants, the one served.
-    pub tenant: Option<&'a str>,
+    pub tenant: Option<Arc<str>>,
 }
 
 impl Capture {
@@ -99,8 +100,8 @@ impl Capture {
         Capture {
             inspector,
             time,
-            request_headers: redact(headers),
-            response_headers: Vec::new(),
+            request_headers: headers.clone(),
+            response_headers: HeaderMap::new(),
             hint: None,
             request_body: None,
             response_body: (mode == InspectMode::Bodies).then(Start::default),
@@ -119,7 +120,7 @@ impl Capture {
 
     /// Notes the answer's headers as they go out.
     pub fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
-        self.response_headers = redact(headers);
+        self.response_headers = headers.clone();
         if status == StatusCode::FORBIDDEN
             && let Some(permission) = headers.get(&X_UEM_PROXY_PERMISSION).and_then(|v| v.to_str().ok())
         {
@@ -134,50 +135,112 @@ impl Capture {
         }
     }
 
-    /// Hands the finished exchange to the inspector.
+    /// Hands the finished exchange to the inspector. What it shows is made only when it is read
+    /// (redaction, hiding the credentials, formatting): a request pays for copies, no more.
     pub fn finish(self, done: Finished<'_>) {
-        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-        let mut request_body = self.request_body.map(|start| {
+        let request_body = self.request_body.map(|start| {
             let start = start.lock().expect("not poisoned");
             Kept::of(&start.0, done.bytes_in)
         });
-        let mut response_body = self.response_body.map(|start| Kept::of(&start.0, done.bytes_out));
-        // An API that echoes the request's headers in its body, or puts a token in a `Location`,
-        // would show the credentials the proxy injects.
-        let secrets = self.inspector.credentials(done.tenant);
-        request_body.iter_mut().chain(response_body.iter_mut()).for_each(|kept| kept.hide(&secrets));
-        let hidden = |text: &str| hide::hide(text, &secrets, false).into_owned();
-        let mut request_headers = self.request_headers;
-        let mut response_headers = self.response_headers;
-        for (_, value) in request_headers.iter_mut().chain(response_headers.iter_mut()) {
-            if let Cow::Owned(shown) = hide::hide(value, &secrets, false) {
-                *value = shown;
-            }
-        }
-        let entry = Entry {
+        let response_body = self.response_body.map(|start| Kept::of(&start.0, done.bytes_out));
+        // The credentials in use now: a later refresh must not uncover one this exchange holds.
+        let secrets = self.inspector.snapshot(done.tenant.as_deref());
+        let exchange = Exchange {
             seq: 0,
             request_id: done.request_id.to_owned(),
-            time: humantime::format_rfc3339_millis(self.time).to_string(),
-            method: done.method.to_string(),
-            path: done.uri.path().to_owned(),
-            query: done.uri.query().map(|query| hidden(&hide::query(query))),
+            time: self.time,
+            method: done.method.clone(),
+            uri: done.uri.clone(),
             status: done.status,
-            total_ms: ms(done.total),
-            upstream_ms: done.upstream.map(ms),
+            total: done.total,
+            upstream: done.upstream,
             bytes_in: done.bytes_in,
             bytes_out: done.bytes_out,
             complete: done.complete,
-            tenant: done.tenant.map(str::to_owned),
+            tenant: done.tenant,
             caller: done.caller,
             permission: done.permission,
             hint: self.hint,
             activity_id: done.activity_id.map(str::to_owned),
-            request_headers,
-            response_headers,
+            request_headers: self.request_headers,
+            response_headers: self.response_headers,
             request_body,
             response_body,
+            secrets,
         };
-        self.inspector.push(entry, self.time);
+        self.inspector.push(exchange, self.time);
+    }
+}
+
+/// One finished exchange as kept: what was seen, and the credentials to hide when it is shown.
+pub struct Exchange {
+    pub(super) seq: u64,
+    request_id: String,
+    time: SystemTime,
+    method: http::Method,
+    uri: http::Uri,
+    pub(super) status: u16,
+    total: Duration,
+    upstream: Option<Duration>,
+    bytes_in: u64,
+    bytes_out: u64,
+    complete: bool,
+    tenant: Option<Arc<str>>,
+    caller: Option<String>,
+    permission: Option<&'static str>,
+    hint: Option<String>,
+    activity_id: Option<String>,
+    request_headers: HeaderMap,
+    response_headers: HeaderMap,
+    request_body: Option<Kept>,
+    response_body: Option<Kept>,
+    secrets: Secrets,
+}
+
+impl Exchange {
+    /// The exchange as the page, `/_proxy/requests` and the events show it: credential headers as
+    /// `***`, credentials hidden wherever else they appear.
+    pub fn entry(&self) -> Entry {
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        // An API that echoes the request's headers in its body, or puts a token in a `Location`,
+        // would show the credentials the proxy injects.
+        let secrets = self.secrets.strings(self.tenant.as_deref());
+        let hidden = |text: &str| hide::hide(text, &secrets, false).into_owned();
+        let headers = |map: &HeaderMap| {
+            let mut shown = redact(map);
+            for (_, value) in shown.iter_mut() {
+                if let Cow::Owned(hidden) = hide::hide(value, &secrets, false) {
+                    *value = hidden;
+                }
+            }
+            shown
+        };
+        let mut request_body = self.request_body.clone();
+        let mut response_body = self.response_body.clone();
+        request_body.iter_mut().chain(response_body.iter_mut()).for_each(|kept| kept.hide(&secrets));
+        Entry {
+            seq: self.seq,
+            request_id: self.request_id.clone(),
+            time: humantime::format_rfc3339_millis(self.time).to_string(),
+            method: self.method.to_string(),
+            path: self.uri.path().to_owned(),
+            query: self.uri.query().map(|query| hidden(&hide::query(query))),
+            status: self.status,
+            total_ms: ms(self.total),
+            upstream_ms: self.upstream.map(ms),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            complete: self.complete,
+            tenant: self.tenant.as_deref().map(str::to_owned),
+            caller: self.caller.clone(),
+            permission: self.permission,
+            hint: self.hint.clone(),
+            activity_id: self.activity_id.clone(),
+            request_headers: headers(&self.request_headers),
+            response_headers: headers(&self.response_headers),
+            request_body,
+            response_body,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 
-use super::Entry;
+use super::{Entry, Exchange};
 
 /// A comment line this often keeps proxies and browsers from timing the stream out, and lets
 /// the proxy notice a page that went away.
@@ -19,7 +19,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `seq`. A subscriber that falls behind skips what it missed, and what the ring no longer
 /// holds (the page fetches `/_proxy/requests` again when it reconnects); the stream ends when the
 /// proxy shuts down.
-pub fn stream(events: broadcast::Receiver<Weak<Entry>>, stopped: watch::Receiver<bool>) -> Body {
+pub fn stream(events: broadcast::Receiver<Weak<Exchange>>, stopped: watch::Receiver<bool>) -> Body {
     let hello = futures_util::stream::once(async { Ok::<_, Infallible>(Bytes::from_static(b"retry: 2000\n\n")) });
     let entries = futures_util::stream::unfold((events, stopped), |(mut events, mut stopped)| async move {
         loop {
@@ -31,7 +31,7 @@ pub fn stream(events: broadcast::Receiver<Weak<Entry>>, stopped: watch::Receiver
             let chunk = match next {
                 Err(_) => Bytes::from_static(b": keep-alive\n\n"),
                 Ok(Ok(entry)) => match entry.upgrade() {
-                    Some(entry) => Bytes::from(event(&entry)),
+                    Some(exchange) => Bytes::from(event(&exchange.entry())),
                     None => continue,
                 },
                 Ok(Err(RecvError::Lagged(_))) => continue,

@@ -21,7 +21,7 @@ use http::HeaderMap;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
-pub use capture::{Capture, Kept};
+pub use capture::{Capture, Exchange, Kept};
 pub use minutes::Minute;
 
 use arc_swap::ArcSwap;
@@ -144,6 +144,33 @@ pub struct TenantSecrets {
     pub secrets: Vec<SecretString>,
 }
 
+/// What an exchange hides when shown: the tokens in use when it finished, and the tenants'
+/// configured secrets as they were then.
+pub struct Secrets {
+    tokens: Vec<Arc<crate::token::Token>>,
+    tenants: Arc<Vec<TenantSecrets>>,
+}
+
+impl Secrets {
+    /// The secret texts for an exchange with `tenant`: each token's secret part (`Bearer <this>`,
+    /// `Basic <this>`) and the configured secrets; none shorter than 4 characters, which would hide
+    /// innocent text and is no credential.
+    fn strings(&self, tenant: Option<&str>) -> Vec<String> {
+        let credential = |token: &Arc<crate::token::Token>| {
+            let header = token.header().to_str().ok()?;
+            let secret = header.split_once(' ').map_or(header, |(_, secret)| secret).trim();
+            Some(secret.to_owned())
+        };
+        let mut secrets: Vec<String> = self.tokens.iter().filter_map(credential).collect();
+        let served = self.tenants.iter().filter(|t| tenant.is_none() || t.tenant.as_deref() == tenant);
+        for t in served {
+            secrets.extend(t.secrets.iter().map(|s| s.expose_secret().trim().to_owned()));
+        }
+        secrets.retain(|s| s.len() >= 4);
+        secrets
+    }
+}
+
 /// The ring of the last exchanges, its subscribers, and the per-minute counts.
 pub struct Inspector {
     mode: AtomicU8,
@@ -151,7 +178,7 @@ pub struct Inspector {
     minutes: Mutex<minutes::Minutes>,
     /// New entries for the event streams: weak, so that a backlog holds no entry the ring has
     /// let go (memory stays bounded by the ring).
-    events: broadcast::Sender<Weak<Entry>>,
+    events: broadcast::Sender<Weak<Exchange>>,
     /// Set when the proxy shuts down: event streams end, so that their connections drain.
     stopped: watch::Sender<bool>,
     /// Each tenant's credentials, hidden in what is kept should an API echo one. Replaced when a
@@ -160,7 +187,7 @@ pub struct Inspector {
 }
 
 struct Ring {
-    entries: VecDeque<Arc<Entry>>,
+    entries: VecDeque<Arc<Exchange>>,
     capacity: usize,
     next_seq: u64,
 }
@@ -203,7 +230,7 @@ impl Inspector {
     }
 
     /// Keeps a finished exchange and tells the subscribers.
-    fn push(&self, mut entry: Entry, at: SystemTime) {
+    fn push(&self, mut entry: Exchange, at: SystemTime) {
         self.minutes.lock().expect("not poisoned").count(at, entry.status >= 400);
         let entry = {
             let mut ring = self.ring.lock().expect("not poisoned");
@@ -228,31 +255,24 @@ impl Inspector {
         self.tenants.store(Arc::new(tenants));
     }
 
-    /// What to hide in an exchange with `tenant` (any, when `None`): the secret part of each
-    /// credential injected now or until the last refresh (`Bearer <this>`, `Basic <this>`; a
-    /// request sent with the previous token may end after a refresh replaced it), and the
-    /// configured secrets. Only the tenant served: its API saw no other's.
-    fn credentials(&self, tenant: Option<&str>) -> Vec<String> {
-        let credential = |token: Arc<crate::token::Token>| {
-            let header = token.header().to_str().ok()?;
-            let secret = header.split_once(' ').map_or(header, |(_, secret)| secret).trim();
-            Some(secret.to_owned())
-        };
-        let tenants = self.tenants.load();
-        let served = tenants.iter().filter(|t| tenant.is_none() || t.tenant.as_deref() == tenant);
-        let mut secrets = Vec::new();
-        for t in served {
-            secrets.extend([t.tokens.current(), t.tokens.previous()].into_iter().flatten().filter_map(credential));
-            secrets.extend(t.secrets.iter().map(|s| s.expose_secret().trim().to_owned()));
+    /// The credentials to hide in an exchange with `tenant` (any, when `None`): the tokens
+    /// injected now or until the last refresh (a request sent with the previous token may end
+    /// after a refresh replaced it), and the tenants' configured secrets. Only the tenant served:
+    /// its API saw no other's.
+    pub(super) fn snapshot(&self, tenant: Option<&str>) -> Secrets {
+        let tenants = self.tenants.load_full();
+        let mut tokens = Vec::new();
+        for t in tenants.iter().filter(|t| tenant.is_none() || t.tenant.as_deref() == tenant) {
+            tokens.extend([t.tokens.current(), t.tokens.previous()].into_iter().flatten());
         }
-        // Anything shorter would hide innocent text, and is no credential.
-        secrets.retain(|s| s.len() >= 4);
-        secrets
+        Secrets { tokens, tenants }
     }
 
-    /// Up to `limit` exchanges, newest first.
-    pub fn recent(&self, limit: usize) -> Vec<Arc<Entry>> {
-        self.ring.lock().expect("not poisoned").entries.iter().take(limit).cloned().collect()
+    /// Up to `limit` exchanges, newest first, as they are shown.
+    pub fn recent(&self, limit: usize) -> Vec<Entry> {
+        let kept: Vec<Arc<Exchange>> =
+            self.ring.lock().expect("not poisoned").entries.iter().take(limit).cloned().collect();
+        kept.iter().map(|exchange| exchange.entry()).collect()
     }
 
     /// `/_proxy/requests`: up to `limit` exchanges, newest first, as a JSON array written one
@@ -260,7 +280,7 @@ impl Inspector {
     /// left out: a slow reader holds no more than the ring does, however many read at once.
     pub fn listing(&self, limit: usize) -> axum::body::Body {
         let ring = self.ring.lock().expect("not poisoned");
-        let entries: Vec<Weak<Entry>> = ring.entries.iter().take(limit).map(Arc::downgrade).collect();
+        let entries: Vec<Weak<Exchange>> = ring.entries.iter().take(limit).map(Arc::downgrade).collect();
         drop(ring);
         let pieces = futures_util::stream::unfold(Some((entries.into_iter(), true)), |state| async move {
             let (mut rest, first) = state?;
@@ -268,7 +288,7 @@ impl Inspector {
             for entry in rest.by_ref() {
                 if let Some(entry) = entry.upgrade() {
                     let mut piece = vec![open];
-                    serde_json::to_writer(&mut piece, &*entry).expect("an entry serialises");
+                    serde_json::to_writer(&mut piece, &entry.entry()).expect("an entry serialises");
                     return Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(piece)), Some((rest, false))));
                 }
             }
