@@ -7,6 +7,7 @@ pub mod body_rewrite;
 pub mod pacer;
 pub mod pool;
 pub mod rewrite;
+pub mod spelling;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -87,13 +87,14 @@ pub fn response_headers(headers: &mut HeaderMap, rewrite: &LocationRewrite<'_>) 
 }
 
 /// Drops every response header value that holds `token` (the credential the request was sent
-/// with): an upstream that echoes request headers under other names, or sets the token as a
-/// cookie, must not hand it to the caller. Other values of the same field stay.
+/// with) in any spelling, percent-encoded or JSON-escaped too: an upstream that echoes request
+/// headers under other names, sets the token as a cookie or puts it in a `Location` query must
+/// not hand it to the caller. Other values of the same field stay.
 pub fn drop_echoed_token(headers: &mut HeaderMap, token: &[u8]) {
     if token.is_empty() {
         return;
     }
-    let holds = |v: &HeaderValue| v.as_bytes().windows(token.len()).any(|w| w == token);
+    let holds = |v: &HeaderValue| super::spelling::holds(v.as_bytes(), token);
     let names: Vec<HeaderName> = headers.iter().filter(|(_, v)| holds(v)).map(|(n, _)| n.clone()).collect();
     for name in names {
         let kept: Vec<HeaderValue> = headers.get_all(&name).iter().filter(|v| !holds(v)).cloned().collect();

@@ -120,15 +120,15 @@ async fn a_token_cut_by_the_body_limit_shows_no_piece_of_it() {
 }
 
 #[tokio::test]
-async fn credentials_in_a_location_or_another_response_header_are_hidden() {
+async fn credentials_in_a_location_or_another_response_header_reach_neither_the_caller_nor_the_page() {
     let proxy = start(&[]).await;
     let response = client().get(format!("{}/location", proxy.url)).send().await.unwrap();
-    let status = response.status();
-    let location = response.headers().get("location").unwrap_or_else(|| panic!("{status}: {:?}", response.headers()));
-    assert_eq!(location.to_str().unwrap(), format!("https://elsewhere.example/next?code={}", percent(TENANT_CODE)));
+    assert_eq!(response.status(), 302);
+    // The forwarder drops a header value that holds a credential in any spelling.
+    assert!(response.headers().get("location").is_none(), "{:?}", response.headers());
+    assert!(response.headers().get("x-debug").is_none(), "{:?}", response.headers());
     let text = listing(&proxy, 1).await;
-    assert!(text.contains("[\"location\",\"https://elsewhere.example/next?code=***\"]"), "{text}");
-    assert!(text.contains("[\"x-debug\",\"received ***\"]"), "{text}");
+    assert!(!text.contains("\"location\"") && !text.contains("\"x-debug\""), "{text}");
     assert_no_piece(&text, &percent(TENANT_CODE), 8);
     assert_no_piece(&text, TOKEN_PREFIX, 8);
 }

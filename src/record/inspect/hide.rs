@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 
 use super::REDACTED;
+use crate::forward::spelling::{Found, spelled};
 
 /// The fewest characters of a secret, cut at the end of a kept body, that are hidden: fewer tell
 /// nothing of it, and would hide innocent text.
@@ -61,14 +62,6 @@ pub fn query(query: &str) -> Cow<'_, str> {
     Cow::Owned(pairs.collect::<Vec<_>>().join("&"))
 }
 
-/// How a spelling of the secret at one place matched.
-enum Found {
-    /// The whole secret, ending here.
-    Whole(usize),
-    /// This many of its characters, then the end of the text.
-    Start(usize),
-}
-
 fn hide_one(text: &str, secret: &[u8], cut: bool) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out: Option<String> = None;
@@ -97,32 +90,6 @@ fn hide_one(text: &str, secret: &[u8], cut: bool) -> Option<String> {
     let mut out = out?;
     out.push_str(&text[copied..]);
     Some(out)
-}
-
-/// Whether a spelling of `secret` starts at `text[at]`.
-fn spelled(text: &[u8], mut at: usize, secret: &[u8]) -> Option<Found> {
-    for (n, &want) in secret.iter().enumerate() {
-        if at >= text.len() {
-            return Some(Found::Start(n));
-        }
-        at += one(&text[at..], want)?;
-    }
-    Some(Found::Whole(at))
-}
-
-/// The length of a spelling of the byte `want` at the start of `text`.
-fn one(text: &[u8], want: u8) -> Option<usize> {
-    let hex = |digits: &[u8]| -> Option<u32> {
-        let digits = std::str::from_utf8(digits).ok()?;
-        if digits.bytes().all(|b| b.is_ascii_hexdigit()) { u32::from_str_radix(digits, 16).ok() } else { None }
-    };
-    match text {
-        [first, ..] if *first == want => Some(1),
-        [b'\\', b'/', ..] if want == b'/' => Some(2),
-        [b'\\', b'u', rest @ ..] if rest.len() >= 4 && hex(&rest[..4]) == Some(want.into()) => Some(6),
-        [b'%', rest @ ..] if rest.len() >= 2 && hex(&rest[..2]) == Some(want.into()) => Some(3),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
