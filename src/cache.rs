@@ -23,10 +23,41 @@ use quick_cache::sync::{Cache as Store, EntryAction, EntryResult, PlaceholderGua
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use tokio::time::Instant;
 
-use crate::config::CacheSettings;
 use crate::error::ProxyError;
+use crate::gate::policy::PathPattern;
 use crate::request_id::X_REQUEST_ID;
 use crate::uem::mapping;
+
+/// The cache, when the file has a `[cache]` table. Compared whole on reload: a change empties it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// The most bytes all entries together hold.
+    pub max_bytes: u64,
+    /// The first rule whose path matches decides; a read no rule matches is never cached.
+    pub rules: Vec<CacheRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRule {
+    pub path: PathPattern,
+    /// How long an entry answers without asking the API.
+    pub ttl: Duration,
+    /// How long past `ttl` an entry may still answer when the API fails (429, 5xx, unreachable).
+    pub stale_if_error: Duration,
+}
+
+impl CacheSettings {
+    /// The rule for the canonical `path`, if any.
+    pub fn rule(&self, path: &str) -> Option<&CacheRule> {
+        self.rules.iter().find(|r| r.path.matches(path))
+    }
+
+    /// The largest single answer kept: an eighth of the whole, so one answer cannot push out all
+    /// the others.
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.max_bytes / 8
+    }
+}
 
 /// On every answer to a request under a cache rule: `hit`, `miss`, `stale` or `bypass`.
 pub static X_UEM_PROXY_CACHE: HeaderName = HeaderName::from_static("x-uem-proxy-cache");

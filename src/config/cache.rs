@@ -5,38 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cache::{CacheRule, CacheSettings};
 use crate::gate::policy::PathPattern;
-
-/// The cache, when the file has a `[cache]` table. Compared whole on reload: a change empties it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheSettings {
-    /// The most bytes all entries together hold.
-    pub max_bytes: u64,
-    /// The first rule whose path matches decides; a read no rule matches is never cached.
-    pub rules: Vec<CacheRule>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheRule {
-    pub path: PathPattern,
-    /// How long an entry answers without asking the API.
-    pub ttl: Duration,
-    /// How long past `ttl` an entry may still answer when the API fails (429, 5xx, unreachable).
-    pub stale_if_error: Duration,
-}
-
-impl CacheSettings {
-    /// The rule for the canonical `path`, if any.
-    pub fn rule(&self, path: &str) -> Option<&CacheRule> {
-        self.rules.iter().find(|r| r.path.matches(path))
-    }
-
-    /// The largest single answer kept: an eighth of the whole, so one answer cannot push out all
-    /// the others.
-    pub fn max_entry_bytes(&self) -> u64 {
-        self.max_bytes / 8
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

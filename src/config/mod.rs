@@ -24,13 +24,13 @@ use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+pub use crate::cache::CacheSettings;
 use crate::forward::pacer::PacerSettings;
 pub use crate::forward::upstream::Egress;
 pub use crate::gate::Inbound;
 use crate::gate::policy::{Policy, PolicyFile};
 pub use crate::listen::Listen;
 use crate::record::inspect::{InspectMode, InspectSettings};
-pub use cache::CacheSettings;
 pub use defaults::{default_of, listen_for_probe};
 pub use hints::{mask_userinfo, unknown_variables};
 pub use source::SETTINGS;
