@@ -1,6 +1,7 @@
 //! Integration tests: the proxy on real sockets between a mock token service and a mock API,
 //! and the real binary for what only a process shows (exit codes, signals, logs).
 
+mod architecture;
 mod attacks_in;
 mod attacks_out;
 mod binary;
