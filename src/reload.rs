@@ -12,9 +12,11 @@ pub const POLL: Duration = Duration::from_secs(1);
 
 /// Runs until aborted.
 pub async fn watch(app: Arc<App>) {
-    let file = app.config.load().config_file.clone();
+    let (file, mut seen) = {
+        let config = app.config.load();
+        (config.config_file.clone(), config.file_fingerprint)
+    };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = file.as_deref().and_then(fingerprint);
     loop {
         tokio::select! {
             Some(()) = async { hangup.as_mut()?.recv().await } => {
@@ -38,9 +40,5 @@ pub async fn watch(app: Arc<App>) {
 
 /// A hash of the file's content; `None` while it cannot be read (mid-write, say).
 fn fingerprint(path: &Path) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).ok()?;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    Some(hasher.finish())
+    std::fs::read(path).ok().map(|bytes| crate::config::fingerprint(&bytes))
 }

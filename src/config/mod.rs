@@ -33,8 +33,8 @@ pub use crate::listen::Listen;
 use crate::record::inspect::{InspectMode, InspectSettings};
 pub use defaults::{default_of, listen_for_probe};
 pub use hints::{mask_userinfo, unknown_variables};
-pub use source::SETTINGS;
 use source::{RawMap, Tables, read_file};
+pub use source::{SETTINGS, fingerprint};
 pub use tenants::TenantConfig;
 
 /// The HTTPS listener: where, and the certificate it presents.
@@ -106,6 +106,9 @@ pub struct Config {
     /// The environment variables this configuration was loaded with, so a reload reads the file
     /// again under the same environment. Holds secrets: never printed.
     pub environment: Arc<BTreeMap<String, String>>,
+    /// A hash of the configuration file's content as this configuration read it: the reloader
+    /// compares the file with it, so a change made while the proxy starts is not missed.
+    pub file_fingerprint: Option<u64>,
 }
 
 /// How the proxy authorises its requests to the API.
@@ -240,9 +243,11 @@ impl Config {
                 None
             }
         };
+        let file_fingerprint = tables.fingerprint;
         let config = Self::from_raw(&raw, tables, file, &mut problems).map(|config| Config {
             environment: Arc::new(environment),
             cache,
+            file_fingerprint,
             ..config
         });
         match config {
@@ -406,6 +411,7 @@ impl Config {
             config_file: file.map(Path::to_path_buf),
             warnings,
             environment: Arc::default(),
+            file_fingerprint: None,
         })
     }
 

@@ -117,6 +117,16 @@ pub struct Tables {
     pub tenants: Vec<RawTenant>,
     /// The `[cache]` table, read by [`super::cache`].
     pub cache: Option<toml::Value>,
+    /// A hash of the file's content as read, for the reloader to compare with.
+    pub fingerprint: Option<u64>,
+}
+
+/// A hash of a configuration file's content.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// A setting's value from the file as the environment would give it: lists comma-separated.
@@ -136,7 +146,9 @@ pub(super) fn scalar(value: toml::Value) -> Option<String> {
 pub fn read_file(path: &Path, raw: &mut RawMap, problems: &mut Vec<String>) -> Tables {
     let shown = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => read_text(&shown, path, &text, raw, problems),
+        Ok(text) => {
+            Tables { fingerprint: Some(fingerprint(text.as_bytes())), ..read_text(&shown, path, &text, raw, problems) }
+        }
         Err(e) => {
             problems.push(format!("{shown}: cannot read the config file: {e}{}", super::access::hint(&e)));
             Tables::default()
@@ -178,7 +190,7 @@ pub fn read_text(shown: &str, path: &Path, text: &str, raw: &mut RawMap, problem
         let value = if PATHS.contains(&known) { beside(path, value) } else { value };
         raw.insert(known, Raw { value, origin: Origin::File(shown.clone()) });
     }
-    Tables { policy, tenants, cache }
+    Tables { policy, tenants, cache, fingerprint: None }
 }
 
 /// Overlays the environment's settings; an empty variable counts as unset.

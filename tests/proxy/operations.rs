@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Proxy, client};
+use crate::support::{Proxy, TokenService, Upstream, client};
 
 /// The value of one sample line of a Prometheus text exposition, 0 when absent.
 fn sample(metrics: &str, name_and_labels: &str) -> f64 {
@@ -123,4 +123,31 @@ async fn concurrency_is_bounded_and_a_long_line_gets_503() {
     assert_eq!(sc, 200);
     assert_eq!(sd, 503, "the second waited its bound behind a slow one");
     assert!(td < Duration::from_millis(1400));
+}
+
+/// A change to the file made after the configuration was read and before the reloader looked at
+/// the file for the first time is still reloaded: the reloader compares with what was read.
+#[tokio::test]
+async fn a_file_change_made_while_the_proxy_starts_is_not_missed() {
+    let (api, token_url) = (Upstream::default().start().await, TokenService::default().start().await);
+    let dir = std::env::temp_dir().join(format!("uem-proxy-startup-change-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("uem-proxy.toml");
+    let text = |extra: &str| {
+        format!("api_url = \"{api}\"\ntoken_url = \"{token_url}\"\nclient_id = \"c\"\nclient_secret = \"s\"\n{extra}")
+    };
+    std::fs::write(&file, text("")).unwrap();
+    let config = uem_proxy::Config::load(Some(&file), &|_| None).unwrap();
+    let app =
+        uem_proxy::app::App::new(config, uem_proxy::config::Listen::Tcp("127.0.0.1:8080".parse().unwrap())).unwrap();
+    // Changed before the reloader starts.
+    std::fs::write(&file, text("read_only = true\n")).unwrap();
+    let watcher = tokio::spawn(uem_proxy::reload::watch(app.clone()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !app.config.load().policy.read_only {
+        assert!(Instant::now() < deadline, "the change was never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watcher.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
