@@ -46,6 +46,24 @@ impl Running {
         Running::spawn(command(env).args(args))
     }
 
+    /// The proxy with the configuration file at `file` alone, logging JSON, on a free port.
+    pub fn with_file(file: &std::path::Path) -> Running {
+        let env = [("UEM_PROXY_LOG_FORMAT", "json"), ("UEM_PROXY_LISTEN", "127.0.0.1:0")];
+        Running::start_with(&env, &["--config", &file.display().to_string()])
+    }
+
+    /// The first log event with `message`, waiting up to 10 s for it.
+    pub fn wait_event(&self, message: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(event) = self.events(message).into_iter().next() {
+                return event;
+            }
+            assert!(std::time::Instant::now() < deadline, "no '{message}' in the log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts `cmd`, a command that runs the proxy, and waits until its log says where it listens.
     pub fn spawn(cmd: &mut Command) -> Running {
         let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();

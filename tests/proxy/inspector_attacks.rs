@@ -251,13 +251,7 @@ async fn each_tenants_credentials_are_hidden_in_its_exchanges() {
         ));
     }
     let config = uem_proxy::Config::load_toml(&file, &|_| None).expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(uem_proxy::run(config, listener, async {
-        let _ = rx.await;
-    }));
-    let proxy = Proxy::from_parts(addr, tx, task);
+    let proxy = Proxy::run(config).await;
     for name in ["prod", "uat"] {
         let echoed = call(&proxy, &format!("/t/{name}/echo")).await;
         assert!(echoed.contains(&format!("{name}-code")), "{echoed}");

@@ -343,13 +343,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy already running on `addr`, stopped by `shutdown`.
-    pub fn from_parts(
-        addr: SocketAddr,
-        shutdown: oneshot::Sender<()>,
-        task: tokio::task::JoinHandle<std::io::Result<()>>,
-    ) -> Proxy {
-        Proxy { addr, url: format!("http://{addr}"), shutdown: Some(shutdown), task }
+    /// Runs the proxy for `config` in this test's runtime on a port of its own.
+    pub async fn run(config: uem_proxy::Config) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(uem_proxy::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Proxy { addr, url: format!("http://{addr}"), shutdown: Some(tx), task }
     }
 
     /// Starts the proxy for `api` and `token_url` with extra environment settings.
@@ -359,14 +361,7 @@ impl Proxy {
 
     /// The same, with a configuration file of this text.
     pub async fn start_with_file(api: &str, token_url: &str, file: Option<&str>, extra: &[(&str, &str)]) -> Proxy {
-        let config = config(api, token_url, file, extra).expect("valid config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(uem_proxy::run(config, listener, async {
-            let _ = rx.await;
-        }));
-        Proxy { addr, url: format!("http://{addr}"), shutdown: Some(tx), task }
+        Proxy::run(config(api, token_url, file, extra).expect("valid config")).await
     }
 }
 

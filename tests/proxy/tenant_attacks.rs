@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::binary::Running;
+use crate::mistakes::Folder;
 use crate::support::*;
 
 /// A tenant table for `name` with this API and token service.
@@ -40,18 +42,11 @@ async fn a_reload_swapping_two_tenants_never_sends_the_new_token_to_the_old_api(
     let (a_token_url, b_token_url) = (a_tokens.start().await, b_tokens.start().await);
     let before = format!("{}{}", table("prod", &a_url, &a_token_url, "a"), table("uat", &b_url, &b_token_url, "b"));
     let after = format!("{}{}", table("prod", &b_url, &b_token_url, "b"), table("uat", &a_url, &a_token_url, "a"));
-    let dir = std::env::temp_dir().join(format!("uem-proxy-swap-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tenants.toml");
+    let folder = Folder::new("swap");
+    let file = folder.0.join("tenants.toml");
     std::fs::write(&file, &before).unwrap();
     let config = uem_proxy::Config::load(Some(&file), &|_| None).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(uem_proxy::run(config, listener, async {
-        let _ = rx.await;
-    }));
-    let proxy = Proxy::from_parts(addr, tx, task);
+    let proxy = Proxy::run(config).await;
     // Both tenants hold their tokens before anything is in flight.
     let r = client().get(format!("{}/_proxy/readyz", proxy.url)).send().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -63,9 +58,10 @@ async fn a_reload_swapping_two_tenants_never_sends_the_new_token_to_the_old_api(
     }
 
     // A request to prod (API a) whose body is not complete: it has been routed, not yet sent.
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let head = format!(
-        "POST /t/prod/api/mdm/devices/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{}}"
+        "POST /t/prod/api/mdm/devices/search HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{}}",
+        proxy.addr
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -91,7 +87,6 @@ async fn a_reload_swapping_two_tenants_never_sends_the_new_token_to_the_old_api(
     assert!(at_a.iter().all(|a| a.starts_with("Bearer a-")), "API a saw another tenant's token: {at_a:?}");
     assert!(at_b.iter().all(|a| a.starts_with("Bearer b-")), "API b saw another tenant's token: {at_b:?}");
     assert_eq!((at_a.len(), at_b.len()), (2, 1), "{at_a:?} {at_b:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// prod (the default, API a) and uat (API b, read-only), each with its own token service.
@@ -107,13 +102,7 @@ async fn two_tenants(uat_extra: &str) -> (Proxy, Upstream, Upstream) {
         table("uat", &b_url, &b_token_url, "b")
     );
     let config = uem_proxy::Config::load_toml(&file, &|_| None).expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(uem_proxy::run(config, listener, async {
-        let _ = rx.await;
-    }));
-    (Proxy::from_parts(addr, tx, task), a_api, b_api)
+    (Proxy::run(config).await, a_api, b_api)
 }
 
 /// The status line of a raw request for `target`.
@@ -188,18 +177,6 @@ async fn every_spelling_of_a_tenants_prefix_reaches_that_tenant_under_its_policy
     assert!(a_api.seen().is_empty(), "the default tenant's API saw {:?}", a_api.seen());
 }
 
-/// The first event with `message` in the running binary's log, waiting up to 10 s for it.
-fn wait_event(proxy: &crate::binary::Running, message: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(event) = proxy.events(message).pop() {
-            return event;
-        }
-        assert!(Instant::now() < deadline, "no '{message}' in the log:\n{}", proxy.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A tenant's own listener on another loopback address than the shared one: callers that name
 /// it in `Host`, as every HTTP client does, are served; every path on it is that tenant's, even
 /// one that spells another tenant's prefix.
@@ -211,21 +188,16 @@ fn a_tenant_listener_on_its_own_address_serves_callers_that_name_it() {
     let b_tokens = TokenService { prefix: "b-", ..Default::default() };
     let (a_url, b_url, a_token_url, b_token_url) = rt
         .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
-    let dir = std::env::temp_dir().join(format!("uem-proxy-tenant-listener-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tenants.toml");
+    let folder = Folder::new("tenant-listener");
+    let file = folder.0.join("tenants.toml");
     let text = format!(
         "listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}{}listen = \"127.0.0.2:0\"\n",
         table("prod", &a_url, &a_token_url, "a"),
         table("uat", &b_url, &b_token_url, "b")
     );
     std::fs::write(&file, text).unwrap();
-    let file_arg = file.display().to_string();
-    let mut proxy = crate::binary::Running::start_with(
-        &[("UEM_PROXY_LOG_FORMAT", "json"), ("UEM_PROXY_LISTEN", "127.0.0.1:0")],
-        &["--config", &file_arg],
-    );
-    let own = wait_event(&proxy, "listening for one tenant");
+    let mut proxy = Running::with_file(&file);
+    let own = proxy.wait_event("listening for one tenant");
     let uat_listener = own["listen"].as_str().unwrap().to_owned();
     assert!(uat_listener.starts_with("127.0.0.2:"), "{own}");
     rt.block_on(async {
@@ -242,7 +214,6 @@ fn a_tenant_listener_on_its_own_address_serves_callers_that_name_it() {
     let auths: Vec<_> = b_api.seen().iter().map(|s| s.headers["authorization"].clone()).collect();
     assert!(auths.iter().all(|a| a.to_str().unwrap().starts_with("Bearer b-")), "{auths:?}");
     proxy.terminate();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A tenant that names only part of a credential would send the top level's other part (set in
@@ -303,23 +274,17 @@ async fn a_removed_tenants_request_in_flight_finishes_with_its_own_token() {
     let prod = table("prod", &a_url, &a_token_url, "a");
     let before = format!("default_tenant = \"prod\"\n{prod}{}", table("uat", &b_url, &b_token_url, "b"));
     let after = format!("default_tenant = \"prod\"\n{prod}{}", table("uat2", &b_url, &b_token_url, "b"));
-    let dir = std::env::temp_dir().join(format!("uem-proxy-remove-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tenants.toml");
+    let folder = Folder::new("remove");
+    let file = folder.0.join("tenants.toml");
     std::fs::write(&file, &before).unwrap();
     let config = uem_proxy::Config::load(Some(&file), &|_| None).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(uem_proxy::run(config, listener, async {
-        let _ = rx.await;
-    }));
-    let proxy = Proxy::from_parts(addr, tx, task);
+    let proxy = Proxy::run(config).await;
     assert_eq!(client().get(format!("{}/t/uat/api/x", proxy.url)).send().await.unwrap().status(), 200);
 
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let head = format!(
-        "POST /t/uat/api/mdm/devices/search HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{}}"
+        "POST /t/uat/api/mdm/devices/search HTTP/1.1\r\nHost: {}\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{}}",
+        proxy.addr
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -338,7 +303,6 @@ async fn a_removed_tenants_request_in_flight_finishes_with_its_own_token() {
     assert!(seen.iter().all(|(_, auth)| auth.to_str().unwrap().starts_with("Bearer b-")), "{seen:?}");
     assert_eq!(seen[1].0, "/api/mdm/devices/search");
     assert!(a_api.seen().is_empty(), "{:?}", a_api.seen());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A reload gives uat a secret its token service refuses: uat keeps its old client and token,
@@ -353,20 +317,15 @@ fn new_credentials_that_win_no_token_change_nothing_and_show_no_secret() {
     let b_tokens = TokenService { prefix: "b-", ..TokenService::script(&[Reply::Grant("3600"), refused]) };
     let (a_url, b_url, a_token_url, b_token_url) = rt
         .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
-    let dir = std::env::temp_dir().join(format!("uem-proxy-refused-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tenants.toml");
+    let folder = Folder::new("refused");
+    let file = folder.0.join("tenants.toml");
     let text = format!(
         "listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}{}",
         table("prod", &a_url, &a_token_url, "a"),
         table("uat", &b_url, &b_token_url, "b")
     );
     std::fs::write(&file, &text).unwrap();
-    let file_arg = file.display().to_string();
-    let mut proxy = crate::binary::Running::start_with(
-        &[("UEM_PROXY_LOG_FORMAT", "json"), ("UEM_PROXY_LISTEN", "127.0.0.1:0")],
-        &["--config", &file_arg],
-    );
+    let mut proxy = Running::with_file(&file);
     let url = format!("http://{}", proxy.addr());
     let (status, metrics) = rt.block_on(async {
         let get = |path: &str| client().get(format!("{url}{path}")).send();
@@ -403,7 +362,6 @@ fn new_credentials_that_win_no_token_change_nothing_and_show_no_secret() {
             assert!(!text.contains(secret), "{secret} in the {name}");
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Two tenants on one host, one API under the other's path (`https://uem.corp` and
@@ -451,21 +409,16 @@ fn a_tenant_listeners_own_endpoints_show_that_tenant_alone() {
     let b_tokens = TokenService { prefix: "b-", ..Default::default() };
     let (a_url, b_url, a_token_url, b_token_url) = rt
         .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
-    let dir = std::env::temp_dir().join(format!("uem-proxy-tenant-admin-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tenants.toml");
+    let folder = Folder::new("tenant-admin");
+    let file = folder.0.join("tenants.toml");
     let text = format!(
         "listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}{}listen = \"127.0.0.1:0\"\n",
         table("prod", &a_url, &a_token_url, "prod-client"),
         table("uat", &b_url, &b_token_url, "uat-client")
     );
     std::fs::write(&file, text).unwrap();
-    let file_arg = file.display().to_string();
-    let mut proxy = crate::binary::Running::start_with(
-        &[("UEM_PROXY_LOG_FORMAT", "json"), ("UEM_PROXY_LISTEN", "127.0.0.1:0")],
-        &["--config", &file_arg],
-    );
-    let own = wait_event(&proxy, "listening for one tenant");
+    let mut proxy = Running::with_file(&file);
+    let own = proxy.wait_event("listening for one tenant");
     let uat = own["listen"].as_str().unwrap().to_owned();
     let shared = proxy.addr();
     rt.block_on(async {
@@ -493,7 +446,6 @@ fn a_tenant_listeners_own_endpoints_show_that_tenant_alone() {
         assert!(status.contains("prod-client") && status.contains("uat-client"), "{status}");
     });
     proxy.terminate();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A reload removes uat, whose own listener stays bound until a restart: callers there get
@@ -505,19 +457,14 @@ fn a_removed_tenants_listener_names_no_other_tenant() {
     let (a_tokens, b_tokens) = (TokenService::default(), TokenService::default());
     let (a_url, b_url, a_token_url, b_token_url) = rt
         .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
-    let dir = std::env::temp_dir().join(format!("uem-proxy-removed-listener-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tenants.toml");
+    let folder = Folder::new("removed-listener");
+    let file = folder.0.join("tenants.toml");
     let prod =
         format!("listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}", table("prod", &a_url, &a_token_url, "a"));
     let both = format!("{prod}{}listen = \"127.0.0.1:0\"\n", table("uat", &b_url, &b_token_url, "b"));
     std::fs::write(&file, &both).unwrap();
-    let file_arg = file.display().to_string();
-    let mut proxy = crate::binary::Running::start_with(
-        &[("UEM_PROXY_LOG_FORMAT", "json"), ("UEM_PROXY_LISTEN", "127.0.0.1:0")],
-        &["--config", &file_arg],
-    );
-    let uat = wait_event(&proxy, "listening for one tenant")["listen"].as_str().unwrap().to_owned();
+    let mut proxy = Running::with_file(&file);
+    let uat = proxy.wait_event("listening for one tenant")["listen"].as_str().unwrap().to_owned();
     rt.block_on(async {
         let get = || async { client().get(format!("http://{uat}/api/x")).send().await.unwrap() };
         assert_eq!(get().await.status(), 200);
@@ -536,7 +483,6 @@ fn a_removed_tenants_listener_names_no_other_tenant() {
         assert!(!body["message"].as_str().unwrap().contains("prod"), "{body}");
     });
     proxy.terminate();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A reload adds uat with a listener of its own: the tenant is served under `/t/uat/` at once,
@@ -548,17 +494,12 @@ fn a_tenant_added_by_a_reload_says_its_listener_waits_for_a_restart() {
     let (a_tokens, b_tokens) = (TokenService::default(), TokenService::default());
     let (a_url, b_url, a_token_url, b_token_url) = rt
         .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
-    let dir = std::env::temp_dir().join(format!("uem-proxy-added-listener-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tenants.toml");
+    let folder = Folder::new("added-listener");
+    let file = folder.0.join("tenants.toml");
     let prod =
         format!("listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}", table("prod", &a_url, &a_token_url, "a"));
     std::fs::write(&file, &prod).unwrap();
-    let file_arg = file.display().to_string();
-    let mut proxy = crate::binary::Running::start_with(
-        &[("UEM_PROXY_LOG_FORMAT", "json"), ("UEM_PROXY_LISTEN", "127.0.0.1:0")],
-        &["--config", &file_arg],
-    );
+    let mut proxy = Running::with_file(&file);
     let url = format!("http://{}", proxy.addr());
     rt.block_on(async {
         // Ready: the file watcher has started too.
@@ -583,7 +524,6 @@ fn a_tenant_added_by_a_reload_says_its_listener_waits_for_a_restart() {
         .any(|e| e["tenant"] == "uat" && e["setting"] == "listen");
     proxy.terminate();
     assert!(warned, "{}", proxy.log());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Eight tenants whose token services hang (one region down, say) do not hold up a ninth on
@@ -602,14 +542,8 @@ async fn tenants_on_a_hanging_token_service_never_delay_a_tenant_on_another() {
     let healthy = TokenService { prefix: "z-", ..Default::default() };
     file.push_str(&table("z", &api_url, &healthy.start().await, "z"));
     let config = uem_proxy::Config::load_toml(&file, &|_| None).expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
-    let task = tokio::spawn(uem_proxy::run(config, listener, async {
-        let _ = rx.await;
-    }));
-    let proxy = Proxy::from_parts(addr, tx, task);
+    let proxy = Proxy::run(config).await;
     let r = client().get(format!("{}/api/x", proxy.url)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(started.elapsed() < Duration::from_secs(2), "z waited {:?} for a token", started.elapsed());

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::binary::Running;
+use crate::mistakes::Folder;
 use crate::support::*;
 
 /// Two tenants, each with its own mock API and token service whose tokens carry its name.
@@ -46,13 +47,7 @@ impl Two {
 /// A proxy in this process for `file`, with no top-level upstream or credentials at all.
 async fn proxy(file: &str) -> Proxy {
     let config = tenants_config(file).expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(uem_proxy::run(config, listener, async {
-        let _ = rx.await;
-    }));
-    Proxy::from_parts(addr, tx, task)
+    Proxy::run(config).await
 }
 
 fn tenants_config(file: &str) -> Result<uem_proxy::Config, uem_proxy::config::ConfigError> {
@@ -159,18 +154,11 @@ async fn no_token_ever_reaches_another_tenants_api_under_refreshes_replays_and_a
     // uat's API accepts no token at first: every call is rejected, refreshed and replayed.
     *two.uat.0.accepted.lock().unwrap() = "nothing".to_owned();
     *two.prod.0.accepted.lock().unwrap() = "Bearer prod-tok-1".to_owned();
-    let dir = std::env::temp_dir().join(format!("uem-proxy-tenants-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tenants.toml");
+    let folder = Folder::new("tenants");
+    let file = folder.0.join("tenants.toml");
     std::fs::write(&file, two.file(Some("prod"), "")).unwrap();
     let config = uem_proxy::Config::load(Some(&file), &|_| None).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(uem_proxy::run(config, listener, async {
-        let _ = rx.await;
-    }));
-    let proxy = Proxy::from_parts(addr, tx, task);
+    let proxy = Proxy::run(config).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = (0..4)
@@ -217,7 +205,6 @@ async fn no_token_ever_reaches_another_tenants_api_under_refreshes_replays_and_a
     assert!(uat_strays.is_empty(), "{} foreign tokens at uat: {:?}", uat_strays.len(), &uat_strays[..1]);
     assert!(two.uat.1.calls() > 1, "uat's rejections forced refreshes");
     assert_eq!(two.prod.1.calls(), 1, "prod kept its one token through uat's refreshes and the reload");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// uat's token service answers 500, slowly: prod's callers never wait.
@@ -311,16 +298,11 @@ async fn metrics_carry_the_tenant() {
 fn the_access_log_names_the_tenant() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let two = rt.block_on(Two::start(TokenService::default()));
-    let dir = std::env::temp_dir().join(format!("uem-proxy-tenant-log-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tenants.toml");
+    let folder = Folder::new("tenant-log");
+    let file = folder.0.join("tenants.toml");
     std::fs::write(&file, two.file(Some("prod"), "listen = \"127.0.0.1:0\"\n")).unwrap();
-    let file_arg = file.display().to_string();
-    let mut proxy = Running::start_with(
-        &[("UEM_PROXY_LOG_FORMAT", "json"), ("UEM_PROXY_LISTEN", "127.0.0.1:0")],
-        &["--config", &file_arg],
-    );
-    let own = wait_event(&proxy, "listening for one tenant");
+    let mut proxy = Running::with_file(&file);
+    let own = proxy.wait_event("listening for one tenant");
     assert_eq!(own["tenant"], "uat");
     let uat_listener = own["listen"].as_str().unwrap().to_owned();
     rt.block_on(async {
@@ -349,18 +331,6 @@ fn the_access_log_names_the_tenant() {
     for secret in ["prod-secret", "uat-secret", "prod-tok-", "uat-tok-"] {
         assert!(!log.contains(secret), "{secret} in the log");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn wait_event(proxy: &Running, message: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(event) = proxy.events(message).pop() {
-            return event;
-        }
-        assert!(Instant::now() < deadline, "no '{message}' in the log:\n{}", proxy.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A reload adds uat, keeps prod's token, then removes uat: its later requests get 404.
@@ -368,17 +338,12 @@ fn wait_event(proxy: &Running, message: &str) -> serde_json::Value {
 fn a_reload_adds_and_removes_tenants_and_keeps_the_others_tokens() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let two = rt.block_on(Two::start(TokenService::default()));
-    let dir = std::env::temp_dir().join(format!("uem-proxy-tenant-reload-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tenants.toml");
+    let folder = Folder::new("tenant-reload");
+    let file = folder.0.join("tenants.toml");
     let both = two.file(Some("prod"), "");
     let prod_only = both[..both.find("[tenants.uat]").unwrap()].to_owned();
     std::fs::write(&file, &prod_only).unwrap();
-    let file_arg = file.display().to_string();
-    let mut proxy = Running::start_with(
-        &[("UEM_PROXY_LOG_FORMAT", "json"), ("UEM_PROXY_LISTEN", "127.0.0.1:0")],
-        &["--config", &file_arg],
-    );
+    let mut proxy = Running::with_file(&file);
     let url = format!("http://{}", proxy.addr());
     let pid = proxy.child.id().to_string();
     let hup = || assert!(kill_hup(&pid));
@@ -406,7 +371,6 @@ fn a_reload_adds_and_removes_tenants_and_keeps_the_others_tokens() {
     let reloads = proxy.events("configuration reloaded");
     assert!(reloads.iter().any(|e| e["changes"].as_str().unwrap().contains("uat: added")), "{reloads:?}");
     assert!(reloads.iter().any(|e| e["changes"].as_str().unwrap().contains("uat: removed")), "{reloads:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn kill_hup(pid: &str) -> bool {
