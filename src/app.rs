@@ -288,8 +288,9 @@ impl App {
         });
         // The primary tenant's fields at the top too, where scripts written for one tenant read them.
         let primary = tenants.default.as_ref().or(tenants.list.first());
-        if let (Some(primary), Some(fields)) = (primary, status.as_object_mut())
-            && let serde_json::Value::Object(own) = tenant_status(primary)
+        if let Some(primary) = primary
+            && let Some(serde_json::Value::Object(own)) = status["tenants"].get(&*primary.name).cloned()
+            && let Some(fields) = status.as_object_mut()
         {
             for (key, value) in own {
                 fields.entry(key).or_insert(value);

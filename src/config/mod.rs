@@ -429,6 +429,24 @@ impl Config {
 
     /// The effective settings as JSON, secrets masked, for `uem-proxy config`.
     pub fn summary(&self) -> serde_json::Value {
+        /// The summary's fields that are a tenant's own; with `[tenants]`, the top level's are only
+        /// defaults, and each tenant's are shown under `tenants`.
+        const OWN: [&str; 14] = [
+            "api_url",
+            "auth_mode",
+            "token_url",
+            "fallback_token_url",
+            "token_url_source",
+            "client_id",
+            "client_secret",
+            "username",
+            "password",
+            "tenant_code",
+            "read_only",
+            "policy",
+            "max_concurrent",
+            "rate_limit",
+        ];
         let mut summary = self.primary_summary();
         if self.prefixed
             && let Some(fields) = summary.as_object_mut()
@@ -438,40 +456,14 @@ impl Config {
                 .iter()
                 .map(|t| {
                     let mut own = self.for_tenant(t).primary_summary();
-                    let keep = [
-                        "api_url",
-                        "auth_mode",
-                        "token_url",
-                        "fallback_token_url",
-                        "token_url_source",
-                        "client_id",
-                        "client_secret",
-                        "username",
-                        "password",
-                        "tenant_code",
-                        "read_only",
-                        "policy",
-                        "max_concurrent",
-                        "rate_limit",
-                    ];
                     if let Some(own) = own.as_object_mut() {
-                        own.retain(|k, _| keep.contains(&k.as_str()));
+                        own.retain(|k, _| OWN.contains(&k.as_str()));
                         own.insert("listen".to_owned(), t.listen.map(|l| l.to_string()).into());
                     }
                     (t.name.clone(), own)
                 })
                 .collect();
-            // With [tenants], the top level's upstream and credentials are only defaults: each
-            // tenant's are below.
-            for key in ["api_url", "auth_mode", "token_url", "fallback_token_url", "token_url_source", "client_id"] {
-                fields.remove(key);
-            }
-            for key in ["client_secret", "username", "password", "tenant_code", "read_only", "policy"] {
-                fields.remove(key);
-            }
-            for key in ["max_concurrent", "rate_limit"] {
-                fields.remove(key);
-            }
+            fields.retain(|k, _| !OWN.contains(&k.as_str()));
             fields.insert("default_tenant".to_owned(), self.default_tenant.clone().into());
             fields.insert("tenants".to_owned(), tenants.into());
         }
