@@ -137,6 +137,13 @@ impl App {
         for (i, tenant) in new.tenants.iter().enumerate() {
             let name = &tenant.name;
             let label = |change: &str| if new.prefixed { format!("{name}: {change}") } else { change.to_owned() };
+            // Listeners are bound at start: a tenant's own, added or moved, waits for a restart.
+            if current
+                .get(name)
+                .map_or(tenant.listen.is_some(), |running| running.config.load().listen != tenant.listen)
+            {
+                tracing::warn!(tenant = %name, setting = "listen", "changed, but takes effect only after a restart");
+            }
             match current.get(name) {
                 Some(running) if running.can_take(tenant) => {
                     changes.extend(running.apply(&new, tenant).iter().map(|c| label(c)));
@@ -168,9 +175,6 @@ impl App {
                 }
                 None => match Tenant::start(&new, tenant, &self.shared, spread(i, count)) {
                     Ok(started) => {
-                        if tenant.listen.is_some() {
-                            tracing::warn!(tenant = %name, setting = "listen", "changed, but takes effect only after a restart");
-                        }
                         changes.push(format!("{name}: added"));
                         list.push(Arc::new(started));
                     }

@@ -190,9 +190,6 @@ impl Tenant {
             self.forwarder.pacer.store(Arc::new(pacer));
             changes.push("pacing".to_owned());
         }
-        if old.listen != new.listen {
-            tracing::warn!(tenant = %new.name, setting = "listen", "changed, but takes effect only after a restart");
-        }
         let reloadable = [
             ("api_url", old.api_url != new.api_url),
             ("tenant_code", tenant_header(&old) != tenant_header(new)),

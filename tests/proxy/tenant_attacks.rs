@@ -518,12 +518,22 @@ fn a_tenant_added_by_a_reload_says_its_listener_waits_for_a_restart() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let warned = proxy
-        .events("changed, but takes effect only after a restart")
-        .into_iter()
-        .any(|e| e["tenant"] == "uat" && e["setting"] == "listen");
+    // A tenant that was running gains a listener of its own: the same word.
+    let uat = format!("{}listen = \"127.0.0.1:0\"\n", table("uat", &b_url, &b_token_url, "b"));
+    std::fs::write(&file, format!("{prod}listen = \"127.0.0.1:0\"\n{uat}")).unwrap();
+    let warned = |tenant: &str| {
+        proxy
+            .events("changed, but takes effect only after a restart")
+            .into_iter()
+            .any(|e| e["tenant"] == tenant && e["setting"] == "listen")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !warned("prod") {
+        assert!(Instant::now() < deadline, "no word of prod's new listener:\n{}", proxy.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(warned("uat"), "{}", proxy.log());
     proxy.terminate();
-    assert!(warned, "{}", proxy.log());
 }
 
 /// Eight tenants whose token services hang (one region down, say) do not hold up a ninth on
