@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Auth, Config, TenantConfig};
 use crate::forward::body::ReplayBudget;
+use crate::forward::body_rewrite::Needles;
 use crate::forward::pacer::Pacer;
 use crate::forward::upstream::{Reach, UpstreamClient};
 use crate::forward::{Forwarder, Route};
@@ -46,8 +47,10 @@ pub struct TenantSettings {
 
 impl TenantSettings {
     fn new(config: &Config, tenant: &TenantConfig) -> TenantSettings {
+        let upstream_base = tenant.api_url.as_str().trim_end_matches('/').to_owned();
         let route = Route {
-            upstream_base: tenant.api_url.as_str().trim_end_matches('/').to_owned(),
+            needles: Arc::new(Needles::new(&upstream_base)),
+            upstream_base,
             upstream_path: tenant.api_url.path().trim_end_matches('/').to_owned(),
             upstream_timeout: config.upstream_timeout,
             token_wait: config.token_wait,

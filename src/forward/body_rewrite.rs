@@ -3,12 +3,15 @@
 //! is held back longer than the length of one URL prefix.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http_body::{Body, Frame, SizeHint};
+
+use super::rewrite::ProxyBase;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -23,37 +26,36 @@ pub fn is_rewritable(headers: &HeaderMap) -> bool {
     let Some(media) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let media = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    media.starts_with("text/")
-        || media == "application/json"
-        || media == "application/xml"
-        || media.ends_with("+json")
-        || media.ends_with("+xml")
+    let media = media.split(';').next().unwrap_or("").trim().as_bytes();
+    let starts = |p: &[u8]| media.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+    let ends = |p: &[u8]| media.len() >= p.len() && media[media.len() - p.len()..].eq_ignore_ascii_case(p);
+    starts(b"text/")
+        || media.eq_ignore_ascii_case(b"application/json")
+        || media.eq_ignore_ascii_case(b"application/xml")
+        || ends(b"+json")
+        || ends(b"+xml")
 }
 
-/// Finds the API base in a byte stream and replaces it, plain and as JSON escapes it (`\/`).
+/// The API base to look for, plain and as JSON escapes it (`\/`), with a vectorised searcher
+/// for each, so that a large text body costs little more than a copy. Made once per route:
+/// every rewritten answer of the route shares it.
 #[derive(Debug)]
-pub struct Replacer {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// A searcher for each pair's `from`: a vectorised substring search, so that a large text
-    /// body costs little more than a copy.
-    finders: Vec<memchr::memmem::Finder<'static>>,
-    carry: Vec<u8>,
+pub struct Needles {
+    from: [Box<[u8]>; 2],
+    finders: [memchr::memmem::Finder<'static>; 2],
+    longest: usize,
 }
 
-impl Replacer {
-    /// Replaces `from` (the API base, like `https://as1.awmdm.com`) with `to` (the proxy's).
-    pub fn new(from: &str, to: &str) -> Replacer {
-        let escaped = |s: &str| s.replace('/', "\\/");
-        let pairs = vec![
-            (from.as_bytes().to_vec(), to.as_bytes().to_vec()),
-            (escaped(from).into_bytes(), escaped(to).into_bytes()),
-        ];
-        let finders = pairs.iter().map(|(from, _)| memchr::memmem::Finder::new(from).into_owned()).collect();
-        Replacer { pairs, finders, carry: Vec::new() }
+impl Needles {
+    /// The needles for the API base `from` (like `https://as1.awmdm.com`).
+    pub fn new(from: &str) -> Needles {
+        let from = [Box::from(from.as_bytes()), escaped(from).into_bytes().into_boxed_slice()];
+        let finders = [0, 1].map(|k| memchr::memmem::Finder::new(&from[k]).into_owned());
+        let longest = from.iter().map(|f| f.len()).max().unwrap_or(1);
+        Needles { from, finders, longest }
     }
 
-    /// The first place at or after `at` where a base occurs, and which pair it is.
+    /// The first place at or after `at` where a base occurs, and which spelling it is.
     fn next(&self, buf: &[u8], at: usize) -> Option<(usize, usize)> {
         let found = self.finders.iter().enumerate().filter_map(|(k, f)| f.find(&buf[at..]).map(|p| (at + p, k)));
         found.min()
@@ -62,11 +64,62 @@ impl Replacer {
     /// How many bytes at the end of `tail` could be the start of a base, to be held back until
     /// the next piece says.
     fn partial_tail(&self, tail: &[u8]) -> usize {
-        let longest = self.pairs.iter().map(|(f, _)| f.len()).max().unwrap_or(1);
-        (1..longest.min(tail.len() + 1))
+        (1..self.longest.min(tail.len() + 1))
             .rev()
-            .find(|&n| self.pairs.iter().any(|(from, _)| from.starts_with(&tail[tail.len() - n..])))
+            .find(|&n| self.from.iter().any(|from| from.starts_with(&tail[tail.len() - n..])))
             .unwrap_or(0)
+    }
+}
+
+fn escaped(s: &str) -> String {
+    s.replace('/', "\\/")
+}
+
+/// What a base found is replaced with: the proxy's own base, made into text only when a body
+/// holds the API's (most bodies do not).
+pub enum To {
+    Text(String),
+    Base(ProxyBase),
+}
+
+/// Finds the API base in a byte stream and replaces it, plain and as JSON escapes it (`\/`).
+pub struct Replacer {
+    needles: Arc<Needles>,
+    to: To,
+    /// `to` as text, plain and escaped, once a base has been found.
+    replacements: Option<[Box<[u8]>; 2]>,
+    carry: Vec<u8>,
+}
+
+impl Replacer {
+    /// Replaces `from` (the API base, like `https://as1.awmdm.com`) with `to` (the proxy's).
+    pub fn new(from: &str, to: &str) -> Replacer {
+        Replacer::with(Arc::new(Needles::new(from)), To::Text(to.to_owned()))
+    }
+
+    /// Replaces what `needles` find with `to`.
+    pub fn with(needles: Arc<Needles>, to: To) -> Replacer {
+        Replacer { needles, to, replacements: None, carry: Vec::new() }
+    }
+
+    fn replacement(&mut self, k: usize) -> &[u8] {
+        let to = &self.to;
+        let made = self.replacements.get_or_insert_with(|| {
+            let text = match to {
+                To::Text(text) => text.clone(),
+                To::Base(base) => base.text(),
+            };
+            [Box::from(text.as_bytes()), escaped(&text).into_bytes().into_boxed_slice()]
+        });
+        &made[k]
+    }
+
+    fn next(&self, buf: &[u8], at: usize) -> Option<(usize, usize)> {
+        self.needles.next(buf, at)
+    }
+
+    fn partial_tail(&self, tail: &[u8]) -> usize {
+        self.needles.partial_tail(tail)
     }
 
     /// Rewrites a whole body; returns it as it was, without copying, when the API's base does
@@ -103,8 +156,7 @@ impl Replacer {
         let mut out = Vec::with_capacity(buf.len());
         let mut i = 0;
         while let Some((at, k)) = self.next(&buf, i) {
-            let (from, to) = &self.pairs[k];
-            let end = at + from.len();
+            let end = at + self.needles.from[k].len();
             out.extend_from_slice(&buf[i..at]);
             if end == buf.len() && !last {
                 // A whole base at the end: the next byte decides whether it is the API's host.
@@ -112,7 +164,11 @@ impl Replacer {
                 return out;
             }
             let another_host = buf.get(end).is_some_and(|&b| continues_host(b));
-            out.extend_from_slice(if another_host { from } else { to });
+            if another_host {
+                out.extend_from_slice(&buf[at..end]);
+            } else {
+                out.extend_from_slice(self.replacement(k));
+            }
             i = end;
         }
         let keep = if last { 0 } else { self.partial_tail(&buf[i..]) };
@@ -219,6 +275,19 @@ mod tests {
     }
 
     #[test]
+    fn the_proxy_base_is_made_from_the_caller_s_host_and_prefix() {
+        let needles = Arc::new(Needles::new("https://as1.awmdm.com"));
+        let base =
+            ProxyBase { https: true, host: http::HeaderValue::from_static("proxy:8443"), prefix: "/t/uat".into() };
+        let mut r = Replacer::with(needles.clone(), To::Base(base));
+        let out = r.rewrite_whole(Bytes::from_static(br#"["https://as1.awmdm.com/a","https:\/\/as1.awmdm.com\/b"]"#));
+        assert_eq!(&out[..], br#"["https://proxy:8443/t/uat/a","https:\/\/proxy:8443\/t\/uat\/b"]"#);
+        // One set of needles serves every answer of a route.
+        let mut other = Replacer::with(needles, To::Text("http://localhost".into()));
+        assert_eq!(&other.rewrite_whole(Bytes::from_static(b"https://as1.awmdm.com/c"))[..], b"http://localhost/c");
+    }
+
+    #[test]
     fn a_lone_prefix_at_the_end_is_kept() {
         assert_eq!(run(&["see https://as1.awm"]), "see https://as1.awm");
         assert_eq!(run(&["h"]), "h");
@@ -237,6 +306,10 @@ mod tests {
         assert!(is_rewritable(&headers(&[("content-type", "application/json;version=2")])));
         assert!(is_rewritable(&headers(&[("content-type", "text/html")])));
         assert!(is_rewritable(&headers(&[("content-type", "application/problem+json")])));
+        assert!(is_rewritable(&headers(&[("content-type", "Application/JSON")])));
+        assert!(is_rewritable(&headers(&[("content-type", "TEXT/Plain")])));
+        assert!(is_rewritable(&headers(&[("content-type", " application/vnd.x+JSON ; v=1")])));
+        assert!(!is_rewritable(&headers(&[("content-type", "application/jsonx")])));
         assert!(!is_rewritable(&headers(&[("content-type", "application/octet-stream")])));
         assert!(!is_rewritable(&headers(&[("content-type", "application/json"), ("content-encoding", "gzip")])));
         assert!(!is_rewritable(&headers(&[])));

@@ -32,9 +32,9 @@ use crate::error::ProxyError;
 use crate::token::{Token, Tokens};
 use crate::uem::mapping::Required;
 use body::{IdleTimeout, Paused, Primed, ReplayBudget, Side, TooLarge, Upload};
-use body_rewrite::{Replacer, Rewritten, is_rewritable};
+use body_rewrite::{Needles, Replacer, Rewritten, To, is_rewritable};
 use pacer::{Pacer, Refusal};
-use rewrite::LocationRewrite;
+use rewrite::{LocationRewrite, ProxyBase};
 use upstream::{Outbound, ResponseBody, UpstreamClient};
 
 /// Added to an upstream 403: the catalogue permission the request needs, so an administrator
@@ -55,6 +55,8 @@ pub struct Route {
     pub token_wait: Duration,
     pub replay_body_limit: u64,
     pub rewrite_bodies: bool,
+    /// What body rewriting looks for: `upstream_base`, made searchable once.
+    pub needles: Arc<Needles>,
     pub max_body_bytes: Option<u64>,
     /// The longest pause allowed while reading a caller's request body.
     pub body_idle_timeout: Duration,
@@ -197,11 +199,10 @@ impl Forwarder {
             return Err(ProxyError::BadUpstreamAnswer(why));
         }
         let rewrite_body = route.rewrite_bodies && parts.method != Method::HEAD && is_rewritable(response.headers());
-        let needs_base = rewrite_body || response.headers().contains_key(LOCATION);
-        let proxy_base = if needs_base { proxy_base() } else { String::new() };
+        let location_base = if response.headers().contains_key(LOCATION) { proxy_base.text() } else { String::new() };
         let location = LocationRewrite {
             upstream_base: &route.upstream_base,
-            proxy_base: &proxy_base,
+            proxy_base: &location_base,
             prefix: reached.prefix,
             upstream_path: &route.upstream_path,
         };
@@ -222,7 +223,7 @@ impl Forwarder {
         }
         let response = response.map(|b| Body::new(IdleTimeout::new(b, route.upstream_timeout, pass)));
         let response = if rewrite_body {
-            let replacer = Replacer::new(&route.upstream_base, &proxy_base);
+            let replacer = Replacer::with(route.needles.clone(), To::Base(proxy_base));
             rewrite_urls(response, replacer).await?
         } else {
             response
@@ -347,12 +348,13 @@ fn upstream_uri(route: &Route, parts: &Parts, path: &str) -> Result<Uri, ProxyEr
     Ok(uri)
 }
 
-/// The proxy's own base URL as the caller addressed it, for `Location` rewrites; built only
-/// when a response has a `Location`.
-fn response_base(headers: &HeaderMap, reached: Reached<'_>) -> impl FnOnce() -> String + use<> {
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or(reached.listen_host).to_owned();
-    let (scheme, prefix) = (if reached.https { "https" } else { "http" }, reached.prefix.to_owned());
-    move || format!("{scheme}://{host}{prefix}")
+/// The proxy's own base URL as the caller addressed it, for `Location` and body rewrites.
+fn response_base(headers: &HeaderMap, reached: Reached<'_>) -> ProxyBase {
+    let host = match headers.get(HOST).filter(|h| h.to_str().is_ok()) {
+        Some(host) => host.clone(),
+        None => HeaderValue::from_str(reached.listen_host).unwrap_or(HeaderValue::from_static("localhost")),
+    };
+    ProxyBase { https: reached.https, host, prefix: reached.prefix.to_owned() }
 }
 
 /// The caller's request body with its pauses bounded by `idle`, so a caller that stops sending

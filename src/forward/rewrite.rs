@@ -54,6 +54,26 @@ pub fn request_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// The proxy's own base URL as the caller addressed it (`http://127.0.0.1:8080`, or with the
+/// tenant prefix the caller used, `http://127.0.0.1:8080/t/uat`), kept in parts and made into
+/// text only for an answer that needs it: one with a `Location`, or a body holding the API's URL.
+#[derive(Clone, Debug)]
+pub struct ProxyBase {
+    pub https: bool,
+    /// The caller's `Host`, or the listener's own `host:port` for callers that send none.
+    pub host: HeaderValue,
+    /// The tenant prefix the caller used (`/t/uat`), or `""`.
+    pub prefix: String,
+}
+
+impl ProxyBase {
+    pub fn text(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        let host = self.host.to_str().unwrap_or("localhost");
+        format!("{scheme}://{host}{}", self.prefix)
+    }
+}
+
 /// Where redirects the upstream sends should point instead: the upstream's base and the address
 /// the caller used to reach the proxy.
 pub struct LocationRewrite<'a> {

@@ -171,7 +171,7 @@ impl Drop for Record {
                 bytes_in,
                 bytes_out: self.bytes_out,
                 complete: self.complete,
-                caller: self.caller.as_ref().map(|c| caller_text(c).into_owned()),
+                caller: self.caller.as_ref().map(caller_text),
                 permission: self.permission,
                 activity_id: self.activity_id.as_deref(),
                 tenant: self.tenant.clone(),

@@ -13,7 +13,7 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Frame, SizeHint};
 use serde::Serialize;
 
-use super::{BODY_LIMIT, Entry, InspectMode, Inspector, Secrets, hide, redact};
+use super::{BODY_LIMIT, Entry, InspectMode, Inspector, Secrets, hide, redact_pairs};
 use crate::forward::X_UEM_PROXY_PERMISSION;
 
 /// The start of a body, as kept.
@@ -63,13 +63,57 @@ impl Start {
     }
 }
 
+/// What an exchange saw, as text in one allocation: both header blocks (`name:value\n` each,
+/// shown redacted only when read), then the request id, the path and the query. Copied rather
+/// than kept as maps: a map is several allocations to make and to free, and its values share
+/// their connection's read buffer, which a kept map would hold on to.
+#[derive(Default)]
+struct Seen {
+    text: Vec<u8>,
+    /// Where the request headers, the response headers, the id and the path end.
+    ends: [usize; 4],
+    has_query: bool,
+}
+
+impl Seen {
+    fn headers(&mut self, headers: &HeaderMap) {
+        for (name, value) in headers {
+            self.text.extend_from_slice(name.as_str().as_bytes());
+            self.text.push(b':');
+            self.text.extend_from_slice(value.as_bytes());
+            // A header value holds no line feed.
+            self.text.push(b'\n');
+        }
+    }
+
+    fn part(&self, k: usize) -> &[u8] {
+        let start = if k == 0 { 0 } else { self.ends[k - 1] };
+        &self.text[start..self.ends[k]]
+    }
+
+    fn text(&self, k: usize) -> &str {
+        // Only `str`s went into these parts.
+        std::str::from_utf8(self.part(k)).unwrap_or("")
+    }
+
+    fn header_pairs(&self, k: usize) -> impl Iterator<Item = (&str, &[u8])> {
+        self.part(k).split(|b| *b == b'\n').filter(|line| !line.is_empty()).map(|line| {
+            let colon = line.iter().position(|b| *b == b':').unwrap_or(line.len());
+            let name = std::str::from_utf8(&line[..colon]).unwrap_or("");
+            (name, line.get(colon + 1..).unwrap_or_default())
+        })
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.has_query.then(|| std::str::from_utf8(&self.text[self.ends[3]..]).unwrap_or(""))
+    }
+}
+
 /// One request's capture, boxed in its record so that a record without one stays small.
 pub struct Capture {
     inspector: Arc<Inspector>,
     time: SystemTime,
-    /// As received, shown redacted only when read: a request pays for a copy of its map, no more.
-    request_headers: HeaderMap,
-    response_headers: HeaderMap,
+    seen: Seen,
     hint: Option<String>,
     /// Shared with the request body's [`Tee`]; `None` unless bodies are kept and there is one.
     request_body: Option<Arc<Mutex<Start>>>,
@@ -88,7 +132,7 @@ pub struct Finished<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub complete: bool,
-    pub caller: Option<String>,
+    pub caller: Option<Cow<'static, str>>,
     pub permission: Option<&'static str>,
     pub activity_id: Option<&'a str>,
     /// With several tenants, the one served.
@@ -97,11 +141,16 @@ pub struct Finished<'a> {
 
 impl Capture {
     pub(super) fn new(inspector: Arc<Inspector>, mode: InspectMode, time: SystemTime, headers: &HeaderMap) -> Capture {
+        let mut seen = Seen::default();
+        let size: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 2).sum();
+        // Room for the answer's headers, the id and the target too, most of the time.
+        seen.text.reserve(size + 512);
+        seen.headers(headers);
+        seen.ends[0] = seen.text.len();
         Capture {
             inspector,
             time,
-            request_headers: headers.clone(),
-            response_headers: HeaderMap::new(),
+            seen,
             hint: None,
             request_body: None,
             response_body: (mode == InspectMode::Bodies).then(Start::default),
@@ -120,7 +169,8 @@ impl Capture {
 
     /// Notes the answer's headers as they go out.
     pub fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
-        self.response_headers = headers.clone();
+        self.seen.text.truncate(self.seen.ends[0]);
+        self.seen.headers(headers);
         if status == StatusCode::FORBIDDEN
             && let Some(permission) = headers.get(&X_UEM_PROXY_PERMISSION).and_then(|v| v.to_str().ok())
         {
@@ -145,12 +195,21 @@ impl Capture {
         let response_body = self.response_body.map(|start| Kept::of(&start.0, done.bytes_out));
         // The credentials in use now: a later refresh must not uncover one this exchange holds.
         let secrets = self.inspector.snapshot(done.tenant.as_deref());
+        let mut seen = self.seen;
+        seen.ends[1] = seen.text.len();
+        seen.text.extend_from_slice(done.request_id.as_bytes());
+        seen.ends[2] = seen.text.len();
+        seen.text.extend_from_slice(done.uri.path().as_bytes());
+        seen.ends[3] = seen.text.len();
+        if let Some(query) = done.uri.query() {
+            seen.has_query = true;
+            seen.text.extend_from_slice(query.as_bytes());
+        }
         let exchange = Exchange {
             seq: 0,
-            request_id: done.request_id.to_owned(),
+            seen,
             time: self.time,
             method: done.method.clone(),
-            uri: done.uri.clone(),
             status: done.status,
             total: done.total,
             upstream: done.upstream,
@@ -162,8 +221,6 @@ impl Capture {
             permission: done.permission,
             hint: self.hint,
             activity_id: done.activity_id.map(str::to_owned),
-            request_headers: self.request_headers,
-            response_headers: self.response_headers,
             request_body,
             response_body,
             secrets,
@@ -175,10 +232,9 @@ impl Capture {
 /// One finished exchange as kept: what was seen, and the credentials to hide when it is shown.
 pub struct Exchange {
     pub(super) seq: u64,
-    request_id: String,
+    seen: Seen,
     time: SystemTime,
     method: http::Method,
-    uri: http::Uri,
     pub(super) status: u16,
     total: Duration,
     upstream: Option<Duration>,
@@ -186,12 +242,10 @@ pub struct Exchange {
     bytes_out: u64,
     complete: bool,
     tenant: Option<Arc<str>>,
-    caller: Option<String>,
+    caller: Option<Cow<'static, str>>,
     permission: Option<&'static str>,
     hint: Option<String>,
     activity_id: Option<String>,
-    request_headers: HeaderMap,
-    response_headers: HeaderMap,
     request_body: Option<Kept>,
     response_body: Option<Kept>,
     secrets: Secrets,
@@ -206,8 +260,8 @@ impl Exchange {
         // would show the credentials the proxy injects.
         let secrets = self.secrets.strings(self.tenant.as_deref());
         let hidden = |text: &str| hide::hide(text, &secrets, false).into_owned();
-        let headers = |map: &HeaderMap| {
-            let mut shown = redact(map);
+        let headers = |k: usize| {
+            let mut shown = redact_pairs(self.seen.header_pairs(k));
             for (_, value) in shown.iter_mut() {
                 if let Cow::Owned(hidden) = hide::hide(value, &secrets, false) {
                     *value = hidden;
@@ -220,11 +274,11 @@ impl Exchange {
         request_body.iter_mut().chain(response_body.iter_mut()).for_each(|kept| kept.hide(&secrets));
         Entry {
             seq: self.seq,
-            request_id: self.request_id.clone(),
+            request_id: self.seen.text(2).to_owned(),
             time: humantime::format_rfc3339_millis(self.time).to_string(),
             method: self.method.to_string(),
-            path: self.uri.path().to_owned(),
-            query: self.uri.query().map(|query| hidden(&hide::query(query))),
+            path: self.seen.text(3).to_owned(),
+            query: self.seen.query().map(|query| hidden(&hide::query(query))),
             status: self.status,
             total_ms: ms(self.total),
             upstream_ms: self.upstream.map(ms),
@@ -232,12 +286,12 @@ impl Exchange {
             bytes_out: self.bytes_out,
             complete: self.complete,
             tenant: self.tenant.as_deref().map(str::to_owned),
-            caller: self.caller.clone(),
+            caller: self.caller.as_deref().map(str::to_owned),
             permission: self.permission,
             hint: self.hint.clone(),
             activity_id: self.activity_id.clone(),
-            request_headers: headers(&self.request_headers),
-            response_headers: headers(&self.response_headers),
+            request_headers: headers(0),
+            response_headers: headers(1),
             request_body,
             response_body,
         }

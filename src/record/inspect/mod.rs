@@ -90,15 +90,19 @@ const EVENTS_BACKLOG: usize = 256;
 /// The headers as name and value, credentials as [`REDACTED`]; a value that is not text shows
 /// with its odd bytes replaced.
 pub fn redact(headers: &HeaderMap) -> Vec<(String, String)> {
+    redact_pairs(headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes())))
+}
+
+/// [`redact`] for headers given as name and value bytes.
+fn redact_pairs<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<(String, String)> {
     headers
-        .iter()
         .map(|(name, value)| {
-            let shown = if CREDENTIALS.contains(&name.as_str()) {
+            let shown = if CREDENTIALS.contains(&name) {
                 REDACTED.to_owned()
             } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
+                String::from_utf8_lossy(value).into_owned()
             };
-            (name.as_str().to_owned(), shown)
+            (name.to_owned(), shown)
         })
         .collect()
 }

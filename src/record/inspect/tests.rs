@@ -20,7 +20,7 @@ fn finished<'a>(method: &'a Method, uri: &'a Uri, status: u16) -> Finished<'a> {
         bytes_in: 0,
         bytes_out: 0,
         complete: true,
-        caller: Some("loopback".to_owned()),
+        caller: Some("loopback".into()),
         permission: None,
         activity_id: None,
         tenant: None,
