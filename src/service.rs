@@ -146,7 +146,9 @@ impl Service {
         let mut response = if let Some(inner) = pages::inner(parts.uri.path()) {
             let inner = inner.to_owned();
             let mut learnt = Learnt::default();
-            let answer = pages::all(self.clone(), settings.clone(), parts, inner, https, &mut learnt).await;
+            // Boxed, as the admin paths are: paging's state is several KiB, and a normal call's
+            // state (in which an unboxed branch would take room) is made and moved per request.
+            let answer = Box::pin(pages::all(self.clone(), settings.clone(), parts, inner, https, &mut learnt)).await;
             learnt.into_record(record);
             answer.unwrap_or_else(|error| error.into_response(id))
         } else if is_own(parts.uri.path()) {
@@ -243,18 +245,37 @@ impl Service {
         let Some(cache) = settings.cache.as_deref() else {
             return self.send(tenant, &own, parts, body, &target, reached, learnt).await;
         };
+        // Boxed: the cache's state is made only when there is a cache.
+        Box::pin(self.cached(cache, tenant, &own, parts, body, &target, reached, learnt)).await
+    }
+
+    /// A call through the cache: a hit, a fill (single flight), a pass, or a write that purges.
+    #[allow(clippy::too_many_arguments)]
+    async fn cached(
+        &self,
+        cache: &crate::cache::Cache,
+        tenant: &Tenant,
+        own: &TenantSettings,
+        parts: Parts,
+        body: Body,
+        target: &Target<'_>,
+        reached: Reached<'_>,
+        learnt: &mut Learnt,
+    ) -> Result<Response, ProxyError> {
+        let picked_prefix = reached.prefix;
+        let https = reached.https;
         let method = parts.method.clone();
-        match cache.lookup(&tenant.name, &parts, &target.path, https, picked.prefix).await {
+        match cache.lookup(&tenant.name, &parts, &target.path, https, picked_prefix).await {
             crate::cache::Lookup::Hit(response) => Ok(response),
             crate::cache::Lookup::Fill(fill) => {
-                fill.complete(self.send(tenant, &own, parts, body, &target, reached, learnt).await).await
+                fill.complete(self.send(tenant, own, parts, body, target, reached, learnt).await).await
             }
             crate::cache::Lookup::Pass(label) => {
-                let response = self.send(tenant, &own, parts, body, &target, reached, learnt).await?;
+                let response = self.send(tenant, own, parts, body, target, reached, learnt).await?;
                 Ok(crate::cache::labelled(response, label, Duration::ZERO))
             }
             crate::cache::Lookup::Uncovered => {
-                let response = self.send(tenant, &own, parts, body, &target, reached, learnt).await?;
+                let response = self.send(tenant, own, parts, body, target, reached, learnt).await?;
                 cache.after(&tenant.name, &method, &target.path, response.status());
                 Ok(response)
             }

@@ -250,3 +250,115 @@ proptest! {
         );
     }
 }
+
+// --- The access line's numbers ------------------------------------------------------------------
+
+proptest! {
+    /// Milliseconds to the microsecond are written as `Debug` writes the `f64`, without it.
+    #[test]
+    fn thousandths_are_written_as_debug_writes_them(n in prop_oneof![0u64..10_000, 0u64..1_000_000_000_000_000]) {
+        let value = n as f64 / 1e3;
+        let mut ours = String::new();
+        match uem_proxy::record::line::whole_thousandths(value) {
+            Some(micros) => uem_proxy::record::line::push_thousandths(&mut ours, micros),
+            None => {
+                prop_assert!(value >= 1e12, "{value} has no fast text");
+                return Ok(());
+            }
+        }
+        prop_assert_eq!(ours, format!("{value:?}"));
+    }
+
+    /// Any other value is left to `Debug`.
+    #[test]
+    fn only_whole_thousandths_take_the_fast_way(value in any::<f64>()) {
+        if let Some(n) = uem_proxy::record::line::whole_thousandths(value) {
+            prop_assert_eq!(n as f64 / 1e3, value);
+            let mut ours = String::new();
+            uem_proxy::record::line::push_thousandths(&mut ours, n);
+            prop_assert_eq!(ours, format!("{value:?}"));
+        }
+    }
+
+    /// A peer's address is written as `SocketAddrV4` displays it.
+    #[test]
+    fn ipv4_peers_are_written_as_displayed(ip in any::<[u8; 4]>(), port in any::<u16>()) {
+        let addr = std::net::SocketAddrV4::new(ip.into(), port);
+        let text = uem_proxy::listen::ipv4_text(&addr);
+        prop_assert_eq!(text.as_str(), addr.to_string());
+    }
+}
+
+// --- Hop-by-hop headers -------------------------------------------------------------------------
+
+/// The rule as first written: every header `Connection` names, then the nine, removed.
+fn strip_by_the_book(headers: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let nine = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    for name in named {
+        headers.remove(name);
+    }
+    for name in nine {
+        headers.remove(name);
+    }
+}
+
+fn header_name() -> impl Strategy<Value = String> {
+    select(vec![
+        "Connection",
+        "connection",
+        "Keep-Alive",
+        "proxy-connection",
+        "Proxy-Authenticate",
+        "proxy-authorization",
+        "TE",
+        "trailer",
+        "Transfer-Encoding",
+        "upgrade",
+        "x-a",
+        "X-B",
+        "close",
+        "content-type",
+        "accept",
+    ])
+    .prop_map(str::to_owned)
+}
+
+proptest! {
+    /// The fast way removes exactly what the rule says, whatever `Connection` lists, in any case
+    /// and spacing.
+    #[test]
+    fn hop_by_hop_headers_go_as_the_rule_says(
+        fields in proptest::collection::vec((header_name(), "[a-z]{0,3}"), 0..8),
+        listed in proptest::collection::vec((header_name(), select(vec!["", " ", "\t", "  "])), 0..4),
+    ) {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &fields {
+            headers.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        if !listed.is_empty() {
+            let value: Vec<String> = listed.iter().map(|(name, pad)| format!("{pad}{name}{pad}")).collect();
+            headers.append(http::header::CONNECTION, value.join(",").parse().unwrap());
+        }
+        let mut expected = headers.clone();
+        strip_by_the_book(&mut expected);
+        uem_proxy::forward::rewrite::strip_hop_by_hop(&mut headers);
+        prop_assert_eq!(headers, expected);
+    }
+}

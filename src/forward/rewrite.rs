@@ -4,7 +4,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
 /// `Proxy-*` credentials and the non-standard `Proxy-Connection`. Never forwarded either way.
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -21,18 +21,31 @@ pub const AW_TENANT_CODE: HeaderName = HeaderName::from_static("aw-tenant-code")
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one look at the few names present costs less than nine removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // Most messages have none, or only `Connection: keep-alive`: one look at the few names
+    // present, and a removal only of those there.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
+    // Names beyond those removed anyway (`keep-alive`).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| !HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_str())))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+        headers.remove(hop);
+    }
+    for name in &named {
         headers.remove(name);
     }
 }

@@ -173,11 +173,18 @@ impl UpstreamClient {
         route(uri, via.as_ref())
     }
 
-    /// Opens a connection to `dest` and starts HTTP on it: HTTP/2 if TLS chose it.
-    async fn connect(&self, dest: &Destination<Route>) -> Result<Sender<Outbound>, Error> {
-        let conn = self.connector.clone().oneshot(dest.route.origin.clone()).await.map_err(Error::Connect)?;
-        let http2 = conn.connected().is_negotiated_h2();
-        self.pool.handshake(dest, conn, http2).await.map_err(|e| Error::Connect(e.into()))
+    /// Opens a connection to `dest` and starts HTTP on it: HTTP/2 if TLS chose it. Boxed: a new
+    /// connection is the rare case, and its handshakes inline would make the state of every
+    /// request several KiB larger (memory to set up and copy per request).
+    fn connect<'a>(
+        &'a self,
+        dest: &'a Destination<Route>,
+    ) -> Pin<Box<dyn Future<Output = Result<Sender<Outbound>, Error>> + Send + 'a>> {
+        Box::pin(async move {
+            let conn = self.connector.clone().oneshot(dest.route.origin.clone()).await.map_err(Error::Connect)?;
+            let http2 = conn.connected().is_negotiated_h2();
+            self.pool.handshake(dest, conn, http2).await.map_err(|e| Error::Connect(e.into()))
+        })
     }
 }
 

@@ -58,10 +58,58 @@ pub enum Peer {
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // Every access line names its peer: written without the general formatter's detour
+            // through a padded buffer, the same text.
+            Peer::Tcp(SocketAddr::V4(addr)) => f.write_str(ipv4_text(addr).as_str()),
             Peer::Tcp(addr) => addr.fmt(f),
             Peer::Unix(Some(uid)) => write!(f, "unix:uid={uid}"),
             Peer::Unix(None) => f.write_str("unix"),
         }
+    }
+}
+
+/// `a.b.c.d:port`, as `SocketAddrV4` displays it.
+pub fn ipv4_text(addr: &std::net::SocketAddrV4) -> Ipv4Text {
+    let mut text = Ipv4Text { bytes: [0; 21], len: 0 };
+    let mut push = |n: u32, dot: u8| {
+        let mut digits = [0u8; 5];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &b in &digits[i..] {
+            text.bytes[text.len] = b;
+            text.len += 1;
+        }
+        if dot != 0 {
+            text.bytes[text.len] = dot;
+            text.len += 1;
+        }
+    };
+    let [a, b, c, d] = addr.ip().octets();
+    push(a.into(), b'.');
+    push(b.into(), b'.');
+    push(c.into(), b'.');
+    push(d.into(), b':');
+    push(addr.port().into(), 0);
+    text
+}
+
+/// The text of an IPv4 socket address, without allocating.
+pub struct Ipv4Text {
+    bytes: [u8; 21],
+    len: usize,
+}
+
+impl Ipv4Text {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("digits, dots and a colon are ASCII")
     }
 }
 

@@ -23,6 +23,8 @@ pub struct AccessLines {
 
 thread_local! {
     static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+    /// A value's `Debug` text, before it is escaped into a JSON line.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 impl<S: Subscriber> Layer<S> for AccessLines {
@@ -90,6 +92,11 @@ impl Fields<'_> {
     fn string(&mut self, value: &str) {
         if self.json {
             json_string(self.out, value);
+        } else if value.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
+            // Nothing for `Debug` to escape (ids, paths, peers): quoted as it is.
+            self.out.push('"');
+            self.out.push_str(value);
+            self.out.push('"');
         } else {
             let _ = write!(self.out, "{value:?}");
         }
@@ -100,7 +107,14 @@ impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.name(field);
         if self.json {
-            json_string(self.out, &format!("{value:?}"));
+            SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut text) => {
+                    text.clear();
+                    let _ = write!(text, "{value:?}");
+                    json_string(self.out, &text);
+                }
+                Err(_) => json_string(self.out, &format!("{value:?}")),
+            });
         } else {
             let _ = write!(self.out, "{value:?}");
         }
@@ -131,7 +145,11 @@ impl Visit for Fields<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.name(field);
-        if !self.json {
+        // The access line's times: milliseconds to the microsecond, written as `Debug` writes
+        // them (and as JSON does; they are never large or small enough for an exponent).
+        if let Some(micros) = whole_thousandths(value) {
+            push_thousandths(self.out, micros);
+        } else if !self.json {
             let _ = write!(self.out, "{value:?}");
         } else if value.is_finite() {
             // The shortest form that reads back the same, as serde_json writes it: `1e+21`.
@@ -146,6 +164,37 @@ impl Visit for Fields<'_> {
             self.out.push_str("null");
         }
     }
+}
+
+/// `value` as a count of thousandths, when it is exactly one (the nearest `f64` to `n / 1000`)
+/// and small enough that its shortest text is `n / 1000` in decimal.
+pub fn whole_thousandths(value: f64) -> Option<u64> {
+    // `-0.0` too is written by `Debug` with its sign.
+    if !(0.0..1e12).contains(&value) || value.is_sign_negative() {
+        return None;
+    }
+    let n = (value * 1000.0).round();
+    (n / 1000.0 == value).then_some(n as u64)
+}
+
+/// `n / 1000` as `Debug` writes the `f64`: `0.0`, `1.0`, `1.5`, `0.001`, `12.345`.
+pub fn push_thousandths(out: &mut String, n: u64) {
+    push_u64(out, n / 1000);
+    out.push('.');
+    let fraction = n % 1000;
+    if fraction == 0 {
+        out.push('0');
+        return;
+    }
+    let digits = [b'0' + (fraction / 100) as u8, b'0' + (fraction / 10 % 10) as u8, b'0' + (fraction % 10) as u8];
+    let used = if digits[2] != b'0' {
+        3
+    } else if digits[1] != b'0' {
+        2
+    } else {
+        1
+    };
+    out.push_str(std::str::from_utf8(&digits[..used]).expect("digits are ASCII"));
 }
 
 fn push_u64(out: &mut String, mut value: u64) {
@@ -307,6 +356,12 @@ mod tests {
                 (None, None, Some(1e16)),
                 (None, None, Some(1.5e-7)),
                 (None, None, Some(123456.789)),
+                (None, None, Some(0.0)),
+                (None, None, Some(1.0)),
+                (None, None, Some(12.3)),
+                (None, None, Some(0.02)),
+                (None, None, Some(999999999999.999)),
+                (None, None, Some(-0.001)),
             ] {
                 let (theirs, ours) = both(json, || emit(caller, activity, upstream));
                 assert_eq!(ours, theirs, "json: {json}");
