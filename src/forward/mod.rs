@@ -280,12 +280,29 @@ async fn rewrite_urls(response: Response, mut replacer: Replacer) -> Result<Resp
     let (mut parts, body) = response.into_parts();
     if body.size_hint().exact().is_some_and(|n| n <= REWRITE_WHOLE) {
         let collected = read_whole(body).await?;
+        let before = collected.len();
         let out = replacer.rewrite_whole(collected);
-        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+        // Most bodies hold no URL of the API and keep their length, and the header with it when
+        // it is one plain number.
+        let mut lengths = parts.headers.get_all(CONTENT_LENGTH).iter();
+        let kept = out.len() == before
+            && lengths.next().is_some_and(|v| states_exactly(v.as_bytes(), before))
+            && lengths.next().is_none();
+        if !kept {
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+        }
         return Ok(Response::from_parts(parts, Body::from(out)));
     }
     parts.headers.remove(CONTENT_LENGTH);
     Ok(Response::from_parts(parts, Body::new(Rewritten::new(body, replacer))))
+}
+
+/// Whether `text` is `n` written as a plain decimal number: no sign, space or leading zero.
+fn states_exactly(text: &[u8], n: usize) -> bool {
+    let plain = !text.is_empty() && text.len() <= 19 && text.iter().all(u8::is_ascii_digit);
+    plain
+        && (text[0] != b'0' || text.len() == 1)
+        && text.iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')) == n as u64
 }
 
 /// Reads an upstream body to its end; never mistakes a broken one for a short one.
@@ -492,5 +509,22 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = s.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::states_exactly;
+
+    #[test]
+    fn only_a_plain_number_states_a_length_exactly() {
+        assert!(states_exactly(b"320", 320));
+        assert!(states_exactly(b"0", 0));
+        assert!(!states_exactly(b"0320", 320));
+        assert!(!states_exactly(b"321", 320));
+        assert!(!states_exactly(b" 320", 320));
+        assert!(!states_exactly(b"+320", 320));
+        assert!(!states_exactly(b"", 0));
+        assert!(!states_exactly(b"99999999999999999999", 0));
     }
 }

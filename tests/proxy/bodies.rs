@@ -333,6 +333,20 @@ async fn a_healthy_answer_is_whole_and_keeps_the_connection() {
     assert_eq!(got.body, body.as_bytes());
 }
 
+#[tokio::test]
+async fn a_length_stated_twice_reaches_the_caller_once() {
+    let body = r#"{"Id":1}"#;
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nContent-Length: {n}\r\nContent-Length: {n}\r\n\r\n{body}",
+        n = body.len()
+    );
+    let proxy = proxy(vec![send(answer)], &[]).await;
+    let got = get(proxy.addr, "/api/mdm/devices/1").await;
+    assert_eq!((got.status, got.complete), (200, true), "{got:?}");
+    assert_eq!(got.head.matches("content-length:").count(), 1, "{got:?}");
+    assert_eq!(got.body, body.as_bytes());
+}
+
 // --- The access log's `complete` --------------------------------------------------------------
 
 /// Captures this thread's log events as JSON (the proxy's tasks run on the test's one thread).

@@ -301,10 +301,26 @@ impl Framing {
     }
 }
 
-/// A `token` character (RFC 9110 §5.6.2): method and field names.
+/// A `token` character (RFC 9110 §5.6.2): method and field names. Looked up, as every byte of
+/// every header name is.
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
+
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
@@ -432,4 +448,17 @@ fn next_state(head: &[u8]) -> Result<State, Violation> {
         return Err(Violation::malformed("Transfer-Encoding ends in an empty element"));
     }
     Ok(State::ChunkSize { digits: 0, size: 0, past_digits: false, extension: false })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every byte, against RFC 9110's list: `tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" /
+    /// "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA`.
+    #[test]
+    fn the_token_table_is_rfc_9110_s() {
+        for b in 0..=255u8 {
+            let rfc = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(super::is_tchar(b), rfc, "byte {b:#04x}");
+        }
+    }
 }
