@@ -1,4 +1,5 @@
-# Multi-stage build: the build step is the same `cargo build --release --locked` CI runs.
+# Multi-stage build: `cargo build --profile dist --locked`, the release build with whole-program
+# optimisation (see Cargo.toml).
 # podman and buildah: build with `--format docker`, or the HEALTHCHECK below is dropped (the OCI
 # image format has no health check).
 FROM rust:1.95-slim-bookworm AS build
@@ -10,17 +11,17 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && cargo build --release --locked \
- && rm -rf src target/release/.fingerprint/uem-proxy-*
+ && cargo build --profile dist --locked \
+ && rm -rf src target/dist/.fingerprint/uem-proxy-*
 COPY src ./src
-RUN cargo build --release --locked
+RUN cargo build --profile dist --locked
 
 # Runtime: Debian slim for the system trust store (ca-certificates), nothing else.
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/uem-proxy /usr/local/bin/uem-proxy
+COPY --from=build /src/target/dist/uem-proxy /usr/local/bin/uem-proxy
 # A fixed unprivileged user; it owns nothing in the image. A secret file must be readable by it:
 # owned by 65532 with mode 0400, or a compose or podman secret with uid=65532,mode=0400.
 USER 65532:65532
