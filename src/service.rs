@@ -331,13 +331,12 @@ impl Handler for Service {
     }
 }
 
-/// Marks credential-bearing headers so that no debug output of them shows their values.
+/// Marks credential-bearing headers so that no debug output of them shows their values. One pass
+/// over the few headers there are, rather than a lookup per name.
 fn mark_sensitive(headers: &mut HeaderMap, names: &[HeaderName]) {
-    for name in names {
-        if let http::header::Entry::Occupied(mut entry) = headers.entry(name) {
-            for value in entry.iter_mut() {
-                value.set_sensitive(true);
-            }
+    for (name, value) in headers.iter_mut() {
+        if names.contains(name) {
+            value.set_sensitive(true);
         }
     }
 }

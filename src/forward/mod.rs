@@ -222,14 +222,16 @@ impl Forwarder {
                 .insert(X_UEM_PROXY_PERMISSION.clone(), HeaderValue::from_static(needed.permission.name));
         }
         let response = response.map(|b| Body::new(IdleTimeout::new(b, route.upstream_timeout, pass)));
-        let response = if rewrite_body {
+        let (response, read) = if rewrite_body {
             let replacer = Replacer::with(route.needles.clone(), To::Base(proxy_base));
             rewrite_urls(response, replacer).await?
         } else {
-            response
+            (response, false)
         };
-        let (response, activity_id) = with_activity_id(response).await?;
-        Ok(Forwarded { response: first_piece(response).await?, upstream: upstream_latency, activity_id })
+        let (response, activity_id, peeked) = with_activity_id(response).await?;
+        // A body read whole has arrived: there is no first piece left to wait for.
+        let response = if read || peeked { response } else { first_piece(response).await? };
+        Ok(Forwarded { response, upstream: upstream_latency, activity_id })
     }
 }
 
@@ -274,9 +276,10 @@ fn unforwardable(status: StatusCode, headers: &HeaderMap) -> Option<&'static str
 /// stream through the rewriter and lose it (the caller sees the end of the body instead).
 const REWRITE_WHOLE: u64 = 1024 * 1024;
 
-/// Points the API's own URLs in a textual body at the proxy. A body read whole that breaks or
-/// pauses too long fails the request (nothing has been sent yet); `body` bounds the pauses.
-async fn rewrite_urls(response: Response, mut replacer: Replacer) -> Result<Response, ProxyError> {
+/// Points the API's own URLs in a textual body at the proxy, and says whether it read the body
+/// whole. A body read whole that breaks or pauses too long fails the request (nothing has been
+/// sent yet); `body` bounds the pauses.
+async fn rewrite_urls(response: Response, mut replacer: Replacer) -> Result<(Response, bool), ProxyError> {
     let (mut parts, body) = response.into_parts();
     if body.size_hint().exact().is_some_and(|n| n <= REWRITE_WHOLE) {
         let collected = read_whole(body).await?;
@@ -291,10 +294,10 @@ async fn rewrite_urls(response: Response, mut replacer: Replacer) -> Result<Resp
         if !kept {
             parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
         }
-        return Ok(Response::from_parts(parts, Body::from(out)));
+        return Ok((Response::from_parts(parts, Body::from(out)), true));
     }
     parts.headers.remove(CONTENT_LENGTH);
-    Ok(Response::from_parts(parts, Body::new(Rewritten::new(body, replacer))))
+    Ok((Response::from_parts(parts, Body::new(Rewritten::new(body, replacer))), false))
 }
 
 /// Whether `text` is `n` written as a plain decimal number: no sign, space or leading zero.
@@ -317,16 +320,20 @@ async fn read_whole(body: Body) -> Result<Bytes, ProxyError> {
 }
 
 /// For a small JSON error answer, reads the body to note UEM's `activityId` for the access log
-/// and passes the same bytes on. Success bodies and large bodies are not touched.
-async fn with_activity_id(response: Response) -> Result<(Response, Option<Box<str>>), ProxyError> {
+/// and passes the same bytes on (the last value: whether it read them). Success bodies and large
+/// bodies are not touched.
+async fn with_activity_id(response: Response) -> Result<(Response, Option<Box<str>>, bool), ProxyError> {
+    if response.status().as_u16() < 400 {
+        return Ok((response, None, false));
+    }
     let is_json = response
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
     let small = response.body().size_hint().exact().is_some_and(|n| n <= ERROR_BODY_PEEK);
-    if !(response.status().as_u16() >= 400 && is_json && small) {
-        return Ok((response, None));
+    if !(is_json && small) {
+        return Ok((response, None, false));
     }
     let (parts, body) = response.into_parts();
     let bytes = read_whole(body).await?;
@@ -337,7 +344,7 @@ async fn with_activity_id(response: Response) -> Result<(Response, Option<Box<st
         let printable: String = activity.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
         activity_id = Some(printable.into_boxed_str());
     }
-    Ok((Response::from_parts(parts, Body::from(bytes)), activity_id))
+    Ok((Response::from_parts(parts, Body::from(bytes)), activity_id, true))
 }
 
 /// The upstream URI: the configured base (scheme, authority, path prefix), the caller's canonical
