@@ -32,21 +32,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !present.contains(&true) {
         return;
     }
-    // Names beyond those removed anyway (`keep-alive`).
+    // A hop-by-hop name listed (`keep-alive`) is taken from the table, not parsed again.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|name| !HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_str())))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .filter_map(|name| match HOP_BY_HOP.iter().find(|hop| name.eq_ignore_ascii_case(hop.as_str())) {
+            Some(hop) => Some(hop.clone()),
+            None => HeaderName::from_bytes(name.as_bytes()).ok(),
+        })
         .collect();
-    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
-        headers.remove(hop);
-    }
+    // The listed names first, in their order, then the table's: a removal moves the last header
+    // into the gap, so this order decides the order of the headers that stay.
     for name in &named {
         headers.remove(name);
+    }
+    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+        headers.remove(hop);
     }
 }
 

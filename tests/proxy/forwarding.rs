@@ -126,6 +126,29 @@ async fn hop_by_hop_headers_are_stripped_both_ways_and_repeated_ones_kept() {
     assert!(head.contains("\nx-kept: yes"), "{head}");
 }
 
+/// `HeaderMap::remove` fills the gap with the last header, so the order of the removals decides
+/// the order of the headers that stay: the names `Connection` lists go first, in its order, then
+/// the fixed hop-by-hop names. Callers and the API have always seen this order.
+#[tokio::test]
+async fn the_headers_that_stay_keep_their_order_when_hop_by_hop_ones_go() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let response = raw(
+        proxy.addr,
+        "GET /api/order HTTP/1.1\r\nHost: localhost\r\nA: 1\r\nConnection: close, X-B, Keep-Alive\r\nB: 2\r\n\
+         X-B: 5\r\nKeep-Alive: 1\r\nC: 3\r\nTE: trailers\r\nD: 4\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let seen = upstream.last();
+    let names: Vec<&str> = seen.headers.keys().map(|name| name.as_str()).collect();
+    assert_eq!(names, ["d", "a", "c", "b", "x-request-id", "accept", "authorization", "user-agent", "host"]);
+
+    let response = raw(proxy.addr, "GET /hop HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    let head = response.split_once("\r\n\r\n").unwrap().0;
+    let names: Vec<&str> = head.lines().skip(1).filter_map(|line| line.split_once(':')).map(|(name, _)| name).collect();
+    assert_eq!(names, ["x-kept", "date", "content-length", "set-cookie", "set-cookie", "x-request-id", "connection"]);
+}
+
 #[tokio::test]
 async fn redirects_are_passed_on_unfollowed_and_pointed_at_the_proxy() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
