@@ -242,58 +242,43 @@ impl Service {
         learnt.permission = target.required.map(|r| r.permission.name);
         gate::decide(&own.policy, &parts, &target)?;
         let reached = Reached { https, listen_host: &self.listener.host, prefix: picked.prefix };
+        let aim = Aim { tenant, own: &own, target: &target, reached };
         let Some(cache) = settings.cache.as_deref() else {
-            return self.send(tenant, &own, parts, body, &target, reached, learnt).await;
+            return self.send(&aim, parts, body, learnt).await;
         };
         // Boxed: the cache's state is made only when there is a cache.
-        Box::pin(self.cached(cache, tenant, &own, parts, body, &target, reached, learnt)).await
+        Box::pin(self.cached(cache, &aim, parts, body, learnt)).await
     }
 
     /// A call through the cache: a hit, a fill (single flight), a pass, or a write that purges.
-    #[allow(clippy::too_many_arguments)]
     async fn cached(
         &self,
         cache: &crate::cache::Cache,
-        tenant: &Tenant,
-        own: &TenantSettings,
+        aim: &Aim<'_>,
         parts: Parts,
         body: Body,
-        target: &Target<'_>,
-        reached: Reached<'_>,
         learnt: &mut Learnt,
     ) -> Result<Response, ProxyError> {
-        let picked_prefix = reached.prefix;
-        let https = reached.https;
+        let (tenant, path, reached) = (aim.tenant, &aim.target.path, aim.reached);
         let method = parts.method.clone();
-        match cache.lookup(&tenant.name, &parts, &target.path, https, picked_prefix).await {
+        match cache.lookup(&tenant.name, &parts, path, reached.https, reached.prefix).await {
             crate::cache::Lookup::Hit(response) => Ok(response),
-            crate::cache::Lookup::Fill(fill) => {
-                fill.complete(self.send(tenant, own, parts, body, target, reached, learnt).await).await
-            }
+            crate::cache::Lookup::Fill(fill) => fill.complete(self.send(aim, parts, body, learnt).await).await,
             crate::cache::Lookup::Pass(label) => {
-                let response = self.send(tenant, own, parts, body, target, reached, learnt).await?;
+                let response = self.send(aim, parts, body, learnt).await?;
                 Ok(crate::cache::labelled(response, label, Duration::ZERO))
             }
             crate::cache::Lookup::Uncovered => {
-                let response = self.send(tenant, own, parts, body, target, reached, learnt).await?;
-                cache.after(&tenant.name, &method, &target.path, response.status());
+                let response = self.send(aim, parts, body, learnt).await?;
+                cache.after(&tenant.name, &method, path, response.status());
                 Ok(response)
             }
         }
     }
 
     /// The tenant's forwarder, for a target its policy allowed.
-    #[allow(clippy::too_many_arguments)]
-    async fn send(
-        &self,
-        tenant: &Tenant,
-        own: &TenantSettings,
-        parts: Parts,
-        body: Body,
-        target: &Target<'_>,
-        reached: Reached<'_>,
-        learnt: &mut Learnt,
-    ) -> Result<Response, ProxyError> {
+    async fn send(&self, aim: &Aim<'_>, parts: Parts, body: Body, learnt: &mut Learnt) -> Result<Response, ProxyError> {
+        let Aim { tenant, own, target, reached } = *aim;
         let forwarded =
             tenant.forwarder.forward(&own.route, parts, body, &target.path, target.required, reached).await?;
         learnt.upstream = Some(forwarded.upstream);
@@ -303,6 +288,15 @@ impl Service {
         }
         Ok(forwarded.response)
     }
+}
+
+/// Where a call that its tenant's policy allowed goes, and how the caller reached the proxy.
+#[derive(Clone, Copy)]
+struct Aim<'a> {
+    tenant: &'a Tenant,
+    own: &'a TenantSettings,
+    target: &'a Target<'a>,
+    reached: Reached<'a>,
 }
 
 /// What a call learnt for the request's record.
