@@ -271,11 +271,17 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
-/// Runs `work` on a multi-threaded runtime; an error is printed and makes the exit code 1.
+/// Runs `work` on a multi-threaded runtime, or on this thread alone when `TOKIO_WORKER_THREADS`
+/// asks for one worker (a sidecar on one core: no work stealing to pay for); an error is printed
+/// and makes the exit code 1.
 fn block_on(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let result = tokio::runtime::Runtime::new()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
-        .and_then(|rt| rt.block_on(work));
+    let one = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|n| n.trim() == "1");
+    let runtime = if one {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let result = runtime.map_err(|e| format!("cannot start the runtime: {e}")).and_then(|rt| rt.block_on(work));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -246,10 +246,30 @@ async fn a_trace_level_log_holds_no_secret_and_no_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    drains_on_sigterm(&[]).await;
+}
+
+/// `TOKIO_WORKER_THREADS=1` runs the proxy on its main thread alone: it serves, drains and exits
+/// as the multi-threaded one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_thread_sigterm_drains_in_flight_requests_and_exits_zero() {
+    drains_on_sigterm(&[("TOKIO_WORKER_THREADS", "1")]).await;
+}
+
+async fn drains_on_sigterm(extra: &[(&str, &str)]) {
     let tokens = TokenService::default();
     let upstream = Upstream::default();
     let (api, token_url) = (upstream.start().await, tokens.start().await);
-    let mut proxy = Running::start(&base_env(&api, &token_url));
+    let mut env = base_env(&api, &token_url);
+    env.extend_from_slice(extra);
+    let mut proxy = Running::start(&env);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
+    let threads: usize = status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap();
+    if extra.contains(&("TOKIO_WORKER_THREADS", "1")) {
+        assert_eq!(threads, 1, "one worker is the main thread alone");
+    } else {
+        assert!(threads > 1, "{threads} threads");
+    }
     let url = format!("http://{}/slow-headers?ms=1000", proxy.addr());
     let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
     upstream.wait_seen(1).await;
@@ -377,16 +397,27 @@ async fn a_unix_socket_caller_is_logged_by_user_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_drop_nothing_and_a_bad_one_is_refused() {
+    reloads_under_load(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_thread_reloads_under_load_drop_nothing_and_a_bad_one_is_refused() {
+    reloads_under_load(&[("TOKIO_WORKER_THREADS", "1")]).await;
+}
+
+async fn reloads_under_load(extra: &[(&str, &str)]) {
     let tokens = TokenService::default();
     let upstream = Upstream::default();
     let (api, token_url) = (upstream.start().await, tokens.start().await);
-    let dir = std::env::temp_dir().join(format!("uem-proxy-reload-{}", std::process::id()));
+    // One directory per variant: both run at once in this process.
+    let dir = std::env::temp_dir().join(format!("uem-proxy-reload-{}-{}", std::process::id(), extra.len()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("uem-proxy.toml");
     let write = |text: &str| std::fs::write(&file, format!("client_secret = \"{text}\"\n")).unwrap();
     write("first-secret");
     let mut env = base_env(&api, &token_url);
     env.retain(|(k, _)| *k != "UEM_CLIENT_SECRET");
+    env.extend_from_slice(extra);
     let file_arg = file.display().to_string();
     let mut proxy = Running::start_with(&env, &["--config", &file_arg]);
     let url = format!("http://{}", proxy.addr());
