@@ -16,6 +16,36 @@ fn table(name: &str, api: &str, token_url: &str, client: &str) -> String {
     )
 }
 
+/// Two recording APIs, `a` (prod's in most tests) and `b`, and a token service for each, started
+/// (a started service serves on when its value is dropped; `b_tokens` is kept for what it saw).
+struct Two {
+    a_api: Upstream,
+    b_api: Upstream,
+    b_tokens: TokenService,
+    a_url: String,
+    b_url: String,
+    a_token_url: String,
+    b_token_url: String,
+}
+
+impl Two {
+    async fn start(a_tokens: TokenService, b_tokens: TokenService) -> Two {
+        let (a_api, b_api) = (Upstream::default(), Upstream::default());
+        let (a_url, b_url) = (a_api.start().await, b_api.start().await);
+        let (a_token_url, b_token_url) = (a_tokens.start().await, b_tokens.start().await);
+        Two { a_api, b_api, b_tokens, a_url, b_url, a_token_url, b_token_url }
+    }
+
+    /// With token services whose tokens start with `a-` and `b-`: a token names its tenant.
+    async fn named() -> Two {
+        Two::start(
+            TokenService { prefix: "a-", ..Default::default() },
+            TokenService { prefix: "b-", ..Default::default() },
+        )
+        .await
+    }
+}
+
 /// Waits (at most 10 s) until the proxy reports a reload, and returns its status.
 async fn wait_reloaded(proxy: &Proxy) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -35,11 +65,7 @@ async fn wait_reloaded(proxy: &Proxy) -> serde_json::Value {
 /// token of the credentials that went with that API, never the other tenant's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_swapping_two_tenants_never_sends_the_new_token_to_the_old_api() {
-    let (a_api, b_api) = (Upstream::default(), Upstream::default());
-    let a_tokens = TokenService { prefix: "a-", ..Default::default() };
-    let b_tokens = TokenService { prefix: "b-", ..Default::default() };
-    let (a_url, b_url) = (a_api.start().await, b_api.start().await);
-    let (a_token_url, b_token_url) = (a_tokens.start().await, b_tokens.start().await);
+    let Two { a_api, b_api, a_url, b_url, a_token_url, b_token_url, .. } = Two::named().await;
     let before = format!("{}{}", table("prod", &a_url, &a_token_url, "a"), table("uat", &b_url, &b_token_url, "b"));
     let after = format!("{}{}", table("prod", &b_url, &b_token_url, "b"), table("uat", &a_url, &a_token_url, "a"));
     let folder = Folder::new("swap");
@@ -91,11 +117,7 @@ async fn a_reload_swapping_two_tenants_never_sends_the_new_token_to_the_old_api(
 
 /// prod (the default, API a) and uat (API b, read-only), each with its own token service.
 async fn two_tenants(uat_extra: &str) -> (Proxy, Upstream, Upstream) {
-    let (a_api, b_api) = (Upstream::default(), Upstream::default());
-    let a_tokens = TokenService { prefix: "a-", ..Default::default() };
-    let b_tokens = TokenService { prefix: "b-", ..Default::default() };
-    let (a_url, b_url) = (a_api.start().await, b_api.start().await);
-    let (a_token_url, b_token_url) = (a_tokens.start().await, b_tokens.start().await);
+    let Two { a_api, b_api, a_url, b_url, a_token_url, b_token_url, .. } = Two::named().await;
     let file = format!(
         "default_tenant = \"prod\"\n{}{}{uat_extra}",
         table("prod", &a_url, &a_token_url, "a"),
@@ -183,11 +205,7 @@ async fn every_spelling_of_a_tenants_prefix_reaches_that_tenant_under_its_policy
 #[test]
 fn a_tenant_listener_on_its_own_address_serves_callers_that_name_it() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a_api, b_api) = (Upstream::default(), Upstream::default());
-    let a_tokens = TokenService { prefix: "a-", ..Default::default() };
-    let b_tokens = TokenService { prefix: "b-", ..Default::default() };
-    let (a_url, b_url, a_token_url, b_token_url) = rt
-        .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
+    let Two { a_api, b_api, a_url, b_url, a_token_url, b_token_url, .. } = rt.block_on(Two::named());
     let folder = Folder::new("tenant-listener");
     let file = folder.0.join("tenants.toml");
     let text = format!(
@@ -266,11 +284,7 @@ fn a_tenant_named_default_keeps_its_own_listener() {
 /// ones get 404, and nothing more reaches uat through the old name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_tenants_request_in_flight_finishes_with_its_own_token() {
-    let (a_api, b_api) = (Upstream::default(), Upstream::default());
-    let a_tokens = TokenService { prefix: "a-", ..Default::default() };
-    let b_tokens = TokenService { prefix: "b-", ..Default::default() };
-    let (a_url, b_url) = (a_api.start().await, b_api.start().await);
-    let (a_token_url, b_token_url) = (a_tokens.start().await, b_tokens.start().await);
+    let Two { a_api, b_api, a_url, b_url, a_token_url, b_token_url, .. } = Two::named().await;
     let prod = table("prod", &a_url, &a_token_url, "a");
     let before = format!("default_tenant = \"prod\"\n{prod}{}", table("uat", &b_url, &b_token_url, "b"));
     let after = format!("default_tenant = \"prod\"\n{prod}{}", table("uat2", &b_url, &b_token_url, "b"));
@@ -311,12 +325,11 @@ async fn a_removed_tenants_request_in_flight_finishes_with_its_own_token() {
 #[test]
 fn new_credentials_that_win_no_token_change_nothing_and_show_no_secret() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a_api, b_api) = (Upstream::default(), Upstream::default());
     let a_tokens = TokenService { prefix: "a-", ..Default::default() };
     let refused = Reply::Raw(401, "application/json", r#"{"error":"invalid_client"}"#.to_owned());
     let b_tokens = TokenService { prefix: "b-", ..TokenService::script(&[Reply::Grant("3600"), refused]) };
-    let (a_url, b_url, a_token_url, b_token_url) = rt
-        .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
+    let Two { b_api, b_tokens, a_url, b_url, a_token_url, b_token_url, .. } =
+        rt.block_on(Two::start(a_tokens, b_tokens));
     let folder = Folder::new("refused");
     let file = folder.0.join("tenants.toml");
     let text = format!(
@@ -403,12 +416,10 @@ async fn a_tenants_api_inside_another_tenants_api_is_refused() {
 #[test]
 fn a_tenant_listeners_own_endpoints_show_that_tenant_alone() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a_api, b_api) = (Upstream::default(), Upstream::default());
     let failing = Reply::Raw(500, "application/json", r#"{"error":"server_error"}"#.to_owned());
     let a_tokens = TokenService { prefix: "a-", after_script: Some(failing), ..Default::default() };
     let b_tokens = TokenService { prefix: "b-", ..Default::default() };
-    let (a_url, b_url, a_token_url, b_token_url) = rt
-        .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
+    let Two { a_url, b_url, a_token_url, b_token_url, .. } = rt.block_on(Two::start(a_tokens, b_tokens));
     let folder = Folder::new("tenant-admin");
     let file = folder.0.join("tenants.toml");
     let text = format!(
@@ -453,10 +464,8 @@ fn a_tenant_listeners_own_endpoints_show_that_tenant_alone() {
 #[test]
 fn a_removed_tenants_listener_names_no_other_tenant() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a_api, b_api) = (Upstream::default(), Upstream::default());
-    let (a_tokens, b_tokens) = (TokenService::default(), TokenService::default());
-    let (a_url, b_url, a_token_url, b_token_url) = rt
-        .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
+    let Two { a_url, b_url, a_token_url, b_token_url, .. } =
+        rt.block_on(Two::start(TokenService::default(), TokenService::default()));
     let folder = Folder::new("removed-listener");
     let file = folder.0.join("tenants.toml");
     let prod =
@@ -490,10 +499,8 @@ fn a_removed_tenants_listener_names_no_other_tenant() {
 #[test]
 fn a_tenant_added_by_a_reload_says_its_listener_waits_for_a_restart() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a_api, b_api) = (Upstream::default(), Upstream::default());
-    let (a_tokens, b_tokens) = (TokenService::default(), TokenService::default());
-    let (a_url, b_url, a_token_url, b_token_url) = rt
-        .block_on(async { (a_api.start().await, b_api.start().await, a_tokens.start().await, b_tokens.start().await) });
+    let Two { a_url, b_url, a_token_url, b_token_url, .. } =
+        rt.block_on(Two::start(TokenService::default(), TokenService::default()));
     let folder = Folder::new("added-listener");
     let file = folder.0.join("tenants.toml");
     let prod =
