@@ -140,10 +140,7 @@ async fn next_data(reader: &mut BufReader<TcpStream>) -> serde_json::Value {
 #[tokio::test]
 async fn events_stream_each_exchange_as_it_finishes_and_end_at_shutdown() {
     let (mut proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let request = format!("GET /_proxy/events HTTP/1.1\r\nHost: {}\r\n\r\n", proxy.addr);
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut reader = BufReader::new(stream);
+    let mut reader = reading(proxy.addr, "/_proxy/events").await;
     let mut head = String::new();
     while !head.ends_with("\r\n\r\n") {
         assert!(reader.read_line(&mut head).await.unwrap() > 0, "{head}");
@@ -266,10 +263,7 @@ async fn a_reload_changes_what_is_kept() {
 #[tokio::test]
 async fn a_caller_that_leaves_mid_answer_is_listed_as_incomplete() {
     let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_INSPECT", "bodies")]).await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let request = format!("GET /probe-download HTTP/1.1\r\nHost: {}\r\n\r\n", proxy.addr);
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut reader = BufReader::new(stream);
+    let mut reader = reading(proxy.addr, "/probe-download").await;
     let mut line = String::new();
     while !line.contains("first;") {
         line.clear();
@@ -311,4 +305,12 @@ async fn peers_that_may_not_call_are_not_listed() {
     let paths: Vec<_> = list.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["/api/wrong-host"]);
     assert_eq!(list[0]["caller"], serde_json::Value::Null, "refused: no reason it was let in");
+}
+
+/// A raw connection that has sent `GET path`, to read the answer line by line as it comes.
+async fn reading(addr: std::net::SocketAddr, path: &str) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    BufReader::new(stream)
 }
