@@ -1,17 +1,26 @@
 //! The access line: the record's event written by hand into a reused buffer, in exactly the
 //! text or JSON shape the other log lines have, because the general formatter (field visitors,
 //! `Debug` for every value, a timestamp formatted through `fmt`) is a noticeable part of a small
-//! request's cost. The event still goes through `tracing`, so `RUST_LOG` filters it like any
-//! other and a test's subscriber sees it.
+//! request's cost.
+//!
+//! Where the proxy installed its own subscriber ([`install`]), an access line is written straight
+//! from the record's fields once `RUST_LOG` lets it through, without an event: dispatching one and
+//! visiting its fields one by one cost more than writing the line. Under any other subscriber (a
+//! test's, an embedding program's) the record is an ordinary `tracing` event, which this module's
+//! layer writes in the same shape.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::Method;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
+
+use crate::listen::Peer;
 
 /// The target of the access events.
 pub const TARGET: &str = "uem_proxy::access";
@@ -27,39 +36,178 @@ thread_local! {
     static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// Whether access lines are written straight to standard error, and in which format: set once,
+/// by [`install`], when the proxy's own subscriber (with [`AccessLines`]) became the global one.
+static DIRECT: OnceLock<bool> = OnceLock::new();
+
+/// Says that the global subscriber is the proxy's, writing access events as [`AccessLines`] with
+/// `json` does; from then on [`Access::write`] skips the event.
+pub fn install(json: bool) {
+    let _ = DIRECT.set(json);
+}
+
 impl<S: Subscriber> Layer<S> for AccessLines {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         if event.metadata().target() != TARGET {
             return;
         }
-        LINE.with(|line| {
-            let Ok(mut line) = line.try_borrow_mut() else { return };
-            line.clear();
-            format(&mut line, event, self.json, SystemTime::now());
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-        });
+        to_stderr(|line| format(line, event, self.json, SystemTime::now()));
     }
+}
+
+/// Writes the line `fill` makes, in one write, from the reused buffer.
+fn to_stderr(fill: impl FnOnce(&mut String)) {
+    LINE.with(|line| {
+        let Ok(mut line) = line.try_borrow_mut() else { return };
+        line.clear();
+        fill(&mut line);
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    });
 }
 
 /// One line for `event`: as tracing-subscriber's text format (without ANSI colours) or its JSON
 /// format with the event's fields flattened.
 pub fn format(out: &mut String, event: &Event<'_>, json: bool, now: SystemTime) {
-    let level = event.metadata().level();
+    let (level, target) = (event.metadata().level(), event.metadata().target());
+    start(out, level, target, json, now);
+    event.record(&mut Fields { out, json, first: true });
+    end(out, target, json);
+}
+
+/// The timestamp, the level and, in text, the target.
+fn start(out: &mut String, level: &tracing::Level, target: &str, json: bool, now: SystemTime) {
     if json {
         out.push_str("{\"timestamp\":\"");
         timestamp(out, now);
         let _ = write!(out, "\",\"level\":\"{level}\"");
     } else {
         timestamp(out, now);
-        let _ = write!(out, " {level:>5} {}: ", event.metadata().target());
+        let _ = write!(out, " {level:>5} {target}: ");
     }
-    event.record(&mut Fields { out, json, first: true });
+}
+
+/// The target, in JSON, and the end of the line.
+fn end(out: &mut String, target: &str, json: bool) {
     if json {
         out.push_str(",\"target\":");
-        json_string(out, event.metadata().target());
+        json_string(out, target);
         out.push('}');
     }
     out.push('\n');
+}
+
+/// What the access line of one request says, in the order it says it. `None` fields are left
+/// out; times are in milliseconds.
+pub struct Access<'a> {
+    pub request_id: &'a str,
+    pub peer: &'a Peer,
+    pub tenant: Option<&'a str>,
+    pub caller: Option<&'a str>,
+    pub activity_id: Option<&'a str>,
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub status: u16,
+    pub upstream_ms: Option<f64>,
+    pub total_ms: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub complete: bool,
+}
+
+impl Access<'_> {
+    /// Writes the line where the access events go: straight to standard error under the proxy's
+    /// own subscriber, if `RUST_LOG` enables the access target; otherwise as an event.
+    pub fn write(&self) {
+        match DIRECT.get() {
+            Some(&json) => {
+                if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+                    to_stderr(|line| self.format(line, json, SystemTime::now()));
+                }
+            }
+            None => self.event(),
+        }
+    }
+
+    /// The access event, with the fields in the line's order.
+    pub fn event(&self) {
+        tracing::info!(
+            target: TARGET,
+            request_id = self.request_id,
+            peer = %self.peer,
+            tenant = self.tenant,
+            caller = self.caller,
+            activity_id = self.activity_id,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            upstream_ms = self.upstream_ms,
+            total_ms = self.total_ms,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            complete = self.complete,
+            "request"
+        );
+    }
+
+    /// The line [`format`] writes for [`Access::event`], written without the event: each
+    /// field's name with what comes before it is one constant, and numbers are written without
+    /// `core::fmt`.
+    pub fn format(&self, out: &mut String, json: bool, now: SystemTime) {
+        let mut f = Fields { out, json, first: false };
+        // ` name=` in text, `,"name":` in JSON.
+        macro_rules! key {
+            ($name:literal) => {
+                f.out.push_str(if json { concat!(",\"", $name, "\":") } else { concat!(" ", $name, "=") })
+            };
+        }
+        if json {
+            f.out.push_str("{\"timestamp\":\"");
+            timestamp(f.out, now);
+            f.out.push_str("\",\"level\":\"INFO\",\"message\":\"request\"");
+        } else {
+            timestamp(f.out, now);
+            // The level padded to five, the target, and the message, unnamed and unquoted.
+            f.out.push_str(concat!("  INFO ", "uem_proxy::access", ": request"));
+        }
+        key!("request_id");
+        f.string(self.request_id);
+        key!("peer");
+        match self.peer {
+            Peer::Tcp(std::net::SocketAddr::V4(addr)) => f.raw(crate::listen::ipv4_text(addr).as_str()),
+            peer => f.debug(&tracing::field::display(peer)),
+        }
+        if let Some(tenant) = self.tenant {
+            key!("tenant");
+            f.string(tenant);
+        }
+        if let Some(caller) = self.caller {
+            key!("caller");
+            f.string(caller);
+        }
+        if let Some(activity_id) = self.activity_id {
+            key!("activity_id");
+            f.string(activity_id);
+        }
+        key!("method");
+        f.raw(self.method.as_str());
+        key!("path");
+        f.raw(self.path);
+        key!("status");
+        push_u64(f.out, self.status.into());
+        if let Some(ms) = self.upstream_ms {
+            key!("upstream_ms");
+            f.float(ms);
+        }
+        key!("total_ms");
+        f.float(self.total_ms);
+        key!("bytes_in");
+        push_u64(f.out, self.bytes_in);
+        key!("bytes_out");
+        push_u64(f.out, self.bytes_out);
+        key!("complete");
+        f.out.push_str(if self.complete { "true" } else { "false" });
+        end(f.out, TARGET, json);
+    }
 }
 
 /// The event's fields, each as the general formatter writes it in one format or the other.
@@ -72,18 +220,18 @@ struct Fields<'a> {
 impl Fields<'_> {
     /// What comes before a value: ` name=` in text, `,"name":` in JSON. The text format writes
     /// the message without its name.
-    fn name(&mut self, field: &Field) {
+    fn name(&mut self, name: &str) {
         if self.json {
             self.out.push(',');
-            json_string(self.out, field.name());
+            json_string(self.out, name);
             self.out.push(':');
             return;
         }
         if !std::mem::take(&mut self.first) {
             self.out.push(' ');
         }
-        if field.name() != "message" {
-            self.out.push_str(field.name());
+        if name != "message" {
+            self.out.push_str(name);
             self.out.push('=');
         }
     }
@@ -101,37 +249,66 @@ impl Fields<'_> {
             let _ = write!(self.out, "{value:?}");
         }
     }
+
+    /// A value recorded with `Debug` (or `%`, `Display`): as it writes itself in text, as a JSON
+    /// string of that text in JSON.
+    fn debug(&mut self, value: &dyn fmt::Debug) {
+        if !self.json {
+            let _ = write!(self.out, "{value:?}");
+            return;
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut text) => {
+                text.clear();
+                let _ = write!(text, "{value:?}");
+                json_string(self.out, &text);
+            }
+            Err(_) => json_string(self.out, &format!("{value:?}")),
+        });
+    }
+
+    /// A value recorded with `%`, whose text is `value`.
+    fn raw(&mut self, value: &str) {
+        if self.json {
+            json_string(self.out, value);
+        } else {
+            self.out.push_str(value);
+        }
+    }
+
+    fn float(&mut self, value: f64) {
+        // The access line's times: milliseconds to the microsecond, written as `Debug` writes
+        // them (and as JSON does; they are never large or small enough for an exponent).
+        if let Some(micros) = whole_thousandths(value) {
+            push_thousandths(self.out, micros);
+        } else if !self.json {
+            let _ = write!(self.out, "{value:?}");
+        } else {
+            // As serde_json writes it (`1e+21`, `null` for what is not finite): its shortest form
+            // is not always `Debug`'s, when two of the same length read back the same.
+            self.out.push_str(&serde_json::to_string(&value).unwrap_or_else(|_| "null".into()));
+        }
+    }
 }
 
 impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.name(field);
-        if self.json {
-            SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut text) => {
-                    text.clear();
-                    let _ = write!(text, "{value:?}");
-                    json_string(self.out, &text);
-                }
-                Err(_) => json_string(self.out, &format!("{value:?}")),
-            });
-        } else {
-            let _ = write!(self.out, "{value:?}");
-        }
+        self.name(field.name());
+        self.debug(value);
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.name(field);
+        self.name(field.name());
         self.string(value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
+        self.name(field.name());
         push_u64(self.out, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.name(field);
+        self.name(field.name());
         if value < 0 {
             self.out.push('-');
         }
@@ -139,30 +316,13 @@ impl Visit for Fields<'_> {
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.name(field);
+        self.name(field.name());
         self.out.push_str(if value { "true" } else { "false" });
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.name(field);
-        // The access line's times: milliseconds to the microsecond, written as `Debug` writes
-        // them (and as JSON does; they are never large or small enough for an exponent).
-        if let Some(micros) = whole_thousandths(value) {
-            push_thousandths(self.out, micros);
-        } else if !self.json {
-            let _ = write!(self.out, "{value:?}");
-        } else if value.is_finite() {
-            // The shortest form that reads back the same, as serde_json writes it: `1e+21`.
-            let start = self.out.len();
-            let _ = write!(self.out, "{value:?}");
-            if let Some(e) = self.out[start..].find('e')
-                && !self.out[start + e + 1..].starts_with('-')
-            {
-                self.out.insert(start + e + 1, '+');
-            }
-        } else {
-            self.out.push_str("null");
-        }
+        self.name(field.name());
+        self.float(value);
     }
 }
 
@@ -197,18 +357,8 @@ pub fn push_thousandths(out: &mut String, n: u64) {
     out.push_str(std::str::from_utf8(&digits[..used]).expect("digits are ASCII"));
 }
 
-fn push_u64(out: &mut String, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.push_str(std::str::from_utf8(&digits[i..]).expect("digits are ASCII"));
+fn push_u64(out: &mut String, value: u64) {
+    out.push_str(itoa::Buffer::new().format(value));
 }
 
 /// A JSON string, escaped as serde_json escapes it.
@@ -272,6 +422,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use proptest::prelude::*;
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
@@ -362,6 +513,8 @@ mod tests {
                 (None, None, Some(0.02)),
                 (None, None, Some(999999999999.999)),
                 (None, None, Some(-0.001)),
+                // Two shortest forms of 17 digits: serde_json's and `Debug`'s differ.
+                (None, None, Some(3232134611117.6563)),
             ] {
                 let (theirs, ours) = both(json, || emit(caller, activity, upstream));
                 assert_eq!(ours, theirs, "json: {json}");
@@ -378,6 +531,87 @@ mod tests {
             timestamp(&mut ours, at);
             let theirs = format!("{}", humantime::format_rfc3339_micros(at));
             assert_eq!(ours, theirs);
+        }
+    }
+
+    /// Formats every event with a fixed clock.
+    struct At {
+        json: bool,
+        now: SystemTime,
+        out: Arc<Mutex<String>>,
+    }
+
+    impl<S: Subscriber> Layer<S> for At {
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            format(&mut self.out.lock().unwrap(), event, self.json, self.now);
+        }
+    }
+
+    fn peer() -> impl Strategy<Value = Peer> {
+        prop_oneof![
+            any::<std::net::SocketAddrV4>().prop_map(|a| Peer::Tcp(a.into())),
+            any::<std::net::SocketAddrV6>().prop_map(|a| Peer::Tcp(a.into())),
+            any::<Option<u32>>().prop_map(Peer::Unix),
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof!["[ -~]{0,12}", "[a-z\"\\\\\u{0}-\u{1f}\u{7f}é😀 ]{0,12}", any::<String>(),]
+    }
+
+    fn time() -> impl Strategy<Value = f64> {
+        prop_oneof![(0u64..10_000_000).prop_map(|m| m as f64 / 1e3), any::<f64>()]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The line written straight from a record is the line its event makes, in both formats.
+        #[test]
+        fn the_direct_line_is_the_events_line(
+            json in any::<bool>(),
+            id in text(),
+            peer in peer(),
+            tenant in proptest::option::of(text()),
+            caller in proptest::option::of(text()),
+            activity_id in proptest::option::of(text()),
+            method in prop_oneof![Just(Method::GET), Just(Method::DELETE), "[A-Z]{1,8}".prop_map(|m| Method::from_bytes(m.as_bytes()).unwrap())],
+            path in text(),
+            status in any::<u16>(),
+            upstream_ms in proptest::option::of(time()),
+            total_ms in time(),
+            bytes_in in any::<u64>(),
+            bytes_out in any::<u64>(),
+            complete in any::<bool>(),
+            secs in 0u64..4_102_444_800,
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let access = Access {
+                request_id: &id,
+                peer: &peer,
+                tenant: tenant.as_deref(),
+                caller: caller.as_deref(),
+                activity_id: activity_id.as_deref(),
+                method: &method,
+                path: &path,
+                status,
+                upstream_ms,
+                total_ms,
+                bytes_in,
+                bytes_out,
+                complete,
+            };
+            let now = UNIX_EPOCH + Duration::new(secs, nanos);
+            let events = Arc::new(Mutex::new(String::new()));
+            let subscriber = tracing_subscriber::registry().with(At { json, now, out: events.clone() });
+            tracing::subscriber::with_default(subscriber, || access.event());
+            let mut direct = String::new();
+            access.format(&mut direct, json, now);
+            prop_assert_eq!(&direct, &*events.lock().unwrap());
+            // And the general formatter's, timestamps aside.
+            let (theirs, _) = both(json, || access.event());
+            let at = if json { direct.find("\",\"level\"").unwrap() } else { direct.find(' ').unwrap() };
+            prop_assert_eq!(&direct[at..], theirs);
         }
     }
 }

@@ -136,23 +136,22 @@ impl Drop for Record {
             // The caller left before the answer was ready (nginx's 499).
             self.status = CALLER_LEFT;
         }
-        tracing::info!(
-            target: line::TARGET,
-            request_id = self.id.to_str().unwrap_or(""),
-            peer = %self.peer,
-            tenant = self.tenant.as_deref(),
-            caller = self.caller.as_ref().map(caller_text).as_deref(),
-            activity_id = self.activity_id.as_deref(),
-            method = %self.method,
-            path = %self.uri.path(),
-            status = self.status,
-            upstream_ms = self.upstream.map(ms),
-            total_ms = ms(total),
+        line::Access {
+            request_id: self.id.to_str().unwrap_or(""),
+            peer: &self.peer,
+            tenant: self.tenant.as_deref(),
+            caller: self.caller.as_ref().map(caller_text).as_deref(),
+            activity_id: self.activity_id.as_deref(),
+            method: &self.method,
+            path: self.uri.path(),
+            status: self.status,
+            upstream_ms: self.upstream.map(ms),
+            total_ms: ms(total),
             bytes_in,
-            bytes_out = self.bytes_out,
-            complete = self.complete,
-            "request"
-        );
+            bytes_out: self.bytes_out,
+            complete: self.complete,
+        }
+        .write();
         let labels = RequestLabels {
             tenant: TenantLabel(self.tenant.clone()),
             method: method_label(&self.method),

@@ -647,3 +647,52 @@ async fn policy_entries_that_do_nothing_are_named_at_start_and_on_reload() {
     assert!(!log.contains("'REST API Devices Delete'"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn rust_log_turns_the_access_line_off_and_leaves_the_others() {
+    // The binary writes access lines without an event; `RUST_LOG` must still decide.
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    for (rust_log, logged) in
+        [("info,uem_proxy::access=off", false), ("warn,uem_proxy::access=info,uem_proxy=info", true)]
+    {
+        let mut env = base_env(&api, &token_url);
+        env.push(("RUST_LOG", rust_log));
+        let mut proxy = Running::start(&env);
+        let response = client().get(format!("http://{}/api/x", proxy.addr())).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        proxy.terminate();
+        proxy.wait_event("drained");
+        let log = proxy.log();
+        let access = log.lines().filter(|l| l.contains("\"target\":\"uem_proxy::access\"")).count();
+        assert_eq!(access, usize::from(logged), "RUST_LOG={rust_log}:\n{log}");
+        assert!(log.contains("\"message\":\"shutting down"), "other lines stay: {log}");
+    }
+}
+
+#[tokio::test]
+async fn the_line_after_an_access_line_is_written_too() {
+    // On one thread, every line follows an access line on the same thread. The access line asks
+    // the filter first; a layer with a filter of its own kept that verdict for the next event and
+    // dropped it.
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let mut env = base_env(&api, &token_url);
+    env.push(("TOKIO_WORKER_THREADS", "1"));
+    let mut proxy = Running::start(&env);
+    let warning = "SIGHUP: there is no configuration file to reload (settings come from the environment)";
+    for _ in 0..3 {
+        let response = client().get(format!("http://{}/api/x", proxy.addr())).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let before = proxy.events(warning).len();
+        assert!(Command::new("kill").args(["-HUP", &proxy.child.id().to_string()]).status().unwrap().success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while proxy.events(warning).len() == before {
+            assert!(std::time::Instant::now() < deadline, "the warning after a request is missing:\n{}", proxy.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    proxy.terminate();
+}
