@@ -50,6 +50,7 @@ impl TenantSettings {
         let upstream_base = tenant.api_url.as_str().trim_end_matches('/').to_owned();
         let route = Route {
             needles: Arc::new(Needles::new(&upstream_base)),
+            upstream_origin: Route::origin(&upstream_base),
             upstream_base,
             upstream_path: tenant.api_url.path().trim_end_matches('/').to_owned(),
             upstream_timeout: config.upstream_timeout,

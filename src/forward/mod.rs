@@ -22,6 +22,7 @@ use http::header::{
     AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
     TRANSFER_ENCODING,
 };
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, StatusCode, Uri, request::Parts};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -51,6 +52,8 @@ pub struct Route {
     pub upstream_base: String,
     /// The base's path prefix without a trailing slash (`""` for none).
     pub upstream_path: String,
+    /// The base's scheme and authority, parsed once; see [`Route::origin`].
+    pub upstream_origin: Option<(Scheme, Authority)>,
     pub upstream_timeout: Duration,
     pub token_wait: Duration,
     pub replay_body_limit: u64,
@@ -62,6 +65,16 @@ pub struct Route {
     pub body_idle_timeout: Duration,
     /// Sent as `aw-tenant-code`, in place of any a caller sends.
     pub tenant_code: Option<HeaderValue>,
+}
+
+impl Route {
+    /// The scheme and authority of `upstream_base`, which each request's URI takes as they are
+    /// instead of parsing them again; `None` if the base is no URI (then each request's target
+    /// is parsed whole, and refused).
+    pub fn origin(upstream_base: &str) -> Option<(Scheme, Authority)> {
+        let base = Uri::try_from(upstream_base).ok()?;
+        Some((base.scheme()?.clone(), base.authority()?.clone()))
+    }
 }
 
 /// What forwarding shares between requests: the client, the replay budget, the token, the pacer.
@@ -350,21 +363,34 @@ async fn with_activity_id(response: Response) -> Result<(Response, Option<Box<st
 /// The upstream URI: the configured base (scheme, authority, path prefix), the caller's canonical
 /// `path`, and the caller's query byte for byte. Built by appending, never `Url::join`, which
 /// would let `//other.host/` name another host, and never through a URL type that re-encodes the
-/// query.
+/// query. The base's scheme and authority are parsed once, per route; a request parses only its
+/// path and query.
 fn upstream_uri(route: &Route, parts: &Parts, path: &str) -> Result<Uri, ProxyError> {
     if parts.method == Method::CONNECT {
         return Err(ProxyError::BadTarget("CONNECT is not supported"));
     }
     let query = parts.uri.query();
-    let mut uri = String::with_capacity(route.upstream_base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
-    uri.push_str(&route.upstream_base);
-    uri.push_str(path);
-    if let Some(query) = query {
-        uri.push('?');
-        uri.push_str(query);
-    }
     let unchanged = || ProxyError::BadTarget("the request target cannot be forwarded unchanged");
-    let uri = Uri::try_from(uri).map_err(|_| unchanged())?;
+    let joined = |start: &str| {
+        let mut target = String::with_capacity(start.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        target.push_str(start);
+        target.push_str(path);
+        if let Some(query) = query {
+            target.push('?');
+            target.push_str(query);
+        }
+        target
+    };
+    let uri = match &route.upstream_origin {
+        Some((scheme, authority)) => {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(scheme.clone());
+            uri.authority = Some(authority.clone());
+            uri.path_and_query = Some(PathAndQuery::try_from(joined(&route.upstream_path)).map_err(|_| unchanged())?);
+            Uri::from_parts(uri).map_err(|_| unchanged())?
+        }
+        None => Uri::try_from(joined(&route.upstream_base)).map_err(|_| unchanged())?,
+    };
     // What is decided on is what is sent.
     if uri.path().strip_prefix(route.upstream_path.as_str()) != Some(path) || uri.query() != query {
         return Err(unchanged());
@@ -521,7 +547,51 @@ impl std::fmt::Display for ErrorChain<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::states_exactly;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn route(base: &str, origin: bool) -> Route {
+        let api = url::Url::parse(base).unwrap();
+        let upstream_base = api.as_str().trim_end_matches('/').to_owned();
+        Route {
+            needles: Arc::new(Needles::new(&upstream_base)),
+            upstream_origin: if origin { Route::origin(&upstream_base) } else { None },
+            upstream_base,
+            upstream_path: api.path().trim_end_matches('/').to_owned(),
+            upstream_timeout: Duration::from_secs(1),
+            token_wait: Duration::from_secs(1),
+            replay_body_limit: 0,
+            rewrite_bodies: true,
+            max_body_bytes: None,
+            body_idle_timeout: Duration::from_secs(1),
+            tenant_code: None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// The target built from the base's parsed scheme and authority is the one parsed from
+        /// the whole URL, and is refused when that is.
+        #[test]
+        fn the_upstream_uri_is_the_whole_urls(
+            base in prop_oneof![
+                Just("https://as1.awmdm.com/"),
+                Just("http://127.0.0.1:8080/uem/"),
+                Just("https://[::1]:8443/a%20b/c"),
+                Just("https://user@host.example"),
+            ],
+            path in prop_oneof!["/[a-zA-Z0-9/%._~!$&'()*+,;=:@ -]{0,20}", any::<String>()],
+            query in proptest::option::of("[a-zA-Z0-9/%._~!$&'()*+,;=:@?#\\^`{}|\"<> -]{0,20}"),
+        ) {
+            let target = match &query { Some(q) => format!("/x?{q}"), None => "/x".to_owned() };
+            let Ok(uri) = Uri::try_from(target) else { return Ok(()) };
+            let (parts, ()) = http::Request::get(uri).body(()).unwrap().into_parts();
+            let fast = upstream_uri(&route(base, true), &parts, &path).map(|u| u.to_string());
+            let whole = upstream_uri(&route(base, false), &parts, &path).map(|u| u.to_string());
+            prop_assert_eq!(fast.as_ref().ok(), whole.as_ref().ok(), "path {:?}", path);
+        }
+    }
 
     #[test]
     fn only_a_plain_number_states_a_length_exactly() {
