@@ -582,8 +582,6 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(3000))]
-
         /// The target built from the base's parsed scheme and authority is the one parsed from
         /// the whole URL, and is refused when that is.
         #[test]

@@ -564,8 +564,6 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
-
         /// The line written straight from a record is the line its event makes, in both formats.
         #[test]
         fn the_direct_line_is_the_events_line(
