@@ -3,13 +3,15 @@
 //! `Debug` for every value, a timestamp formatted through `fmt`) is a noticeable part of a small
 //! request's cost.
 //!
-//! Where the proxy installed its own subscriber ([`install`]), an access line is written straight
-//! from the record's fields once `RUST_LOG` lets it through, without an event: dispatching one and
-//! visiting its fields one by one cost more than writing the line. Under any other subscriber (a
-//! test's, an embedding program's) the record is an ordinary `tracing` event, which this module's
-//! layer writes in the same shape.
+//! Where the proxy installed its own subscriber ([`install`]), the line is written from the
+//! record's fields by hand before its event is sent, and the event carries no values: visiting
+//! fourteen values one by one cost more than writing the line. The event still decides, with the
+//! same target, level and field names as ever, so `RUST_LOG` keeps or drops it exactly as before
+//! (field-name and span filters included); [`AccessLines`] writes the prepared line when it sees
+//! it. Under any other subscriber (a test's, an embedding program's) the event carries its values,
+//! and this module's layer writes the same line from them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::sync::OnceLock;
@@ -34,6 +36,8 @@ thread_local! {
     static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
     /// A value's `Debug` text, before it is escaped into a JSON line.
     static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+    /// `LINE` holds this thread's next access line, written by [`Access::write`] for its event.
+    static READY: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether access lines are written straight to standard error, and in which format: set once,
@@ -41,7 +45,7 @@ thread_local! {
 static DIRECT: OnceLock<bool> = OnceLock::new();
 
 /// Says that the global subscriber is the proxy's, writing access events as [`AccessLines`] with
-/// `json` does; from then on [`Access::write`] skips the event.
+/// `json` does; from then on [`Access::write`] prepares the line and sends an event without values.
 pub fn install(json: bool) {
     let _ = DIRECT.set(json);
 }
@@ -49,6 +53,14 @@ pub fn install(json: bool) {
 impl<S: Subscriber> Layer<S> for AccessLines {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         if event.metadata().target() != TARGET {
+            return;
+        }
+        if READY.replace(false) {
+            LINE.with(|line| {
+                if let Ok(line) = line.try_borrow() {
+                    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+                }
+            });
             return;
         }
         to_stderr(|line| format(line, event, self.json, SystemTime::now()));
@@ -115,17 +127,42 @@ pub struct Access<'a> {
 }
 
 impl Access<'_> {
-    /// Writes the line where the access events go: straight to standard error under the proxy's
-    /// own subscriber, if `RUST_LOG` enables the access target; otherwise as an event.
+    /// Sends the access event: under the proxy's own subscriber, with the line prepared and no
+    /// values (see the module's doc); under any other, with its values.
     pub fn write(&self) {
-        match DIRECT.get() {
-            Some(&json) => {
-                if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
-                    to_stderr(|line| self.format(line, json, SystemTime::now()));
-                }
-            }
-            None => self.event(),
+        let Some(&json) = DIRECT.get() else {
+            return self.event();
+        };
+        let prepared = LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else { return false };
+            line.clear();
+            self.format(&mut line, json, SystemTime::now());
+            true
+        });
+        if !prepared {
+            return self.event();
         }
+        READY.set(true);
+        let empty = tracing::field::Empty;
+        tracing::info!(
+            target: TARGET,
+            request_id = empty,
+            peer = empty,
+            tenant = empty,
+            caller = empty,
+            activity_id = empty,
+            method = empty,
+            path = empty,
+            status = empty,
+            upstream_ms = empty,
+            total_ms = empty,
+            bytes_in = empty,
+            bytes_out = empty,
+            complete = empty,
+            "request"
+        );
+        // Not written when `RUST_LOG` dropped the event.
+        READY.set(false);
     }
 
     /// The access event, with the fields in the line's order.

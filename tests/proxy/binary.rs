@@ -649,25 +649,41 @@ async fn policy_entries_that_do_nothing_are_named_at_start_and_on_reload() {
 }
 
 #[tokio::test]
-async fn rust_log_turns_the_access_line_off_and_leaves_the_others() {
-    // The binary writes access lines without an event; `RUST_LOG` must still decide.
+async fn rust_log_keeps_or_drops_the_access_line_and_the_others_as_it_always_has() {
+    // The binary prepares the access line itself and sends an event without values; the event
+    // still decides. Field-name rules match by the event's own field names, and a span rule still
+    // sees the request's span (a refused request's warning is written inside it).
     let tokens = TokenService::default();
     let upstream = Upstream::default();
     let (api, token_url) = (upstream.start().await, tokens.start().await);
-    for (rust_log, logged) in
-        [("info,uem_proxy::access=off", false), ("warn,uem_proxy::access=info,uem_proxy=info", true)]
-    {
+    // RUST_LOG, access lines written (of two requests), the refusal's warning written. Each
+    // names `uem_proxy=info` or `info`: the test reads the `listening` line.
+    for (rust_log, access, refused) in [
+        ("info,uem_proxy::access=off", 0, true),
+        ("warn,uem_proxy::access=info,uem_proxy=info", 2, true),
+        ("info,[{status}]=off", 0, true),
+        ("info,[{nosuchfield}]=off", 2, true),
+        ("warn,uem_proxy=info,uem_proxy::access=warn,uem_proxy::access[{nosuchfield}]=info", 0, true),
+        ("error,[request]=warn,uem_proxy=info", 2, true),
+    ] {
         let mut env = base_env(&api, &token_url);
         env.push(("RUST_LOG", rust_log));
         let mut proxy = Running::start(&env);
         let response = client().get(format!("http://{}/api/x", proxy.addr())).send().await.unwrap();
         assert_eq!(response.status(), 200);
+        let evil = "GET /api/x HTTP/1.1\r\nHost: evil.example\r\nx-request-id: refused-1\r\nConnection: close\r\n\r\n";
+        assert!(crate::support::raw(proxy.addr(), evil).await.starts_with("HTTP/1.1 403"));
         proxy.terminate();
         proxy.wait_event("drained");
         let log = proxy.log();
-        let access = log.lines().filter(|l| l.contains("\"target\":\"uem_proxy::access\"")).count();
-        assert_eq!(access, usize::from(logged), "RUST_LOG={rust_log}:\n{log}");
-        assert!(log.contains("\"message\":\"shutting down"), "other lines stay: {log}");
+        let lines = log.lines().filter(|l| l.contains("\"target\":\"uem_proxy::access\"")).count();
+        assert_eq!(lines, access, "access lines, RUST_LOG={rust_log}:\n{log}");
+        let warning = proxy.events("request refused");
+        assert_eq!(warning.len(), usize::from(refused), "RUST_LOG={rust_log}:\n{log}");
+        if rust_log.contains("[request]") {
+            // Written inside the request's span, which names it.
+            assert_eq!(warning[0]["span"]["request_id"], "refused-1", "{log}");
+        }
     }
 }
 
