@@ -689,9 +689,9 @@ async fn rust_log_keeps_or_drops_the_access_line_and_the_others_as_it_always_has
 
 #[tokio::test]
 async fn the_line_after_an_access_line_is_written_too() {
-    // On one thread, every line follows an access line on the same thread. The access line asks
-    // the filter first; a layer with a filter of its own kept that verdict for the next event and
-    // dropped it.
+    // On one thread, every line follows an access line on the same thread. Asking the filter
+    // about an access line without sending its event once left the general formatter's own
+    // filter with a verdict for the next event, which it then dropped.
     let tokens = TokenService::default();
     let upstream = Upstream::default();
     let (api, token_url) = (upstream.start().await, tokens.start().await);
