@@ -317,12 +317,15 @@ proptest! {
 }
 
 /// The common case's target check takes exactly what the URI parser takes, byte by byte, in the
-/// path and in the query.
+/// path and in the query, and stops where a space would end it.
 #[test]
 fn the_plain_target_check_takes_what_the_uri_parser_takes() {
+    use super::head::plain_origin_form;
     for b in 0..=255u8 {
         for target in [vec![b'/', b], vec![b'/', b, b'x'], vec![b'/', b'?', b], vec![b'/', b'a', b'?', b'q', b]] {
-            if super::head::plain_origin_form(&target) {
+            let mut line = target.clone();
+            line.extend(b" HTTP/1.1");
+            if plain_origin_form(&line) == Some(target.len()) {
                 assert!(http::Uri::try_from(target.as_slice()).is_ok(), "{target:?}");
                 assert!(!target.contains(&b'#'), "{target:?}");
             } else if b.is_ascii_graphic() && b != b'#' {
@@ -330,6 +333,10 @@ fn the_plain_target_check_takes_what_the_uri_parser_takes() {
             }
         }
     }
-    let long = format!("/{}", "a".repeat(u16::MAX as usize));
-    assert!(!super::head::plain_origin_form(long.as_bytes()));
+    // The parser's length limit, to the byte.
+    for len in [u16::MAX as usize - 2, u16::MAX as usize - 1, u16::MAX as usize, u16::MAX as usize + 1] {
+        let target = format!("/{}", "a".repeat(len - 1));
+        let parsed = http::Uri::try_from(target.as_bytes()).is_ok();
+        assert_eq!(plain_origin_form(target.as_bytes()) == Some(len), parsed, "{len}");
+    }
 }

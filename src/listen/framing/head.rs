@@ -86,12 +86,11 @@ pub(super) fn for_each_field<'a>(
                 let (name, value) = odd_field(&line[..end])?;
                 (name, value, end)
             }
+        } else if line[0] == b'\r' {
+            at += 2;
+            continue;
         } else {
             let end = memchr::memchr(b'\r', line).unwrap_or(line.len());
-            if end == 0 {
-                at += 2;
-                continue;
-            }
             let (name, value) = odd_field(&line[..end])?;
             (name, value, end)
         };
@@ -155,49 +154,45 @@ const TARGET: [u8; 256] = {
 /// The URI parser's longest target.
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
-/// Whether `target` is an origin-form target of ASCII that the URI parser accepts: `/`, then
-/// path bytes, then optionally `?` and query bytes. False says nothing: the long way decides.
-pub(super) fn plain_origin_form(target: &[u8]) -> bool {
-    let [b'/', rest @ ..] = target else { return false };
-    if target.len() > MAX_TARGET {
-        return false;
+/// The length of the origin-form target of ASCII at the start of `rest` (up to the first byte
+/// that can stand in neither a path nor a query, such as a space) if the URI parser takes it: `/`,
+/// then path bytes, then optionally `?` and query bytes. `None` says nothing: the long way decides.
+pub(super) fn plain_origin_form(rest: &[u8]) -> Option<usize> {
+    if rest.first() != Some(&b'/') {
+        return None;
     }
-    let mut i = 0;
+    let mut i = 1;
     while i < rest.len() && TARGET[usize::from(rest[i])] & IN_PATH != 0 {
         i += 1;
     }
-    if i < rest.len() {
-        if rest[i] != b'?' {
-            return false;
-        }
+    if rest.get(i) == Some(&b'?') {
         i += 1;
         while i < rest.len() && TARGET[usize::from(rest[i])] & IN_QUERY != 0 {
             i += 1;
         }
     }
-    i == rest.len()
+    (i <= MAX_TARGET).then_some(i)
 }
 
-/// Checks a request line: `method SP target SP HTTP/1.x`, single spaces, nothing else.
-fn request_line(line: &[u8]) -> Result<bool, Violation> {
-    // The common case: a token, an origin-form target the URI parser takes, a version.
-    let method = line.iter().position(|b| !is_tchar(*b)).unwrap_or(line.len());
-    if method > 0 && line.get(method) == Some(&b' ') {
-        let rest = &line[method + 1..];
-        if let Some(space) = memchr::memchr(b' ', rest)
-            && plain_origin_form(&rest[..space])
+/// Checks the request line at the start of `head`: `method SP target SP HTTP/1.x`, single
+/// spaces, nothing else. Returns whether it is HTTP/1.0, and where the line ends.
+fn request_line(head: &[u8]) -> Result<(bool, usize), Violation> {
+    // The common case: a token, an origin-form target the URI parser takes, a version, CR.
+    let method = head.iter().position(|b| !is_tchar(*b)).unwrap_or(head.len());
+    if method > 0 && head.get(method) == Some(&b' ') {
+        let rest = &head[method + 1..];
+        if let Some(target) = plain_origin_form(rest)
+            && let Some(version) = rest[target..].strip_prefix(b" HTTP/1.")
+            && let [minor @ (b'0' | b'1'), b'\r', ..] = version
         {
-            match &rest[space + 1..] {
-                b"HTTP/1.1" => return Ok(false),
-                b"HTTP/1.0" => return Ok(true),
-                _ => {}
-            }
+            return Ok((*minor == b'0', method + 1 + target + " HTTP/1.x".len()));
         }
     }
-    odd_request_line(line)
+    let line_end = memchr::memchr(b'\r', head).unwrap_or(head.len());
+    Ok((odd_request_line(&head[..line_end])?, line_end))
 }
 
-/// Checks a request line that is not of the common case, in the order the rules give.
+/// Checks a request line (without its CR LF) that is not of the common case, in the order the rules give.
 fn odd_request_line(line: &[u8]) -> Result<bool, Violation> {
     let mut parts = line.split(|b| *b == b' ');
     let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
@@ -275,8 +270,7 @@ impl Framed {
 
 /// The framing of the request whose head is `head`.
 pub(super) fn next_state(head: &[u8]) -> Result<State, Violation> {
-    let line_end = memchr::memchr(b'\r', head).unwrap_or(head.len());
-    let http10 = request_line(&head[..line_end])?;
+    let (http10, line_end) = request_line(head)?;
     let mut framed = Framed::default();
     for_each_field(&head[line_end..], |name, value| framed.field(name, value))?;
     if let Some(refused) = framed.refused {

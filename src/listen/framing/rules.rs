@@ -210,8 +210,9 @@ impl Framing {
                 }
                 continue;
             }
+            let special = matches!(b, 0 | b'\r' | b'\n');
             let window = &data[i..data.len().min(i + (limit - self.taken))];
-            let run = memchr::memchr3(0, b'\r', b'\n', window).unwrap_or(window.len());
+            let run = if special { 0 } else { memchr::memchr3(0, b'\r', b'\n', window).unwrap_or(window.len()) };
             if run > 0 {
                 if self.head.capacity() == 0 {
                     self.head.reserve(256);
