@@ -19,35 +19,67 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// UEM's API key header. A caller's is dropped; the proxy sends the configured one, if any.
 pub const AW_TENANT_CODE: HeaderName = HeaderName::from_static("aw-tenant-code");
 
+/// Where `name` stands in [`HOP_BY_HOP`], if it does: told by its length first, as most names
+/// have a length no hop-by-hop name has.
+fn hop_index(name: &HeaderName) -> Option<usize> {
+    let name = name.as_str();
+    let candidates: &[usize] = match name.len() {
+        2 => &[5],
+        7 => &[6, 8],
+        10 => &[0, 1],
+        16 => &[2],
+        17 => &[7],
+        18 => &[3],
+        19 => &[4],
+        _ => return None,
+    };
+    candidates.iter().copied().find(|&i| HOP_BY_HOP[i].as_str() == name)
+}
+
+/// How many `Connection` values are held on the stack while the names they list are removed;
+/// more go to a `Vec`.
+const FEW_CONNECTION_VALUES: usize = 4;
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none, or only `Connection: keep-alive`: one look at the few names
     // present, and a removal only of those there.
     let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+        if let Some(i) = hop_index(name) {
             present[i] = true;
+            any = true;
         }
     }
-    if !present.contains(&true) {
+    if !any {
         return;
     }
-    // A hop-by-hop name listed (`keep-alive`) is taken from the table, not parsed again.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter_map(|name| match HOP_BY_HOP.iter().find(|hop| name.eq_ignore_ascii_case(hop.as_str())) {
-            Some(hop) => Some(hop.clone()),
-            None => HeaderName::from_bytes(name.as_bytes()).ok(),
-        })
-        .collect();
-    // The listed names first, in their order, then the table's: a removal moves the last header
-    // into the gap, so this order decides the order of the headers that stay.
-    for name in &named {
-        headers.remove(name);
+    // The `Connection` values are kept aside (a clone shares their bytes), so that the names
+    // they list can be removed as they are read: in their order, then the table's. A removal
+    // moves the last header into the gap, so this order decides the order of the headers that
+    // stay.
+    if present[0] {
+        let mut few: [Option<HeaderValue>; FEW_CONNECTION_VALUES] = Default::default();
+        let mut more = Vec::new();
+        for (i, value) in headers.get_all(header::CONNECTION).iter().enumerate() {
+            match few.get_mut(i) {
+                Some(slot) => *slot = Some(value.clone()),
+                None => more.push(value.clone()),
+            }
+        }
+        for value in few.iter().flatten().chain(&more) {
+            let Ok(value) = value.to_str() else { continue };
+            for name in value.split(',').map(str::trim) {
+                // A hop-by-hop name listed (`keep-alive`) is taken from the table; any other is
+                // looked up as it is written, which allocates nothing, and one that is not a
+                // header name removes nothing.
+                match HOP_BY_HOP.iter().find(|hop| name.eq_ignore_ascii_case(hop.as_str())) {
+                    Some(hop) => headers.remove(hop),
+                    None => headers.remove(name),
+                };
+            }
+        }
     }
     for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
         headers.remove(hop);
@@ -131,7 +163,12 @@ pub fn drop_echoed_token(headers: &mut HeaderMap, token: &[u8]) {
     if token.is_empty() {
         return;
     }
-    let holds = |v: &HeaderValue| super::spelling::holds(v.as_bytes(), token);
+    // Every spelling of a byte is at least one byte long: a value shorter than the token (most
+    // are, beside a long credential) cannot hold it, and is not searched.
+    let holds = |v: &HeaderValue| v.len() >= token.len() && super::spelling::holds(v.as_bytes(), token);
+    if !headers.values().any(holds) {
+        return;
+    }
     let names: Vec<HeaderName> = headers.iter().filter(|(_, v)| holds(v)).map(|(n, _)| n.clone()).collect();
     for name in names {
         let kept: Vec<HeaderValue> = headers.get_all(&name).iter().filter(|v| !holds(v)).cloned().collect();
@@ -296,3 +333,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod equivalence;
