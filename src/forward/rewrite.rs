@@ -19,21 +19,53 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// UEM's API key header. A caller's is dropped; the proxy sends the configured one, if any.
 pub const AW_TENANT_CODE: HeaderName = HeaderName::from_static("aw-tenant-code");
 
-/// Where `name` stands in [`HOP_BY_HOP`], if it does: told by its length first, as most names
-/// have a length no hop-by-hop name has.
-fn hop_index(name: &HeaderName) -> Option<usize> {
+/// The names the rules act on: [`HOP_BY_HOP`]'s at their places, then these.
+const AUTHORIZATION_AT: usize = 9;
+const TENANT_CODE_AT: usize = 10;
+const HOST_AT: usize = 11;
+const ACCEPT_AT: usize = 12;
+const LOCATION_AT: usize = 13;
+
+/// Which of the names the rules act on a message has, found in one pass over its names: the
+/// rules then remove or look up only those there (a lookup hashes the name, a pass does not).
+struct Seen([bool; 14]);
+
+impl Seen {
+    fn of(headers: &HeaderMap) -> Seen {
+        let mut seen = [false; 14];
+        for name in headers.keys() {
+            if let Some(i) = known_index(name) {
+                seen[i] = true;
+            }
+        }
+        Seen(seen)
+    }
+
+    fn any_hop(&self) -> bool {
+        self.0[..HOP_BY_HOP.len()].contains(&true)
+    }
+}
+
+/// Where `name` stands among the names the rules act on, if it does: told by its length first,
+/// as most names have a length none of them has.
+fn known_index(name: &HeaderName) -> Option<usize> {
     let name = name.as_str();
-    let candidates: &[usize] = match name.len() {
-        2 => &[5],
-        7 => &[6, 8],
-        10 => &[0, 1],
-        16 => &[2],
-        17 => &[7],
-        18 => &[3],
-        19 => &[4],
+    let (candidates, names): (&[usize], &[&str]) = match name.len() {
+        2 => (&[5], &["te"]),
+        4 => (&[HOST_AT], &["host"]),
+        6 => (&[ACCEPT_AT], &["accept"]),
+        7 => (&[6, 8], &["trailer", "upgrade"]),
+        8 => (&[LOCATION_AT], &["location"]),
+        10 => (&[0, 1], &["connection", "keep-alive"]),
+        13 => (&[AUTHORIZATION_AT], &["authorization"]),
+        14 => (&[TENANT_CODE_AT], &["aw-tenant-code"]),
+        16 => (&[2], &["proxy-connection"]),
+        17 => (&[7], &["transfer-encoding"]),
+        18 => (&[3], &["proxy-authenticate"]),
+        19 => (&[4], &["proxy-authorization"]),
         _ => return None,
     };
-    candidates.iter().copied().find(|&i| HOP_BY_HOP[i].as_str() == name)
+    candidates.iter().zip(names).find(|(_, known)| **known == name).map(|(i, _)| *i)
 }
 
 /// How many `Connection` values are held on the stack while the names they list are removed;
@@ -42,24 +74,22 @@ const FEW_CONNECTION_VALUES: usize = 4;
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let seen = Seen::of(headers);
+    strip_seen(headers, &seen);
+}
+
+/// [`strip_hop_by_hop`] with the names already looked at.
+fn strip_seen(headers: &mut HeaderMap, seen: &Seen) {
     // Most messages have none, or only `Connection: keep-alive`: one look at the few names
     // present, and a removal only of those there.
-    let mut present = [false; HOP_BY_HOP.len()];
-    let mut any = false;
-    for name in headers.keys() {
-        if let Some(i) = hop_index(name) {
-            present[i] = true;
-            any = true;
-        }
-    }
-    if !any {
+    if !seen.any_hop() {
         return;
     }
     // The `Connection` values are kept aside (a clone shares their bytes), so that the names
     // they list can be removed as they are read: in their order, then the table's. A removal
     // moves the last header into the gap, so this order decides the order of the headers that
     // stay.
-    if present[0] {
+    if seen.0[0] {
         let mut few: [Option<HeaderValue>; FEW_CONNECTION_VALUES] = Default::default();
         let mut more = Vec::new();
         for (i, value) in headers.get_all(header::CONNECTION).iter().enumerate() {
@@ -81,7 +111,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+    for (hop, _) in HOP_BY_HOP.iter().zip(&seen.0).filter(|(_, there)| **there) {
         headers.remove(hop);
     }
 }
@@ -94,11 +124,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// is added only when the caller sent no `Accept`, because the API may answer XML otherwise; a
 /// caller's own `Accept`, versioned media types included, is left alone.
 pub fn request_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(AW_TENANT_CODE);
-    headers.remove(header::HOST);
-    if !headers.contains_key(header::ACCEPT) {
+    // A name not seen before stripping is not there after it; one seen may be gone (a
+    // `Connection` may list it).
+    let seen = Seen::of(headers);
+    strip_seen(headers, &seen);
+    for (at, name) in
+        [(AUTHORIZATION_AT, header::AUTHORIZATION), (TENANT_CODE_AT, AW_TENANT_CODE), (HOST_AT, header::HOST)]
+    {
+        if seen.0[at] {
+            headers.remove(name);
+        }
+    }
+    if !seen.0[ACCEPT_AT] || !headers.contains_key(header::ACCEPT) {
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     }
 }
@@ -143,8 +180,14 @@ pub struct LocationRewrite<'a> {
 /// `Authorization` header, which no response should carry, goes too: an upstream that echoes
 /// request headers must not hand the token to the caller.
 pub fn response_headers(headers: &mut HeaderMap, rewrite: &LocationRewrite<'_>) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
+    let seen = Seen::of(headers);
+    strip_seen(headers, &seen);
+    if seen.0[AUTHORIZATION_AT] {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if !seen.0[LOCATION_AT] {
+        return;
+    }
     let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
         return;
     };

@@ -63,6 +63,40 @@ mod oracle {
             }
         }
     }
+
+    /// Turns a caller's headers into the upstream's, except for `Authorization`, which the caller of
+    /// this function sets from the current token.
+    ///
+    /// The caller's `Authorization` goes (legacy scripts send Basic credentials that the API must not
+    /// see), so does `Host` (the client sets the upstream's from the URL). `Accept: application/json`
+    /// is added only when the caller sent no `Accept`, because the API may answer XML otherwise; a
+    /// caller's own `Accept`, versioned media types included, is left alone.
+    pub(super) fn request_headers(headers: &mut HeaderMap) {
+        strip_hop_by_hop(headers);
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(crate::forward::rewrite::AW_TENANT_CODE);
+        headers.remove(header::HOST);
+        if !headers.contains_key(header::ACCEPT) {
+            headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        }
+    }
+
+    /// Turns an upstream response's headers into the caller's: hop-by-hop headers go, repeated headers
+    /// such as `Set-Cookie` stay, and a `Location` pointing into the API is pointed at the proxy. An
+    /// `Authorization` header, which no response should carry, goes too: an upstream that echoes
+    /// request headers must not hand the token to the caller.
+    pub(super) fn response_headers(headers: &mut HeaderMap, rewrite: &crate::forward::rewrite::LocationRewrite<'_>) {
+        strip_hop_by_hop(headers);
+        headers.remove(header::AUTHORIZATION);
+        let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        if let Some(rewritten) = crate::forward::rewrite::rewrite_location(location, rewrite)
+            && let Ok(value) = HeaderValue::try_from(rewritten)
+        {
+            headers.insert(header::LOCATION, value);
+        }
+    }
 }
 
 /// A header map's fields in their order.
@@ -86,6 +120,10 @@ fn name() -> impl Strategy<Value = HeaderName> {
         "location",
         "x-echo",
         "user-agent",
+        "authorization",
+        "aw-tenant-code",
+        "accept",
+        "x-a",
         "accept-encoding",
         "te-x",
         "upgrade-insecure-requests",
@@ -98,7 +136,10 @@ fn name() -> impl Strategy<Value = HeaderName> {
 fn connection_value() -> impl Strategy<Value = HeaderValue> {
     let listed = prop_oneof![
         4 => name().prop_map(|n| n.as_str().to_owned()),
-        2 => prop::sample::select(vec!["Keep-Alive", "CLOSE", "X-Trace-Hop", "Transfer-Encoding", "TE", "Upgrade", "Connection"])
+        2 => prop::sample::select(vec![
+            "Keep-Alive", "CLOSE", "X-Trace-Hop", "Transfer-Encoding", "TE", "Upgrade", "Connection", "Accept", "Host",
+            "Authorization", "Location",
+        ])
             .prop_map(str::to_owned),
         1 => prop::sample::select(vec!["", " ", "a b", "x@y", "\u{e9}"]).prop_map(str::to_owned),
     ];
@@ -125,6 +166,10 @@ fn value() -> BoxedStrategy<HeaderValue> {
     prop_oneof![
         3 => "[ -~]{0,12}".prop_map(|v| HeaderValue::from_str(&v).unwrap()),
         1 => prop::sample::select(vec![
+            "https://as1.awmdm.com/uem/api/x", "/uem/api/x?y=1", "/api/x", "//evil.example/x", "https://evil.example/",
+        ])
+        .prop_map(HeaderValue::from_static),
+        1 => prop::sample::select(vec![
             "tok+en/1", "x tok+en/1 y", "tok%2Ben%2F1", "tok\\u002Ben\\/1", "tok+en/", "tok+en", "Bearer tok+en/1",
             "a=tok%2ben/1&b", "%", "\\u00",
         ])
@@ -146,6 +191,28 @@ proptest! {
     }
 
     #[test]
+    fn request_headers_agree_with_the_oracle(headers in headers(value())) {
+        let (mut new, mut old) = (headers.clone(), headers);
+        super::request_headers(&mut new);
+        oracle::request_headers(&mut old);
+        prop_assert_eq!(fields(&new), fields(&old));
+    }
+
+    #[test]
+    fn response_headers_agree_with_the_oracle(headers in headers(value()), prefixed in any::<bool>()) {
+        let rewrite = super::LocationRewrite {
+            upstream_base: "https://as1.awmdm.com/uem",
+            proxy_base: "http://127.0.0.1:8080/t/uat",
+            prefix: if prefixed { "/t/uat" } else { "" },
+            upstream_path: "/uem",
+        };
+        let (mut new, mut old) = (headers.clone(), headers);
+        super::response_headers(&mut new, &rewrite);
+        oracle::response_headers(&mut old, &rewrite);
+        prop_assert_eq!(fields(&new), fields(&old));
+    }
+
+    #[test]
     fn dropping_an_echoed_token_agrees_with_the_oracle(
         headers in headers(value()),
         token in prop::sample::select(vec!["tok+en/1", "tok+en", "t", "x", "tok+en/1 y"]),
@@ -157,19 +224,16 @@ proptest! {
     }
 }
 
-/// Every hop-by-hop name is found at its place in the table, and no other name is.
+/// Every name the rules act on is found at its place, and no other name is.
 #[test]
-fn the_hop_index_finds_each_name_of_the_table_and_no_other() {
-    for (i, hop) in HOP_BY_HOP.iter().enumerate() {
-        assert_eq!(super::hop_index(hop), Some(i), "{hop}");
-    }
-    for other in ["host", "date", "connections", "keep-alivE", "tE", "trailers", "upgrade-x", "x-upgrade"] {
-        if let Ok(name) = HeaderName::from_bytes(other.as_bytes()) {
-            assert_eq!(super::hop_index(&name), HOP_BY_HOP.iter().position(|h| *h == name), "{other}");
-        }
+fn the_known_index_finds_each_name_the_rules_act_on_and_no_other() {
+    let mut known: Vec<HeaderName> = HOP_BY_HOP.to_vec();
+    known.extend([header::AUTHORIZATION, super::AW_TENANT_CODE, header::HOST, header::ACCEPT, header::LOCATION]);
+    for (i, name) in known.iter().enumerate() {
+        assert_eq!(super::known_index(name), Some(i), "{name}");
     }
     for name in header_names() {
-        assert_eq!(super::hop_index(&name), HOP_BY_HOP.iter().position(|h| *h == name), "{name}");
+        assert_eq!(super::known_index(&name), known.iter().position(|k| *k == name), "{name}");
     }
 }
 
@@ -205,7 +269,7 @@ fn header_names() -> Vec<HeaderName> {
         header::LINK,
         header::RETRY_AFTER,
     ];
-    for len in [2, 7, 10, 16, 17, 18, 19] {
+    for len in [2, 4, 6, 7, 8, 10, 13, 14, 16, 17, 18, 19] {
         names.push(HeaderName::from_bytes("x".repeat(len).as_bytes()).unwrap());
     }
     names
