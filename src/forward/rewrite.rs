@@ -101,11 +101,12 @@ fn strip_seen(headers: &mut HeaderMap, seen: &Seen) {
         for value in few.iter().flatten().chain(&more) {
             let Ok(value) = value.to_str() else { continue };
             for name in value.split(',').map(str::trim) {
-                // A hop-by-hop name listed (`keep-alive`) is taken from the table; any other is
-                // looked up as it is written, which allocates nothing, and one that is not a
-                // header name removes nothing.
-                match HOP_BY_HOP.iter().find(|hop| name.eq_ignore_ascii_case(hop.as_str())) {
-                    Some(hop) => headers.remove(hop),
+                // A hop-by-hop name listed (`keep-alive`) is taken from the table, and removed
+                // only if it was seen; any other is looked up as it is written, which allocates
+                // nothing, and one that is not a header name removes nothing.
+                match HOP_BY_HOP.iter().position(|hop| name.eq_ignore_ascii_case(hop.as_str())) {
+                    Some(i) if seen.0[i] => headers.remove(&HOP_BY_HOP[i]),
+                    Some(_) => None,
                     None => headers.remove(name),
                 };
             }
