@@ -39,6 +39,13 @@ fn odd_segment() -> BoxedStrategy<String> {
         "",
         ".",
         "..",
+        ".",
+        "..",
+        "apix",
+        "mdm2",
+        "devicesx",
+        "searchx",
+        "commandsx",
         "%2F",
         "%2f",
         "%5C",
@@ -85,12 +92,31 @@ fn segments() -> impl Strategy<Value = Vec<String>> {
         "customattribute",
     ];
     rest.extend(ACTIONS);
-    let version = prop_oneof![4 => Just(vec![]), 3 => prop::collection::vec(one_of(vec!["v1", "v2", "v10"]), 1..3)];
-    (
-        prop_oneof![8 => one_of(vec!["api"]), 1 => odd_segment()],
-        version.clone(),
+    let version = prop_oneof![
+        6 => Just(vec![]),
+        3 => one_of(vec!["v1", "v2", "v10"]).prop_map(|v| vec![v]),
+        1 => prop::collection::vec(one_of(vec!["v1", "v2", "v10"]), 2..3),
+    ];
+    // A family and a collection the table maps, often; any pair, sometimes.
+    let mapped = prop::sample::select(vec![
+        ("system", "admins"),
+        ("system", "groups"),
+        ("system", "users"),
+        ("system", "usergroups"),
+        ("mdm", "devices"),
+        ("mdm", "devices"),
+        ("mdm", "tags"),
+        ("mdm", "smartgroups"),
+        ("mdm", "profiles"),
+        ("mdm", "products"),
+        ("mdm", "compliancepolicy"),
+        ("mdm", "compliancepolicies"),
+        ("mam", "apps"),
+        ("mam", "blobs"),
+    ])
+    .prop_flat_map(|(family, name)| (one_of(vec![family]), one_of(vec![name])));
+    let any_pair = (
         prop_oneof![8 => one_of(vec!["mdm", "mam", "system"]), 1 => odd_segment()],
-        version,
         prop_oneof![
             8 => one_of(vec![
                 "devices", "admins", "groups", "users", "usergroups", "tags", "smartgroups", "profiles", "products",
@@ -98,11 +124,17 @@ fn segments() -> impl Strategy<Value = Vec<String>> {
             ]),
             1 => odd_segment(),
         ],
+    );
+    (
+        prop_oneof![8 => one_of(vec!["api"]), 1 => odd_segment()],
+        version.clone(),
+        prop_oneof![3 => mapped, 1 => any_pair],
+        version,
         prop::collection::vec(prop_oneof![6 => one_of(rest), 1 => odd_segment()], 0..4),
-        prop::collection::vec((any::<prop::sample::Index>(), odd_segment()), 0..2),
+        prop::collection::vec((any::<prop::sample::Index>(), odd_segment()), 0..3),
         prop_oneof![8 => Just(vec![]), 1 => Just(vec!["x", ".."]), 1 => Just(vec!["x", "y", "..", ".."])],
     )
-        .prop_map(|(api, v1, family, v2, name, rest, inserted, climbed)| {
+        .prop_map(|(api, v1, (family, name), v2, rest, inserted, climbed)| {
             // `/x/../api/…`: not under `/api` until the `..`.
             let mut all: Vec<String> = climbed.into_iter().map(str::to_owned).collect();
             all.push(api);

@@ -13,39 +13,48 @@ const MAX_SEGMENTS: usize = 16;
 /// [`super::required`] for a path the quick way takes; `None` for any other (`%`, a dot
 /// segment, more than [`MAX_SEGMENTS`] segments), which is mapped the long way.
 pub(super) fn required(method: &Method, path: &str) -> Option<Option<Required>> {
-    let end = memchr::memchr2(b'?', b'#', path.as_bytes()).unwrap_or(path.len());
-    let path = &path[..end];
-    if memchr::memchr(b'%', path.as_bytes()).is_some() {
-        return None;
-    }
-    // The segments after `api`, without the first version segment among the two after it.
-    let mut segments = [""; MAX_SEGMENTS];
+    // The segments after `api`, without the first version segment among the two after it; in
+    // one pass that stops at the query or the fragment, and gives up at a `%`.
+    let mut segments: [&[u8]; MAX_SEGMENTS] = [b""; MAX_SEGMENTS];
     let mut n = 0;
     let (mut api, mut seen, mut versioned) = (false, 0, false);
     let bytes = path.as_bytes();
     let mut start = 0;
-    for end in 0..=bytes.len() {
-        if end < bytes.len() && bytes[end] != b'/' {
-            continue;
-        }
-        let segment = &path[start..end];
+    let mut end = 0;
+    loop {
+        let at_end = match bytes.get(end) {
+            None | Some(b'?' | b'#') => true,
+            Some(b'/') => false,
+            Some(b'%') => return None,
+            Some(_) => {
+                end += 1;
+                continue;
+            }
+        };
+        let segment = &bytes[start..end];
         start = end + 1;
+        end += 1;
         match segment {
-            "" => continue,
-            "." | ".." => return None,
-            _ => seen += 1,
+            b"" => {}
+            b"." | b".." => return None,
+            _ => {
+                seen += 1;
+                if seen == 1 {
+                    api = is(segment, "api");
+                } else if !api {
+                    // Not under `/api`, unless a later `..` climbs out of the first segment.
+                } else if seen <= 3 && !versioned && is_version(segment) {
+                    versioned = true;
+                } else if n == MAX_SEGMENTS {
+                    return None;
+                } else {
+                    segments[n] = segment;
+                    n += 1;
+                }
+            }
         }
-        if seen == 1 {
-            api = is(segment, "api");
-        } else if !api {
-            // Not under `/api`, unless a later `..` climbs out of the first segment.
-        } else if seen <= 3 && !versioned && is_version(segment) {
-            versioned = true;
-        } else if n == MAX_SEGMENTS {
-            return None;
-        } else {
-            segments[n] = segment;
-            n += 1;
+        if at_end {
+            break;
         }
     }
     if !api {
@@ -57,17 +66,17 @@ pub(super) fn required(method: &Method, path: &str) -> Option<Option<Required>> 
     Some(Some(Required { collection, kind, permission: permission_for(collection, kind) }))
 }
 
-fn is(segment: &str, name: &str) -> bool {
-    segment.eq_ignore_ascii_case(name)
+/// Whether `segment` is `name` (lower case) in any ASCII letter case.
+fn is(segment: &[u8], name: &str) -> bool {
+    segment.len() == name.len() && segment.iter().zip(name.as_bytes()).all(|(s, n)| s.to_ascii_lowercase() == *n)
 }
 
-fn is_version(segment: &str) -> bool {
-    let bytes = segment.as_bytes();
-    bytes.len() > 1 && matches!(bytes[0], b'v' | b'V') && bytes[1..].iter().all(u8::is_ascii_digit)
+fn is_version(segment: &[u8]) -> bool {
+    segment.len() > 1 && matches!(segment[0], b'v' | b'V') && segment[1..].iter().all(u8::is_ascii_digit)
 }
 
 /// The collection, as [`super::collection`] gives it.
-fn collection(segments: &[&str]) -> Option<Collection> {
+fn collection(segments: &[&[u8]]) -> Option<Collection> {
     let [family, name, rest @ ..] = segments else { return None };
     Some(if is(family, "system") {
         if is(name, "admins") {
@@ -83,7 +92,7 @@ fn collection(segments: &[&str]) -> Option<Collection> {
         }
     } else if is(family, "mdm") {
         if is(name, "devices") {
-            let sub = |names: &[&str]| rest.iter().any(|segment| names.iter().any(|n| is(segment, n)));
+            let sub = |names: &[&str]| rest.iter().any(|segment| names.iter().any(|name| is(segment, name)));
             if sub(&["customattributes", "customattribute"]) {
                 Collection::CustomAttributes
             } else if sub(&["apps"]) {
@@ -124,7 +133,7 @@ fn collection(segments: &[&str]) -> Option<Collection> {
 }
 
 /// The access kind, as [`super::kind`] gives it.
-fn kind(method: &Method, segments: &[&str]) -> Kind {
+fn kind(method: &Method, segments: &[&[u8]]) -> Kind {
     let post = match *method {
         Method::GET | Method::HEAD | Method::OPTIONS => return Kind::Read,
         Method::DELETE => return Kind::Delete,
