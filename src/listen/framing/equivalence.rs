@@ -340,3 +340,30 @@ fn the_plain_target_check_takes_what_the_uri_parser_takes() {
         assert_eq!(plain_origin_form(target.as_bytes()) == Some(len), parsed, "{len}");
     }
 }
+
+/// The word-at-a-time value scan stops exactly where the byte-at-a-time one does: every byte at
+/// every place of a word, beside allowed bytes of all kinds.
+#[test]
+fn the_value_scan_stops_where_a_byte_by_byte_one_does() {
+    use super::head::plain_value_len;
+    let byte_by_byte =
+        |bytes: &[u8]| bytes.iter().position(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f).unwrap_or(bytes.len());
+    let fills: [&[u8]; 4] = [
+        b"abcdefghijklmnopqrstuvwx",
+        b"\x80\xff\x7e ~!\xc3\xa9 \x20\x21\x7e\x80\x81\xfe\xff",
+        b"\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t",
+        b"        \x7e\x7e\x7e\x7e\x7e\x7e\x7e\x7e\x7e",
+    ];
+    for fill in fills {
+        for b in 0..=255u8 {
+            for at in 0..fill.len() {
+                let mut bytes = fill.to_vec();
+                bytes[at] = b;
+                for start in 0..3 {
+                    let bytes = &bytes[start..];
+                    assert_eq!(plain_value_len(bytes), byte_by_byte(bytes), "{bytes:?}");
+                }
+            }
+        }
+    }
+}

@@ -54,6 +54,31 @@ const VALUE: [u8; 256] = {
     table
 };
 
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// How many bytes at the start of `bytes` are allowed in a field value (see [`VALUE`]): eight
+/// at a time while none of them is below 0x20 (a control, HT or the CR that ends the line) or
+/// 0x7f, then one at a time. The word test may stop early, never late: a word with such a byte
+/// always fails it.
+pub(super) fn plain_value_len(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(word) = bytes.get(i..i + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        let below_space = x.wrapping_sub(0x20 * ONES) & !x & HIGHS;
+        let del = x ^ (0x7f * ONES);
+        let has_del = del.wrapping_sub(ONES) & !del & HIGHS;
+        if below_space | has_del != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && VALUE[usize::from(bytes[i])] == VALUE_OK {
+        i += 1;
+    }
+    i
+}
+
 /// Checks the field lines of a section (a head from the CR LF that ends its request line, or
 /// trailers) and calls `field` with each (name, trimmed value), in order, once all are checked
 /// up to it. Values may hold obs-text (RFC 9110 §5.5).
@@ -75,10 +100,7 @@ pub(super) fn for_each_field<'a>(
             n += 1;
         }
         let (name, value, end) = if n > 0 && line.get(n) == Some(&b':') {
-            let mut v = n + 1;
-            while v < line.len() && VALUE[usize::from(line[v])] == VALUE_OK {
-                v += 1;
-            }
+            let v = n + 1 + plain_value_len(&line[n + 1..]);
             if v == line.len() || line[v] == b'\r' {
                 (&line[..n], trim_ows(&line[n + 1..v]), v)
             } else {
