@@ -19,37 +19,100 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// UEM's API key header. A caller's is dropped; the proxy sends the configured one, if any.
 pub const AW_TENANT_CODE: HeaderName = HeaderName::from_static("aw-tenant-code");
 
+/// The names the rules act on: [`HOP_BY_HOP`]'s at their places, then these.
+const AUTHORIZATION_AT: usize = 9;
+const TENANT_CODE_AT: usize = 10;
+const HOST_AT: usize = 11;
+const ACCEPT_AT: usize = 12;
+const LOCATION_AT: usize = 13;
+
+/// Which of the names the rules act on a message has, found in one pass over its names: the
+/// rules then remove or look up only those there (a lookup hashes the name, a pass does not).
+struct Seen([bool; 14]);
+
+impl Seen {
+    fn of(headers: &HeaderMap) -> Seen {
+        let mut seen = [false; 14];
+        for name in headers.keys() {
+            if let Some(i) = known_index(name) {
+                seen[i] = true;
+            }
+        }
+        Seen(seen)
+    }
+
+    fn any_hop(&self) -> bool {
+        self.0[..HOP_BY_HOP.len()].contains(&true)
+    }
+}
+
+/// Where `name` stands among the names the rules act on, if it does: told by its length first,
+/// as most names have a length none of them has.
+fn known_index(name: &HeaderName) -> Option<usize> {
+    let name = name.as_str();
+    let (candidates, names): (&[usize], &[&str]) = match name.len() {
+        2 => (&[5], &["te"]),
+        4 => (&[HOST_AT], &["host"]),
+        6 => (&[ACCEPT_AT], &["accept"]),
+        7 => (&[6, 8], &["trailer", "upgrade"]),
+        8 => (&[LOCATION_AT], &["location"]),
+        10 => (&[0, 1], &["connection", "keep-alive"]),
+        13 => (&[AUTHORIZATION_AT], &["authorization"]),
+        14 => (&[TENANT_CODE_AT], &["aw-tenant-code"]),
+        16 => (&[2], &["proxy-connection"]),
+        17 => (&[7], &["transfer-encoding"]),
+        18 => (&[3], &["proxy-authenticate"]),
+        19 => (&[4], &["proxy-authorization"]),
+        _ => return None,
+    };
+    candidates.iter().zip(names).find(|(_, known)| **known == name).map(|(i, _)| *i)
+}
+
+/// How many `Connection` values are held on the stack while the names they list are removed;
+/// more go to a `Vec`.
+const FEW_CONNECTION_VALUES: usize = 4;
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let seen = Seen::of(headers);
+    strip_seen(headers, &seen);
+}
+
+/// [`strip_hop_by_hop`] with the names already looked at.
+fn strip_seen(headers: &mut HeaderMap, seen: &Seen) {
     // Most messages have none, or only `Connection: keep-alive`: one look at the few names
     // present, and a removal only of those there.
-    let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            present[i] = true;
-        }
-    }
-    if !present.contains(&true) {
+    if !seen.any_hop() {
         return;
     }
-    // A hop-by-hop name listed (`keep-alive`) is taken from the table, not parsed again.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter_map(|name| match HOP_BY_HOP.iter().find(|hop| name.eq_ignore_ascii_case(hop.as_str())) {
-            Some(hop) => Some(hop.clone()),
-            None => HeaderName::from_bytes(name.as_bytes()).ok(),
-        })
-        .collect();
-    // The listed names first, in their order, then the table's: a removal moves the last header
-    // into the gap, so this order decides the order of the headers that stay.
-    for name in &named {
-        headers.remove(name);
+    // The `Connection` values are kept aside (a clone shares their bytes), so that the names
+    // they list can be removed as they are read: in their order, then the table's. A removal
+    // moves the last header into the gap, so this order decides the order of the headers that
+    // stay.
+    if seen.0[0] {
+        let mut few: [Option<HeaderValue>; FEW_CONNECTION_VALUES] = Default::default();
+        let mut more = Vec::new();
+        for (i, value) in headers.get_all(header::CONNECTION).iter().enumerate() {
+            match few.get_mut(i) {
+                Some(slot) => *slot = Some(value.clone()),
+                None => more.push(value.clone()),
+            }
+        }
+        for value in few.iter().flatten().chain(&more) {
+            let Ok(value) = value.to_str() else { continue };
+            for name in value.split(',').map(str::trim) {
+                // A hop-by-hop name listed (`keep-alive`) is taken from the table, and removed
+                // only if it was seen; any other is looked up as it is written, which allocates
+                // nothing, and one that is not a header name removes nothing.
+                match HOP_BY_HOP.iter().position(|hop| name.eq_ignore_ascii_case(hop.as_str())) {
+                    Some(i) if seen.0[i] => headers.remove(&HOP_BY_HOP[i]),
+                    Some(_) => None,
+                    None => headers.remove(name),
+                };
+            }
+        }
     }
-    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+    for (hop, _) in HOP_BY_HOP.iter().zip(&seen.0).filter(|(_, there)| **there) {
         headers.remove(hop);
     }
 }
@@ -62,11 +125,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// is added only when the caller sent no `Accept`, because the API may answer XML otherwise; a
 /// caller's own `Accept`, versioned media types included, is left alone.
 pub fn request_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(AW_TENANT_CODE);
-    headers.remove(header::HOST);
-    if !headers.contains_key(header::ACCEPT) {
+    // A name not seen before stripping is not there after it; one seen may be gone (a
+    // `Connection` may list it).
+    let seen = Seen::of(headers);
+    strip_seen(headers, &seen);
+    for (at, name) in
+        [(AUTHORIZATION_AT, header::AUTHORIZATION), (TENANT_CODE_AT, AW_TENANT_CODE), (HOST_AT, header::HOST)]
+    {
+        if seen.0[at] {
+            headers.remove(name);
+        }
+    }
+    if !seen.0[ACCEPT_AT] || !headers.contains_key(header::ACCEPT) {
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     }
 }
@@ -111,8 +181,14 @@ pub struct LocationRewrite<'a> {
 /// `Authorization` header, which no response should carry, goes too: an upstream that echoes
 /// request headers must not hand the token to the caller.
 pub fn response_headers(headers: &mut HeaderMap, rewrite: &LocationRewrite<'_>) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
+    let seen = Seen::of(headers);
+    strip_seen(headers, &seen);
+    if seen.0[AUTHORIZATION_AT] {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if !seen.0[LOCATION_AT] {
+        return;
+    }
     let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
         return;
     };
@@ -131,7 +207,12 @@ pub fn drop_echoed_token(headers: &mut HeaderMap, token: &[u8]) {
     if token.is_empty() {
         return;
     }
-    let holds = |v: &HeaderValue| super::spelling::holds(v.as_bytes(), token);
+    // Every spelling of a byte is at least one byte long: a value shorter than the token (most
+    // are, beside a long credential) cannot hold it, and is not searched.
+    let holds = |v: &HeaderValue| v.len() >= token.len() && super::spelling::holds(v.as_bytes(), token);
+    if !headers.values().any(holds) {
+        return;
+    }
     let names: Vec<HeaderName> = headers.iter().filter(|(_, v)| holds(v)).map(|(n, _)| n.clone()).collect();
     for name in names {
         let kept: Vec<HeaderValue> = headers.get_all(&name).iter().filter(|v| !holds(v)).cloned().collect();
@@ -296,3 +377,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod equivalence;

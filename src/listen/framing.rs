@@ -29,6 +29,7 @@
 //! `max_header_bytes`. After a refusal the guard reads and drops what the caller still sends for
 //! a moment before closing, so the close does not become a reset that could destroy the answer.
 
+mod head;
 mod rules;
 
 use std::future::Future;
@@ -203,11 +204,11 @@ impl<S> Guarded<S> {
                 Ok(Step::Head(n, head)) => {
                     self.refusals.released_head();
                     self.written_at_head = self.written;
-                    self.ready.extend_from_slice(&head);
+                    self.release(head);
                     at += n;
                 }
                 Ok(Step::Trailers(n, section)) => {
-                    self.ready.extend_from_slice(&section);
+                    self.release(section);
                     at += n;
                 }
                 Err(violation) => {
@@ -217,6 +218,19 @@ impl<S> Guarded<S> {
             }
         }
         kept
+    }
+
+    /// Queues a released section for the parser: as the queue itself when the queue is empty
+    /// (most heads), else copied to its end; the spare buffer goes back to the rules for the
+    /// next section.
+    fn release(&mut self, section: Vec<u8>) {
+        let spare = if self.ready.is_empty() {
+            std::mem::replace(&mut self.ready, section)
+        } else {
+            self.ready.extend_from_slice(&section);
+            section
+        };
+        self.framing.recycle(spare);
     }
 }
 
@@ -387,3 +401,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod oracle;
+
+#[cfg(test)]
+mod equivalence;

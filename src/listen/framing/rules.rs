@@ -5,6 +5,8 @@
 
 use http::StatusCode;
 
+use super::head::{for_each_field, next_state};
+
 /// What a refused request is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -26,7 +28,7 @@ pub struct Violation {
 }
 
 impl Violation {
-    const fn malformed(reason: &'static str) -> Violation {
+    pub(super) const fn malformed(reason: &'static str) -> Violation {
         Violation { kind: Kind::Malformed, reason }
     }
 
@@ -49,6 +51,10 @@ impl Violation {
 }
 
 const TOO_LARGE: Violation = Violation { kind: Kind::TooLarge, reason: "the request head is too large" };
+const TRAILERS_TOO_LARGE: Violation = Violation { kind: Kind::TooLarge, reason: "the trailer section is too large" };
+
+/// The largest buffer kept from one head for the next (see [`Framing::recycle`]).
+const RECYCLED_CAPACITY: usize = 4096;
 
 /// The most header fields a head may carry (the HTTP parser's own limit is the same).
 pub const MAX_FIELDS: usize = 100;
@@ -122,24 +128,7 @@ impl Framing {
     /// same bytes are refused again; bytes that may pass before an offending one are passed first.
     pub fn step(&mut self, data: &[u8]) -> Result<Step, Violation> {
         if matches!(self.state, State::Head | State::Trailers) {
-            let trailers = self.state == State::Trailers;
-            let mut i = 0;
-            while i < data.len() {
-                // Bytes that are neither CR, LF nor NUL, after anything but a CR, need no rule
-                // but the size limit: taken as a run, not one by one.
-                let plain = self.plain_run(&data[i..]);
-                if plain > 0 {
-                    self.head.extend_from_slice(&data[i..i + plain]);
-                    self.taken += plain;
-                    i += plain;
-                    continue;
-                }
-                if let Some(section) = self.line_byte(data[i])? {
-                    return Ok(if trailers { Step::Trailers(i + 1, section) } else { Step::Head(i + 1, section) });
-                }
-                i += 1;
-            }
-            return Ok(Step::Hold(data.len()));
+            return self.section_step(data);
         }
         let mut i = 0;
         while i < data.len() {
@@ -179,73 +168,88 @@ impl Framing {
         Ok(Step::Pass(i))
     }
 
-    /// How many bytes at the start of `data` [`Framing::line_byte`] would take without a check
-    /// failing or a line ending: none after a CR (the next byte must be LF), none past the size
-    /// limit, and none of CR, LF or NUL.
-    fn plain_run(&mut self, data: &[u8]) -> usize {
-        if self.head.last() == Some(&b'\r') {
-            return 0;
+    /// Gives back a buffer a released head or trailer section came in, once its bytes are
+    /// copied or handed on: the next section is read into it, so a connection's requests do not
+    /// allocate one each. A buffer grown large by one big head is dropped instead.
+    pub fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if self.head.capacity() == 0 && buffer.capacity() <= RECYCLED_CAPACITY {
+            buffer.clear();
+            self.head = buffer;
         }
-        let limit = match self.state {
-            State::Trailers => self.max_head.min(MAX_TRAILER_BYTES),
-            _ => self.max_head,
-        };
-        let room = limit.saturating_sub(self.taken);
-        let window = &data[..data.len().min(room)];
-        let run = memchr::memchr3(0, b'\r', b'\n', window).unwrap_or(window.len());
-        if run > 0 && self.head.capacity() == 0 {
-            self.head.reserve(256);
-        }
-        run
     }
 
-    /// A byte of a head or of trailers, both lines of fields ending in an empty line. Returns the
-    /// section once it is complete and valid.
-    fn line_byte(&mut self, b: u8) -> Result<Option<Vec<u8>>, Violation> {
-        if self.state == State::Head && self.taken >= self.max_head {
-            return Err(TOO_LARGE);
-        }
-        if self.state == State::Trailers && self.taken >= self.max_head.min(MAX_TRAILER_BYTES) {
-            return Err(Violation { kind: Kind::TooLarge, reason: "the trailer section is too large" });
-        }
-        let prev = self.head.last().copied();
-        if b == 0 {
-            return Err(Violation::malformed("NUL byte"));
-        }
-        if b == b'\n' && prev != Some(b'\r') {
-            return Err(Violation::malformed("bare LF"));
-        }
-        if prev == Some(b'\r') && b != b'\n' {
-            return Err(Violation::malformed("bare CR"));
-        }
-        self.taken += 1;
-        if self.state == State::Head && (self.head.is_empty() || self.head == b"\r") && matches!(b, b'\r' | b'\n') {
-            // Empty lines before a request line are allowed and dropped (RFC 9112 §2.2).
-            if b == b'\n' {
-                self.head.clear();
-            } else {
-                self.head.push(b);
+    /// [`Framing::step`] in a head or trailer section, both lines of fields ending in an empty
+    /// line. Bytes that are neither CR, LF nor NUL need no rule but the size limit and are taken
+    /// as a run; after a CR only an LF may follow, and it ends a line.
+    fn section_step(&mut self, data: &[u8]) -> Result<Step, Violation> {
+        let trailers = self.state == State::Trailers;
+        let limit = if trailers { self.max_head.min(MAX_TRAILER_BYTES) } else { self.max_head };
+        let mut i = 0;
+        while i < data.len() {
+            if self.taken >= limit {
+                return Err(if trailers { TRAILERS_TOO_LARGE } else { TOO_LARGE });
             }
-            return Ok(None);
+            let b = data[i];
+            if self.head.last() == Some(&b'\r') {
+                match b {
+                    0 => return Err(Violation::malformed("NUL byte")),
+                    b'\n' => {}
+                    _ => return Err(Violation::malformed("bare CR")),
+                }
+                self.taken += 1;
+                i += 1;
+                if !trailers && self.head.len() == 1 {
+                    // Empty lines before a request line are allowed and dropped (RFC 9112 §2.2).
+                    self.head.clear();
+                    continue;
+                }
+                self.head.push(b'\n');
+                if self.head.ends_with(b"\r\n\r\n") || (trailers && self.head.len() == 2) {
+                    let section = self.finish()?;
+                    return Ok(if trailers { Step::Trailers(i, section) } else { Step::Head(i, section) });
+                }
+                continue;
+            }
+            let special = matches!(b, 0 | b'\r' | b'\n');
+            let window = &data[i..data.len().min(i + (limit - self.taken))];
+            let run = if special { 0 } else { memchr::memchr3(0, b'\r', b'\n', window).unwrap_or(window.len()) };
+            if run > 0 {
+                if self.head.capacity() == 0 {
+                    self.head.reserve(256);
+                }
+                self.head.extend_from_slice(&window[..run]);
+                self.taken += run;
+                i += run;
+                continue;
+            }
+            match b {
+                0 => return Err(Violation::malformed("NUL byte")),
+                b'\n' => return Err(Violation::malformed("bare LF")),
+                _ => {
+                    self.taken += 1;
+                    self.head.push(b'\r');
+                    i += 1;
+                }
+            }
         }
-        self.head.push(b);
-        let ended = self.head.ends_with(b"\r\n\r\n") || (self.state == State::Trailers && self.head == b"\r\n");
-        if !ended {
-            return Ok(None);
-        }
-        let head = std::mem::take(&mut self.head);
+        Ok(Step::Hold(data.len()))
+    }
+
+    /// The section just ended, checked, and the state after it.
+    fn finish(&mut self) -> Result<Vec<u8>, Violation> {
+        let section = std::mem::take(&mut self.head);
         self.taken = 0;
         self.state = match self.state {
             State::Trailers => {
-                fields(&head)?;
+                for_each_field(&section, |_, _| {})?;
                 State::Head
             }
             _ => {
                 self.extensions = 0;
-                next_state(&head)?
+                next_state(&section)?
             }
         };
-        Ok(Some(head))
+        Ok(section)
     }
 
     fn chunk_size_byte(
@@ -298,167 +302,5 @@ impl Framing {
             }
         }
         Ok(())
-    }
-}
-
-/// A `token` character (RFC 9110 §5.6.2): method and field names. Looked up, as every byte of
-/// every header name is.
-fn is_tchar(b: u8) -> bool {
-    TCHAR[usize::from(b)]
-}
-
-const TCHAR: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
-            );
-        b += 1;
-    }
-    table
-};
-
-fn trim_ows(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
-}
-
-/// The lines of a section without their CR LF (bare CR and LF are refused byte by byte before).
-fn lines(section: &[u8]) -> impl Iterator<Item = &[u8]> {
-    section.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).filter(|l| !l.is_empty())
-}
-
-/// A header field's name and value, as bytes.
-type Field<'a> = (&'a [u8], &'a [u8]);
-
-/// Checks the field lines of a section (a head without its request line, or trailers) and
-/// returns them as (name, trimmed value). Values may hold obs-text (RFC 9110 §5.5).
-fn fields(section: &[u8]) -> Result<Vec<Field<'_>>, Violation> {
-    let mut out = Vec::new();
-    for line in lines(section) {
-        if line.starts_with(b" ") || line.starts_with(b"\t") {
-            return Err(Violation::malformed("obsolete line folding"));
-        }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            return Err(Violation::malformed("a header line without a colon"));
-        };
-        let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));
-        if name.ends_with(b" ") || name.ends_with(b"\t") {
-            return Err(Violation::malformed("white space before a header's colon"));
-        }
-        if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
-            return Err(Violation::malformed("a header name that is not a token"));
-        }
-        if value.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f) {
-            return Err(Violation::malformed("a control character in a header value"));
-        }
-        if out.len() == MAX_FIELDS {
-            return Err(Violation { kind: Kind::TooLarge, reason: "too many header fields" });
-        }
-        out.push((name, value));
-    }
-    Ok(out)
-}
-
-/// Checks a request line: `method SP target SP HTTP/1.x`, single spaces, nothing else.
-fn request_line(line: &[u8]) -> Result<bool, Violation> {
-    let mut parts = line.split(|b| *b == b' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Violation::malformed("a malformed request line"));
-    };
-    if method.is_empty() || !method.iter().all(|b| is_tchar(*b)) {
-        return Err(Violation::malformed("a malformed method"));
-    }
-    if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b) || *b >= 0x80) {
-        return Err(Violation::malformed("a malformed request target"));
-    }
-    // What the parser behind would refuse with a bare answer of its own (`<`, a target that is
-    // neither a path nor a URL) is refused here, answered as every refusal is. A fragment has no
-    // place in a request target, and the parser would drop it in silence, with the query's end.
-    if target.contains(&b'#') || http::Uri::try_from(target).is_err() {
-        return Err(Violation::malformed("a malformed request target"));
-    }
-    match version {
-        b"HTTP/1.1" => Ok(false),
-        b"HTTP/1.0" => Ok(true),
-        _ => Err(Violation::malformed("an HTTP version other than 1.0 or 1.1")),
-    }
-}
-
-/// The framing of the request whose head is `head`.
-fn next_state(head: &[u8]) -> Result<State, Violation> {
-    let line_end = head.iter().position(|b| *b == b'\r').unwrap_or(head.len());
-    let http10 = request_line(&head[..line_end])?;
-    let fields = fields(&head[line_end..])?;
-    let mut length: Option<u64> = None;
-    let mut codings: Option<Vec<&[u8]>> = None;
-    // The parser behind takes a body as chunked only if the last `Transfer-Encoding` field ends
-    // in `chunked`; an empty last element (`chunked,`) it refuses.
-    let mut ends_empty = false;
-    let mut hosts = 0;
-    for (name, value) in fields {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-                return Err(Violation::malformed("Content-Length is not a number"));
-            }
-            let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(Violation::malformed("Content-Length values differ"));
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            codings.get_or_insert_default().extend(value.split(|b| *b == b',').map(trim_ows).filter(|c| !c.is_empty()));
-            ends_empty = value.rsplit(|b| *b == b',').next().is_none_or(|c| trim_ows(c).is_empty());
-        } else if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-        }
-    }
-    if hosts > 1 {
-        return Err(Violation::malformed("more than one Host"));
-    }
-    let Some(codings) = codings else {
-        return Ok(match length {
-            Some(n) if n > 0 => State::Body(n),
-            _ => State::Head,
-        });
-    };
-    if http10 {
-        return Err(Violation::malformed("Transfer-Encoding on HTTP/1.0"));
-    }
-    if length.is_some() {
-        return Err(Violation::malformed("both Transfer-Encoding and Content-Length"));
-    }
-    if codings.iter().any(|c| !c.eq_ignore_ascii_case(b"chunked")) {
-        return Err(Violation { kind: Kind::UnknownCoding, reason: "a transfer coding other than chunked" });
-    }
-    if codings.len() != 1 {
-        return Err(Violation::malformed("chunked not exactly once"));
-    }
-    if ends_empty {
-        return Err(Violation::malformed("Transfer-Encoding ends in an empty element"));
-    }
-    Ok(State::ChunkSize { digits: 0, size: 0, past_digits: false, extension: false })
-}
-
-#[cfg(test)]
-mod tests {
-    /// Every byte, against RFC 9110's list: `tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" /
-    /// "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA`.
-    #[test]
-    fn the_token_table_is_rfc_9110_s() {
-        for b in 0..=255u8 {
-            let rfc = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-            assert_eq!(super::is_tchar(b), rfc, "byte {b:#04x}");
-        }
     }
 }
