@@ -308,7 +308,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2048, ..Default::default() })]
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: proptest::prelude::ProptestConfig::default().cases.max(2048), ..Default::default() })]
 
         /// The one-pass check says what the old one said, so the same paths are borrowed and the
         /// same rebuilt: over API paths, dot segments, empty segments, every printable byte.

@@ -180,7 +180,7 @@ fn value() -> BoxedStrategy<HeaderValue> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: ProptestConfig::default().cases.max(1024), ..ProptestConfig::default() })]
 
     #[test]
     fn stripping_agrees_with_the_oracle(headers in headers(value())) {

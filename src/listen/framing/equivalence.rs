@@ -202,7 +202,7 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: ProptestConfig::default().cases.max(1024), ..ProptestConfig::default() })]
 
     /// Requests from the grammar, pipelined, fed in random reads, under a size limit that is
     /// sometimes reached.
@@ -301,7 +301,7 @@ fn framing_request() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: ProptestConfig::default().cases.max(1024), ..ProptestConfig::default() })]
 
     /// Framing fields in every combination, with bodies, pipelined, in random reads.
     #[test]
