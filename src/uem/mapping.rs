@@ -229,6 +229,24 @@ const ACTIONS: &[&str] = &[
     "retire",
 ];
 
+/// The collection of a path under `mdm/devices`, by its sub-resource: `has(names)` says whether a
+/// segment after `devices` is one of `names` (lower case). Shared by both ways of mapping a path.
+fn device_collection(has: impl Fn(&[&str]) -> bool) -> Collection {
+    if has(&["customattributes", "customattribute"]) {
+        Collection::CustomAttributes
+    } else if has(&["apps"]) {
+        Collection::Apps
+    } else if has(&["profiles"]) {
+        Collection::Profiles
+    } else if has(&["smartgroups"]) {
+        Collection::SmartGroups
+    } else if has(&["compliance"]) {
+        Collection::CompliancePolicy
+    } else {
+        Collection::Devices
+    }
+}
+
 /// The collection a path belongs to. Sub-resources of a device belong to their own collection
 /// (`/mdm/devices/{id}/apps` is Apps, `/mdm/devices/{id}/profiles` is Profiles).
 fn collection(segments: &[Cow<'_, str>]) -> Option<Collection> {
@@ -238,22 +256,7 @@ fn collection(segments: &[Cow<'_, str>]) -> Option<Collection> {
         ["system", "groups", ..] => Collection::Groups,
         ["system", "users", ..] => Collection::Users,
         ["system", "usergroups", ..] => Collection::UserGroups,
-        ["mdm", "devices", rest @ ..] => {
-            let sub = |names: &[&str]| rest.iter().any(|seg| names.contains(seg));
-            if sub(&["customattributes", "customattribute"]) {
-                Collection::CustomAttributes
-            } else if sub(&["apps"]) {
-                Collection::Apps
-            } else if sub(&["profiles"]) {
-                Collection::Profiles
-            } else if sub(&["smartgroups"]) {
-                Collection::SmartGroups
-            } else if sub(&["compliance"]) {
-                Collection::CompliancePolicy
-            } else {
-                Collection::Devices
-            }
-        }
+        ["mdm", "devices", rest @ ..] => device_collection(|names| rest.iter().any(|seg| names.contains(&&**seg))),
         ["mdm", "tags", ..] => Collection::Devices,
         ["mdm", "smartgroups", ..] => Collection::SmartGroups,
         ["mdm", "profiles", ..] => Collection::Profiles,

@@ -5,7 +5,7 @@
 
 use http::Method;
 
-use super::{ACTIONS, Collection, Kind, Required, permission_for};
+use super::{ACTIONS, Collection, Kind, Required, device_collection, permission_for};
 
 /// The most segments the quick way holds; a longer path is mapped the long way.
 const MAX_SEGMENTS: usize = 16;
@@ -92,20 +92,7 @@ fn collection(segments: &[&[u8]]) -> Option<Collection> {
         }
     } else if is(family, "mdm") {
         if is(name, "devices") {
-            let sub = |names: &[&str]| rest.iter().any(|segment| names.iter().any(|name| is(segment, name)));
-            if sub(&["customattributes", "customattribute"]) {
-                Collection::CustomAttributes
-            } else if sub(&["apps"]) {
-                Collection::Apps
-            } else if sub(&["profiles"]) {
-                Collection::Profiles
-            } else if sub(&["smartgroups"]) {
-                Collection::SmartGroups
-            } else if sub(&["compliance"]) {
-                Collection::CompliancePolicy
-            } else {
-                Collection::Devices
-            }
+            device_collection(|names| rest.iter().any(|segment| names.iter().any(|name| is(segment, name))))
         } else if is(name, "tags") {
             Collection::Devices
         } else if is(name, "smartgroups") {
