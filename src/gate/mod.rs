@@ -147,7 +147,8 @@ impl Checks {
         }
         // URLs in `Location` and in bodies are built from the Host: it must be a plain host. One
         // with bytes outside ASCII is no host name, and never reads as an empty one.
-        let host = match req.headers.get(header::HOST).map(|h| h.to_str()) {
+        let asked = Asked::of(&req.headers);
+        let host = match asked.host.map(|h| h.to_str()) {
             None => "",
             Some(Ok(host)) => host,
             Some(Err(_)) => return Some(ProxyError::BadHost("(not ASCII)".to_owned())),
@@ -170,15 +171,15 @@ impl Checks {
         if req.method == Method::TRACE {
             return Some(ProxyError::MethodNotAllowed(Method::TRACE));
         }
-        match req.headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("?")) {
+        match asked.origin.map(|o| o.to_str().unwrap_or("?")) {
             Some(origin) if !self.origin_allowed(origin) => {
                 return Some(ProxyError::OriginNotAllowed(origin.to_owned()));
             }
             Some(_) => {}
-            None if is_cross_site(&req.headers) => return Some(ProxyError::CrossSite),
+            None if asked.sec_fetch_site.is_some_and(is_cross_site) => return Some(ProxyError::CrossSite),
             None => {}
         }
-        if let (Some(limit), Some(length)) = (self.max_body_bytes, content_length(&req.headers))
+        if let (Some(limit), Some(length)) = (self.max_body_bytes, asked.content_length.and_then(content_length))
             && length > limit
         {
             return Some(ProxyError::BodyTooLarge(limit));
@@ -216,12 +217,43 @@ fn host_name(host: &str) -> &str {
 /// A browser's word on where a request comes from (Fetch Metadata).
 static SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
 
-fn is_cross_site(headers: &HeaderMap) -> bool {
-    headers.get(&SEC_FETCH_SITE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+/// The request headers the gate reads, each the first of its name (as `HeaderMap::get` gives
+/// it), found in one pass over the headers instead of a lookup each.
+#[derive(Default, Debug, PartialEq)]
+struct Asked<'a> {
+    host: Option<&'a HeaderValue>,
+    origin: Option<&'a HeaderValue>,
+    sec_fetch_site: Option<&'a HeaderValue>,
+    content_length: Option<&'a HeaderValue>,
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+impl<'a> Asked<'a> {
+    fn of(headers: &'a HeaderMap) -> Asked<'a> {
+        let mut asked = Asked::default();
+        for (name, value) in headers {
+            let slot = if name == header::HOST {
+                &mut asked.host
+            } else if name == header::ORIGIN {
+                &mut asked.origin
+            } else if name == header::CONTENT_LENGTH {
+                &mut asked.content_length
+            } else if name == SEC_FETCH_SITE {
+                &mut asked.sec_fetch_site
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        asked
+    }
+}
+
+fn is_cross_site(value: &HeaderValue) -> bool {
+    value.as_bytes().eq_ignore_ascii_case(b"cross-site")
+}
+
+fn content_length(value: &HeaderValue) -> Option<u64> {
+    value.to_str().ok()?.trim().parse().ok()
 }
 
 /// Why a caller is let in, for the audit trail.
@@ -372,5 +404,49 @@ mod tests {
         assert!(!c.peer_allowed(Some(&tcp("10.21.0.1:5000"))));
         assert!(!c.peer_allowed(Some(&tcp("192.168.1.8:5000"))));
         assert!(!c.peer_allowed(None));
+    }
+
+    proptest::proptest! {
+        /// The one pass finds what a lookup by each name finds: the first value of the name,
+        /// whatever the other headers, their order, their repeats and their letter case.
+        #[test]
+        fn the_headers_asked_in_one_pass_are_those_looked_up(
+            fields in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::strategy::Just("Host"), proptest::strategy::Just("host"),
+                        proptest::strategy::Just("Origin"), proptest::strategy::Just("ORIGIN"),
+                        proptest::strategy::Just("Sec-Fetch-Site"), proptest::strategy::Just("sec-fetch-sitE"),
+                        proptest::strategy::Just("Content-Length"), proptest::strategy::Just("content-length"),
+                        proptest::strategy::Just("Accept"), proptest::strategy::Just("x-host"),
+                        proptest::strategy::Just("sec-fetch-mode"), proptest::strategy::Just("origins"),
+                    ],
+                    "[ -~]{0,12}",
+                ),
+                0..12,
+            ),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (name, value) in &fields {
+                headers.append(header::HeaderName::try_from(*name).unwrap(), HeaderValue::try_from(value.as_str()).unwrap());
+            }
+            let looked_up = Asked {
+                host: headers.get(header::HOST),
+                origin: headers.get(header::ORIGIN),
+                sec_fetch_site: headers.get(&SEC_FETCH_SITE),
+                content_length: headers.get(header::CONTENT_LENGTH),
+            };
+            // The same values, not only equal ones.
+            let same = |a: Option<&HeaderValue>, b: Option<&HeaderValue>| match (a, b) {
+                (Some(a), Some(b)) => std::ptr::eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            let asked = Asked::of(&headers);
+            proptest::prop_assert!(same(asked.host, looked_up.host), "{:?} {:?}", asked, looked_up);
+            proptest::prop_assert!(same(asked.origin, looked_up.origin));
+            proptest::prop_assert!(same(asked.sec_fetch_site, looked_up.sec_fetch_site));
+            proptest::prop_assert!(same(asked.content_length, looked_up.content_length));
+        }
     }
 }
