@@ -2,7 +2,8 @@
 //! status class, durations, bytes, in-flight requests, caller connections, the token's health
 //! and the pacer's line.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -64,10 +65,16 @@ pub struct TenantGauges {
     pub pacer: Arc<ArcSwap<Pacer>>,
 }
 
+/// How many label sets [`Metrics`] keeps the counters of at hand.
+const RECENT: usize = 8;
+
 /// The proxy's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// The counters of the last label sets met, the newest first: a request like one shortly
+    /// before it finds its counter without hashing its labels into the family again.
+    recent: Mutex<VecDeque<(RequestLabels, Counter)>>,
     request_duration: Histogram,
     upstream_duration: Histogram,
     in_flight: Gauge,
@@ -128,6 +135,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             request_duration,
             upstream_duration,
             in_flight,
@@ -156,13 +164,28 @@ impl Metrics {
     /// Records one finished request.
     pub fn finished(&self, labels: RequestLabels, total: Duration, upstream: Option<Duration>, bytes: (u64, u64)) {
         self.in_flight.dec();
-        self.requests.get_or_create(&labels).inc();
+        self.count(labels);
         self.request_duration.observe(total.as_secs_f64());
         if let Some(upstream) = upstream {
             self.upstream_duration.observe(upstream.as_secs_f64());
         }
         self.bytes_in.inc_by(bytes.0);
         self.bytes_out.inc_by(bytes.1);
+    }
+
+    /// Counts one request under `labels`, through the recent counters when one of them is its.
+    fn count(&self, labels: RequestLabels) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, counter)) = recent.iter().find(|(seen, _)| *seen == labels) {
+            counter.inc();
+            return;
+        }
+        let counter = self.requests.get_or_create(&labels).clone();
+        counter.inc();
+        if recent.len() == RECENT {
+            recent.pop_back();
+        }
+        recent.push_front((labels, counter));
     }
 
     /// The Prometheus text exposition.
@@ -288,5 +311,37 @@ impl Collector for Live {
             shed.metric_type(),
         )?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn labels(k: usize) -> RequestLabels {
+        RequestLabels {
+            tenant: TenantLabel([None, Some(Arc::from("uat")), Some(Arc::from("prod"))][k % 3].clone()),
+            method: ["GET", "POST"][k / 3 % 2],
+            category: ["devices", "users"][k / 6 % 2],
+            status_class: ["2xx", "4xx", "5xx"][k / 12 % 3],
+        }
+    }
+
+    proptest! {
+        /// Counted through the recent counters or not, every label set's count is the number of
+        /// requests that had it, however many sets come and go.
+        #[test]
+        fn each_label_set_counts_its_own_requests(sequence in proptest::collection::vec(0usize..36, 0..200)) {
+            let metrics = Metrics::new(Vec::new(), Arc::default());
+            let mut expected = [0u64; 36];
+            for k in sequence {
+                metrics.count(labels(k));
+                expected[k] += 1;
+            }
+            for (k, n) in expected.iter().enumerate() {
+                prop_assert_eq!(metrics.requests.get_or_create(&labels(k)).get(), *n, "labels {}", k);
+            }
+        }
     }
 }
