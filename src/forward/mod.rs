@@ -42,6 +42,9 @@ use upstream::{Outbound, ResponseBody, UpstreamClient};
 /// knows what the OAuth client's role lacks.
 pub static X_UEM_PROXY_PERMISSION: HeaderName = HeaderName::from_static("x-uem-proxy-permission");
 
+/// The longest URI the `http` crate parses (`u16::MAX - 1` bytes).
+const MAX_URI_BYTES: usize = u16::MAX as usize - 1;
+
 /// Error bodies up to this size are read to find UEM's `activityId`; larger ones stream on.
 const ERROR_BODY_PEEK: u64 = 64 * 1024;
 
@@ -394,6 +397,10 @@ fn upstream_uri(route: &Route, parts: &Parts, path: &str) -> Result<Uri, ProxyEr
         }
         target
     };
+    // The whole URL within `http`'s limit, as when it was parsed whole: the same targets refused.
+    if route.upstream_base.len() + path.len() + query.map_or(0, |q| q.len() + 1) > MAX_URI_BYTES {
+        return Err(unchanged());
+    }
     let uri = match &route.upstream_origin {
         Some((scheme, authority)) => {
             let mut uri = http::uri::Parts::default();
@@ -614,6 +621,19 @@ mod tests {
         assert!(!states_exactly(b"+320", 320));
         assert!(!states_exactly(b"", 0));
         assert!(!states_exactly(b"99999999999999999999", 0));
+    }
+
+    #[test]
+    fn a_target_too_long_for_a_whole_url_is_refused_both_ways() {
+        // `http://127.0.0.1:47102` is 22 bytes: a whole URL of 65 534 bytes parses, one more not.
+        for n in 65_505..65_520 {
+            let (parts, ()) = http::Request::get("/x").body(()).unwrap().into_parts();
+            let path = format!("/{}", "a".repeat(n));
+            let fast = upstream_uri(&route("http://127.0.0.1:47102", true), &parts, &path).is_ok();
+            let whole = upstream_uri(&route("http://127.0.0.1:47102", false), &parts, &path).is_ok();
+            assert_eq!(fast, whole, "path of {} bytes", n + 1);
+            assert_eq!(fast, 22 + 1 + n <= 65_534, "path of {} bytes", n + 1);
+        }
     }
 
     /// A body of these pieces, failing after them when `fails`.
