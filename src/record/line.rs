@@ -40,8 +40,9 @@ thread_local! {
     static READY: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether access lines are written straight to standard error, and in which format: set once,
-/// by [`install`], when the proxy's own subscriber (with [`AccessLines`]) became the global one.
+/// Whether [`Access::write`] prepares the line before an event without values, and in which
+/// format: set once, by [`install`], when the proxy's own subscriber (with [`AccessLines`])
+/// became the global one.
 static DIRECT: OnceLock<bool> = OnceLock::new();
 
 /// Says that the global subscriber is the proxy's, writing access events as [`AccessLines`] with
