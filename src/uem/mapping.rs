@@ -229,56 +229,89 @@ const ACTIONS: &[&str] = &[
     "retire",
 ];
 
-/// The collection of a path under `mdm/devices`, by its sub-resource: `has(names)` says whether a
-/// segment after `devices` is one of `names` (lower case). Shared by both ways of mapping a path.
-fn device_collection(has: impl Fn(&[&str]) -> bool) -> Collection {
-    if has(&["customattributes", "customattribute"]) {
-        Collection::CustomAttributes
-    } else if has(&["apps"]) {
-        Collection::Apps
-    } else if has(&["profiles"]) {
-        Collection::Profiles
-    } else if has(&["smartgroups"]) {
-        Collection::SmartGroups
-    } else if has(&["compliance"]) {
-        Collection::CompliancePolicy
-    } else {
-        Collection::Devices
+/// A path segment as the mapping compares it with the catalogue's lower-case names: the long
+/// way's segments are lower-cased already, the quick way's are borrowed as sent and compared
+/// without regard to ASCII case. Both ways then share one rule for the collection and the kind.
+trait Segment {
+    fn is(&self, name: &str) -> bool;
+}
+
+impl Segment for Cow<'_, str> {
+    fn is(&self, name: &str) -> bool {
+        **self == *name
     }
 }
 
+impl Segment for &[u8] {
+    fn is(&self, name: &str) -> bool {
+        self.eq_ignore_ascii_case(name.as_bytes())
+    }
+}
+
+/// The collections by family and name (`/api/{family}/{name}/…`), besides `mdm/devices`.
+const COLLECTIONS: &[(&str, &[&str], Collection)] = &[
+    ("system", &["admins"], Collection::Admins),
+    ("system", &["groups"], Collection::Groups),
+    ("system", &["users"], Collection::Users),
+    ("system", &["usergroups"], Collection::UserGroups),
+    ("mdm", &["tags"], Collection::Devices),
+    ("mdm", &["smartgroups"], Collection::SmartGroups),
+    ("mdm", &["profiles"], Collection::Profiles),
+    ("mdm", &["products"], Collection::Products),
+    ("mdm", &["compliancepolicy", "compliancepolicies"], Collection::CompliancePolicy),
+    ("mam", &["apps"], Collection::Apps),
+    ("mam", &["blobs"], Collection::Blobs),
+];
+
 /// The collection a path belongs to. Sub-resources of a device belong to their own collection
 /// (`/mdm/devices/{id}/apps` is Apps, `/mdm/devices/{id}/profiles` is Profiles).
-fn collection(segments: &[Cow<'_, str>]) -> Option<Collection> {
-    let s: Vec<&str> = segments.iter().map(|s| &**s).collect();
-    Some(match s.as_slice() {
-        ["system", "admins", ..] => Collection::Admins,
-        ["system", "groups", ..] => Collection::Groups,
-        ["system", "users", ..] => Collection::Users,
-        ["system", "usergroups", ..] => Collection::UserGroups,
-        ["mdm", "devices", rest @ ..] => device_collection(|names| rest.iter().any(|seg| names.contains(&&**seg))),
-        ["mdm", "tags", ..] => Collection::Devices,
-        ["mdm", "smartgroups", ..] => Collection::SmartGroups,
-        ["mdm", "profiles", ..] => Collection::Profiles,
-        ["mdm", "products", ..] => Collection::Products,
-        ["mdm", "compliancepolicy" | "compliancepolicies", ..] => Collection::CompliancePolicy,
-        ["mam", "apps", ..] => Collection::Apps,
-        ["mam", "blobs", ..] => Collection::Blobs,
-        _ => return None,
-    })
+fn collection<S: Segment>(segments: &[S]) -> Option<Collection> {
+    let [family, name, rest @ ..] = segments else { return None };
+    if family.is("mdm") && name.is("devices") {
+        let has = |names: &[&str]| rest.iter().any(|segment| names.iter().any(|name| segment.is(name)));
+        return Some(if has(&["customattributes", "customattribute"]) {
+            Collection::CustomAttributes
+        } else if has(&["apps"]) {
+            Collection::Apps
+        } else if has(&["profiles"]) {
+            Collection::Profiles
+        } else if has(&["smartgroups"]) {
+            Collection::SmartGroups
+        } else if has(&["compliance"]) {
+            Collection::CompliancePolicy
+        } else {
+            Collection::Devices
+        });
+    }
+    COLLECTIONS
+        .iter()
+        .find(|(f, names, _)| family.is(f) && names.iter().any(|n| name.is(n)))
+        .map(|(_, _, collection)| *collection)
 }
 
 /// The access kind. The method's letter case does not matter (the API's server ignores it). A
 /// method that is not a standard one is never a read: only `POST` makes a `…/search` a read.
-fn kind(method: &Method, segments: &[Cow<'_, str>]) -> Kind {
-    let is = |name: &str| method.as_str().eq_ignore_ascii_case(name);
-    if is("GET") || is("HEAD") || is("OPTIONS") {
+fn kind<S: Segment>(method: &Method, segments: &[S]) -> Kind {
+    let post = match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS => return Kind::Read,
+        Method::DELETE => return Kind::Delete,
+        Method::POST => true,
+        Method::PUT | Method::PATCH | Method::TRACE | Method::CONNECT => false,
+        // Any other spelling: standard methods in another case, and methods that are not.
+        _ => {
+            let is = |name: &str| method.as_str().eq_ignore_ascii_case(name);
+            if is("GET") || is("HEAD") || is("OPTIONS") {
+                return Kind::Read;
+            }
+            if is("DELETE") {
+                return Kind::Delete;
+            }
+            is("POST")
+        }
+    };
+    if post && segments.last().is_some_and(|s| s.is("search")) {
         Kind::Read
-    } else if is("DELETE") {
-        Kind::Delete
-    } else if is("POST") && segments.last().is_some_and(|s| s == "search") {
-        Kind::Read
-    } else if segments.iter().skip(2).any(|s| ACTIONS.contains(&&**s)) {
+    } else if segments.iter().skip(2).any(|s| ACTIONS.iter().any(|action| s.is(action))) {
         Kind::Execute
     } else {
         Kind::Write
