@@ -253,6 +253,24 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_name_the_rules_act_on_is_found_at_its_own_place() {
+        let others = [
+            (AUTHORIZATION_AT, header::AUTHORIZATION),
+            (TENANT_CODE_AT, AW_TENANT_CODE),
+            (HOST_AT, header::HOST),
+            (ACCEPT_AT, header::ACCEPT),
+            (LOCATION_AT, header::LOCATION),
+        ];
+        let places = HOP_BY_HOP.iter().cloned().enumerate().chain(others);
+        for (at, name) in places {
+            assert_eq!(known_index(&name), Some(at), "{name}");
+        }
+        for name in ["tee", "hosts", "x-connection", "cookie", "content-length", "proxy-authorizatio"] {
+            assert_eq!(known_index(&HeaderName::from_static(name)), None, "{name}");
+        }
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
