@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use uem_proxy::config::LogFormat;
+use uem_proxy::record::line::held;
 use uem_proxy::sandbox::{self, Role};
 use uem_proxy::{Config, demo, healthcheck, listen, telemetry};
 
@@ -276,12 +277,15 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
 /// and makes the exit code 1.
 fn block_on(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     let one = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|n| n.trim() == "1");
-    let runtime = if one {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Runtime::new()
-    };
+    let mut builder =
+        if one { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    // A thread serving requests holds their access lines while it has work and writes them
+    // together before it waits: under load, one write for many lines.
+    builder.enable_all().on_thread_park(held::idle).on_thread_stop(held::release);
+    let runtime = builder.build();
     let result = runtime.map_err(|e| format!("cannot start the runtime: {e}")).and_then(|rt| rt.block_on(work));
+    // The runtime is gone (with the requests it dropped, whose lines this thread may hold).
+    held::release();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -12,7 +12,8 @@ use crate::record::line::{self, AccessLines};
 /// are written by [`AccessLines`], in the same shape as every other line.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let general = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // The general lines go out after the access lines the thread holds, in the order they happened.
+    let general = tracing_subscriber::fmt::layer().with_writer(line::held::stderr);
     let not_access = filter_fn(|meta| meta.target() != line::TARGET);
     let json = format == LogFormat::Json;
     let general = match format {

@@ -13,7 +13,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
-use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +22,8 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
 use crate::listen::Peer;
+
+pub mod held;
 
 /// The target of the access events.
 pub const TARGET: &str = "uem_proxy::access";
@@ -36,8 +37,9 @@ thread_local! {
     static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
     /// A value's `Debug` text, before it is escaped into a JSON line.
     static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
-    /// `LINE` holds this thread's next access line, written by [`Access::write`] for its event.
-    static READY: Cell<bool> = const { Cell::new(false) };
+    /// `LINE` holds this thread's next access line, made at this time by [`Access::write`] for its
+    /// event.
+    static READY: Cell<Option<SystemTime>> = const { Cell::new(None) };
 }
 
 /// Whether [`Access::write`] prepares the line before an event without values, and in which
@@ -56,26 +58,22 @@ impl<S: Subscriber> Layer<S> for AccessLines {
         if event.metadata().target() != TARGET {
             return;
         }
-        if READY.replace(false) {
+        if let Some(made) = READY.take() {
             LINE.with(|line| {
                 if let Ok(line) = line.try_borrow() {
-                    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+                    held::line(line.as_bytes(), made);
                 }
             });
             return;
         }
-        to_stderr(|line| format(line, event, self.json, SystemTime::now()));
+        let now = SystemTime::now();
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else { return };
+            line.clear();
+            format(&mut line, event, self.json, now);
+            held::line(line.as_bytes(), now);
+        });
     }
-}
-
-/// Writes the line `fill` makes, in one write, from the reused buffer.
-fn to_stderr(fill: impl FnOnce(&mut String)) {
-    LINE.with(|line| {
-        let Ok(mut line) = line.try_borrow_mut() else { return };
-        line.clear();
-        fill(&mut line);
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    });
 }
 
 /// One line for `event`: as tracing-subscriber's text format (without ANSI colours) or its JSON
@@ -134,16 +132,17 @@ impl Access<'_> {
         let Some(&json) = DIRECT.get() else {
             return self.event();
         };
+        let now = SystemTime::now();
         let prepared = LINE.with(|line| {
             let Ok(mut line) = line.try_borrow_mut() else { return false };
             line.clear();
-            self.format(&mut line, json, SystemTime::now());
+            self.format(&mut line, json, now);
             true
         });
         if !prepared {
             return self.event();
         }
-        READY.set(true);
+        READY.set(Some(now));
         let empty = tracing::field::Empty;
         tracing::info!(
             target: TARGET,
@@ -163,7 +162,7 @@ impl Access<'_> {
             "request"
         );
         // Not written when `RUST_LOG` dropped the event.
-        READY.set(false);
+        READY.set(None);
     }
 
     /// The access event, with the fields in the line's order.

@@ -282,6 +282,12 @@ async fn drains_on_sigterm(extra: &[(&str, &str)]) {
     assert_eq!(in_flight.await.unwrap(), "slow");
     assert!(status.0.success(), "{:?}\n{}", status.0, status.1);
     assert!(status.1.contains("drained"), "{}", status.1);
+    // The drained request's access line was written before the process ended.
+    assert!(
+        status.1.contains(r#""message":"request","request_id""#) && status.1.contains(r#""path":"/slow-headers""#),
+        "{}",
+        status.1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,4 +717,103 @@ async fn the_line_after_an_access_line_is_written_too() {
         }
     }
     proxy.terminate();
+}
+
+#[tokio::test]
+async fn on_one_thread_a_warning_never_overtakes_the_access_lines_before_it() {
+    // A thread with work holds its access lines and writes them together. Two requests in one
+    // write: the first is served and its line held; the second is refused, with a warning,
+    // before the thread waits again. The warning must come after the first request's line.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let mut env = base_env(&api, &token_url);
+    env.push(("TOKIO_WORKER_THREADS", "1"));
+    let proxy = Running::start(&env);
+    let addr = proxy.addr();
+    for round in 0..3 {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let both = format!(
+            "GET /api/first/{round} HTTP/1.1\r\nHost: {addr}\r\n\r\n\
+             GET /api/second/{round} HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n"
+        );
+        conn.write_all(both.as_bytes()).await.unwrap();
+        let mut answers = String::new();
+        conn.read_to_string(&mut answers).await.unwrap();
+        assert_eq!(answers.matches("HTTP/1.1 ").count(), 2, "{answers}");
+        assert!(answers.contains("host_not_allowed"), "{answers}");
+        let second = format!("/api/second/{round}");
+        wait_for_line(&proxy, |e| e["message"] == "request" && e["path"] == second).await;
+        let lines: Vec<serde_json::Value> =
+            proxy.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let at = |found: &dyn Fn(&serde_json::Value) -> bool| lines.iter().position(found).unwrap();
+        let first = format!("/api/first/{round}");
+        let served = at(&|e| e["message"] == "request" && e["path"] == first);
+        let warned = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e["message"] == "request refused")
+            .map(|(i, _)| i)
+            .nth(round)
+            .expect("the refusal's warning");
+        let refused = at(&|e| e["message"] == "request" && e["path"] == second);
+        assert!(served < warned && warned < refused, "out of order:\n{}", proxy.log());
+    }
+}
+
+#[tokio::test]
+async fn every_access_line_of_a_burst_is_written_whole() {
+    // Lines held under load come out in writes of many lines: each must arrive once and whole,
+    // on one thread and on several.
+    for threads in ["1", "2"] {
+        let tokens = TokenService::default();
+        let upstream = Upstream::default();
+        let (api, token_url) = (upstream.start().await, tokens.start().await);
+        let mut env = base_env(&api, &token_url);
+        env.push(("TOKIO_WORKER_THREADS", threads));
+        let proxy = Running::start(&env);
+        let base = format!("http://{}", proxy.addr());
+        let clients: Vec<_> = (0..16)
+            .map(|c| {
+                let base = base.clone();
+                tokio::spawn(async move {
+                    let client = client();
+                    for n in 0..40 {
+                        let response = client.get(format!("{base}/api/burst/{c}/{n}")).send().await.unwrap();
+                        assert_eq!(response.status(), 200);
+                        response.bytes().await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = proxy.log.lock().unwrap().clone();
+            let access: Vec<&String> =
+                lines.iter().filter(|l| l.contains("\"target\":\"uem_proxy::access\"")).collect();
+            for line in &access {
+                let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert_eq!(event["message"], "request", "{line}");
+            }
+            let mut paths: Vec<String> = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| e["message"] == "request")
+                .map(|e| e["path"].as_str().unwrap().to_owned())
+                .collect();
+            if paths.len() >= 16 * 40 {
+                paths.sort();
+                let before = paths.len();
+                paths.dedup();
+                assert_eq!((before, paths.len()), (16 * 40, 16 * 40), "threads {threads}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "threads {threads}: {} of 640 lines", paths.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
