@@ -128,13 +128,13 @@ impl Forwarder {
     pub async fn forward(
         &self,
         route: &Route,
-        mut parts: Parts,
+        parts: &mut Parts,
         body: Body,
         path: &str,
         required: Option<Required>,
         reached: Reached<'_>,
     ) -> Result<Forwarded, ProxyError> {
-        let uri = upstream_uri(route, &parts, path)?;
+        let uri = upstream_uri(route, parts, path)?;
         let proxy_base = response_base(&parts.headers, reached);
         rewrite::request_headers(&mut parts.headers);
         // Set when the caller paused too long inside its body; there is none without a body.
@@ -170,7 +170,7 @@ impl Forwarder {
         let started = Instant::now();
         let attempt = Attempt {
             client: &self.upstream,
-            parts: &parts,
+            parts,
             uri: &uri,
             timeout: route.upstream_timeout,
             tenant_code: route.tenant_code.as_ref(),

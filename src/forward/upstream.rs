@@ -136,35 +136,46 @@ impl UpstreamClient {
     /// plain-HTTP API. A request on a reused connection that the API closed before the request
     /// was written goes out again on a new connection, whatever its method; one that may have
     /// been written is never sent twice here.
-    pub async fn send(&self, mut request: Request<Outbound>) -> Result<Response<ResponseBody>, Error> {
-        let (dest, pooled) = self
-            .pool
-            .checkout(request.uri(), || self.route(request.uri()))
-            .ok_or_else(|| Error::Connect("the request has no absolute URI".into()))?;
-        let reused = pooled.is_some();
-        let conn = match pooled {
-            Some(conn) => conn,
-            None => self.connect(&dest).await?,
-        };
-        let headers = request.headers_mut();
-        if !headers.contains_key(USER_AGENT) {
-            headers.insert(USER_AGENT, USER_AGENT_VALUE);
+    ///
+    /// Not an `async fn`: one keeps both its argument and the local the argument is moved into,
+    /// for its whole life; the block below uses the argument itself.
+    #[allow(clippy::manual_async_fn)]
+    pub fn send(
+        &self,
+        mut request: Request<Outbound>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Error>> + '_ {
+        async move {
+            let (dest, pooled) = self
+                .pool
+                .checkout(request.uri(), || self.route(request.uri()))
+                .ok_or_else(|| Error::Connect("the request has no absolute URI".into()))?;
+            let reused = pooled.is_some();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => self.connect(&dest).await?,
+            };
+            let headers = request.headers_mut();
+            if !headers.contains_key(USER_AGENT) {
+                headers.insert(USER_AGENT, USER_AGENT_VALUE);
+            }
+            if let Some(auth) = &dest.route.proxy_authorization {
+                headers.insert(PROXY_AUTHORIZATION, auth.clone());
+            }
+            address(&mut request, &dest.route, conn.is_http2());
+            let mut unsent = match self.pool.send(&dest, conn, request).await {
+                Ok(response) => return Ok(response),
+                Err(e) => e,
+            };
+            let Some(mut request) = unsent.take_message().filter(|_| reused) else {
+                return Err(Error::Send(unsent.into_error()));
+            };
+            tracing::debug!(
+                "the API closed a kept-alive connection before the request went out; sending it on a new one"
+            );
+            let conn = self.connect(&dest).await?;
+            address(&mut request, &dest.route, conn.is_http2());
+            self.pool.send(&dest, conn, request).await.map_err(|e| Error::Send(e.into_error()))
         }
-        if let Some(auth) = &dest.route.proxy_authorization {
-            headers.insert(PROXY_AUTHORIZATION, auth.clone());
-        }
-        address(&mut request, &dest.route, conn.is_http2());
-        let mut unsent = match self.pool.send(&dest, conn, request).await {
-            Ok(response) => return Ok(response),
-            Err(e) => e,
-        };
-        let Some(mut request) = unsent.take_message().filter(|_| reused) else {
-            return Err(Error::Send(unsent.into_error()));
-        };
-        tracing::debug!("the API closed a kept-alive connection before the request went out; sending it on a new one");
-        let conn = self.connect(&dest).await?;
-        address(&mut request, &dest.route, conn.is_http2());
-        self.pool.send(&dest, conn, request).await.map_err(|e| Error::Send(e.into_error()))
     }
 
     /// The constants of requests to `uri`'s destination; see [`route`].

@@ -71,7 +71,8 @@ pub(super) async fn all(
     let template = Template::new(&parts, inner);
     let request_id = parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
 
-    let response = service.dispatch(&settings, template.request(start, size)?, Body::empty(), https, learnt).await?;
+    let response =
+        service.dispatch(&settings, &mut template.request(start, size)?, Body::empty(), https, learnt).await?;
     let first = match response.status() {
         StatusCode::OK => read_page(response).await?,
         StatusCode::NO_CONTENT => Page { key: None, items: Vec::new(), total: Some(0), page_size: None },
@@ -229,9 +230,9 @@ impl Run {
 
     /// One page; `None` for 204.
     async fn fetch(&self, page: u64) -> Result<Option<Page>, String> {
-        let request = self.template.request(page, self.state.size).map_err(|e| e.to_string())?;
+        let mut request = self.template.request(page, self.state.size).map_err(|e| e.to_string())?;
         let mut learnt = Learnt::default();
-        let call = self.service.dispatch(&self.settings, request, Body::empty(), self.https, &mut learnt);
+        let call = self.service.dispatch(&self.settings, &mut request, Body::empty(), self.https, &mut learnt);
         let response = call.await.map_err(|e| e.to_string())?;
         match response.status() {
             StatusCode::OK => read_page(response).await.map(Some).map_err(|e| e.to_string()),
