@@ -19,7 +19,8 @@ pub fn of(headers: &HeaderMap) -> HeaderValue {
     new()
 }
 
-/// A new random id: 32 hexadecimal digits, formatted without allocating a string.
+/// A new random id: 32 hexadecimal digits, formatted without allocating a string, in one
+/// allocation.
 pub fn new() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
@@ -27,7 +28,10 @@ pub fn new() -> HeaderValue {
         id[2 * i] = HEX[usize::from(byte >> 4)];
         id[2 * i + 1] = HEX[usize::from(byte & 15)];
     }
-    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+    // Owned by one shared allocation from the start: the id is cloned into the request, the
+    // record and the response, and a value copied into a `Vec` would be moved to a shared
+    // allocation of its own at its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id)).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
