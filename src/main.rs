@@ -13,6 +13,35 @@ use uem_proxy::record::line::held;
 use uem_proxy::sandbox::{self, Role};
 use uem_proxy::{Config, demo, healthcheck, listen, telemetry};
 
+/// `eprintln!` that a closed standard error (its reader gone) cannot turn into a panic: the exit
+/// code must still say what happened.
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!`, likewise.
+macro_rules! complain_part {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that a closed standard output (`| head -1`) cannot turn into a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!`, likewise.
+macro_rules! say_part {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// A credential-injecting proxy for the Workspace ONE UEM REST API.
 #[derive(Parser)]
 #[command(name = "uem-proxy", version)]
@@ -132,14 +161,14 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run(File { config: None }));
     let given = |file: &File| cli.file.config.clone().or_else(|| file.config.clone());
     if cli.file.config.is_some() && matches!(command, Command::Sandbox { .. } | Command::Demo { .. }) {
-        eprintln!("uem-proxy: --config is for run, config, check and healthcheck; sandbox and demo read no file");
+        complain!("uem-proxy: --config is for run, config, check and healthcheck; sandbox and demo read no file");
         return ExitCode::from(2);
     }
     let file_of =
         |file: &File| given(file).or_else(|| env.get("UEM_PROXY_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
     let load = |file: &File| {
         let mut config = Config::load(file_of(file).as_deref(), &|name| env.get(name).cloned())
-            .inspect_err(|error| eprint!("uem-proxy: {error}"))?;
+            .inspect_err(|error| complain_part!("uem-proxy: {error}"))?;
         let unknown = uem_proxy::config::unknown_variables(env.keys().map(String::as_str));
         config.warnings.splice(0..0, unknown);
         Ok::<_, uem_proxy::config::ConfigError>(config)
@@ -161,7 +190,7 @@ fn main() -> ExitCode {
         Command::Config(file) => match load(&file) {
             Ok(config) => {
                 for warning in &config.warnings {
-                    eprintln!("uem-proxy: warning: {warning}");
+                    complain!("uem-proxy: warning: {warning}");
                 }
                 // Piped into `head`, the reader may leave early: that is no failure worth a panic.
                 let text = serde_json::to_string_pretty(&config.summary()).expect("JSON");
@@ -176,7 +205,7 @@ fn main() -> ExitCode {
                 let failed = tokio::runtime::Runtime::new()
                     .map(|rt| rt.block_on(uem_proxy::check::run_all(&config, &mut out)))
                     .unwrap_or(Some("runtime"));
-                print!("{out}");
+                say_part!("{out}");
                 if failed.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
             }
             Err(_) => ExitCode::from(2),
@@ -189,7 +218,7 @@ fn main() -> ExitCode {
                     match uem_proxy::config::listen_for_probe(file_of(&file).as_deref(), &|n| env.get(n).cloned()) {
                         Ok(listen) => listen.to_string(),
                         Err(message) => {
-                            eprintln!("uem-proxy: {message}");
+                            complain!("uem-proxy: {message}");
                             return ExitCode::from(2);
                         }
                     }
@@ -199,7 +228,7 @@ fn main() -> ExitCode {
             match healthcheck::check_path(&addr, path, Duration::from_secs(3)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
-                    eprintln!("uem-proxy: unhealthy: {message}");
+                    complain!("uem-proxy: unhealthy: {message}");
                     ExitCode::FAILURE
                 }
             }
@@ -222,9 +251,9 @@ fn main() -> ExitCode {
                 let listener = bind(listen).await?;
                 let addr = listener.local_addr().map_err(|e| e.to_string())?;
                 if all.len() == 1 && all[0].name.is_none() {
-                    println!("uem-proxy sandbox: a simulated Workspace ONE UEM tenant");
+                    say!("uem-proxy sandbox: a simulated Workspace ONE UEM tenant");
                 } else {
-                    println!("uem-proxy sandbox: {} simulated Workspace ONE UEM tenants", all.len());
+                    say!("uem-proxy sandbox: {} simulated Workspace ONE UEM tenants", all.len());
                 }
                 for options in &all {
                     let base = match &options.name {
@@ -232,17 +261,17 @@ fn main() -> ExitCode {
                         None => format!("http://{addr}"),
                     };
                     if let Some(name) = &options.name {
-                        println!("tenant {name}:");
+                        say!("tenant {name}:");
                     }
-                    println!("  API        {base}/api/");
-                    println!("  token URL  {base}/connect/token");
-                    println!(
+                    say!("  API        {base}/api/");
+                    say!("  token URL  {base}/connect/token");
+                    say!(
                         "  client     {} / {}",
                         options.client_id,
                         secrecy::ExposeSecret::expose_secret(&options.client_secret)
                     );
                 }
-                println!("Press Ctrl-C to stop.");
+                say!("Press Ctrl-C to stop.");
                 sandbox::serve_tenants(listener, all, listen::signal()).await.map_err(|e| e.to_string())
             })
         }
@@ -289,7 +318,7 @@ fn block_on(work: impl std::future::Future<Output = Result<(), String>>) -> Exit
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("uem-proxy: {message}");
+            complain!("uem-proxy: {message}");
             ExitCode::FAILURE
         }
     }

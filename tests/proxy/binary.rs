@@ -817,3 +817,23 @@ async fn every_access_line_of_a_burst_is_written_whole() {
         }
     }
 }
+
+#[test]
+fn a_closed_standard_error_changes_no_exit_code() {
+    // A supervisor whose log reader died leaves the proxy writing into a closed pipe: the exit
+    // code must still tell a configuration error (2) from a failure to start (1), not a panic's.
+    let spawn_closed = |env: &[(&str, &str)]| {
+        let mut child = command(env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stderr.take());
+        wait_exit(&mut child, Duration::from_secs(15))
+    };
+    let bad = spawn_closed(&[("UEM_API_URL", "not a url")]);
+    assert_eq!(bad.code(), Some(2), "{bad:?}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut env = base_env("http://127.0.0.1:9", "http://127.0.0.1:9/token");
+    env.retain(|(k, _)| *k != "UEM_PROXY_LISTEN");
+    env.push(("UEM_PROXY_LISTEN", &addr));
+    let unbound = spawn_closed(&env);
+    assert_eq!(unbound.code(), Some(1), "{unbound:?}");
+}
