@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -51,13 +51,20 @@ pub fn raise_open_file_limit() {
 }
 
 /// The caller connections of every listener together.
+///
+/// A request marks only its own connection busy and idle again (its own lock, uncontended): the
+/// connections as a whole are looked at by the sweep (every quarter of the header timeout) and
+/// when the house is full, each going through them all. A request is thus two small critical
+/// sections and a clock read, however many connections there are.
 pub struct Connections {
     permits: Arc<Semaphore>,
     cap: usize,
-    /// Idle connections by when they became idle (a sequence number), oldest first.
-    idle: Mutex<BTreeMap<u64, (Instant, Weak<Slot>)>>,
+    /// Every open connection, by when it was opened.
+    open: Mutex<BTreeMap<u64, Weak<Slot>>>,
+    /// Numbers connections as they open and as they become idle: the lower, the earlier.
     next: AtomicU64,
-    /// Woken when a connection becomes idle, for an accept waiting on a full house.
+    /// Accepts waiting on a full house for a connection to become idle, woken by `became_idle`.
+    waiting: AtomicUsize,
     became_idle: Notify,
     pub counts: Arc<Counts>,
 }
@@ -77,8 +84,9 @@ impl Connections {
         Arc::new(Connections {
             permits: Arc::new(Semaphore::new(cap)),
             cap,
-            idle: Mutex::new(BTreeMap::new()),
+            open: Mutex::new(BTreeMap::new()),
             next: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
             became_idle: Notify::new(),
             counts,
         })
@@ -92,44 +100,68 @@ impl Connections {
             }
             let became_idle = self.became_idle.notified();
             tokio::pin!(became_idle);
+            // Counted before the connections are looked at, and each marks itself idle before it
+            // looks at the count (both in one total order): a connection that becomes idle now is
+            // either found below or wakes this wait.
+            self.waiting.fetch_add(1, Ordering::SeqCst);
             became_idle.as_mut().enable();
-            if self.shed_one() {
+            let shed = self.shed_one();
+            if shed {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
                 // It closes at once (or, had it just started a request, after answering it).
                 return self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
             }
-            tokio::select! {
-                permit = self.permits.clone().acquire_owned() => return permit.expect("the semaphore is never closed"),
-                () = became_idle => {}
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => Some(permit.expect("the semaphore is never closed")),
+                () = became_idle => None,
+            };
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            if let Some(permit) = permit {
+                return permit;
             }
         }
     }
 
+    /// Every open connection, for a look at each.
+    fn all(&self) -> Vec<Arc<Slot>> {
+        self.open.lock().expect("not poisoned").values().filter_map(Weak::upgrade).collect()
+    }
+
     fn shed_one(&self) -> bool {
-        let oldest = {
-            let mut idle = self.idle.lock().expect("not poisoned");
-            std::iter::from_fn(|| idle.pop_first()).find_map(|(_, (_, slot))| slot.upgrade())
-        };
-        match oldest {
-            Some(slot) => {
-                slot.shed.notify_one();
-                let shed = self.counts.shed.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::debug!(cap = self.cap, shed, "connection cap reached: closing the longest-idle connection");
-                true
+        let all = self.all();
+        loop {
+            let idle = all.iter().filter_map(|slot| Some((slot.state.lock().expect("not poisoned").idle?.0, slot)));
+            let Some((since, oldest)) = idle.min_by_key(|(since, _)| *since) else {
+                return false;
+            };
+            // Taken out of the idle ones, as the sweep takes an expired one: told once. Unless it
+            // started a request (or became idle anew) since it was looked at: then look again.
+            let mut state = oldest.state.lock().expect("not poisoned");
+            if state.idle.is_none_or(|(now, _)| now != since) {
+                continue;
             }
-            None => false,
+            state.idle = None;
+            drop(state);
+            oldest.shed.notify_one();
+            let shed = self.counts.shed.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(cap = self.cap, shed, "connection cap reached: closing the longest-idle connection");
+            return true;
         }
     }
 
     /// Registers an admitted connection; it starts idle.
     pub fn open(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Arc<Slot> {
         self.counts.open.fetch_add(1, Ordering::Relaxed);
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
             connections: self.clone(),
+            key,
             shed: Notify::new(),
             expired: Notify::new(),
-            state: Mutex::new(SlotState { requests: 0, idle_since: None }),
+            state: Mutex::new(SlotState { requests: 0, idle: None }),
             _permit: permit,
         });
+        self.open.lock().expect("not poisoned").insert(key, Arc::downgrade(&slot));
         slot.set_idle();
         slot
     }
@@ -150,19 +182,18 @@ impl Connections {
         }
     }
 
-    /// Takes the connections idle since before `now - timeout` out of the idle set.
+    /// Takes the connections idle since before `now - timeout` out of the idle ones.
     fn expired(&self, now: Instant, timeout: Duration) -> Vec<Arc<Slot>> {
-        let mut idle = self.idle.lock().expect("not poisoned");
-        let mut expired = Vec::new();
-        // Keys grow with time, so the expired ones come first.
-        while let Some(entry) = idle.first_entry() {
-            if now.saturating_duration_since(entry.get().0) < timeout {
-                break;
+        let mut all = self.all();
+        all.retain(|slot| {
+            let mut state = slot.state.lock().expect("not poisoned");
+            let expired = state.idle.is_some_and(|(_, since)| now.saturating_duration_since(since) >= timeout);
+            if expired {
+                state.idle = None;
             }
-            let (_, slot) = entry.remove();
-            expired.extend(slot.upgrade());
-        }
-        expired
+            expired
+        });
+        all
     }
 
     /// Waits until every connection has closed.
@@ -174,6 +205,8 @@ impl Connections {
 /// One admitted connection.
 pub struct Slot {
     connections: Arc<Connections>,
+    /// Its place among the open connections.
+    key: u64,
     /// Notified when the connection should close as soon as it is between requests.
     pub shed: Notify,
     /// Notified when the connection has been idle, or its request head incomplete, for longer
@@ -186,8 +219,8 @@ pub struct Slot {
 struct SlotState {
     /// Requests whose responses are not yet fully handed to the connection.
     requests: u32,
-    /// Its key among the idle connections, while idle.
-    idle_since: Option<u64>,
+    /// While idle (and neither expired nor shed since): when it became idle, numbered.
+    idle: Option<(u64, Instant)>,
 }
 
 impl Slot {
@@ -195,9 +228,8 @@ impl Slot {
     pub fn busy(self: &Arc<Self>) -> Busy {
         let mut state = self.state.lock().expect("not poisoned");
         state.requests += 1;
-        if let Some(key) = state.idle_since.take() {
-            self.connections.idle.lock().expect("not poisoned").remove(&key);
-        }
+        state.idle = None;
+        drop(state);
         Busy(self.clone())
     }
 
@@ -207,20 +239,31 @@ impl Slot {
         drop(self.busy());
     }
 
-    fn set_idle(self: &Arc<Self>) {
-        let key = self.connections.next.fetch_add(1, Ordering::Relaxed);
-        self.state.lock().expect("not poisoned").idle_since = Some(key);
-        let entry = (Instant::now(), Arc::downgrade(self));
-        self.connections.idle.lock().expect("not poisoned").insert(key, entry);
-        self.connections.became_idle.notify_waiters();
+    fn set_idle(&self) {
+        self.done(|_| true);
+    }
+
+    /// Marks the connection idle from now if `now_idle` says so of its state (in the same
+    /// critical section: a request starting meanwhile cannot be overtaken).
+    fn done(&self, now_idle: impl FnOnce(&mut SlotState) -> bool) {
+        let idle = {
+            let mut state = self.state.lock().expect("not poisoned");
+            let idle = now_idle(&mut state);
+            if idle {
+                state.idle = Some((self.connections.next.fetch_add(1, Ordering::Relaxed), Instant::now()));
+            }
+            idle
+        };
+        // After marking itself idle (see `admit`).
+        if idle && self.connections.waiting.load(Ordering::SeqCst) > 0 {
+            self.connections.became_idle.notify_waiters();
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(key) = self.state.get_mut().expect("not poisoned").idle_since {
-            self.connections.idle.lock().expect("not poisoned").remove(&key);
-        }
+        self.connections.open.lock().expect("not poisoned").remove(&self.key);
         self.connections.counts.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -230,14 +273,10 @@ pub struct Busy(Arc<Slot>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let idle = {
-            let mut state = self.0.state.lock().expect("not poisoned");
+        self.0.done(|state| {
             state.requests -= 1;
             state.requests == 0
-        };
-        if idle {
-            self.0.set_idle();
-        }
+        });
     }
 }
 
@@ -380,5 +419,51 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), a.shed.notified()).await.expect("shed once idle");
         drop(a);
         let _permit = tokio::time::timeout(Duration::from_secs(5), admit).await.expect("admitted").unwrap();
+    }
+
+    /// Connections turning busy and idle on other threads while new callers wait on a full
+    /// house: every wait ends (a connection that became idle either is found or wakes it), and
+    /// only idle connections are shed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_house_under_churn_lets_every_caller_in() {
+        let connections = Connections::new(4, Arc::default());
+        let mut slots = Vec::new();
+        for _ in 0..4 {
+            slots.push(connections.open(connections.admit().await));
+        }
+        for _ in 0..200 {
+            let churn: Vec<_> = slots
+                .iter()
+                .map(|slot| {
+                    let slot = slot.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..50 {
+                            let busy = slot.busy();
+                            tokio::task::yield_now().await;
+                            drop(busy);
+                        }
+                    })
+                })
+                .collect();
+            let admit = tokio::spawn({
+                let connections = connections.clone();
+                async move { connections.admit().await }
+            });
+            // The shed one closes once told; until then the caller waits.
+            let told = slots.iter().map(|slot| {
+                let slot = slot.clone();
+                Box::pin(async move { slot.shed.notified().await })
+            });
+            let (_, shed, _) = tokio::time::timeout(Duration::from_secs(10), futures_util::future::select_all(told))
+                .await
+                .expect("an idle connection is shed");
+            for task in churn {
+                task.await.unwrap();
+            }
+            drop(slots.remove(shed));
+            let permit = tokio::time::timeout(Duration::from_secs(10), admit).await.expect("admitted").unwrap();
+            slots.push(connections.open(permit));
+        }
+        assert_eq!(connections.counts.shed.load(Ordering::Relaxed), 200);
     }
 }
