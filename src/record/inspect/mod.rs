@@ -151,7 +151,8 @@ pub struct TenantSecrets {
 /// What an exchange hides when shown: the tokens in use when it finished, and the tenants'
 /// configured secrets as they were then.
 pub struct Secrets {
-    tokens: Vec<Arc<crate::token::Token>>,
+    /// Inline: one tenant's current and previous token, kept without an allocation a request.
+    tokens: smallvec::SmallVec<[Arc<crate::token::Token>; 2]>,
     tenants: Arc<Vec<TenantSecrets>>,
 }
 
@@ -265,7 +266,7 @@ impl Inspector {
     /// its API saw no other's.
     pub(super) fn snapshot(&self, tenant: Option<&str>) -> Secrets {
         let tenants = self.tenants.load_full();
-        let mut tokens = Vec::new();
+        let mut tokens = smallvec::SmallVec::new();
         for t in tenants.iter().filter(|t| tenant.is_none() || t.tenant.as_deref() == tenant) {
             tokens.extend([t.tokens.current(), t.tokens.previous()].into_iter().flatten());
         }
