@@ -102,22 +102,18 @@ impl Connections {
             tokio::pin!(became_idle);
             // Counted before the connections are looked at, and each marks itself idle before it
             // looks at the count (both in one total order): a connection that becomes idle now is
-            // either found below or wakes this wait.
-            self.waiting.fetch_add(1, Ordering::SeqCst);
+            // either found below or wakes this wait. Uncounted when the wait ends, however it
+            // ends (an accept dropped at shutdown too).
+            let waiting = Waiting::count(&self.waiting);
             became_idle.as_mut().enable();
-            let shed = self.shed_one();
-            if shed {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
+            if self.shed_one() {
+                drop(waiting);
                 // It closes at once (or, had it just started a request, after answering it).
                 return self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
             }
-            let permit = tokio::select! {
-                permit = self.permits.clone().acquire_owned() => Some(permit.expect("the semaphore is never closed")),
-                () = became_idle => None,
-            };
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            if let Some(permit) = permit {
-                return permit;
+            tokio::select! {
+                permit = self.permits.clone().acquire_owned() => return permit.expect("the semaphore is never closed"),
+                () = became_idle => {}
             }
         }
     }
@@ -199,6 +195,22 @@ impl Connections {
     /// Waits until every connection has closed.
     pub async fn closed(&self) {
         let _all = self.permits.acquire_many(self.cap as u32).await;
+    }
+}
+
+/// One accept waiting on a full house, counted while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Waiting<'a> {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -465,5 +477,22 @@ mod tests {
             slots.push(connections.open(permit));
         }
         assert_eq!(connections.counts.shed.load(Ordering::Relaxed), 200);
+    }
+
+    #[tokio::test]
+    async fn an_accept_given_up_while_waiting_is_no_longer_counted() {
+        let connections = Connections::new(1, Arc::default());
+        let a = connections.open(connections.admit().await);
+        let _busy = a.busy();
+        let admit = tokio::spawn({
+            let connections = connections.clone();
+            async move { connections.admit().await }
+        });
+        while connections.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        admit.abort();
+        let _ = admit.await;
+        assert_eq!(connections.waiting.load(Ordering::SeqCst), 0);
     }
 }
