@@ -354,10 +354,8 @@ fn mark_sensitive(headers: &mut HeaderMap, names: &[HeaderName]) {
 mod tests {
     use super::*;
 
-    /// hyper keeps room for a request's future beside every connection, idle ones included: a
-    /// thousand idle callers cost a thousand times its size.
-    #[tokio::test]
-    async fn the_future_kept_beside_each_connection_stays_small() {
+    /// The service of a proxy configured with the least there is.
+    fn a_service() -> Service {
         let env = |k: &str| match k {
             "UEM_API_URL" => Some("http://127.0.0.1:9".to_owned()),
             "UEM_TOKEN_URL" => Some("http://127.0.0.1:9/token".to_owned()),
@@ -366,7 +364,14 @@ mod tests {
             _ => None,
         };
         let config = crate::config::Config::load(None, &env).unwrap();
-        let service = crate::service(&config, &config.listen).unwrap();
+        crate::service(&config, &config.listen).unwrap()
+    }
+
+    /// hyper keeps room for a request's future beside every connection, idle ones included: a
+    /// thousand idle callers cost a thousand times its size.
+    #[tokio::test]
+    async fn the_future_kept_beside_each_connection_stays_small() {
+        let service = a_service();
         let serving = service.serve(Request::new(Body::empty()), Peer::Unix(None), false);
         assert!(std::mem::size_of_val(&serving) <= 1024, "{} bytes", std::mem::size_of_val(&serving));
     }
@@ -376,15 +381,7 @@ mod tests {
     /// the forwarding path, not stored again at each level (6.7 KiB when it was).
     #[tokio::test]
     async fn the_state_of_answering_a_request_stays_under_4_5_kib() {
-        let env = |k: &str| match k {
-            "UEM_API_URL" => Some("http://127.0.0.1:9".to_owned()),
-            "UEM_TOKEN_URL" => Some("http://127.0.0.1:9/token".to_owned()),
-            "UEM_CLIENT_ID" => Some("client".to_owned()),
-            "UEM_CLIENT_SECRET" => Some("secret".to_owned()),
-            _ => None,
-        };
-        let config = crate::config::Config::load(None, &env).unwrap();
-        let service = crate::service(&config, &config.listen).unwrap();
+        let service = a_service();
         let settings = service.app.settings.load_full();
         let (mut parts, body) = Request::new(Body::empty()).into_parts();
         let id = http::HeaderValue::from_static("id");
