@@ -127,13 +127,13 @@ impl Connections {
         let all = self.all();
         loop {
             let idle = all.iter().filter_map(|slot| Some((slot.state.lock().expect("not poisoned").idle?.0, slot)));
-            let Some((since, oldest)) = idle.min_by_key(|(since, _)| *since) else {
+            let Some((order, oldest)) = idle.min_by_key(|(order, _)| *order) else {
                 return false;
             };
             // Taken out of the idle ones, as the sweep takes an expired one: told once. Unless it
             // started a request (or became idle anew) since it was looked at: then look again.
             let mut state = oldest.state.lock().expect("not poisoned");
-            if state.idle.is_none_or(|(now, _)| now != since) {
+            if state.idle.is_none_or(|(still, _)| still != order) {
                 continue;
             }
             state.idle = None;
