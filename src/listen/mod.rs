@@ -314,8 +314,18 @@ pub async fn serve<H: Handler>(
                                 Some(acceptor) => {
                                     let acceptor = acceptor.clone();
                                     tokio::spawn(async move {
-                                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
-                                        {
+                                        let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                                        // A connection still shaking hands counts as idle: at the
+                                        // cap it may be the one asked to make room, which it does
+                                        // at once rather than when its handshake ends.
+                                        let outcome = tokio::select! {
+                                            outcome = handshake => outcome,
+                                            () = conn.slot.shed.notified() => {
+                                                tracing::debug!(%peer, "TLS handshake cut: the connection cap needs its place");
+                                                return;
+                                            }
+                                        };
+                                        match outcome {
                                             Ok(Ok(tls)) => {
                                                 conn.slot.idle_from_now();
                                                 conn.spawn(tls, peer, true);

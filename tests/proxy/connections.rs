@@ -338,3 +338,37 @@ async fn a_caller_that_stops_reading_over_https_loses_its_connection_too() {
     assert!(rest < 64 << 20, "the whole body arrived");
     std::fs::remove_dir_all(std::path::Path::new(&cert_path).parent().unwrap()).unwrap();
 }
+
+#[tokio::test]
+async fn at_the_cap_a_connection_still_shaking_hands_makes_room_at_once() {
+    let (cert_path, key_path) = localhost_certificate();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let api = Api::default();
+    let extra = [
+        ("UEM_PROXY_TLS_CERT", cert_path.as_str()),
+        ("UEM_PROXY_TLS_KEY", key_path.as_str()),
+        ("UEM_PROXY_TLS_LISTEN", tls_listen.as_str()),
+        ("UEM_PROXY_MAX_CONNECTIONS", "2"),
+        ("UEM_PROXY_HEADER_TIMEOUT", "20s"),
+    ];
+    let proxy = proxy_for(&api, &extra).await;
+    // Opened first and silent: idle the longest, its handshake not even begun.
+    let mut shaking = None;
+    for _ in 0..50 {
+        if let Ok(stream) = TcpStream::connect(&tls_listen).await {
+            shaking = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut shaking = shaking.expect("the HTTPS listener accepts");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut b = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(get_on(&mut b, "/_proxy/healthz").await.starts_with("HTTP/1.1 200"));
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(3), get_on(&mut c, "/_proxy/healthz")).await;
+    assert!(answered.expect("answered without waiting for the handshake's timeout").starts_with("HTTP/1.1 200"));
+    closed_within(&mut shaking, Duration::from_secs(1)).await.expect("the connection shaking hands is closed");
+    std::fs::remove_dir_all(std::path::Path::new(&cert_path).parent().unwrap()).unwrap();
+}
