@@ -6,7 +6,7 @@ use super::rules::{Kind, MAX_FIELDS, State, Violation};
 
 /// A `token` character (RFC 9110 §5.6.2): method and field names. Looked up, as every byte of
 /// every header name is.
-fn is_tchar(b: u8) -> bool {
+pub(super) fn is_tchar(b: u8) -> bool {
     TCHAR[usize::from(b)]
 }
 
@@ -25,7 +25,7 @@ const TCHAR: [bool; 256] = {
     table
 };
 
-fn trim_ows(mut s: &[u8]) -> &[u8] {
+pub(super) fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }
