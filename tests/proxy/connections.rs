@@ -293,26 +293,46 @@ async fn accept_failures_are_logged_once_a_second_with_a_count_and_do_not_spin()
     drop(idle);
 }
 
+/// A certificate for localhost and a free port for the HTTPS listener; the certificate's folder
+/// is removed when the test ends, passed or not.
+struct Https {
+    cert: String,
+    key: String,
+    port: u16,
+    listen: String,
+}
+
+impl Https {
+    fn new() -> Https {
+        let (cert, key) = localhost_certificate();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Https { cert, key, port, listen: format!("127.0.0.1:{port}") }
+    }
+
+    fn settings(&self) -> [(&'static str, &str); 3] {
+        [("UEM_PROXY_TLS_CERT", &self.cert), ("UEM_PROXY_TLS_KEY", &self.key), ("UEM_PROXY_TLS_LISTEN", &self.listen)]
+    }
+}
+
+impl Drop for Https {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(std::path::Path::new(&self.cert).parent().unwrap());
+    }
+}
+
 #[tokio::test]
 async fn a_caller_that_stops_reading_over_https_loses_its_connection_too() {
-    let (cert_path, key_path) = localhost_certificate();
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let tls = Https::new();
     let api = Api::default();
-    let extra = [
-        ("UEM_PROXY_TLS_CERT", cert_path.as_str()),
-        ("UEM_PROXY_TLS_KEY", key_path.as_str()),
-        ("UEM_PROXY_TLS_LISTEN", tls_listen.as_str()),
-        ("UEM_PROXY_BODY_IDLE_TIMEOUT", "1s"),
-    ];
+    let extra = [tls.settings().as_slice(), &[("UEM_PROXY_BODY_IDLE_TIMEOUT", "1s")]].concat();
     let _proxy = proxy_for(&api, &extra).await;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let https = reqwest::Client::builder()
         .no_proxy()
-        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&cert_path).unwrap()).unwrap()])
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&tls.cert).unwrap()).unwrap()])
         .build()
         .unwrap();
-    let url = format!("https://localhost:{tls_port}/big?bytes=67108864");
+    let url = format!("https://localhost:{}/big?bytes=67108864", tls.port);
     let mut response = None;
     for _ in 0..50 {
         if let Ok(r) = https.get(&url).send().await {
@@ -336,27 +356,18 @@ async fn a_caller_that_stops_reading_over_https_loses_its_connection_too() {
     .await
     .expect("the connection is closed");
     assert!(rest < 64 << 20, "the whole body arrived");
-    std::fs::remove_dir_all(std::path::Path::new(&cert_path).parent().unwrap()).unwrap();
 }
 
 #[tokio::test]
 async fn at_the_cap_a_connection_still_shaking_hands_makes_room_at_once() {
-    let (cert_path, key_path) = localhost_certificate();
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let tls = Https::new();
     let api = Api::default();
-    let extra = [
-        ("UEM_PROXY_TLS_CERT", cert_path.as_str()),
-        ("UEM_PROXY_TLS_KEY", key_path.as_str()),
-        ("UEM_PROXY_TLS_LISTEN", tls_listen.as_str()),
-        ("UEM_PROXY_MAX_CONNECTIONS", "2"),
-        ("UEM_PROXY_HEADER_TIMEOUT", "20s"),
-    ];
-    let proxy = proxy_for(&api, &extra).await;
+    let limits = [("UEM_PROXY_MAX_CONNECTIONS", "2"), ("UEM_PROXY_HEADER_TIMEOUT", "20s")];
+    let proxy = proxy_for(&api, &[tls.settings().as_slice(), &limits].concat()).await;
     // Opened first and silent: idle the longest, its handshake not even begun.
     let mut shaking = None;
     for _ in 0..50 {
-        if let Ok(stream) = TcpStream::connect(&tls_listen).await {
+        if let Ok(stream) = TcpStream::connect(&tls.listen).await {
             shaking = Some(stream);
             break;
         }
@@ -370,5 +381,4 @@ async fn at_the_cap_a_connection_still_shaking_hands_makes_room_at_once() {
     let answered = tokio::time::timeout(Duration::from_secs(3), get_on(&mut c, "/_proxy/healthz")).await;
     assert!(answered.expect("answered without waiting for the handshake's timeout").starts_with("HTTP/1.1 200"));
     closed_within(&mut shaking, Duration::from_secs(1)).await.expect("the connection shaking hands is closed");
-    std::fs::remove_dir_all(std::path::Path::new(&cert_path).parent().unwrap()).unwrap();
 }
