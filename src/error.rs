@@ -50,6 +50,8 @@ pub enum ProxyError {
     CallerNotAllowed,
     #[error("the Host '{0}' is not one this proxy answers to; see UEM_PROXY_ALLOWED_HOSTS")]
     HostNotAllowed(String),
+    #[error("an HTTP/1.1 request must name the host it is for in a Host header")]
+    MissingHost,
     #[error("requests from the web origin '{0}' are not allowed; see UEM_PROXY_ALLOWED_ORIGINS")]
     OriginNotAllowed(String),
     #[error("cross-site requests from web pages are not allowed")]
@@ -96,6 +98,7 @@ impl ProxyError {
             ProxyError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ProxyError::CallerNotAllowed => (StatusCode::FORBIDDEN, "caller_not_allowed"),
             ProxyError::HostNotAllowed(_) => (StatusCode::FORBIDDEN, "host_not_allowed"),
+            ProxyError::MissingHost => (StatusCode::BAD_REQUEST, "missing_host"),
             ProxyError::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
             ProxyError::CrossSite => (StatusCode::FORBIDDEN, "cross_site_request"),
             ProxyError::PolicyDenied { .. } => (StatusCode::FORBIDDEN, "policy_denied"),

@@ -5,9 +5,11 @@
 //!   `UEM_PROXY_ALLOW_CIDRS`.
 //! - The `Host` it asked for: `localhost`, `127.0.0.1`, `[::1]`, the listen address, or a name in
 //!   `UEM_PROXY_ALLOWED_HOSTS`. A page that rebinds its own DNS name to this address cannot pass.
-//!   The health endpoints skip this check and the address check, for probes. A `Host`, or an
-//!   absolute-form target's authority, with user information (`a@b`) or characters no host name
-//!   holds is refused with 400 on every endpoint: URLs in `Location` and bodies are built from it.
+//!   An HTTP/1.1 request without a `Host`, or with an empty one, is refused with 400 (RFC 9112
+//!   §3.2). The health endpoints skip these checks and the address check, for probes. A `Host`,
+//!   or an absolute-form target's authority, with user information (`a@b`) or characters no host
+//!   name holds is refused with 400 on every endpoint: URLs in `Location` and bodies are built
+//!   from it.
 //! - Web pages: an `Origin` not in `UEM_PROXY_ALLOWED_ORIGINS`, or `Sec-Fetch-Site: cross-site`
 //!   without one, is refused; CORS preflights are answered here.
 //! - `TRACE` (it would echo the injected token), over-long targets, and bodies declared larger
@@ -24,7 +26,7 @@ use std::time::Duration;
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode, Version};
 use ipnet::IpNet;
 
 use crate::error::ProxyError;
@@ -160,6 +162,9 @@ impl Checks {
             && !host_well_formed(authority.as_str())
         {
             return Some(ProxyError::BadHost(authority.as_str().to_owned()));
+        }
+        if !health && host.is_empty() && req.version >= Version::HTTP_11 {
+            return Some(ProxyError::MissingHost);
         }
         if !health && !self.host_allowed(host) {
             return Some(ProxyError::HostNotAllowed(host.to_owned()));
@@ -390,6 +395,31 @@ mod tests {
         ] {
             assert!(!host_well_formed(bad), "{bad}");
         }
+    }
+
+    fn parts(method: &str, target: &str, version: Version, host: Option<&str>) -> Parts {
+        let mut request = http::Request::builder().method(method).uri(target).version(version);
+        if let Some(host) = host {
+            request = request.header(header::HOST, host);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn an_http_1_1_request_must_name_a_host_and_an_http_1_0_one_a_known_one() {
+        let c = checks(&[], &[], "127.0.0.1:8080");
+        let refusal =
+            |path: &str, version, host| c.refusal(&parts("GET", path, version, host), Some(&Caller::Loopback));
+        for host in [None, Some("")] {
+            assert!(matches!(refusal("/api/x", Version::HTTP_11, host), Some(ProxyError::MissingHost)), "{host:?}");
+            assert!(
+                matches!(refusal("/api/x", Version::HTTP_10, host), Some(ProxyError::HostNotAllowed(_))),
+                "{host:?}"
+            );
+            assert!(refusal("/_proxy/healthz", Version::HTTP_11, host).is_none(), "probes may send none");
+        }
+        assert!(refusal("/api/x", Version::HTTP_10, Some("localhost")).is_none());
+        assert!(refusal("/api/x", Version::HTTP_11, Some("localhost:8080")).is_none());
     }
 
     #[test]

@@ -82,6 +82,26 @@ async fn a_foreign_host_name_is_refused_and_never_forwarded() {
 }
 
 #[tokio::test]
+async fn an_http_1_1_request_without_a_host_gets_400() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    // RFC 9112 §3.2: HTTP/1.1 needs a Host, and an empty one names none.
+    for request in [
+        "GET /api/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /api/x HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw(proxy.addr, request).await;
+        assert_eq!(status(&answer), 400, "{answer}");
+        assert_eq!(raw_json(&answer)["error"], "missing_host");
+        assert!(raw_json(&answer)["request_id"].is_string(), "{answer}");
+    }
+    // HTTP/1.0 allows none, and this proxy still answers only to a name it knows.
+    assert_eq!(status(&raw(proxy.addr, "GET /api/x HTTP/1.0\r\n\r\n").await), 403);
+    // Probes may send none.
+    assert_eq!(status(&raw(proxy.addr, "GET /_proxy/healthz HTTP/1.1\r\nConnection: close\r\n\r\n").await), 200);
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test]
 async fn web_pages_from_other_origins_are_refused_and_preflights_answered_locally() {
     let (proxy, upstream, _tokens) =
         Proxy::with_defaults(&[("UEM_PROXY_ALLOWED_ORIGINS", "http://localhost:3000")]).await;
