@@ -31,6 +31,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/_proxy", get(not_found))
         .route("/_proxy/", get(not_found))
         .route("/_proxy/{*rest}", axum::routing::any(not_found))
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 /// Alive: the process answers. Says nothing about the token, so an orchestrator does not restart
@@ -148,4 +149,10 @@ async fn events(State(app): State<Arc<App>>) -> Response {
 
 async fn not_found(Extension(id): Extension<RequestId>) -> Response {
     ProxyError::NotFound.into_response(id.as_str())
+}
+
+/// A method the path does not take (`POST /_proxy/status`): JSON, as every answer the proxy makes
+/// itself, where axum's own is empty. axum adds the `Allow` header.
+async fn method_not_allowed(method: http::Method, Extension(id): Extension<RequestId>) -> Response {
+    ProxyError::MethodNotAllowed(method).into_response(id.as_str())
 }

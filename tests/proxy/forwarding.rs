@@ -214,6 +214,19 @@ async fn admin_paths_answer_locally_and_are_never_forwarded() {
     assert_eq!(other.status(), 404);
     let body: serde_json::Value = other.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
+    // A method an endpoint does not take is answered as every refusal is: JSON, with the id, and
+    // with the methods it takes.
+    for (method, path) in [("POST", "/_proxy/status"), ("DELETE", "/_proxy/metrics"), ("PUT", "/_proxy/healthz")] {
+        let url = format!("{}{path}", proxy.url);
+        let answer = client().request(method.parse().unwrap(), url).send().await.unwrap();
+        assert_eq!(answer.status(), 405, "{method} {path}");
+        assert_eq!(answer.headers()["allow"], "GET,HEAD", "{method} {path}");
+        let id = answer.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["error"], "method_not_allowed", "{method} {path}");
+        assert_eq!(body["request_id"], id.as_str());
+        assert!(body["message"].as_str().unwrap().contains(method), "{body}");
+    }
     assert!(upstream.seen().is_empty());
 }
 
