@@ -195,7 +195,8 @@ impl Checks {
 
 /// A `Host` (or a target's authority) as RFC 9110 §7.2 has it, `host [":" port]`: a name of
 /// letters, digits, `-`, `.` and `_`, or a bracketed IPv6 address. No user information (`a@b`),
-/// no percent-encoding. An empty one is well-formed (and matches no allowed host).
+/// no percent-encoding, no port without a name (`:80`). An empty one is well-formed (and
+/// matches no allowed host).
 fn host_well_formed(host: &str) -> bool {
     let (name_ok, port) = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
@@ -204,7 +205,8 @@ fn host_well_formed(host: &str) -> bool {
         },
         None => {
             let (name, port) = host.find(':').map_or((host, ""), |i| host.split_at(i));
-            (name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')), port)
+            let named = !name.is_empty() || port.is_empty();
+            (named && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')), port)
         }
     };
     let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
@@ -386,6 +388,8 @@ mod tests {
             "localhost:80:80",
             "localhost:8o",
             "[::1]:8080@evil",
+            ":80",
+            ":",
             "[::1",
             "[evil.example]",
             "local host",

@@ -190,7 +190,7 @@ async fn a_refusal_inside_a_body_is_answered_if_no_response_has_begun_and_cuts_t
 #[tokio::test]
 async fn a_host_with_user_information_is_refused_with_400() {
     let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
-    let hosts = ["[::1]@evil.example", "user@localhost:8080", "localhost%40evil.example", "user:pw@127.0.0.1"];
+    let hosts = ["[::1]@evil.example", "user@localhost:8080", "localhost%40evil.example", "user:pw@127.0.0.1", ":8080"];
     for host in hosts {
         let text = exchange(
             proxy.addr,
