@@ -386,7 +386,7 @@ mod tests {
         assert!(std::mem::size_of_val(&serving) <= 1024, "{} bytes", std::mem::size_of_val(&serving));
     }
 
-    /// A request's state is boxed and copied whole into its box (see `listen`), and its cache
+    /// A request's state is boxed and copied whole into its box (see `serve`), and its cache
     /// lines are fresh memory each time: every KiB is paid on every request. The request's head
     /// is borrowed down the forwarding path, not stored again at each level (6.7 KiB for the
     /// answering part alone when it was).
