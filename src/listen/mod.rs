@@ -313,15 +313,21 @@ pub async fn serve<H: Handler>(
                                 None => conn.spawn(stream, peer, false),
                                 Some(acceptor) => {
                                     let acceptor = acceptor.clone();
+                                    let mut stopping = conn.stopped.clone();
                                     tokio::spawn(async move {
                                         let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
                                         // A connection still shaking hands counts as idle: at the
-                                        // cap it may be the one asked to make room, which it does
-                                        // at once rather than when its handshake ends.
+                                        // cap it may be the one asked to make room, and at
+                                        // shutdown it holds up no drain; it goes at once rather
+                                        // than when its handshake ends.
                                         let outcome = tokio::select! {
                                             outcome = handshake => outcome,
                                             () = conn.slot.shed.notified() => {
                                                 tracing::debug!(%peer, "TLS handshake cut: the connection cap needs its place");
+                                                return;
+                                            }
+                                            _ = stopping.wait_for(|s| *s) => {
+                                                tracing::debug!(%peer, "TLS handshake cut: the proxy is shutting down");
                                                 return;
                                             }
                                         };

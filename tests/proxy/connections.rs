@@ -359,6 +359,28 @@ async fn a_caller_that_stops_reading_over_https_loses_its_connection_too() {
 }
 
 #[tokio::test]
+async fn a_connection_still_shaking_hands_holds_up_no_shutdown() {
+    let tls = Https::new();
+    let api = Api::default();
+    let limits = [("UEM_PROXY_HEADER_TIMEOUT", "20s"), ("UEM_PROXY_SHUTDOWN_GRACE", "20s")];
+    let mut proxy = proxy_for(&api, &[tls.settings().as_slice(), &limits].concat()).await;
+    let mut shaking = None;
+    for _ in 0..50 {
+        if let Ok(stream) = TcpStream::connect(&tls.listen).await {
+            shaking = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut shaking = shaking.expect("the HTTPS listener accepts");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(3), &mut proxy.task).await;
+    ended.expect("the proxy ends without waiting for the handshake's timeout").unwrap().unwrap();
+    closed_within(&mut shaking, Duration::from_secs(1)).await.expect("the connection shaking hands is closed");
+}
+
+#[tokio::test]
 async fn at_the_cap_a_connection_still_shaking_hands_makes_room_at_once() {
     let tls = Https::new();
     let api = Api::default();
