@@ -521,7 +521,19 @@ fn from_upstream(e: &upstream::Error) -> ProxyError {
         ProxyError::Timeout
     } else if e.is_connect() {
         ProxyError::Unreachable
-    } else if chain().any(|s| s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)) {
+    } else if chain().any(|s| {
+        s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)
+            // Closed by a reset instead (an API whose idle close meets the request with an RST,
+            // or a load balancer dropping the connection): no answer came either.
+            || s.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                )
+            })
+    }) {
         ProxyError::ClosedBeforeAnswer
     } else {
         ProxyError::Broken

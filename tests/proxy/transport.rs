@@ -358,9 +358,13 @@ fn base64_of(text: &str) -> String {
 }
 
 /// An API whose first connection answers one request, then reads the next and closes without a
-/// word, as an API does when its idle timeout meets the proxy's reuse of the connection. Later
-/// connections answer every request.
-async fn api_closing_a_reused_connection(connections: Arc<AtomicUsize>, heads: Arc<Mutex<Vec<Vec<u8>>>>) -> SocketAddr {
+/// word (with a reset when `reset`), as an API does when its idle timeout meets the proxy's reuse
+/// of the connection. Later connections answer every request.
+async fn api_closing_a_reused_connection(
+    connections: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<Vec<u8>>>>,
+    reset: bool,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -372,6 +376,9 @@ async fn api_closing_a_reused_connection(connections: Arc<AtomicUsize>, heads: A
                 while let Some(head) = read_head(&mut stream).await {
                     heads.lock().unwrap().push(head);
                     if first && served == 1 {
+                        if reset {
+                            stream.set_zero_linger().unwrap();
+                        }
                         return;
                     }
                     served += 1;
@@ -388,28 +395,31 @@ async fn api_closing_a_reused_connection(connections: Arc<AtomicUsize>, heads: A
 
 #[tokio::test]
 async fn a_read_on_a_connection_the_api_closed_as_it_was_reused_is_sent_again_a_write_is_not() {
-    let (connections, heads) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
-    let addr = api_closing_a_reused_connection(connections.clone(), heads.clone()).await;
-    let tokens = TokenService::default();
-    let proxy = Proxy::start(&format!("http://{addr}"), &tokens.start().await, &[]).await;
-    let client = client();
-    let url = format!("{}/api/system/info", proxy.url);
-    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
-    let again = client.get(&url).send().await.unwrap();
-    assert_eq!(again.status(), 200, "the read went out again on a new connection");
-    assert_eq!(again.text().await.unwrap(), "ok");
-    assert_eq!(connections.load(Ordering::SeqCst), 2);
-    assert_eq!(heads.lock().unwrap().len(), 3, "one request, the one the API dropped, and its repeat");
+    // Closed with a FIN, and with a reset: either way no answer came.
+    for reset in [false, true] {
+        let (connections, heads) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let addr = api_closing_a_reused_connection(connections.clone(), heads.clone(), reset).await;
+        let tokens = TokenService::default();
+        let proxy = Proxy::start(&format!("http://{addr}"), &tokens.start().await, &[]).await;
+        let client = client();
+        let url = format!("{}/api/system/info", proxy.url);
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+        let again = client.get(&url).send().await.unwrap();
+        assert_eq!(again.status(), 200, "reset {reset}: the read went out again on a new connection");
+        assert_eq!(again.text().await.unwrap(), "ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        assert_eq!(heads.lock().unwrap().len(), 3, "one request, the one the API dropped, and its repeat");
 
-    // The same race for a write: it may have been carried out, so it is never sent twice.
-    let (connections, heads) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
-    let addr = api_closing_a_reused_connection(connections.clone(), heads.clone()).await;
-    let proxy = Proxy::start(&format!("http://{addr}"), &tokens.start().await, &[]).await;
-    let url = format!("{}/api/mdm/devices/1/commands?command=Lock", proxy.url);
-    assert_eq!(client.post(&url).send().await.unwrap().status(), 200);
-    let refused = client.post(&url).send().await.unwrap();
-    assert_eq!(refused.status(), 502);
-    let body: serde_json::Value = refused.json().await.unwrap();
-    assert_eq!(body["error"], "upstream_error");
-    assert_eq!(heads.lock().unwrap().len(), 2, "the write was sent once");
+        // The same race for a write: it may have been carried out, so it is never sent twice.
+        let (connections, heads) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let addr = api_closing_a_reused_connection(connections.clone(), heads.clone(), reset).await;
+        let proxy = Proxy::start(&format!("http://{addr}"), &tokens.start().await, &[]).await;
+        let url = format!("{}/api/mdm/devices/1/commands?command=Lock", proxy.url);
+        assert_eq!(client.post(&url).send().await.unwrap().status(), 200);
+        let refused = client.post(&url).send().await.unwrap();
+        assert_eq!(refused.status(), 502, "reset {reset}");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], "upstream_error");
+        assert_eq!(heads.lock().unwrap().len(), 2, "reset {reset}: the write was sent once");
+    }
 }
