@@ -309,6 +309,19 @@ impl Https {
         Https { cert, key, port, listen: format!("127.0.0.1:{port}") }
     }
 
+    /// A TCP connection to the HTTPS listener (once it listens) that never starts its handshake,
+    /// given a moment to be accepted.
+    async fn silent_connection(&self) -> TcpStream {
+        for _ in 0..50 {
+            if let Ok(stream) = TcpStream::connect(&self.listen).await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return stream;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the HTTPS listener does not accept");
+    }
+
     fn settings(&self) -> [(&'static str, &str); 3] {
         [("UEM_PROXY_TLS_CERT", &self.cert), ("UEM_PROXY_TLS_KEY", &self.key), ("UEM_PROXY_TLS_LISTEN", &self.listen)]
     }
@@ -364,16 +377,7 @@ async fn a_connection_still_shaking_hands_holds_up_no_shutdown() {
     let api = Api::default();
     let limits = [("UEM_PROXY_HEADER_TIMEOUT", "20s"), ("UEM_PROXY_SHUTDOWN_GRACE", "20s")];
     let mut proxy = proxy_for(&api, &[tls.settings().as_slice(), &limits].concat()).await;
-    let mut shaking = None;
-    for _ in 0..50 {
-        if let Ok(stream) = TcpStream::connect(&tls.listen).await {
-            shaking = Some(stream);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut shaking = shaking.expect("the HTTPS listener accepts");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut shaking = tls.silent_connection().await;
     proxy.shutdown();
     let ended = tokio::time::timeout(Duration::from_secs(3), &mut proxy.task).await;
     ended.expect("the proxy ends without waiting for the handshake's timeout").unwrap().unwrap();
@@ -387,16 +391,7 @@ async fn at_the_cap_a_connection_still_shaking_hands_makes_room_at_once() {
     let limits = [("UEM_PROXY_MAX_CONNECTIONS", "2"), ("UEM_PROXY_HEADER_TIMEOUT", "20s")];
     let proxy = proxy_for(&api, &[tls.settings().as_slice(), &limits].concat()).await;
     // Opened first and silent: idle the longest, its handshake not even begun.
-    let mut shaking = None;
-    for _ in 0..50 {
-        if let Ok(stream) = TcpStream::connect(&tls.listen).await {
-            shaking = Some(stream);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut shaking = shaking.expect("the HTTPS listener accepts");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut shaking = tls.silent_connection().await;
     let mut b = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(get_on(&mut b, "/_proxy/healthz").await.starts_with("HTTP/1.1 200"));
     let mut c = TcpStream::connect(proxy.addr).await.unwrap();
