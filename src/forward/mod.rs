@@ -509,6 +509,17 @@ impl Attempt<'_> {
     }
 }
 
+/// Whether `cause` is the API closing the connection: cleanly in the middle of the exchange, or
+/// with a reset (an idle close that meets the request with an RST, a load balancer dropping the
+/// connection).
+fn closed_by_peer(cause: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    cause.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)
+        || cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
+}
+
 /// Classifies a failure to get response headers from the upstream. Timeouts first: a connect
 /// timeout is a timeout (504), as in nginx; other connect failures are unreachable (502).
 fn from_upstream(e: &upstream::Error) -> ProxyError {
@@ -521,19 +532,7 @@ fn from_upstream(e: &upstream::Error) -> ProxyError {
         ProxyError::Timeout
     } else if e.is_connect() {
         ProxyError::Unreachable
-    } else if chain().any(|s| {
-        s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)
-            // Closed by a reset instead (an API whose idle close meets the request with an RST,
-            // or a load balancer dropping the connection): no answer came either.
-            || s.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::ConnectionAborted
-                        | std::io::ErrorKind::BrokenPipe
-                )
-            })
-    }) {
+    } else if chain().any(closed_by_peer) {
         ProxyError::ClosedBeforeAnswer
     } else {
         ProxyError::Broken
