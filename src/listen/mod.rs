@@ -311,36 +311,7 @@ pub async fn serve<H: Handler>(
                             let _ = stream.set_nodelay(true);
                             match &b.tls {
                                 None => conn.spawn(stream, peer, false),
-                                Some(acceptor) => {
-                                    let acceptor = acceptor.clone();
-                                    let mut stopping = conn.stopped.clone();
-                                    tokio::spawn(async move {
-                                        let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
-                                        // A connection still shaking hands counts as idle: at the
-                                        // cap it may be the one asked to make room, and at
-                                        // shutdown it holds up no drain; it goes at once rather
-                                        // than when its handshake ends.
-                                        let outcome = tokio::select! {
-                                            outcome = handshake => outcome,
-                                            () = conn.slot.shed.notified() => {
-                                                tracing::debug!(%peer, "TLS handshake cut: the connection cap needs its place");
-                                                return;
-                                            }
-                                            _ = stopping.wait_for(|s| *s) => {
-                                                tracing::debug!(%peer, "TLS handshake cut: the proxy is shutting down");
-                                                return;
-                                            }
-                                        };
-                                        match outcome {
-                                            Ok(Ok(tls)) => {
-                                                conn.slot.idle_from_now();
-                                                conn.spawn(tls, peer, true);
-                                            }
-                                            Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
-                                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                                        }
-                                    });
-                                }
+                                Some(acceptor) => conn.spawn_tls(acceptor.clone(), stream, peer),
                             }
                         }
                         Ok((conn, (Stream::Unix(stream), peer))) => conn.spawn(stream, peer, false),
@@ -406,6 +377,36 @@ impl<H: Handler> Conn<H> {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         tokio::spawn(self.serving(stream, peer, https));
+    }
+
+    /// Serves a connection to the HTTPS listener once its TLS handshake, bounded by the header
+    /// timeout, is done. A connection still shaking hands counts as idle: at the cap it may be
+    /// the one asked to make room, and at shutdown it holds up no drain; it goes at once rather
+    /// than when its handshake ends.
+    fn spawn_tls(self, acceptor: tokio_rustls::TlsAcceptor, stream: tokio::net::TcpStream, peer: Peer) {
+        let mut stopping = self.stopped.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream));
+            let outcome = tokio::select! {
+                outcome = handshake => outcome,
+                () = self.slot.shed.notified() => {
+                    tracing::debug!(%peer, "TLS handshake cut: the connection cap needs its place");
+                    return;
+                }
+                _ = stopping.wait_for(|s| *s) => {
+                    tracing::debug!(%peer, "TLS handshake cut: the proxy is shutting down");
+                    return;
+                }
+            };
+            match outcome {
+                Ok(Ok(tls)) => {
+                    self.slot.idle_from_now();
+                    self.spawn(tls, peer, true);
+                }
+                Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
     }
 
     /// The connection's task. Its future is kept for the connection's whole life, idle or busy.
