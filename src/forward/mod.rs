@@ -387,6 +387,10 @@ fn upstream_uri(route: &Route, parts: &Parts, path: &str) -> Result<Uri, ProxyEr
     }
     let query = parts.uri.query();
     let unchanged = || ProxyError::BadTarget("the request target cannot be forwarded unchanged");
+    // Only a path joins the base: `*` (asterisk form) would join its host name.
+    if !path.starts_with('/') {
+        return Err(unchanged());
+    }
     let joined = |start: &str| {
         let mut target = String::with_capacity(start.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         target.push_str(start);
