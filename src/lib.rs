@@ -5,7 +5,8 @@
 //! A request travels four stages, each a folder; a stage imports only the stages before it, and
 //! [`service`](mod@service) calls them in turn, carrying the request's state as values:
 //! - [`listen`]: bytes in. TCP, Unix and HTTPS listeners, the connection cap and the
-//!   header-timeout sweep, stalled writes, and the strict request-framing guard.
+//!   header-timeout sweep, stalled writes, the strict request-framing guard, and the caller's
+//!   request body (counted, and never left half read on a connection that is kept).
 //! - [`gate`]: who may call (address, `Host`, web origin, limits), what the request targets (the
 //!   canonical method and path, and the permission it needs), and what the [`gate::policy`] lets
 //!   callers do.

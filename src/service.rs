@@ -15,7 +15,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, COOKIE, HeaderName, ORIGIN, PROXY_AUTHORIZATION, SET_COOKIE};
+use http::header::{
+    AUTHORIZATION, CONNECTION, COOKIE, HeaderName, HeaderValue, ORIGIN, PROXY_AUTHORIZATION, SET_COOKIE,
+};
 use http::request::Parts;
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
@@ -26,9 +28,9 @@ use tracing::Instrument;
 use crate::app::{App, Settings};
 use crate::error::ProxyError;
 use crate::forward::Reached;
-use crate::forward::body::Counted;
 use crate::gate::target::{Target, canonical_method, is_own};
 use crate::gate::{self};
+use crate::listen::intake::CallerBody;
 use crate::listen::{Handler, Peer};
 use crate::record::{Record, RequestId};
 use crate::request_id::{self, X_REQUEST_ID};
@@ -112,9 +114,9 @@ impl Service {
         let body = if body.is_end_stream() {
             Body::empty()
         } else {
-            let count = Arc::default();
-            record.bytes_in = Some(Arc::clone(&count));
-            let body = Body::new(Counted::new(body, count));
+            let (body, intake) = CallerBody::new(body, &parts);
+            record.bytes_in = Some(intake);
+            let body = Body::new(body);
             match &mut record.capture {
                 Some(capture) => capture.tee_request(body),
                 None => body,
@@ -122,9 +124,18 @@ impl Service {
         };
         // Debug lines written while serving the request carry its id through this span.
         let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or(""));
+        // Whether the caller's address may call: `answer` clears `caller` on any refusal.
+        let let_in = record.caller.is_some();
         let mut response = self.answer(&settings, &mut parts, body, &mut record, https).instrument(span).await;
         let headers = response.headers_mut();
         headers.insert(X_REQUEST_ID.clone(), id);
+        if let Some(intake) = &record.bytes_in {
+            let closing = headers.get(CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            if intake.answered(closing, let_in) {
+                // hyper closes a connection whose request body was not read to its end: say so.
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
         mark_sensitive(headers, &[SET_COOKIE]);
         record.finish(response)
     }

@@ -1,9 +1,8 @@
-//! Body wrappers that keep bodies streaming while the proxy watches them: counting bytes,
-//! noticing the end of an upload, and bounding pauses in a download.
+//! Body wrappers that keep bodies streaming while the proxy watches them: noticing the end of an
+//! upload, bounding its size, and bounding pauses in a download.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -14,39 +13,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::{Instant, Sleep};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Adds the size of every data frame to a shared counter, for the access log.
-pub struct Counted<B> {
-    inner: B,
-    count: Arc<AtomicU64>,
-}
-
-impl<B> Counted<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        Counted { inner, count }
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            self.count.fetch_add(data.map_or(0, |d| d.len() as u64), Ordering::Relaxed);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 /// A caller's request body on its way upstream. Says when it has been read to its end, so the
 /// upstream's time to answer is counted from then and not from the start of a long upload; and is

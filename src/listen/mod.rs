@@ -1,11 +1,13 @@
 //! The listener: accepts connections on TCP or a Unix socket within the connection cap
 //! ([`conns`]), puts the framing guard in front of each, serves it with hyper under header-size
 //! and header-time limits and a bound on stalled writes ([`idle`]), and on shutdown stops
-//! accepting and drains in-flight requests for a bounded time.
+//! accepting and drains in-flight requests for a bounded time. A request's body is read through
+//! [`intake`], which counts it and does not leave it half read on a connection that is kept.
 
 pub mod conns;
 pub mod framing;
 pub mod idle;
+pub mod intake;
 pub mod tls;
 
 use std::fmt;

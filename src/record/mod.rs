@@ -10,7 +10,6 @@ pub mod metrics;
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use tokio::time::Instant;
 use crate::gate::Caller;
 use crate::gate::target::is_own;
 use crate::listen::Peer;
+use crate::listen::intake::Intake;
 use crate::uem::mapping;
 use metrics::{Metrics, RequestLabels, TenantLabel};
 
@@ -64,7 +64,7 @@ pub struct Record {
     pub upstream: Option<Duration>,
     pub started: Instant,
     /// The request body's bytes, counted as the body is read (`None`: it had none).
-    pub bytes_in: Option<Arc<AtomicU64>>,
+    pub bytes_in: Option<Arc<Intake>>,
     pub bytes_out: u64,
     pub complete: bool,
     /// What the inspector keeps of this request; `None` when it is off.
@@ -131,7 +131,7 @@ impl Drop for Record {
         // Milliseconds to the microsecond: precise enough, and short in text logs.
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         let total = self.started.elapsed();
-        let bytes_in = self.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed));
+        let bytes_in = self.bytes_in.as_ref().map_or(0, |intake| intake.bytes());
         if self.status == 0 {
             // The caller left before the answer was ready (nginx's 499).
             self.status = CALLER_LEFT;

@@ -135,3 +135,120 @@ async fn bodies_beyond_the_replay_budget_stream_and_are_not_replayed() {
     drop(held_open);
     wait_held(&proxy, 0).await;
 }
+
+// --- Bodies an answer came before -----------------------------------------------------------
+
+/// The answers on one connection, in order, each as its lower-cased head; and whether the proxy
+/// then closed the connection. Reads until `count` answers are in, the proxy closes, or 10 s.
+async fn answers(stream: &mut TcpStream, count: usize) -> (Vec<String>, bool) {
+    use tokio::io::AsyncReadExt;
+    let (mut data, mut heads, mut closed) = (Vec::new(), Vec::new(), false);
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while heads.len() < count {
+        // Every answer here is the proxy's own, framed by its Content-Length.
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let length: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            if data.len() >= end + 4 + length {
+                data.drain(..end + 4 + length);
+                heads.push(head);
+                continue;
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => data.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    if !closed {
+        closed = matches!(tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await, Ok(Ok(0)));
+    }
+    (heads, closed)
+}
+
+/// A POST the proxy refuses before reading its body (a web page's origin it does not know).
+fn refused_post(body_headers: &str) -> String {
+    format!("POST /api/x HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\n{body_headers}\r\n")
+}
+
+const HEALTH: &[u8] = b"GET /_proxy/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+#[tokio::test]
+async fn a_refused_body_that_is_still_arriving_is_read_so_the_connection_carries_the_next_request() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(refused_post("Content-Length: 300000\r\n").as_bytes()).await.unwrap();
+    // The refusal is out before the body: hyper had none of it buffered to throw away.
+    let (first, _) = answers(&mut stream, 1).await;
+    assert!(first[0].starts_with("http/1.1 403"), "{first:?}");
+    assert!(!first[0].contains("connection: close"), "{first:?}");
+    stream.write_all(&vec![b'x'; 300_000]).await.unwrap();
+    stream.write_all(HEALTH).await.unwrap();
+    let (next, closed) = answers(&mut stream, 1).await;
+    assert!(next.first().is_some_and(|h| h.starts_with("http/1.1 200")), "the next request is answered: {next:?}");
+    assert!(!closed);
+    assert!(upstream.seen().iter().all(|s| s.target != "/api/x"), "nothing refused was forwarded");
+}
+
+#[tokio::test]
+async fn a_refused_body_sent_whole_with_a_request_behind_it_leaves_both_answered() {
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut pipelined = refused_post("Content-Length: 200000\r\n").into_bytes();
+    pipelined.extend_from_slice(&vec![b'x'; 200_000]);
+    pipelined.extend_from_slice(HEALTH);
+    stream.write_all(&pipelined).await.unwrap();
+    let (heads, _) = answers(&mut stream, 2).await;
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(heads[0].starts_with("http/1.1 403") && heads[1].starts_with("http/1.1 200"), "{heads:?}");
+}
+
+#[tokio::test]
+async fn a_refused_body_the_proxy_will_not_read_is_answered_with_connection_close() {
+    let (proxy, _upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    let cases = [
+        // Too much to read for the sake of one connection.
+        ("Content-Length: 5000000\r\n", &b"0123456789"[..]),
+        // No length to judge by.
+        ("Transfer-Encoding: chunked\r\n", &b"a\r\n0123456789\r\n"[..]),
+        // The caller waits for `100 Continue` before sending: reading would ask for the body
+        // after the answer, and a request behind it would be read as the body.
+        ("Content-Length: 10\r\nExpect: 100-continue\r\n", &b""[..]),
+        // hyper heeds one of two; either may be the one.
+        ("Content-Length: 10\r\nExpect: foo\r\nExpect: 100-continue\r\n", &b""[..]),
+        // The caller closes the connection after this request anyway: nothing is waited for.
+        ("Content-Length: 10\r\nConnection: close\r\n", &b"01234"[..]),
+    ];
+    for (headers, start) in cases {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(refused_post(headers).as_bytes()).await.unwrap();
+        stream.write_all(start).await.unwrap();
+        let started = std::time::Instant::now();
+        let (heads, closed) = answers(&mut stream, 1).await;
+        assert!(started.elapsed() < Duration::from_secs(2), "{headers}: {:?}", started.elapsed());
+        assert_eq!(heads.len(), 1, "{headers}: {heads:?}");
+        assert!(heads[0].starts_with("http/1.1 403"), "{headers}: no 100 Continue before the refusal: {heads:?}");
+        assert!(heads[0].contains("\r\nconnection: close"), "{headers}: {heads:?}");
+        assert!(closed, "{headers}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_past_the_limit_found_while_streaming_is_answered_with_connection_close() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[("UEM_PROXY_MAX_BODY_BYTES", "1000")]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = "POST /api/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(format!("7d0\r\n{}\r\n", "x".repeat(2000)).as_bytes()).await.unwrap();
+    let (heads, closed) = answers(&mut stream, 1).await;
+    assert!(heads.first().is_some_and(|h| h.starts_with("http/1.1 413")), "{heads:?}");
+    assert!(heads[0].contains("\r\nconnection: close"), "the rest is never read: {heads:?}");
+    assert!(closed);
+    assert!(upstream.seen().iter().all(|s| s.target != "/api/upload" || s.body.len() <= 1000));
+}
