@@ -227,13 +227,15 @@ fn drain_counted(mut rest: Rest, draining: &'static AtomicUsize) -> bool {
     if draining.fetch_add(1, Ordering::Relaxed) >= MAX_DRAINS {
         return false;
     }
-    runtime.spawn(async move {
+    let reading = async move {
         let _counted = counted;
         let reading = async { while let Some(Ok(_)) = rest.frame().await {} };
         if tokio::time::timeout(DRAIN_TIME, reading).await.is_err() {
             tracing::debug!("a request body left behind by its answer was not read to its end in time");
         }
-    });
+    };
+    // In the request's span, where there is one: its line names the request.
+    runtime.spawn(tracing::Instrument::in_current_span(reading));
     true
 }
 
