@@ -34,8 +34,10 @@ pub const DRAIN_LIMIT: u64 = 1024 * 1024;
 pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// The most bodies read to their ends at once, in the whole process: each holds its
-/// connection's read buffer, which grows as a body arrives quickly.
-pub const MAX_DRAINS: usize = 16;
+/// connection's read buffer, which grows as a body arrives quickly. Over hyper's 16 requests a
+/// connection serves before it gives way to other tasks, so that one pipelining caller, whose
+/// bodies are read a turn later, cannot take them all.
+pub const MAX_DRAINS: usize = 64;
 
 /// Bodies being read to their ends now.
 static DRAINING: AtomicUsize = AtomicUsize::new(0);
@@ -53,6 +55,8 @@ pub struct Intake {
     /// The request lets its connection carry another (HTTP/1.1 without `Connection: close`,
     /// or HTTP/1.0 with `keep-alive`).
     keeps_alive: bool,
+    /// The count of places taken to read bodies to their ends: [`DRAINING`], or a test's own.
+    places: &'static AtomicUsize,
     fate: Mutex<Fate>,
 }
 
@@ -63,8 +67,9 @@ enum Fate {
     /// `bool`: the caller waited for `100 Continue`, which reading it now would send after the
     /// answer.
     Left(Rest, Option<u64>, bool),
-    /// The answer has been decided; `bool`: what is dropped now may be read to its end.
-    Answered(bool),
+    /// The answer has been decided; what is dropped now is read to its end in this place, if
+    /// there is one (taken when the answer was, so that it cannot be missing then).
+    Answered(Option<Place>),
 }
 
 impl Intake {
@@ -79,34 +84,38 @@ impl Intake {
     /// will not be read, so hyper will close the connection.
     pub fn answered(&self, closing: bool, let_in: bool) -> bool {
         let may_drain = let_in && !closing && self.keeps_alive;
-        let fate =
-            std::mem::replace(&mut *self.fate.lock().unwrap_or_else(|e| e.into_inner()), Fate::Answered(may_drain));
-        if closing {
-            return false;
-        }
-        match fate {
-            Fate::Left(rest, due, awaited) => !(may_drain && !awaited && small(due) && drain(rest)),
+        let mut fate = self.fate.lock().unwrap_or_else(|e| e.into_inner());
+        let (close, later) = match std::mem::replace(&mut *fate, Fate::Answered(None)) {
+            _ if closing => (false, None),
+            Fate::Left(rest, due, awaited) => {
+                let drained =
+                    may_drain && !awaited && small(due) && Place::take(self.places).is_some_and(|p| drain(rest, p));
+                (!drained, None)
+            }
             // Still being read: an upload in flight when the API answered early. What it drops
-            // later must be readable, or the connection closes without a word.
+            // later must be readable then, or the connection closes without a word.
+            Fate::Open if self.done.load(Ordering::Relaxed) => (false, None),
             Fate::Open => {
                 let due = self.declared.map(|n| n.saturating_sub(self.bytes()));
-                let done = self.done.load(Ordering::Relaxed);
-                let readable_later = may_drain && small(due);
-                !done && !readable_later
+                let place = (may_drain && small(due)).then(|| Place::take(self.places)).flatten();
+                (place.is_none(), place)
             }
-            Fate::Answered(_) => false,
-        }
+            Fate::Answered(place) => (false, place),
+        };
+        *fate = Fate::Answered(later);
+        close
     }
 
     /// A body dropped before its end, with `due` bytes of it declared and not read: left for
     /// the answer, or read to its end now if the answer has gone and allows it.
     fn leave(&self, rest: Rest, due: Option<u64>, awaited: bool) {
         let mut fate = self.fate.lock().unwrap_or_else(|e| e.into_inner());
-        match *fate {
-            Fate::Answered(may_drain) => {
+        match &mut *fate {
+            Fate::Answered(place) => {
+                let place = place.take();
                 drop(fate);
-                if may_drain && !awaited && small(due) {
-                    drain(rest);
+                if let Some(place) = place.filter(|_| !awaited && small(due)) {
+                    drain(rest, place);
                 }
             }
             _ => *fate = Fate::Left(rest, due, awaited),
@@ -132,6 +141,11 @@ pub struct CallerBody<B: Body<Data = Bytes> + Send + Unpin + 'static> {
 impl<B: Body<Data = Bytes> + Send + Unpin + 'static> CallerBody<B> {
     /// The body of a request with this head, and what it reports to.
     pub fn new(inner: B, head: &Parts) -> (Self, Arc<Intake>) {
+        Self::placed_in(inner, head, &DRAINING)
+    }
+
+    /// [`CallerBody::new`], with the places to read bodies to their ends counted in `places`.
+    fn placed_in(inner: B, head: &Parts, places: &'static AtomicUsize) -> (Self, Arc<Intake>) {
         let tokens = |name| {
             head.headers
                 .get_all(name)
@@ -154,6 +168,7 @@ impl<B: Body<Data = Bytes> + Send + Unpin + 'static> CallerBody<B> {
             done: AtomicBool::new(false),
             declared: inner.size_hint().exact(),
             keeps_alive,
+            places,
             fate: Mutex::new(Fate::Open),
         });
         (CallerBody { inner: Some(inner), intake: intake.clone(), awaits_continue }, intake)
@@ -207,28 +222,29 @@ impl<B: Body<Data = Bytes> + Send + Unpin + 'static> Drop for CallerBody<B> {
     }
 }
 
-/// Reads a body to its end and throws it away, for at most [`DRAIN_TIME`], on a task of its own.
-/// False when there is no runtime to read it on, or [`MAX_DRAINS`] are being read.
-fn drain(rest: Rest) -> bool {
-    drain_counted(rest, &DRAINING)
+/// One of the [`MAX_DRAINS`] places for reading a body to its end; given back when dropped.
+struct Place(&'static AtomicUsize);
+
+impl Place {
+    /// A place counted in `taken`, unless all are taken.
+    fn take(taken: &'static AtomicUsize) -> Option<Place> {
+        let place = Place(taken);
+        (taken.fetch_add(1, Ordering::Relaxed) < MAX_DRAINS).then_some(place)
+    }
 }
 
-/// [`drain`], counting the readings in `draining`.
-fn drain_counted(mut rest: Rest, draining: &'static AtomicUsize) -> bool {
-    /// Counts a reading out when it ends, however it ends (a runtime shutting down drops it).
-    struct Counted(&'static AtomicUsize);
-    impl Drop for Counted {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Reads a body to its end and throws it away, for at most [`DRAIN_TIME`], on a task of its own
+/// that holds `place`. False when there is no runtime to read it on.
+fn drain(mut rest: Rest, place: Place) -> bool {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else { return false };
-    let counted = Counted(draining);
-    if draining.fetch_add(1, Ordering::Relaxed) >= MAX_DRAINS {
-        return false;
-    }
     let reading = async move {
-        let _counted = counted;
+        let _place = place;
         let reading = async { while let Some(Ok(_)) = rest.frame().await {} };
         if tokio::time::timeout(DRAIN_TIME, reading).await.is_err() {
             tracing::debug!("a request body left behind by its answer was not read to its end in time");
@@ -398,15 +414,38 @@ mod tests {
         assert!(!intake.answered(false, true), "the caller was told to go on; the rest is read");
     }
 
+    #[test]
+    fn no_more_than_max_drains_are_read_at_once() {
+        static TAKEN: AtomicUsize = AtomicUsize::new(0);
+        let places: Vec<Place> = (0..MAX_DRAINS).map(|_| Place::take(&TAKEN).expect("a place")).collect();
+        assert!(Place::take(&TAKEN).is_none(), "one too many");
+        assert_eq!(TAKEN.load(Ordering::Relaxed), MAX_DRAINS, "the refused one is not counted");
+        drop(places);
+        assert_eq!(TAKEN.load(Ordering::Relaxed), 0);
+        assert!(Place::take(&TAKEN).is_some());
+    }
+
     #[tokio::test]
-    async fn no_more_than_max_drains_are_read_at_once() {
-        static DRAINING: AtomicUsize = AtomicUsize::new(0);
-        let rest = || -> Rest { Box::new(due(10).0.map_err(|_| ())) };
-        for _ in 0..MAX_DRAINS {
-            assert!(drain_counted(rest(), &DRAINING));
-        }
-        assert!(!drain_counted(rest(), &DRAINING), "one too many");
-        assert_eq!(DRAINING.load(Ordering::Relaxed), MAX_DRAINS, "the refused one is not counted");
+    async fn with_every_place_taken_what_is_left_closes_the_connection() {
+        static TAKEN: AtomicUsize = AtomicUsize::new(0);
+        let places: Vec<Place> = (0..MAX_DRAINS).map(|_| Place::take(&TAKEN).expect("a place")).collect();
+        let (body, intake) = CallerBody::placed_in(due(10).0, &plain(), &TAKEN);
+        drop(body);
+        assert!(intake.answered(false, true), "dropped before the answer");
+        // An upload in flight when the answer is ready: no place to read it later, so the
+        // answer says so now (a place given back after the answer does not count).
+        let (body, intake) = CallerBody::placed_in(due(10).0, &plain(), &TAKEN);
+        assert!(intake.answered(false, true), "in flight at the answer");
+        drop(places);
+        drop(body);
+        assert_eq!(TAKEN.load(Ordering::Relaxed), 0, "nothing taken");
+        // With a place free, the one in flight holds it from the answer until it is read.
+        let (body, intake) = CallerBody::placed_in(due(10).0, &plain(), &TAKEN);
+        assert!(!intake.answered(false, true));
+        assert_eq!(TAKEN.load(Ordering::Relaxed), 1, "held from the answer");
+        drop(body);
+        tokio::task::yield_now().await;
+        assert_eq!(TAKEN.load(Ordering::Relaxed), 1, "held while it is read");
     }
 
     #[test]

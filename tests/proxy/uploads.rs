@@ -252,3 +252,27 @@ async fn a_body_past_the_limit_found_while_streaming_is_answered_with_connection
     assert!(closed);
     assert!(upstream.seen().iter().all(|s| s.target != "/api/upload" || s.body.len() <= 1000));
 }
+
+#[tokio::test]
+async fn a_caller_pipelining_many_refused_bodies_gets_every_answer() {
+    // The real binary: on its several runtime threads, the bodies of one burst are read a turn
+    // after their answers, all at once.
+    use crate::binary::{Running, base_env};
+    use crate::support::{TokenService, Upstream};
+    let (upstream, tokens) = (Upstream::default(), TokenService::default());
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let proxy = Running::start(&base_env(&api, &token_url));
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut pipelined = Vec::new();
+    for _ in 0..200 {
+        pipelined.extend_from_slice(refused_post("Content-Length: 10\r\n").as_bytes());
+        pipelined.extend_from_slice(b"0123456789");
+    }
+    pipelined.extend_from_slice(HEALTH);
+    stream.write_all(&pipelined).await.unwrap();
+    let (heads, closed) = answers(&mut stream, 201).await;
+    assert_eq!(heads.len(), 201, "{:?}", heads.last());
+    assert!(heads[..200].iter().all(|h| h.starts_with("http/1.1 403") && !h.contains("connection: close")));
+    assert!(heads[200].starts_with("http/1.1 200"));
+    assert!(!closed);
+}
