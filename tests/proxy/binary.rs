@@ -35,6 +35,8 @@ pub struct Running {
     /// Where it listens, as its log says (`127.0.0.1:PORT` or `unix:/path`).
     listen: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// Collects the log until the process closes its standard error.
+    collecting: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -71,7 +73,7 @@ impl Running {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let lines = log.clone();
-        std::thread::spawn(move || {
+        let collecting = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(listen) = listening(&line) {
                     let _ = tx.send(listen);
@@ -80,7 +82,7 @@ impl Running {
             }
         });
         let listen = rx.recv_timeout(Duration::from_secs(20)).expect("the proxy logs where it listens");
-        Running { child, listen, log }
+        Running { child, listen, log, collecting: Some(collecting) }
     }
 
     /// Where it listens, as its log says.
@@ -95,7 +97,12 @@ impl Running {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
-        wait_exit(&mut self.child, Duration::from_secs(15))
+        let status = wait_exit(&mut self.child, Duration::from_secs(15));
+        // Its last lines may still be in the pipe: the log is whole once they are read.
+        if let Some(collecting) = self.collecting.take() {
+            let _ = collecting.join();
+        }
+        status
     }
 
     pub fn log(&self) -> String {

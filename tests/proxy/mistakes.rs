@@ -84,7 +84,10 @@ async fn a_toml_typo_on_the_secrets_line_shows_nowhere() {
     let proxy = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(15);
         for round in 0.. {
-            std::fs::write(&path, format!("# {round}\n{typo}")).unwrap();
+            // Whole at once: a reload that reads a half-written file refuses it for another reason.
+            let next = path.with_extension("next");
+            std::fs::write(&next, format!("# {round}\n{typo}")).unwrap();
+            std::fs::rename(&next, &path).unwrap();
             std::thread::sleep(Duration::from_millis(200));
             if proxy.log().contains("reload refused") {
                 break;
