@@ -99,26 +99,47 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Received {
     receive(stream).await
 }
 
+/// What one read from the proxy brought.
+pub enum Reading {
+    More,
+    /// The proxy closed the connection (or it failed).
+    Closed,
+    TimedOut,
+}
+
+/// Reads what `stream` sends next into `data`, waiting until `deadline` at most.
+pub async fn read_more(stream: &mut TcpStream, data: &mut Vec<u8>, deadline: tokio::time::Instant) -> Reading {
+    let mut buf = vec![0u8; 64 * 1024];
+    match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Reading::Closed,
+        Ok(Ok(n)) => {
+            data.extend_from_slice(&buf[..n]);
+            Reading::More
+        }
+        Err(_) => Reading::TimedOut,
+    }
+}
+
 /// Reads one response from `stream`, as [`exchange`] does.
 pub async fn receive(mut stream: TcpStream) -> Received {
     let mut data = Vec::new();
     let mut closed = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut buf = vec![0u8; 64 * 1024];
     while framed(&data).is_none() {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
+        match read_more(&mut stream, &mut data, deadline).await {
+            Reading::More => {}
+            Reading::Closed => {
                 closed = true;
                 break;
             }
-            Ok(Ok(n)) => data.extend_from_slice(&buf[..n]),
-            Err(_) => break,
+            Reading::TimedOut => break,
         }
     }
     let whole = framed(&data);
     if whole.is_some() && !closed {
         // Complete: whether the proxy then closes is seen at once or not at all.
-        closed = matches!(tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await, Ok(Ok(0)));
+        let soon = tokio::time::Instant::now() + Duration::from_millis(100);
+        closed = matches!(read_more(&mut stream, &mut Vec::new(), soon).await, Reading::Closed);
     }
     let end = data.windows(4).position(|w| w == b"\r\n\r\n").map_or(data.len(), |i| i + 4);
     let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();

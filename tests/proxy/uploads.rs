@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::bodies::{exchange, receive};
+use crate::bodies::{Reading, exchange, read_more, receive};
 use crate::support::Proxy;
 
 // --- Callers that stop sending a request body --------------------------------------------------
@@ -141,9 +141,7 @@ async fn bodies_beyond_the_replay_budget_stream_and_are_not_replayed() {
 /// The answers on one connection, in order, each as its lower-cased head; and whether the proxy
 /// then closed the connection. Reads until `count` answers are in, the proxy closes, or 10 s.
 async fn answers(stream: &mut TcpStream, count: usize) -> (Vec<String>, bool) {
-    use tokio::io::AsyncReadExt;
     let (mut data, mut heads, mut closed) = (Vec::new(), Vec::new(), false);
-    let mut buf = vec![0u8; 64 * 1024];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while heads.len() < count {
         // Every answer here is the proxy's own, framed by its Content-Length.
@@ -157,17 +155,18 @@ async fn answers(stream: &mut TcpStream, count: usize) -> (Vec<String>, bool) {
                 continue;
             }
         }
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
+        match read_more(stream, &mut data, deadline).await {
+            Reading::More => {}
+            Reading::Closed => {
                 closed = true;
                 break;
             }
-            Ok(Ok(n)) => data.extend_from_slice(&buf[..n]),
-            Err(_) => break,
+            Reading::TimedOut => break,
         }
     }
     if !closed {
-        closed = matches!(tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await, Ok(Ok(0)));
+        let soon = tokio::time::Instant::now() + Duration::from_millis(200);
+        closed = matches!(read_more(stream, &mut data, soon).await, Reading::Closed);
     }
     (heads, closed)
 }
