@@ -298,10 +298,7 @@ where
 /// Whether the API keeps an HTTP/1 connection open after this response: HTTP/1.1 without
 /// `Connection: close`. HTTP/1.0 answers are not pooled, `keep-alive` or not.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    version == Version::HTTP_11
-        && !headers.get_all(CONNECTION).iter().any(|value| {
-            value.as_bytes().split(|b| *b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-        })
+    version == Version::HTTP_11 && !crate::listen::lists_token(headers, CONNECTION, b"close")
 }
 
 /// Where an HTTP/1 connection goes when its response has been read: back to the pool (`pool`),

@@ -146,23 +146,15 @@ impl<B: Body<Data = Bytes> + Send + Unpin + 'static> CallerBody<B> {
 
     /// [`CallerBody::new`], with the places to read bodies to their ends counted in `places`.
     fn placed_in(inner: B, head: &Parts, places: &'static AtomicUsize) -> (Self, Arc<Intake>) {
-        let tokens = |name| {
-            head.headers
-                .get_all(name)
-                .into_iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .map(<[u8]>::trim_ascii)
-        };
+        let lists = |name, token| super::lists_token(&head.headers, name, token);
         // Any one of them: hyper heeds one, and which is its own affair.
-        let awaits_continue = tokens(EXPECT).any(|t| t.eq_ignore_ascii_case(b"100-continue"));
-        let keeps_alive = match head.version {
-            Version::HTTP_11 => !tokens(CONNECTION).any(|t| t.eq_ignore_ascii_case(b"close")),
-            Version::HTTP_10 => {
-                tokens(CONNECTION).any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
-                    && !tokens(CONNECTION).any(|t| t.eq_ignore_ascii_case(b"close"))
-            }
-            _ => false,
-        };
+        let awaits_continue = lists(EXPECT, b"100-continue");
+        let keeps_alive = !lists(CONNECTION, b"close")
+            && match head.version {
+                Version::HTTP_11 => true,
+                Version::HTTP_10 => lists(CONNECTION, b"keep-alive"),
+                _ => false,
+            };
         let intake = Arc::new(Intake {
             bytes: AtomicU64::new(0),
             done: AtomicBool::new(false),

@@ -32,6 +32,16 @@ use conns::{LogThrottle, Slot, Tracked};
 use framing::Guarded;
 use idle::WriteIdle;
 
+/// Whether one of `headers`' `name` fields lists `token` (a comma-separated list, as `Connection`
+/// and `Expect` are), in any letter case.
+pub fn lists_token(headers: &http::HeaderMap, name: http::header::HeaderName, token: &[u8]) -> bool {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .any(|listed| listed.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// Where the proxy accepts callers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
