@@ -126,16 +126,20 @@ impl Service {
         let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or(""));
         // Whether the caller's address may call: `answer` clears `caller` on any refusal.
         let let_in = record.caller.is_some();
-        let mut response = self.answer(&settings, &mut parts, body, &mut record, https).instrument(span.clone()).await;
+        let answering = async {
+            let mut response = self.answer(&settings, &mut parts, body, &mut record, https).await;
+            if let Some(intake) = &record.bytes_in {
+                let headers = response.headers_mut();
+                if intake.answered(crate::listen::lists_token(headers, CONNECTION, b"close"), let_in) {
+                    // hyper closes a connection whose request body was not read to its end: say so.
+                    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+            }
+            response
+        };
+        let mut response = answering.instrument(span).await;
         let headers = response.headers_mut();
         headers.insert(X_REQUEST_ID.clone(), id);
-        if let Some(intake) = &record.bytes_in {
-            let closing = headers.get(CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            if span.in_scope(|| intake.answered(closing, let_in)) {
-                // hyper closes a connection whose request body was not read to its end: say so.
-                headers.insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-        }
         mark_sensitive(headers, &[SET_COOKIE]);
         record.finish(response)
     }
