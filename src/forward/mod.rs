@@ -475,15 +475,8 @@ struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    /// Sends one attempt and waits for the response headers. The upstream's time to answer
-    /// counts from the moment the request body has been sent in full (`sent`, for streamed
-    /// bodies).
-    async fn send(
-        &self,
-        token: &Token,
-        body: Outbound,
-        sent: Option<oneshot::Receiver<()>>,
-    ) -> Result<http::Response<ResponseBody>, ProxyError> {
+    /// The request to the API: the caller's head with the token and the tenant code.
+    fn request(&self, token: &Token, body: Outbound) -> http::Request<Outbound> {
         let mut request = http::Request::new(body);
         *request.method_mut() = self.parts.method.clone();
         *request.uri_mut() = self.uri.clone();
@@ -493,6 +486,18 @@ impl Attempt<'_> {
         if let Some(code) = self.tenant_code {
             headers.insert(rewrite::AW_TENANT_CODE, code.clone());
         }
+        request
+    }
+
+    /// Sends one attempt and waits for the response headers. The upstream's time to answer
+    /// counts from the moment the request body has been sent in full (`sent`, for streamed
+    /// bodies).
+    async fn send(
+        &self,
+        token: &Token,
+        body: Outbound,
+        sent: Option<oneshot::Receiver<()>>,
+    ) -> Result<http::Response<ResponseBody>, ProxyError> {
         let timeout = self.timeout;
         let deadline = async move {
             if let Some(sent) = sent {
@@ -501,7 +506,8 @@ impl Attempt<'_> {
             tokio::time::sleep(timeout).await;
         };
         tokio::select! {
-            result = self.client.send(request) => result.map_err(|e| {
+            // Made where it is moved: a local would keep room for it beside the send's state.
+            result = self.client.send(self.request(token, body)) => result.map_err(|e| {
                 tracing::debug!(error = %ErrorChain(&e), "upstream request failed");
                 match too_large(&e) {
                     Some(limit) => ProxyError::BodyTooLarge(limit),

@@ -166,16 +166,28 @@ impl UpstreamClient {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
             };
-            let Some(mut request) = unsent.take_message().filter(|_| reused) else {
+            let Some(request) = unsent.take_message().filter(|_| reused) else {
                 return Err(Error::Send(unsent.into_error()));
             };
+            self.resend(dest, request).await
+        }
+    }
+
+    /// Sends on a new connection a request that a reused one closed under before it went out.
+    /// Boxed: the rare case, whose state inline would make every request's larger.
+    fn resend(
+        &self,
+        dest: Destination<Route>,
+        mut request: Request<Outbound>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Error>> + Send + '_>> {
+        Box::pin(async move {
             tracing::debug!(
                 "the API closed a kept-alive connection before the request went out; sending it on a new one"
             );
             let conn = self.connect(&dest).await?;
             address(&mut request, &dest.route, conn.is_http2());
             self.pool.send(&dest, conn, request).await.map_err(|e| Error::Send(e.into_error()))
-        }
+        })
     }
 
     /// The constants of requests to `uri`'s destination; see [`route`].
