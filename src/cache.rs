@@ -15,7 +15,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http::header::{ACCEPT, AGE, CACHE_CONTROL, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, SET_COOKIE};
+use http::header::{
+    ACCEPT, ACCEPT_ENCODING, ACCEPT_LANGUAGE, AGE, CACHE_CONTROL, CONTENT_LENGTH, HOST, HeaderName, HeaderValue,
+    SET_COOKIE, VARY,
+};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -78,6 +81,9 @@ pub struct CacheStats {
 #[derive(Debug)]
 pub struct Entry {
     headers: HeaderMap,
+    /// The request headers its `Vary` names, with the values the request that fetched it had:
+    /// it answers only requests that have the same.
+    vary: Vec<(HeaderName, Vec<HeaderValue>)>,
     body: Bytes,
     stored: Instant,
     ttl: Duration,
@@ -138,6 +144,8 @@ pub struct Fill<'a> {
     /// The entry being replaced, while it may still answer when the API fails.
     stale: Option<Arc<Entry>>,
     generation: u64,
+    /// The request's headers, for the values of those the answer's `Vary` names.
+    request_headers: HeaderMap,
     ttl: Duration,
     stale_if_error: Duration,
 }
@@ -182,7 +190,7 @@ impl Cache {
         let key = key(tenant, parts, path, https, prefix);
         if head {
             // A HEAD is answered from a GET's entry; its own answer has no body to keep.
-            return match self.store.get(&key).filter(|e| !directives.no_cache && e.fresh()) {
+            return match self.store.get(&key).filter(|e| !directives.no_cache && e.fresh() && e.serves(&parts.headers)) {
                 Some(entry) => self.hit(&entry, true),
                 None => {
                     self.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -195,7 +203,8 @@ impl Cache {
         let found = self
             .store
             .entry_async(&key, |_, entry| {
-                if !refresh && entry.fresh() {
+                // A fresh entry for other requests (by its `Vary`) stays, and this one passes.
+                if entry.fresh() && (!refresh || !entry.serves(&parts.headers)) {
                     EntryAction::Retain(entry.clone())
                 } else {
                     EntryAction::ReplaceWithGuard
@@ -203,12 +212,19 @@ impl Cache {
             })
             .await;
         let (guard, stale) = match found {
-            EntryResult::Retained(entry) => return self.hit(&entry, false),
-            EntryResult::Replaced(guard, old) => (guard, Some(old).filter(|e| e.usable_stale())),
+            EntryResult::Retained(entry) if entry.serves(&parts.headers) => return self.hit(&entry, false),
+            EntryResult::Retained(_) => {
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Pass("miss");
+            }
+            EntryResult::Replaced(guard, old) => {
+                (guard, Some(old).filter(|e| e.usable_stale() && e.serves(&parts.headers)))
+            }
             EntryResult::Vacant(guard) => (guard, None),
             EntryResult::Removed(..) | EntryResult::Timeout => return Lookup::Pass("miss"),
         };
-        Lookup::Fill(Fill { cache: self, guard, stale, generation, ttl, stale_if_error })
+        let request_headers = parts.headers.clone();
+        Lookup::Fill(Fill { cache: self, guard, stale, generation, ttl, stale_if_error, request_headers })
     }
 
     fn hit(&self, entry: &Entry, head: bool) -> Lookup<'static> {
@@ -260,6 +276,10 @@ impl Fill<'_> {
         let Some(length) = storable(&response, self.cache.settings.max_entry_bytes()) else {
             return Ok(labelled(response, "miss", Duration::ZERO));
         };
+        // `Vary: *`: no other request is the same.
+        let Some(vary) = varied(response.headers(), &self.request_headers) else {
+            return Ok(labelled(response, "miss", Duration::ZERO));
+        };
         let (parts, body) = response.into_parts();
         let body = match Limited::new(body, length as usize).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -274,6 +294,7 @@ impl Fill<'_> {
             body.len() as u64 + headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum::<usize>() as u64;
         let entry = Arc::new(Entry {
             headers,
+            vary,
             body,
             stored: Instant::now(),
             ttl: self.ttl,
@@ -299,6 +320,12 @@ impl Entry {
 
     fn usable_stale(&self) -> bool {
         self.age() <= self.ttl + self.stale_if_error
+    }
+
+    /// Whether the entry may answer a request with `headers`: the same values (in the same
+    /// order) of every header its `Vary` names, absent where it was absent.
+    fn serves(&self, headers: &HeaderMap) -> bool {
+        self.vary.iter().all(|(name, values)| headers.get_all(name).iter().eq(values.iter()))
     }
 
     fn response(&self, label: &'static str, head: bool) -> Response {
@@ -328,6 +355,26 @@ fn storable(response: &Response, limit: u64) -> Option<u64> {
     }
     let length: u64 = response.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()?;
     (length <= limit).then_some(length)
+}
+
+/// The request headers an answer's `Vary` names, with the request's values; `None` for
+/// `Vary: *` (or a name that is not one), which no other request matches.
+fn varied(response: &HeaderMap, request: &HeaderMap) -> Option<Vec<(HeaderName, Vec<HeaderValue>)>> {
+    let mut vary: Vec<(HeaderName, Vec<HeaderValue>)> = Vec::new();
+    for value in response.get_all(VARY) {
+        for name in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|n| !n.is_empty()) {
+            // `*` is a valid name, and means any header.
+            if name == b"*" {
+                return None;
+            }
+            let name = HeaderName::from_bytes(name).ok()?;
+            if !vary.iter().any(|(seen, _)| *seen == name) {
+                let values = request.get_all(&name).iter().cloned().collect();
+                vary.push((name, values));
+            }
+        }
+    }
+    Some(vary)
 }
 
 /// Failures of the API (or of reaching it) that a stale entry may stand in for.
@@ -371,20 +418,66 @@ fn area(path: &str) -> String {
 }
 
 /// Tenant and area first (purges go by them), then how the caller reached the proxy, the path,
-/// the query and `Accept`.
+/// the query, and `Accept`, `Accept-Encoding` and `Accept-Language`: the headers an answer
+/// most often varies by, so that callers asking for JSON and XML, compressed or not, in one
+/// language or another, each have an entry (what else an answer's `Vary` names, its entry
+/// checks).
 fn key(tenant: &str, parts: &Parts, path: &str, https: bool, prefix: &str) -> Key {
     let text =
         |v: Option<&HeaderValue>| v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default();
     let host = text(parts.headers.get(HOST)).to_ascii_lowercase();
     let accept = text(parts.headers.get(ACCEPT));
+    let encoding = text(parts.headers.get(ACCEPT_ENCODING));
+    let language = text(parts.headers.get(ACCEPT_LANGUAGE));
     let scheme = if https { "https" } else { "http" };
     let query = parts.uri.query().unwrap_or("");
-    format!("{tenant}\n{}\n{scheme}://{host}{prefix}\n{path}?{query}\n{accept}", area(path))
+    format!("{tenant}\n{}\n{scheme}://{host}{prefix}\n{path}?{query}\n{accept}\n{encoding}\n{language}", area(path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_serves_requests_with_the_values_its_vary_names() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        let entry = |vary: &[(&'static str, &'static str)], request: &HeaderMap| Entry {
+            headers: HeaderMap::new(),
+            vary: varied(&headers(vary), request).unwrap(),
+            body: Bytes::new(),
+            stored: Instant::now(),
+            ttl: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            weight: 0,
+        };
+        let alice = headers(&[("x-user", "alice"), ("accept-language", "fr"), ("accept-language", "de")]);
+        let kept = entry(&[("vary", "X-User,  Accept-Language"), ("vary", "x-user")], &alice);
+        assert_eq!(kept.vary.len(), 2, "a name listed twice is one");
+        assert!(kept.serves(&alice));
+        assert!(kept.serves(&headers(&[("x-user", "alice"), ("accept-language", "fr"), ("accept-language", "de"), ("x-other", "1")])));
+        for other in [
+            headers(&[("x-user", "bob"), ("accept-language", "fr"), ("accept-language", "de")]),
+            headers(&[("accept-language", "fr"), ("accept-language", "de")]),
+            headers(&[("x-user", "alice"), ("accept-language", "de"), ("accept-language", "fr")]),
+            headers(&[("x-user", "alice"), ("accept-language", "fr")]),
+            headers(&[("x-user", "Alice"), ("accept-language", "fr"), ("accept-language", "de")]),
+        ] {
+            assert!(!kept.serves(&other), "{other:?}");
+        }
+        // Absent where it was absent.
+        let anonymous = entry(&[("vary", "x-user")], &HeaderMap::new());
+        assert!(anonymous.serves(&HeaderMap::new()) && !anonymous.serves(&alice));
+        assert!(entry(&[], &alice).serves(&HeaderMap::new()), "no Vary: any request");
+        for never in ["*", "x-user, *", "bad name"] {
+            assert!(varied(&headers(&[("vary", never)]), &alice).is_none(), "{never}");
+        }
+    }
 
     #[test]
     fn areas_and_directives() {

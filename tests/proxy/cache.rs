@@ -46,9 +46,18 @@ async fn answer(State(api): State<Api>, request: Request) -> Response {
         return (status, [("content-type", "application/json")], r#"{"errorCode":1,"message":"no"}"#).into_response();
     }
     let pad = "x".repeat(api.pad.load(Ordering::SeqCst) as usize);
-    let body = format!(r#"{{"n":{n},"method":"{}","pad":"{pad}"}}"#, request.method());
+    let header = |name: &str| request.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let (user, encoding) = (header("x-user"), header("accept-encoding"));
+    let body = format!(r#"{{"n":{n},"method":"{}","user":"{user}","encoding":"{encoding}","pad":"{pad}"}}"#, request.method());
     // No connection is kept: a stopped API is one that cannot be reached.
-    ([("content-type", "application/json"), ("connection", "close")], body).into_response()
+    let mut response = ([("content-type", "application/json"), ("connection", "close")], body).into_response();
+    // `…/vary` answers differ by caller and by encoding; `…/vary-all` by anything.
+    let path = request.uri().path();
+    let vary = if path.ends_with("/vary") { Some("Accept-Encoding, X-User") } else { path.ends_with("/vary-all").then_some("*") };
+    if let Some(vary) = vary {
+        response.headers_mut().insert("vary", http::HeaderValue::from_static(vary));
+    }
+    response
 }
 
 const RULES: &str = r#"
@@ -56,6 +65,12 @@ const RULES: &str = r#"
 max_bytes = "1MiB"
 [[cache.rules]]
 path = "/api/system/info"
+ttl = "10m"
+[[cache.rules]]
+path = "/api/system/info/vary"
+ttl = "10m"
+[[cache.rules]]
+path = "/api/system/users/**"
 ttl = "10m"
 [[cache.rules]]
 path = "/api/mdm/devices/**"
@@ -114,6 +129,47 @@ async fn a_second_read_is_a_hit_with_its_age_and_its_own_request_id() {
     // Outside every rule: no header, every time upstream.
     let (_, cache, _, _) = get(&proxy, "/api/mdm/users/1", &[]).await;
     assert_eq!(cache, "");
+}
+
+#[tokio::test]
+async fn an_answer_that_varies_answers_only_requests_alike() {
+    let (proxy, api) = start(RULES).await;
+    let user = |name: &'static str| [("x-user", name)];
+    let field = |body: &str, name: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()[name].clone();
+    // Alice's answer is kept, and answers alice.
+    let (_, cache, _, alices) = get(&proxy, "/api/system/info/vary", &user("alice")).await;
+    assert_eq!((cache.as_str(), field(&alices, "user")), ("miss", "alice".into()));
+    assert_eq!(get(&proxy, "/api/system/info/vary", &user("alice")).await.3, alices);
+    // Never bob, nor a caller without the header: each gets its own from the API.
+    for who in [&user("bob")[..], &[]] {
+        let (_, cache, _, body) = get(&proxy, "/api/system/info/vary", who).await;
+        assert_eq!(cache, "miss", "{who:?}");
+        assert_eq!(field(&body, "user"), who.first().map_or("", |(_, v)| *v), "{who:?}");
+    }
+    // Nor as a HEAD, nor as a stale answer while the API fails.
+    let head = client().head(format!("{}/api/system/info/vary", proxy.url)).header("x-user", "bob").send().await;
+    assert_eq!(head.unwrap().headers()["x-uem-proxy-cache"], "miss");
+    get(&proxy, "/api/mdm/devices/vary", &user("alice")).await;
+    expire().await;
+    api.answer_with(503);
+    assert_eq!(get(&proxy, "/api/mdm/devices/vary", &user("alice")).await.1, "stale");
+    let (status, cache, _, _) = get(&proxy, "/api/mdm/devices/vary", &user("bob")).await;
+    assert_eq!((status.as_u16(), cache.as_str()), (503, "miss"));
+    api.answer_with(200);
+    // A compressed answer never reaches a caller that did not ask for one, and each keeps its own.
+    let gzip = [("accept-encoding", "gzip"), ("x-user", "alice")];
+    let (_, cache, _, zipped) = get(&proxy, "/api/system/users/vary", &gzip).await;
+    assert_eq!((cache.as_str(), field(&zipped, "encoding")), ("miss", "gzip".into()));
+    let (_, cache, _, plain) = get(&proxy, "/api/system/users/vary", &user("alice")).await;
+    assert_eq!((cache.as_str(), field(&plain, "encoding")), ("miss", "".into()));
+    assert_eq!(get(&proxy, "/api/system/users/vary", &gzip).await.3, zipped);
+    assert_eq!(get(&proxy, "/api/system/users/vary", &user("alice")).await.3, plain);
+    // `Vary: *`: kept for nobody.
+    let calls = api.calls();
+    for _ in 0..2 {
+        assert_eq!(get(&proxy, "/api/system/users/vary-all", &[]).await.1, "miss");
+    }
+    assert_eq!(api.calls(), calls + 2);
 }
 
 #[tokio::test]
