@@ -15,7 +15,11 @@ use crate::record::inspect::ui;
 /// On a tenant's own listener, the tenant every path goes to: `/_proxy/*` there is about it alone,
 /// so that callers who may reach only that listener learn nothing of the other tenants.
 #[derive(Clone)]
-pub struct Pinned(pub Arc<str>);
+pub struct Pinned {
+    pub name: Arc<str>,
+    /// The listener's own address, which its status gives as `listen`.
+    pub local: std::net::SocketAddr,
+}
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -48,7 +52,7 @@ async fn readyz(
     pinned: Option<Extension<Pinned>>,
 ) -> Response {
     let tenants = app.tenants.load();
-    let pinned = pinned.map(|Extension(Pinned(name))| name);
+    let pinned = pinned.map(|Extension(pinned)| pinned.name);
     let asked: Vec<&Arc<crate::tenants::Tenant>> = match (&pinned, &query.tenant) {
         (Some(own), asked) if asked.as_deref().is_none_or(|a| a.eq_ignore_ascii_case(own)) => match tenants.get(own) {
             Some(tenant) => vec![tenant],
@@ -102,12 +106,17 @@ struct ReadyQuery {
 }
 
 async fn status(State(app): State<Arc<App>>, pinned: Option<Extension<Pinned>>) -> Response {
-    Json(app.status(pinned.as_ref().map(|p| &*p.0.0))).into_response()
+    let Some(Extension(pinned)) = pinned else {
+        return Json(app.status(None)).into_response();
+    };
+    let mut status = app.status(Some(&pinned.name));
+    status["listen"] = serde_json::json!(pinned.local.to_string());
+    Json(status).into_response()
 }
 
 async fn metrics(State(app): State<Arc<App>>, pinned: Option<Extension<Pinned>>) -> Response {
     let mut text = app.metrics.encode();
-    if let Some(Extension(Pinned(name))) = pinned {
+    if let Some(Extension(Pinned { name, .. })) = pinned {
         // Series of the other tenants go; those of the process as a whole stay.
         let own = format!("tenant=\"{name}\"");
         text =
@@ -116,11 +125,13 @@ async fn metrics(State(app): State<Arc<App>>, pinned: Option<Extension<Pinned>>)
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-/// The inspector's exchanges, newest first; `?limit=N` for the newest N.
+/// The inspector's exchanges, newest first; `?limit=N` for the newest N. On a tenant's own
+/// listener, that tenant's alone (as are the events).
 async fn requests(
     State(app): State<Arc<App>>,
     Extension(id): Extension<RequestId>,
     RawQuery(query): RawQuery,
+    pinned: Option<Extension<Pinned>>,
 ) -> Response {
     let mut limit = usize::MAX;
     for (key, value) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
@@ -131,7 +142,8 @@ async fn requests(
             }
         }
     }
-    let mut response = app.inspector.listing(limit).into_response();
+    let only = pinned.as_ref().map(|p| &*p.0.name);
+    let mut response = app.inspector.listing(limit, only).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     headers.insert(CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
@@ -139,8 +151,8 @@ async fn requests(
 }
 
 /// The inspector's exchanges as they finish, as Server-Sent Events.
-async fn events(State(app): State<Arc<App>>) -> Response {
-    let mut response = app.inspector.events().into_response();
+async fn events(State(app): State<Arc<App>>, pinned: Option<Extension<Pinned>>) -> Response {
+    let mut response = app.inspector.events(pinned.map(|Extension(pinned)| pinned.name)).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, http::HeaderValue::from_static("no-store"));

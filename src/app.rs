@@ -284,7 +284,7 @@ impl App {
                 "held_bytes": self.shared.replay_budget.held(),
                 "budget_bytes": self.shared.replay_budget.total(),
             },
-            "inspector": self.inspector.status(),
+            "inspector": self.inspector.status(only),
             "config": {
                 "file": config.config_file.as_ref().map(|p| p.display().to_string()),
                 "last_reload": reload.at.map(|at| json!({ "at": time(Some(at)), "ok": reload.ok, "message": reload.message })),

@@ -71,7 +71,7 @@ impl Service {
     pub fn for_tenant(app: Arc<App>, name: &str, local: std::net::SocketAddr) -> Service {
         let pinned: Arc<str> = Arc::from(name);
         // Its own endpoints speak of this tenant alone.
-        let admin = crate::admin::routes().layer(axum::Extension(crate::admin::Pinned(pinned.clone())));
+        let admin = crate::admin::routes().layer(axum::Extension(crate::admin::Pinned { name: pinned.clone(), local }));
         let listener = Arc::new(Listener { pinned: Some(pinned), host: local.to_string() });
         Service { admin: admin.with_state(app.clone()), listener, ..Service::new(app) }
     }

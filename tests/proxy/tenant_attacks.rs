@@ -412,7 +412,8 @@ async fn a_tenants_api_inside_another_tenants_api_is_refused() {
 }
 
 /// On uat's own listener (the only one its callers may reach, say), `/_proxy/*` is about uat
-/// alone: readiness is uat's, and neither the status nor the metrics show another tenant.
+/// alone: readiness is uat's, and neither the status, the metrics nor the inspector show another
+/// tenant or the shared listener.
 #[test]
 fn a_tenant_listeners_own_endpoints_show_that_tenant_alone() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -423,7 +424,7 @@ fn a_tenant_listeners_own_endpoints_show_that_tenant_alone() {
     let folder = Folder::new("tenant-admin");
     let file = folder.0.join("tenants.toml");
     let text = format!(
-        "listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\n{}{}listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\ndefault_tenant = \"prod\"\ntoken_wait = \"1s\"\n{}{}listen = \"127.0.0.1:0\"\n",
         table("prod", &a_url, &a_token_url, "prod-client"),
         table("uat", &b_url, &b_token_url, "uat-client")
     );
@@ -455,6 +456,44 @@ fn a_tenant_listeners_own_endpoints_show_that_tenant_alone() {
         // The shared listener still shows every tenant.
         let status = get(format!("http://{shared}/_proxy/status")).await.text().await.unwrap();
         assert!(status.contains("prod-client") && status.contains("uat-client"), "{status}");
+
+        // The inspector: prod's exchanges (on the shared listener) are not uat's to see.
+        let shown = |listener: String| async move {
+            get(format!("http://{listener}/_proxy/requests")).await.text().await.unwrap()
+        };
+        let listed = |listener: String, marks: &'static [&'static str]| async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let listing = shown(listener.clone()).await;
+                if marks.iter().all(|m| listing.contains(m)) {
+                    return listing;
+                }
+                assert!(Instant::now() < deadline, "{marks:?} never listed: {listing}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        get(format!("http://{shared}/api/prod-first?who=prod-caller")).await;
+        get(format!("http://{uat}/api/uat-first")).await;
+        listed(shared.to_string(), &["prod-first", "uat-first"]).await;
+        let on_uat = listed(uat.clone(), &["uat-first"]).await;
+        assert!(!on_uat.contains("prod-first") && !on_uat.contains("prod-caller"), "{on_uat}");
+        let status: serde_json::Value = get(format!("http://{uat}/_proxy/status")).await.json().await.unwrap();
+        assert_eq!(status["listen"], uat.as_str(), "{status}");
+        assert_eq!(status["inspector"]["kept"], 1, "{status}");
+        assert!(status["inspector"].get("per_minute").is_none(), "all tenants' counts: {status}");
+        // The events: prod's next exchange is never sent on uat's stream, uat's is.
+        let mut events = get(format!("http://{uat}/_proxy/events")).await;
+        let mut seen = String::from_utf8(events.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+        assert!(seen.starts_with("retry:"), "{seen}");
+        get(format!("http://{shared}/api/prod-second")).await;
+        listed(shared.to_string(), &["prod-second"]).await;
+        get(format!("http://{uat}/api/uat-second")).await;
+        while !seen.contains("uat-second") {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk()).await;
+            let chunk = chunk.expect("uat's exchange sent on its stream").unwrap().expect("the stream goes on");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(!seen.contains("prod-second"), "{seen}");
     });
     proxy.terminate();
 }

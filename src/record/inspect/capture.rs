@@ -252,6 +252,12 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// Whether the exchange is shown where only `only`'s exchanges are (a tenant's own
+    /// listener); everywhere when `None`.
+    pub(super) fn shown_to(&self, only: Option<&str>) -> bool {
+        only.is_none_or(|name| self.tenant.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(name)))
+    }
+
     /// The exchange as the page, `/_proxy/requests` and the events show it: credential headers as
     /// `***`, credentials hidden wherever else they appear.
     pub fn entry(&self) -> Entry {

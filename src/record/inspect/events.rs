@@ -1,7 +1,7 @@
 //! `/_proxy/events`: the inspector's entries as Server-Sent Events, as they finish.
 
 use std::convert::Infallible;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,9 +19,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `seq`. A subscriber that falls behind skips what it missed, and what the ring no longer
 /// holds (the page fetches `/_proxy/requests` again when it reconnects); the stream ends when the
 /// proxy shuts down.
-pub fn stream(events: broadcast::Receiver<Weak<Exchange>>, stopped: watch::Receiver<bool>) -> Body {
+pub fn stream(events: broadcast::Receiver<Weak<Exchange>>, stopped: watch::Receiver<bool>, only: Option<Arc<str>>) -> Body {
     let hello = futures_util::stream::once(async { Ok::<_, Infallible>(Bytes::from_static(b"retry: 2000\n\n")) });
-    let entries = futures_util::stream::unfold((events, stopped), |(mut events, mut stopped)| async move {
+    let entries = futures_util::stream::unfold((events, stopped, only), |(mut events, mut stopped, only)| async move {
         loop {
             let next = tokio::select! {
                 biased;
@@ -31,13 +31,13 @@ pub fn stream(events: broadcast::Receiver<Weak<Exchange>>, stopped: watch::Recei
             let chunk = match next {
                 Err(_) => Bytes::from_static(b": keep-alive\n\n"),
                 Ok(Ok(entry)) => match entry.upgrade() {
-                    Some(exchange) => Bytes::from(event(&exchange.entry())),
-                    None => continue,
+                    Some(exchange) if exchange.shown_to(only.as_deref()) => Bytes::from(event(&exchange.entry())),
+                    _ => continue,
                 },
                 Ok(Err(RecvError::Lagged(_))) => continue,
                 Ok(Err(RecvError::Closed)) => return None,
             };
-            return Some((Ok(chunk), (events, stopped)));
+            return Some((Ok(chunk), (events, stopped, only)));
         }
     });
     Body::from_stream(futures_util::StreamExt::chain(hello, entries))

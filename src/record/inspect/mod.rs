@@ -283,9 +283,11 @@ impl Inspector {
     /// `/_proxy/requests`: up to `limit` exchanges, newest first, as a JSON array written one
     /// entry at a time as the reader takes it. An entry the ring lets go of before its turn is
     /// left out: a slow reader holds no more than the ring does, however many read at once.
-    pub fn listing(&self, limit: usize) -> axum::body::Body {
+    /// `only`: tenant `only`'s exchanges alone (on its own listener).
+    pub fn listing(&self, limit: usize, only: Option<&str>) -> axum::body::Body {
         let ring = self.ring.lock().expect("not poisoned");
-        let entries: Vec<Weak<Exchange>> = ring.entries.iter().take(limit).map(Arc::downgrade).collect();
+        let entries: Vec<Weak<Exchange>> =
+            ring.entries.iter().filter(|e| e.shown_to(only)).take(limit).map(Arc::downgrade).collect();
         drop(ring);
         let pieces = futures_util::stream::unfold(Some((entries.into_iter(), true)), |state| async move {
             let (mut rest, first) = state?;
@@ -303,9 +305,10 @@ impl Inspector {
         axum::body::Body::from_stream(pieces)
     }
 
-    /// `/_proxy/events`: the exchanges as they finish, from now on, until the proxy shuts down.
-    pub fn events(&self) -> axum::body::Body {
-        events::stream(self.events.subscribe(), self.stopped.subscribe())
+    /// `/_proxy/events`: the exchanges as they finish, from now on, until the proxy shuts down;
+    /// `only`: tenant `only`'s alone.
+    pub fn events(&self, only: Option<Arc<str>>) -> axum::body::Body {
+        events::stream(self.events.subscribe(), self.stopped.subscribe(), only)
     }
 
     /// Ends the event streams, for a shutdown.
@@ -314,18 +317,23 @@ impl Inspector {
     }
 
     /// The inspector's part of `/_proxy/status`: its settings, and requests and errors (status
-    /// 400 and above) in each of the last 15 minutes, oldest first.
-    pub fn status(&self) -> serde_json::Value {
+    /// 400 and above) in each of the last 15 minutes, oldest first. `only`: as seen on tenant
+    /// `only`'s own listener, whose exchanges alone are counted; the minutes, counted for all
+    /// tenants together, are left out there.
+    pub fn status(&self, only: Option<&str>) -> serde_json::Value {
         let ring = self.ring.lock().expect("not poisoned");
-        let (kept, capacity) = (ring.entries.len(), ring.capacity);
+        let (kept, capacity) = (ring.entries.iter().filter(|e| e.shown_to(only)).count(), ring.capacity);
         drop(ring);
-        let minutes = self.minutes.lock().expect("not poisoned").last(SystemTime::now());
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "mode": self.mode().as_str(),
             "entries": capacity,
             "kept": kept,
-            "per_minute": minutes,
-        })
+        });
+        if only.is_none() {
+            let minutes = self.minutes.lock().expect("not poisoned").last(SystemTime::now());
+            status["per_minute"] = serde_json::json!(minutes);
+        }
+        status
     }
 }
 

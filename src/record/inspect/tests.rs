@@ -85,7 +85,7 @@ fn errors_are_counted_per_minute_and_status_shows_the_settings() {
     one(&inspector, "/api/a", 200);
     one(&inspector, "/api/b", 404);
     one(&inspector, "/api/c", 503);
-    let status = inspector.status();
+    let status = inspector.status(None);
     assert_eq!(status["mode"], "meta");
     assert_eq!(status["entries"], 10);
     assert_eq!(status["kept"], 3);
@@ -166,7 +166,7 @@ fn an_event_is_one_data_line() {
 async fn a_subscriber_that_falls_behind_skips_ahead() {
     use http_body_util::BodyExt;
     let inspector = Inspector::new(settings(InspectMode::Meta, 10), Vec::new());
-    let mut body = inspector.events();
+    let mut body = inspector.events(None);
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(&first[..], b"retry: 2000\n\n");
     for _ in 0..EVENTS_BACKLOG + 50 {
@@ -209,7 +209,7 @@ fn a_body_that_echoes_the_injected_credential_shows_stars() {
 async fn reloads_while_requests_and_subscribers_are_active() {
     use http_body_util::BodyExt;
     let inspector = Inspector::new(settings(InspectMode::Bodies, 4), Vec::new());
-    let mut body = inspector.events();
+    let mut body = inspector.events(None);
     body.frame().await.unwrap().unwrap();
     let (method, uri) = (Method::GET, Uri::from_static("/api/x"));
     let mut started_with_bodies = inspector.capture(&HeaderMap::new()).unwrap();
