@@ -190,7 +190,8 @@ impl Cache {
         let key = key(tenant, parts, path, https, prefix);
         if head {
             // A HEAD is answered from a GET's entry; its own answer has no body to keep.
-            return match self.store.get(&key).filter(|e| !directives.no_cache && e.fresh() && e.serves(&parts.headers)) {
+            return match self.store.get(&key).filter(|e| !directives.no_cache && e.fresh() && e.serves(&parts.headers))
+            {
                 Some(entry) => self.hit(&entry, true),
                 None => {
                     self.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -460,7 +461,12 @@ mod tests {
         let kept = entry(&[("vary", "X-User,  Accept-Language"), ("vary", "x-user")], &alice);
         assert_eq!(kept.vary.len(), 2, "a name listed twice is one");
         assert!(kept.serves(&alice));
-        assert!(kept.serves(&headers(&[("x-user", "alice"), ("accept-language", "fr"), ("accept-language", "de"), ("x-other", "1")])));
+        assert!(kept.serves(&headers(&[
+            ("x-user", "alice"),
+            ("accept-language", "fr"),
+            ("accept-language", "de"),
+            ("x-other", "1")
+        ])));
         for other in [
             headers(&[("x-user", "bob"), ("accept-language", "fr"), ("accept-language", "de")]),
             headers(&[("accept-language", "fr"), ("accept-language", "de")]),

@@ -230,6 +230,14 @@ impl Forwarder {
         if let Some(code) = route.tenant_code.as_ref() {
             rewrite::drop_echoed_token(response.headers_mut(), code.as_bytes());
         }
+        let echoed = |text: &[u8]| {
+            rewrite::holds_secret(text, credential)
+                || route.tenant_code.as_ref().is_some_and(|code| rewrite::holds_secret(text, code.as_bytes()))
+        };
+        // hyper writes the API's own reason phrase (`HTTP/1.1 200 <anything>`) to the caller.
+        if response.extensions().get::<hyper::ext::ReasonPhrase>().is_some_and(|r| echoed(r.as_bytes())) {
+            response.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
+        }
         if response.status() == StatusCode::FORBIDDEN
             && let Some(needed) = required
         {
@@ -244,7 +252,7 @@ impl Forwarder {
         } else {
             (response, false)
         };
-        let (response, activity_id, peeked) = with_activity_id(response).await?;
+        let (response, activity_id, peeked) = with_activity_id(response, &echoed).await?;
         // A body read whole has arrived: there is no first piece left to wait for.
         let response = if read || peeked { response } else { first_piece(response).await? };
         Ok(Forwarded { response, upstream: upstream_latency, activity_id })
@@ -350,8 +358,11 @@ async fn read_whole(mut body: Body) -> Result<Bytes, ProxyError> {
 
 /// For a small JSON error answer, reads the body to note UEM's `activityId` for the access log
 /// and passes the same bytes on (the last value: whether it read them). Success bodies and large
-/// bodies are not touched.
-async fn with_activity_id(response: Response) -> Result<(Response, Option<Box<str>>, bool), ProxyError> {
+/// bodies are not touched. An id that holds a credential (`echoed`) is not noted.
+async fn with_activity_id(
+    response: Response,
+    echoed: &(dyn Fn(&[u8]) -> bool + Sync),
+) -> Result<(Response, Option<Box<str>>, bool), ProxyError> {
     if response.status().as_u16() < 400 {
         return Ok((response, None, false));
     }
@@ -369,6 +380,7 @@ async fn with_activity_id(response: Response) -> Result<(Response, Option<Box<st
     let mut activity_id = None;
     if let Ok(error) = serde_json::from_slice::<serde_json::Value>(&bytes)
         && let Some(activity) = error.get("activityId").and_then(|a| a.as_str())
+        && !echoed(activity.as_bytes())
     {
         let printable: String = activity.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
         activity_id = Some(printable.into_boxed_str());

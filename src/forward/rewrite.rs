@@ -199,23 +199,30 @@ pub fn response_headers(headers: &mut HeaderMap, rewrite: &LocationRewrite<'_>) 
     }
 }
 
-/// Drops every response header value that holds `token` (the credential the request was sent
-/// with) in any spelling, percent-encoded or JSON-escaped too: an upstream that echoes request
-/// headers under other names, sets the token as a cookie or puts it in a `Location` query must
-/// not hand it to the caller. Other values of the same field stay.
-pub fn drop_echoed_token(headers: &mut HeaderMap, token: &[u8]) {
-    if token.is_empty() {
-        return;
-    }
-    // Every spelling of a byte is at least one byte long: a value shorter than the token (most
+/// Whether `text` holds `secret` in any spelling (see [`spelling`](super::spelling)).
+pub fn holds_secret(text: &[u8], secret: &[u8]) -> bool {
+    // Every spelling of a byte is at least one byte long: a text shorter than the secret (most
     // are, beside a long credential) cannot hold it, and is not searched.
-    let holds = |v: &HeaderValue| v.len() >= token.len() && super::spelling::holds(v.as_bytes(), token);
-    if !headers.values().any(holds) {
+    !secret.is_empty() && text.len() >= secret.len() && super::spelling::holds(text, secret)
+}
+
+/// Drops every response header value that holds `token` (the credential the request was sent
+/// with) in any spelling, percent-encoded, JSON-escaped or in another letter case too, and
+/// every field whose name holds it: an upstream that echoes request headers under other names,
+/// sets the token as a cookie or puts it in a `Location` query must not hand it to the caller.
+/// Other values of the same field stay.
+pub fn drop_echoed_token(headers: &mut HeaderMap, token: &[u8]) {
+    let named = |n: &HeaderName| holds_secret(n.as_str().as_bytes(), token);
+    let holds = |v: &HeaderValue| holds_secret(v.as_bytes(), token);
+    if !headers.iter().any(|(n, v)| holds(v) || named(n)) {
         return;
     }
-    let names: Vec<HeaderName> = headers.iter().filter(|(_, v)| holds(v)).map(|(n, _)| n.clone()).collect();
+    let names: Vec<HeaderName> = headers.iter().filter(|(n, v)| holds(v) || named(n)).map(|(n, _)| n.clone()).collect();
     for name in names {
-        let kept: Vec<HeaderValue> = headers.get_all(&name).iter().filter(|v| !holds(v)).cloned().collect();
+        let kept: Vec<HeaderValue> = match named(&name) {
+            true => Vec::new(),
+            false => headers.get_all(&name).iter().filter(|v| !holds(v)).cloned().collect(),
+        };
         headers.remove(&name);
         for value in kept {
             headers.append(name.clone(), value);

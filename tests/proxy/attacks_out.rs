@@ -181,22 +181,29 @@ async fn a_token_service_that_echoes_the_secret_never_gets_it_shown() {
 
 #[tokio::test]
 async fn an_upstream_that_echoes_the_token_in_any_header_never_hands_it_to_the_caller() {
-    // The mock token service's first grant is `tok-1`.
+    // The mock token service's first grant is `tok-1`: in the reason phrase, in a field's name,
+    // in other letter cases.
     let answer = head(
-        "200 OK",
+        "200 tok-1",
         &[
             ("Content-Type", "application/octet-stream".to_owned()),
             ("X-Seen-Authorization", "Bearer tok-1".to_owned()),
             ("Set-Cookie", "session=tok-1; HttpOnly".to_owned()),
             ("Set-Cookie", "lang=en".to_owned()),
             ("X-Seen-Tenant", "tenant-c0de-SECRET".to_owned()),
+            ("X-Upper", "BEARER TOK-1".to_owned()),
+            ("X-Lower", "tenant-c0de-secret".to_owned()),
+            ("X-tok-1-Seen", "1".to_owned()),
+            ("X-Tenant-C0de-Secret", "1".to_owned()),
             ("Content-Length", "2".to_owned()),
         ],
     );
     let proxy = proxy(vec![send(answer), send("ok"), Step::Stall], &[("UEM_TENANT_CODE", "tenant-c0de-SECRET")]).await;
     let got = get(proxy.addr, "/api/system/info").await;
     assert_eq!((got.status, got.complete), (200, true), "{got:?}");
-    assert!(!got.head.contains("tok-1") && !got.head.contains("c0de"), "{}", got.head);
+    let head = got.head.to_ascii_lowercase();
+    assert!(!head.contains("tok-1") && !head.contains("c0de"), "{}", got.head);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "the canonical reason instead: {}", got.head);
     assert!(got.head.contains("set-cookie: lang=en"), "other values of the field stay: {}", got.head);
     assert_eq!(got.body, b"ok");
 }

@@ -48,12 +48,17 @@ async fn answer(State(api): State<Api>, request: Request) -> Response {
     let pad = "x".repeat(api.pad.load(Ordering::SeqCst) as usize);
     let header = |name: &str| request.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
     let (user, encoding) = (header("x-user"), header("accept-encoding"));
-    let body = format!(r#"{{"n":{n},"method":"{}","user":"{user}","encoding":"{encoding}","pad":"{pad}"}}"#, request.method());
+    let body =
+        format!(r#"{{"n":{n},"method":"{}","user":"{user}","encoding":"{encoding}","pad":"{pad}"}}"#, request.method());
     // No connection is kept: a stopped API is one that cannot be reached.
     let mut response = ([("content-type", "application/json"), ("connection", "close")], body).into_response();
     // `…/vary` answers differ by caller and by encoding; `…/vary-all` by anything.
     let path = request.uri().path();
-    let vary = if path.ends_with("/vary") { Some("Accept-Encoding, X-User") } else { path.ends_with("/vary-all").then_some("*") };
+    let vary = if path.ends_with("/vary") {
+        Some("Accept-Encoding, X-User")
+    } else {
+        path.ends_with("/vary-all").then_some("*")
+    };
     if let Some(vary) = vary {
         response.headers_mut().insert("vary", http::HeaderValue::from_static(vary));
     }

@@ -278,6 +278,13 @@ async fn special(up: &Upstream, path: &str, headers: &HeaderMap, ms: u64, body: 
                 (StatusCode::UNAUTHORIZED, [("content-type", "application/json")], err).into_response()
             }
         }
+        "/echo-activity" => {
+            // An API that names the activity by the credential it was sent.
+            let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            let token = auth.strip_prefix("Bearer ").unwrap_or(&auth);
+            let err = serde_json::json!({ "errorCode": 1, "message": "echo", "activityId": token }).to_string();
+            (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "application/json")], err).into_response()
+        }
         "/hop" => Response::builder()
             .header("connection", "x-conn-named, keep-alive")
             .header("x-conn-named", "dropped")

@@ -19,7 +19,11 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `seq`. A subscriber that falls behind skips what it missed, and what the ring no longer
 /// holds (the page fetches `/_proxy/requests` again when it reconnects); the stream ends when the
 /// proxy shuts down.
-pub fn stream(events: broadcast::Receiver<Weak<Exchange>>, stopped: watch::Receiver<bool>, only: Option<Arc<str>>) -> Body {
+pub fn stream(
+    events: broadcast::Receiver<Weak<Exchange>>,
+    stopped: watch::Receiver<bool>,
+    only: Option<Arc<str>>,
+) -> Body {
     let hello = futures_util::stream::once(async { Ok::<_, Infallible>(Bytes::from_static(b"retry: 2000\n\n")) });
     let entries = futures_util::stream::unfold((events, stopped, only), |(mut events, mut stopped, only)| async move {
         loop {
