@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::app::{App, Settings};
 use crate::error::ProxyError;
 use crate::forward::Reached;
-use crate::gate::target::{Target, canonical_method, is_own};
+use crate::gate::target::{Target, canonical_method, is_own, names_own};
 use crate::gate::{self};
 use crate::listen::intake::CallerBody;
 use crate::listen::{Handler, Peer};
@@ -264,6 +264,11 @@ impl Service {
         if unprefixed_default && split_prefix(&target.path).is_some() {
             return Err(ProxyError::BadTarget("a tenant prefix is written /t/NAME/ at the very start of the path"));
         }
+        // `/api/../_proxy/status`, `/_PROXY/status`: the proxy's own paths as the API would read
+        // them (it ignores case) are never sent to it.
+        if names_own(&target.path) {
+            return Err(ProxyError::BadTarget("paths under /_proxy/ are the proxy's own and are never forwarded"));
+        }
         learnt.category = Some(target.category());
         learnt.permission = target.required.map(|r| r.permission.name);
         gate::decide(&own.policy, parts, &target)?;
@@ -422,6 +427,11 @@ mod tests {
         }
         for forwarded in ["/_proxyx", "/api/_proxy/status", "/", "/_prox"] {
             assert!(!is_own(forwarded), "{forwarded}");
+            assert!(!names_own(forwarded), "{forwarded}");
         }
+        for named in ["/_PROXY", "/_Proxy/", "/_proxy/status", "/_pRoXy/x/y"] {
+            assert!(names_own(named), "{named}");
+        }
+        assert!(!names_own("/_proxé") && !names_own(""), "no panic on other characters");
     }
 }

@@ -13,6 +13,13 @@ pub fn is_own(path: &str) -> bool {
     path.strip_prefix("/_proxy").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// Whether the API, which ignores case, would read `path` as one of the proxy's own.
+pub fn names_own(path: &str) -> bool {
+    let path = path.as_bytes();
+    path.get(..7).is_some_and(|start| start.eq_ignore_ascii_case(b"/_proxy"))
+        && matches!(path.get(7), None | Some(b'/'))
+}
+
 /// A request's target, decided on and forwarded as it is here.
 #[derive(Debug)]
 pub struct Target<'a> {

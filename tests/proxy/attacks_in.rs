@@ -77,6 +77,38 @@ async fn what_the_parser_would_refuse_bare_the_guard_refuses_with_json_and_nothi
     assert_eq!(upstream.last().target, "/api/a%22b%7Bc%7D%7Cd%5Ee?q=[1]&r=%7e");
 }
 
+/// The proxy's own paths are never sent to the API with its token, however the caller spells
+/// them: through dot segments, percent-encoded dots, or in another letter case (the API's
+/// server ignores case).
+#[tokio::test]
+async fn a_path_that_leads_into_the_proxys_own_is_refused_not_forwarded() {
+    let (proxy, upstream, _tokens) = Proxy::with_defaults(&[]).await;
+    for target in [
+        "/api/../_proxy/status",
+        "/api/%2e%2e/_proxy/requests",
+        "/api/./../_proxy",
+        "/_PROXY/status",
+        "/_Proxy",
+        "/api/x/../../_proxy/metrics?x=1",
+    ] {
+        let text =
+            raw(proxy.addr, &format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")).await;
+        assert_eq!(status(&text), 400, "{target}: {text}");
+        let json = raw_json(&text);
+        assert_eq!(json["error"], "bad_request_target", "{target}: {json}");
+        assert!(json["message"].as_str().unwrap().contains("/_proxy/"), "{target}: {json}");
+        assert_eq!(json["request_id"].as_str().map(str::len), Some(32), "{json}");
+    }
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen().iter().map(|s| &s.target).collect::<Vec<_>>());
+    // Paths that only start alike are the API's.
+    for target in ["/_proxyx/status", "/api/_proxy/status", "/_prox"] {
+        let text =
+            raw(proxy.addr, &format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")).await;
+        assert_eq!(status(&text), 200, "{target}: {text}");
+    }
+    assert_eq!(upstream.seen().len(), 3);
+}
+
 async fn with_policy(file: &str) -> (Proxy, Upstream) {
     let (tokens, upstream) = (TokenService::default(), Upstream::default());
     let proxy = Proxy::start_with_file(&upstream.start().await, &tokens.start().await, Some(file), &[]).await;
