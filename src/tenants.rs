@@ -124,6 +124,7 @@ impl Tenant {
                     credentials: credentials.clone(),
                     timeout: config.upstream_timeout,
                     permits: shared.token_permits.for_service(&oauth.token_url),
+                    via: crate::forward::upstream::egress_for(&config.egress, oauth.token_url.as_str()),
                 };
                 let (tokens, refresher) = Tokens::start_spread(source, config.forced_refresh_interval, spread);
                 (tokens, refresher, Some(credentials))

@@ -290,9 +290,18 @@ pub enum Egress {
     Via(Url),
 }
 
+/// The egress proxy that requests to `url` go through, as `scheme://host:port` (never its
+/// credentials), for messages about a failure to reach `url`.
+pub fn egress_for(egress: &Egress, url: &str) -> Option<String> {
+    let uri: Uri = url.parse().ok()?;
+    let via = egress_matcher(egress).intercept(&uri)?;
+    let via = via.uri();
+    Some(format!("{}://{}", via.scheme_str().unwrap_or("http"), via.authority()?.as_str().rsplit('@').next()?))
+}
+
 /// The egress route as hyper-util's matcher: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
 /// `NO_PROXY` from the environment; nothing; or one proxy for all, except hosts in `NO_PROXY`.
-fn egress_matcher(egress: &Egress) -> Matcher {
+pub fn egress_matcher(egress: &Egress) -> Matcher {
     match egress {
         Egress::FromEnvironment => Matcher::from_system(),
         Egress::Direct => Matcher::builder().build(),
@@ -455,6 +464,15 @@ mod tests {
         address(&mut sent, &direct, false);
         assert_eq!(sent.uri(), "/prefix/api/x?q=%7e&b=O'Brien");
         assert_eq!(host(&sent), Some("api.example:8443"));
+    }
+
+    #[test]
+    fn the_egress_proxy_of_a_url_is_named_without_its_credentials() {
+        let via = Egress::Via(url::Url::parse("http://corp%5Cuser:p%40ss@127.0.0.1:3128").unwrap());
+        let named = egress_for(&via, "https://na1.uemauth.workspaceone.com/connect/token");
+        assert_eq!(named.as_deref(), Some("http://127.0.0.1:3128"));
+        assert_eq!(egress_for(&Egress::Direct, "https://na1.uemauth.workspaceone.com/connect/token"), None);
+        assert_eq!(egress_for(&via, "not a url"), None);
     }
 
     #[test]

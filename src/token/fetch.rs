@@ -87,6 +87,9 @@ pub struct TokenClient {
     /// Shared by the tenants of one process, so that a hundred of them starting together ask
     /// the token services a few at a time.
     pub permits: Arc<tokio::sync::Semaphore>,
+    /// The egress proxy requests to the token URL go through (`scheme://host:port`), named
+    /// when the token service cannot be reached: it may be the proxy that cannot.
+    pub via: Option<String>,
 }
 
 impl TokenClient {
@@ -94,7 +97,12 @@ impl TokenClient {
         let credentials = self.credentials.load_full();
         // The semaphore is never closed.
         let _permit = self.permits.acquire().await.ok();
-        request(&self.http, &credentials, self.timeout).await
+        request(&self.http, &credentials, self.timeout).await.map_err(|e| match (e, &self.via) {
+            (FetchError::Unreachable { connect, detail }, Some(via)) => {
+                FetchError::Unreachable { connect, detail: format!("{detail} (through the egress proxy {via})") }
+            }
+            (e, _) => e,
+        })
     }
 }
 

@@ -122,6 +122,40 @@ async fn a_toml_typo_on_the_secrets_line_shows_nowhere() {
     assert!(!log.contains("Zq9") && !log.contains(SECRET), "{log}");
 }
 
+/// An egress proxy that cannot be reached is named where the token service's failure is (it
+/// may be the one that failed), without its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_service_unreachable_through_the_egress_proxy_names_the_proxy() {
+    let tokens = TokenService::default();
+    let upstream = Upstream::default();
+    let (api, token_url) = (upstream.start().await, tokens.start().await);
+    let mut env: Vec<(String, String)> =
+        base_env(&api, &token_url).iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    env.push(("UEM_PROXY_EGRESS_PROXY".into(), "http://bob:pa55word@127.0.0.1:9/".into()));
+    let mut proxy = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Running::start(&env)
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = client().get(format!("http://{}/_proxy/status", proxy.addr())).send().await.unwrap();
+        let status: serde_json::Value = status.json().await.unwrap();
+        if !status["token"]["last_error"].is_null() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "no token failure noted: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = status["token"]["last_error"]["error"].as_str().unwrap();
+    assert!(error.contains("through the egress proxy http://127.0.0.1:9"), "{error}");
+    assert!(!error.contains("pa55word") && !error.contains("bob"), "{error}");
+    let (_, log) = tokio::task::spawn_blocking(move || (proxy.terminate(), proxy.log())).await.unwrap();
+    assert!(log.contains("through the egress proxy http://127.0.0.1:9"), "{log}");
+    assert!(!log.contains("pa55word"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misspellings_an_api_suffix_and_a_proxy_password_are_answered_without_the_password() {
     let tokens = TokenService::default();
