@@ -188,10 +188,13 @@ impl Cache {
             return Lookup::Pass("bypass");
         }
         let key = key(tenant, parts, path, https, prefix);
+        // What the API will see of the request: a field the caller's `Connection` names is not
+        // sent, and must not be taken for one of the values an entry varies by.
+        let forwarded = crate::forward::rewrite::as_forwarded(&parts.headers);
+        let headers = &*forwarded;
         if head {
             // A HEAD is answered from a GET's entry; its own answer has no body to keep.
-            return match self.store.get(&key).filter(|e| !directives.no_cache && e.fresh() && e.serves(&parts.headers))
-            {
+            return match self.store.get(&key).filter(|e| !directives.no_cache && e.fresh() && e.serves(headers)) {
                 Some(entry) => self.hit(&entry, true),
                 None => {
                     self.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -204,8 +207,10 @@ impl Cache {
         let found = self
             .store
             .entry_async(&key, |_, entry| {
-                // A fresh entry for other requests (by its `Vary`) stays, and this one passes.
-                if entry.fresh() && (!refresh || !entry.serves(&parts.headers)) {
+                let serves = entry.serves(headers);
+                // An entry for other requests (by its `Vary`) stays while it may answer them,
+                // fresh or stale, and this request passes.
+                if (serves && entry.fresh() && !refresh) || (!serves && entry.usable_stale()) {
                     EntryAction::Retain(entry.clone())
                 } else {
                     EntryAction::ReplaceWithGuard
@@ -213,18 +218,16 @@ impl Cache {
             })
             .await;
         let (guard, stale) = match found {
-            EntryResult::Retained(entry) if entry.serves(&parts.headers) => return self.hit(&entry, false),
+            EntryResult::Retained(entry) if entry.serves(headers) => return self.hit(&entry, false),
             EntryResult::Retained(_) => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 return Lookup::Pass("miss");
             }
-            EntryResult::Replaced(guard, old) => {
-                (guard, Some(old).filter(|e| e.usable_stale() && e.serves(&parts.headers)))
-            }
+            EntryResult::Replaced(guard, old) => (guard, Some(old).filter(|e| e.usable_stale() && e.serves(headers))),
             EntryResult::Vacant(guard) => (guard, None),
             EntryResult::Removed(..) | EntryResult::Timeout => return Lookup::Pass("miss"),
         };
-        let request_headers = parts.headers.clone();
+        let request_headers = forwarded.into_owned();
         Lookup::Fill(Fill { cache: self, guard, stale, generation, ttl, stale_if_error, request_headers })
     }
 
@@ -424,12 +427,15 @@ fn area(path: &str) -> String {
 /// language or another, each have an entry (what else an answer's `Vary` names, its entry
 /// checks).
 fn key(tenant: &str, parts: &Parts, path: &str, https: bool, prefix: &str) -> Key {
-    let text =
-        |v: Option<&HeaderValue>| v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default();
-    let host = text(parts.headers.get(HOST)).to_ascii_lowercase();
-    let accept = text(parts.headers.get(ACCEPT));
-    let encoding = text(parts.headers.get(ACCEPT_ENCODING));
-    let language = text(parts.headers.get(ACCEPT_LANGUAGE));
+    // Every field of a name, as the API reads them: a list.
+    let text = |name: HeaderName| {
+        let values = parts.headers.get_all(name).into_iter().map(|v| String::from_utf8_lossy(v.as_bytes()));
+        values.collect::<Vec<_>>().join(", ")
+    };
+    let host = text(HOST).to_ascii_lowercase();
+    let accept = text(ACCEPT);
+    let encoding = text(ACCEPT_ENCODING);
+    let language = text(ACCEPT_LANGUAGE);
     let scheme = if https { "https" } else { "http" };
     let query = parts.uri.query().unwrap_or("");
     format!("{tenant}\n{}\n{scheme}://{host}{prefix}\n{path}?{query}\n{accept}\n{encoding}\n{language}", area(path))

@@ -72,6 +72,18 @@ fn known_index(name: &HeaderName) -> Option<usize> {
 /// more go to a `Vec`.
 const FEW_CONNECTION_VALUES: usize = 4;
 
+/// The caller's headers as they will be sent, as far as the caller decides it: without the
+/// fields its `Connection` names, and the other hop-by-hop fields. Borrowed when there is none,
+/// the usual case.
+pub fn as_forwarded(headers: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
+    if !HOP_BY_HOP.iter().any(|name| headers.contains_key(name)) {
+        return std::borrow::Cow::Borrowed(headers);
+    }
+    let mut stripped = headers.clone();
+    strip_hop_by_hop(&mut stripped);
+    std::borrow::Cow::Owned(stripped)
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let seen = Seen::of(headers);

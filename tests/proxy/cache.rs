@@ -157,9 +157,9 @@ async fn an_answer_that_varies_answers_only_requests_alike() {
     get(&proxy, "/api/mdm/devices/vary", &user("alice")).await;
     expire().await;
     api.answer_with(503);
-    assert_eq!(get(&proxy, "/api/mdm/devices/vary", &user("alice")).await.1, "stale");
     let (status, cache, _, _) = get(&proxy, "/api/mdm/devices/vary", &user("bob")).await;
     assert_eq!((status.as_u16(), cache.as_str()), (503, "miss"));
+    assert_eq!(get(&proxy, "/api/mdm/devices/vary", &user("alice")).await.1, "stale", "bob took it away");
     api.answer_with(200);
     // A compressed answer never reaches a caller that did not ask for one, and each keeps its own.
     let gzip = [("accept-encoding", "gzip"), ("x-user", "alice")];
@@ -169,6 +169,17 @@ async fn an_answer_that_varies_answers_only_requests_alike() {
     assert_eq!((cache.as_str(), field(&plain, "encoding")), ("miss", "".into()));
     assert_eq!(get(&proxy, "/api/system/users/vary", &gzip).await.3, zipped);
     assert_eq!(get(&proxy, "/api/system/users/vary", &user("alice")).await.3, plain);
+    // Every field of a header counts, as the API reads them all.
+    let (_, cache, _, body) =
+        get(&proxy, "/api/system/users/two/vary", &[("accept-encoding", ""), ("accept-encoding", "gzip")]).await;
+    assert_eq!((cache.as_str(), field(&body, "encoding")), ("miss", "".into()), "the mock reads the first");
+    assert_eq!(get(&proxy, "/api/system/users/two/vary", &[]).await.1, "miss");
+    // A field the caller's Connection names is not sent: the entry is not alice's.
+    let hidden = [("x-user", "alice"), ("connection", "X-User")];
+    let (_, cache, _, nobodys) = get(&proxy, "/api/system/users/hidden/vary", &hidden).await;
+    assert_eq!((cache.as_str(), field(&nobodys, "user")), ("miss", "".into()));
+    let (_, cache, _, body) = get(&proxy, "/api/system/users/hidden/vary", &user("alice")).await;
+    assert_eq!((cache.as_str(), field(&body, "user")), ("miss", "alice".into()));
     // `Vary: *`: kept for nobody.
     let calls = api.calls();
     for _ in 0..2 {
