@@ -290,6 +290,16 @@ impl App {
                 "last_reload": reload.at.map(|at| json!({ "at": time(Some(at)), "ok": reload.ok, "message": reload.message })),
             },
         });
+        if only.is_some() {
+            // The whole proxy's: what a reload did names other tenants, and the bodies held for
+            // replay count theirs.
+            if let Some(reload) = status["config"]["last_reload"].as_object_mut() {
+                reload.remove("message");
+            }
+            if let Some(fields) = status.as_object_mut() {
+                fields.remove("replay_buffers");
+            }
+        }
         // The primary tenant's fields at the top too, where scripts written for one tenant read them.
         let primary = tenants.default.as_ref().or(tenants.list.first());
         if let Some(primary) = primary

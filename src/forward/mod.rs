@@ -380,10 +380,12 @@ async fn with_activity_id(
     let mut activity_id = None;
     if let Ok(error) = serde_json::from_slice::<serde_json::Value>(&bytes)
         && let Some(activity) = error.get("activityId").and_then(|a| a.as_str())
-        && !echoed(activity.as_bytes())
     {
-        let printable: String = activity.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
-        activity_id = Some(printable.into_boxed_str());
+        // Checked as noted too: the characters left out could split a credential.
+        let printable: String = activity.chars().filter(|c| c.is_ascii_graphic()).collect();
+        if !echoed(activity.as_bytes()) && !echoed(printable.as_bytes()) {
+            activity_id = Some(printable.chars().take(64).collect::<String>().into_boxed_str());
+        }
     }
     Ok((Response::from_parts(parts, Body::from(bytes)), activity_id, true))
 }

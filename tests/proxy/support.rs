@@ -278,10 +278,14 @@ async fn special(up: &Upstream, path: &str, headers: &HeaderMap, ms: u64, body: 
                 (StatusCode::UNAUTHORIZED, [("content-type", "application/json")], err).into_response()
             }
         }
-        "/echo-activity" => {
-            // An API that names the activity by the credential it was sent.
+        "/echo-activity" | "/echo-activity-split" => {
+            // An API that names the activity by the credential it was sent (split by a space the
+            // access log's id leaves out).
             let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-            let token = auth.strip_prefix("Bearer ").unwrap_or(&auth);
+            let mut token = auth.strip_prefix("Bearer ").unwrap_or(&auth).to_owned();
+            if path.ends_with("split") {
+                token.insert(token.len() / 2, ' ');
+            }
             let err = serde_json::json!({ "errorCode": 1, "message": "echo", "activityId": token }).to_string();
             (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "application/json")], err).into_response()
         }

@@ -481,6 +481,7 @@ fn a_tenant_listeners_own_endpoints_show_that_tenant_alone() {
         assert_eq!(status["listen"], uat.as_str(), "{status}");
         assert_eq!(status["inspector"]["kept"], 1, "{status}");
         assert!(status["inspector"].get("per_minute").is_none(), "all tenants' counts: {status}");
+        assert!(status.get("replay_buffers").is_none(), "all tenants' bodies: {status}");
         // The events: prod's next exchange is never sent on uat's stream, uat's is.
         let mut events = get(format!("http://{uat}/_proxy/events")).await;
         let mut seen = String::from_utf8(events.chunk().await.unwrap().unwrap().to_vec()).unwrap();
