@@ -158,16 +158,27 @@ impl Checks {
         if !host_well_formed(host) {
             return Some(ProxyError::BadHost(host.to_owned()));
         }
-        if let Some(authority) = req.uri.authority()
-            && !host_well_formed(authority.as_str())
+        // An absolute-form target (`GET http://name/…`) names the host the request is for, and
+        // takes precedence over `Host` (RFC 9112 §3.2.2): it must be allowed too.
+        let authority = req.uri.authority().map(|a| a.as_str());
+        if let Some(authority) = authority
+            && !host_well_formed(authority)
         {
-            return Some(ProxyError::BadHost(authority.as_str().to_owned()));
+            return Some(ProxyError::BadHost(authority.to_owned()));
         }
         if !health && host.is_empty() && req.version >= Version::HTTP_11 {
             return Some(ProxyError::MissingHost);
         }
-        if !health && !self.host_allowed(host) {
+        // An HTTP/1.0 request may name its host in the target alone.
+        let named_in_target = host.is_empty() && authority.is_some();
+        if !health && !named_in_target && !self.host_allowed(host) {
             return Some(ProxyError::HostNotAllowed(host.to_owned()));
+        }
+        if let Some(authority) = authority
+            && !health
+            && !self.host_allowed(authority)
+        {
+            return Some(ProxyError::HostNotAllowed(authority.to_owned()));
         }
         let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         if target_len > self.max_url_bytes {

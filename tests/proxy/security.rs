@@ -79,6 +79,25 @@ async fn a_foreign_host_name_is_refused_and_never_forwarded() {
     }
     let health = raw(proxy.addr, &get("10.9.8.7:8080", "/_proxy/healthz", "")).await;
     assert_eq!(status(&health), 200, "probes may address the health endpoints by any name");
+    // An absolute-form target names the host the request is for, whatever `Host` says.
+    let seen = upstream.seen().len();
+    for request in [
+        "GET http://attacker.example/api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        "GET http://attacker.example:8080/api/x HTTP/1.0\r\n\r\n",
+        "GET http://localhost/api/x HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw(proxy.addr, request).await;
+        assert_eq!(status(&answer), 403, "{request}: {answer}");
+        assert_eq!(raw_json(&answer)["error"], "host_not_allowed", "{answer}");
+        assert!(raw_json(&answer)["message"].as_str().unwrap().contains("attacker.example"), "{answer}");
+    }
+    assert_eq!(upstream.seen().len(), seen, "nothing forwarded");
+    for request in [
+        "GET http://localhost:8080/api/x HTTP/1.1\r\nHost: localhost:8080\r\nConnection: close\r\n\r\n",
+        "GET http://uem-proxy.corp.example/api/x HTTP/1.0\r\n\r\n",
+    ] {
+        assert_eq!(status(&raw(proxy.addr, request).await), 200, "{request}");
+    }
 }
 
 #[tokio::test]
