@@ -174,8 +174,10 @@ impl Checks {
         if !health && !named_in_target && !self.host_allowed(host) {
             return Some(ProxyError::HostNotAllowed(host.to_owned()));
         }
+        // `CONNECT host:port` names a tunnel's end, not this host: it is refused as a target later.
         if let Some(authority) = authority
             && !health
+            && req.method != Method::CONNECT
             && !self.host_allowed(authority)
         {
             return Some(ProxyError::HostNotAllowed(authority.to_owned()));
