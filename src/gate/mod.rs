@@ -222,7 +222,11 @@ fn host_well_formed(host: &str) -> bool {
             (named && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')), port)
         }
     };
-    let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    // A port is digits naming one of the 65 536 (RFC 3986 allows it empty).
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()));
     name_ok && port_ok
 }
 
@@ -387,9 +391,18 @@ mod tests {
 
     #[test]
     fn hosts_with_user_information_or_odd_characters_are_malformed() {
-        for ok in
-            ["", "localhost", "LOCALHOST:8080", "127.0.0.1:1", "[::1]", "[::1]:8080", "a-b.c_d:", "[::ffff:1.2.3.4]"]
-        {
+        for ok in [
+            "",
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:8080",
+            "a-b.c_d:",
+            "[::ffff:1.2.3.4]",
+            "localhost:65535",
+            "localhost:0080",
+        ] {
             assert!(host_well_formed(ok), "{ok}");
         }
         for bad in [
@@ -400,6 +413,9 @@ mod tests {
             "%5B::1%5D",
             "localhost:80:80",
             "localhost:8o",
+            "127.0.0.1:99999",
+            "[::1]:65536",
+            "localhost:+80",
             "[::1]:8080@evil",
             ":80",
             ":",
